@@ -1,0 +1,1 @@
+"""Triton kernels of fastp2p, installed as ``fastp2p.kernels``."""
