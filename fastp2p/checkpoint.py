@@ -1,0 +1,122 @@
+"""Checkpoint files: the reference trainer's network files, and fastp2p's full training state.
+
+Network files are plain state_dicts named ``{epoch}_net_{name}.pth`` exactly as the reference writes
+them, so a checkpoint moves both ways between fastp2p and the reference trainer. Every write goes to a
+temporary file in the same folder and is renamed over the target, so an interrupted save never leaves
+a truncated checkpoint behind.
+"""
+
+import os
+import tempfile
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or made for another network."""
+
+
+def network_filename(epoch, name):
+    """``latest_net_G.pth``, ``5_net_D_A.pth``, ``iter_400_net_G.pth``."""
+    return f"{epoch}_net_{name}.pth"
+
+
+def atomic_save(obj, path):
+    """torch.save to a sibling temp file, fsync, then rename: readers see the old or the new file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap(net):
+    """The plain module behind DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            net = net.module
+        elif hasattr(net, "_orig_mod"):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def network_state_dict(net):
+    """The reference's state_dict of ``net``: no ``module.``/``_orig_mod.`` prefixes, tensors on CPU."""
+    state = unwrap(net).state_dict()
+    return OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+
+
+def save_network(net, path):
+    atomic_save(network_state_dict(net), path)
+
+
+def patch_instance_norm_state_dict(net, state_dict):
+    """Drop InstanceNorm running stats that old checkpoints carry and current nets do not track.
+
+    The reference does the same on load, which lets pre-0.4 pretrained CycleGAN models load strictly.
+    """
+    modules = dict(unwrap(net).named_modules())
+    for key in list(state_dict.keys()):
+        owner_name, _, attr = key.rpartition(".")
+        owner = modules.get(owner_name)
+        if owner is None or not type(owner).__name__.startswith("InstanceNorm"):
+            continue
+        if attr in ("running_mean", "running_var") and getattr(owner, attr, None) is None:
+            state_dict.pop(key)
+        elif attr == "num_batches_tracked":
+            state_dict.pop(key)
+    return state_dict
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """torch.load with weights_only=True, turning every failure into a CheckpointError naming the file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; the file is what matters
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+def load_network(net, path, map_location="cpu"):
+    """Load a reference-format network file into ``net`` strictly, with a clear error on mismatch.
+
+    A checkpoint of another architecture or norm (missing or unexpected keys, other shapes) is reported
+    with the first differences and the flags that usually cause them, instead of torch's long traceback.
+    """
+    state = read_checkpoint(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a network state_dict")
+    state = OrderedDict(state)
+    state.pop("_metadata", None)
+    target = unwrap(net)
+    patch_instance_norm_state_dict(target, state)
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs net {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        lines = [f"{path} does not match the network built from the given flags:"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape", wrong_shape)):
+            if items:
+                shown = ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
+                lines.append(f"  {label}: {shown}")
+        lines.append("  check --netG/--netD, --norm, --ngf/--ndf, --input_nc/--output_nc, --n_layers_D and --no_dropout")
+        raise CheckpointError("\n".join(lines))
+    target.load_state_dict(state, strict=True)
+    return net
