@@ -1,0 +1,259 @@
+"""Command-line options: the reference trainer's flags verbatim, plus fastp2p's own.
+
+Parsing follows the reference's order so that defaults come out the same: the base flags are read
+first, the chosen model then adds its own flags and changes defaults (``--model pix2pix`` switches
+norm, netG, dataset_mode, pool_size and gan_mode), and a final strict parse rejects unknown flags.
+The result is an ``argparse.Namespace`` with the reference's attribute names, which every other
+module reads.
+"""
+
+import argparse
+import math
+import os
+
+import torch
+
+MODELS = ("cycle_gan", "pix2pix", "test")
+GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
+DISCRIMINATORS = ("basic", "n_layers", "pixel")
+NORMS = ("instance", "batch", "none", "syncbatch")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+DATASET_MODES = ("unaligned", "aligned", "single")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+GAN_MODES = ("vanilla", "lsgan", "wgangp")
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+DATA_LOADERS = ("auto", "torch", "dali", "gpu_cache")
+
+
+class OptionError(ValueError):
+    """A flag value that the trainer cannot work with."""
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def add_base_options(parser):
+    """Flags shared by training and inference (reference BaseOptions), plus --seed."""
+    p = parser
+    p.add_argument("--dataroot", default=None,
+                   help="dataset folder; without it the built-in synthetic dataset is used")
+    p.add_argument("--name", default="experiment_name", help="experiment name: checkpoints/NAME, results/NAME")
+    p.add_argument("--gpu_ids", default="0", help="e.g. 0  0,1,2  or -1 for CPU")
+    p.add_argument("--checkpoints_dir", default="./checkpoints")
+    p.add_argument("--model", default="cycle_gan", choices=MODELS)
+    p.add_argument("--input_nc", type=positive_int, default=3)
+    p.add_argument("--output_nc", type=positive_int, default=3)
+    p.add_argument("--ngf", type=positive_int, default=64)
+    p.add_argument("--ndf", type=positive_int, default=64)
+    p.add_argument("--netD", default="basic", choices=DISCRIMINATORS)
+    p.add_argument("--netG", default="resnet_9blocks", choices=GENERATORS)
+    p.add_argument("--n_layers_D", type=positive_int, default=3)
+    p.add_argument("--norm", default="instance", choices=NORMS)
+    p.add_argument("--init_type", default="normal", choices=INIT_TYPES)
+    p.add_argument("--init_gain", type=float, default=0.02)
+    p.add_argument("--no_dropout", action="store_true")
+    p.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES)
+    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    p.add_argument("--serial_batches", action="store_true")
+    p.add_argument("--num_threads", type=non_negative_int, default=4)
+    p.add_argument("--batch_size", type=positive_int, default=1)
+    p.add_argument("--load_size", type=positive_int, default=286)
+    p.add_argument("--crop_size", type=positive_int, default=256)
+    p.add_argument("--max_dataset_size", type=non_negative_float, default=float("inf"))
+    p.add_argument("--preprocess", default="resize_and_crop", choices=PREPROCESS_MODES)
+    p.add_argument("--no_flip", action="store_true")
+    p.add_argument("--display_winsize", type=positive_int, default=256)
+    p.add_argument("--epoch", default="latest", help="which checkpoint prefix to load")
+    p.add_argument("--load_iter", type=non_negative_int, default=0, help="> 0: load the iter_<n> checkpoint")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--suffix", default="", help="name += '_' + suffix.format(**vars(opt))")
+    p.add_argument("--use_wandb", action="store_true", help="accepted for compatibility; fastp2p logs to TensorBoard")
+    p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds every random draw; a run without it picks one and records it (fastp2p)")
+    p.add_argument("--data_loader", default="torch", choices=DATA_LOADERS,
+                   help="input pipeline (fastp2p); torch is the reference PIL + DataLoader path")
+    return p
+
+
+def add_train_options(parser):
+    """Reference TrainOptions."""
+    p = parser
+    p.add_argument("--display_freq", type=positive_int, default=400)
+    p.add_argument("--display_ncols", type=int, default=4)
+    p.add_argument("--display_id", type=int, default=1, help="accepted for compatibility (no visdom)")
+    p.add_argument("--display_server", default="http://localhost")
+    p.add_argument("--display_env", default="main")
+    p.add_argument("--display_port", type=int, default=8097)
+    p.add_argument("--update_html_freq", type=positive_int, default=1000)
+    p.add_argument("--print_freq", type=positive_int, default=100)
+    p.add_argument("--no_html", action="store_true")
+    p.add_argument("--save_latest_freq", type=positive_int, default=5000)
+    p.add_argument("--save_epoch_freq", type=positive_int, default=5)
+    p.add_argument("--save_by_iter", action="store_true")
+    p.add_argument("--continue_train", action="store_true")
+    p.add_argument("--epoch_count", type=positive_int, default=1)
+    p.add_argument("--phase", default="train")
+    p.add_argument("--n_epochs", type=non_negative_int, default=100)
+    p.add_argument("--n_epochs_decay", type=non_negative_int, default=100)
+    p.add_argument("--beta1", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=0.0002)
+    p.add_argument("--gan_mode", default="lsgan", choices=GAN_MODES)
+    p.add_argument("--pool_size", type=non_negative_int, default=50)
+    p.add_argument("--lr_policy", default="linear", choices=LR_POLICIES)
+    p.add_argument("--lr_decay_iters", type=positive_int, default=50)
+    p.add_argument("--no_tensorboard", action="store_true",
+                   help="do not write TensorBoard logs even when tensorboard is installed (fastp2p)")
+    return p
+
+
+def add_test_options(parser):
+    """Reference TestOptions; load_size defaults to crop_size, so the default test crop is a plain resize."""
+    p = parser
+    p.add_argument("--results_dir", default="./results/")
+    p.add_argument("--aspect_ratio", type=float, default=1.0)
+    p.add_argument("--phase", default="test")
+    p.add_argument("--eval", action="store_true", help="eval mode: BatchNorm running stats, no dropout")
+    p.add_argument("--num_test", type=positive_int, default=50)
+    p.set_defaults(model="test", load_size=256)
+    return p
+
+
+def add_model_options(parser, model, is_train):
+    """The model's own flags and default changes (reference modify_commandline_options)."""
+    if model == "pix2pix":
+        parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
+        if is_train:
+            parser.set_defaults(pool_size=0, gan_mode="vanilla")
+            parser.add_argument("--lambda_L1", type=float, default=100.0, help="weight for L1 loss")
+    elif model == "cycle_gan":
+        parser.set_defaults(no_dropout=True)
+        if is_train:
+            parser.add_argument("--lambda_A", type=float, default=10.0, help="weight for cycle loss (A -> B -> A)")
+            parser.add_argument("--lambda_B", type=float, default=10.0, help="weight for cycle loss (B -> A -> B)")
+            parser.add_argument("--lambda_identity", type=float, default=0.5,
+                                help="identity loss weight, relative to lambda_A/lambda_B")
+    elif model == "test":
+        if is_train:
+            raise OptionError("--model test is for python -m fastp2p.test only; train with pix2pix or cycle_gan")
+        parser.set_defaults(dataset_mode="single")
+        parser.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
+
+
+def build_parser(is_train, model):
+    prog = "fastp2p.train" if is_train else "fastp2p.test"
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_base_options(parser)
+    if is_train:
+        add_train_options(parser)
+    else:
+        add_test_options(parser)
+    if model is not None:
+        add_model_options(parser, model, is_train)
+    return parser
+
+
+def parse_gpu_ids(text):
+    try:
+        ids = [int(part) for part in str(text).split(",") if part.strip() != ""]
+    except ValueError:
+        raise OptionError(f"--gpu_ids must be comma-separated integers or -1, got {text!r}") from None
+    return [i for i in ids if i >= 0]
+
+
+def check_options(opt):
+    """Reject combinations that would only fail deep inside a run."""
+    if opt.preprocess in ("resize_and_crop", "scale_width_and_crop") and opt.crop_size > opt.load_size:
+        raise OptionError(f"--crop_size {opt.crop_size} is larger than --load_size {opt.load_size}; "
+                          f"the crop must fit in the resized image")
+    if opt.netG == "unet_256" and opt.crop_size < 256 and opt.preprocess != "none":
+        raise OptionError(f"--netG unet_256 downsamples 8 times and needs crops of at least 256 pixels; "
+                          f"got --crop_size {opt.crop_size} (use --netG unet_128 for 128-pixel crops)")
+    if opt.netG == "unet_128" and opt.crop_size < 128 and opt.preprocess != "none":
+        raise OptionError(f"--netG unet_128 needs crops of at least 128 pixels; got --crop_size {opt.crop_size}")
+    if opt.isTrain and opt.model == "pix2pix" and opt.dataset_mode != "aligned":
+        raise OptionError("pix2pix trains on paired images: use --dataset_mode aligned")
+    if opt.dataroot is not None and not os.path.isdir(opt.dataroot):
+        raise OptionError(f"--dataroot {opt.dataroot} is not a folder")
+
+
+def parse_options(argv=None, is_train=True):
+    """Parse ``argv`` (default sys.argv[1:]) into the reference's option namespace.
+
+    Raises SystemExit with argparse's message on unknown flags or bad values, like any CLI.
+    """
+    base = build_parser(is_train, model=None)
+    known, _ = base.parse_known_args(argv)
+    try:
+        parser = build_parser(is_train, known.model)
+    except OptionError as e:
+        base.error(str(e))
+    opt = parser.parse_args(argv)
+    opt.isTrain = is_train
+    if not is_train:
+        # The reference's test script hard-codes these.
+        opt.num_threads, opt.batch_size, opt.serial_batches, opt.no_flip, opt.display_id = 0, 1, True, True, -1
+    if opt.suffix:
+        opt.name = opt.name + "_" + opt.suffix.format(**vars(opt))
+    try:
+        opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
+        check_options(opt)
+    except OptionError as e:
+        parser.error(str(e))
+    opt.parser = parser
+    return opt
+
+
+def format_options(opt):
+    """The reference's options table, marking each value that differs from its default."""
+    parser = opt.parser
+    lines = ["----------------- Options ---------------"]
+    for key, value in sorted(vars(opt).items()):
+        if key in ("parser", "device"):
+            continue
+        default = parser.get_default(key)
+        if key == "gpu_ids":
+            value = ",".join(str(i) for i in value) if value else "-1"
+        comment = f"\t[default: {default}]" if default is not None and str(value) != str(default) else ""
+        lines.append(f"{key:>25}: {str(value):<30}{comment}")
+    lines.append("----------------- End -------------------")
+    return "\n".join(lines)
+
+
+def save_options(opt):
+    """Print the options and write them to checkpoints/NAME/{phase}_opt.txt, as the reference does."""
+    text = format_options(opt)
+    print(text)
+    folder = os.path.join(opt.checkpoints_dir, opt.name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{opt.phase}_opt.txt"), "w") as f:
+        f.write(text + "\n")
+
+
+def use_cuda(opt):
+    """True when the flags ask for a GPU and one is present; warns when asked for but missing."""
+    if not opt.gpu_ids:
+        return False
+    if torch.cuda.is_available():
+        return True
+    print(f"warning: --gpu_ids {','.join(map(str, opt.gpu_ids))} asks for a GPU but CUDA is not available; "
+          f"running on CPU (pass --gpu_ids -1 to say so)")
+    return False

@@ -1,0 +1,84 @@
+"""Inference entry point: ``python -m fastp2p.test`` with the reference's test flags.
+
+Writes ``results/NAME/<phase>_<epoch>/images/<sample>_<visual>.png`` and an ``index.html`` that shows
+each sample's input and outputs side by side, as the reference's test script does.
+"""
+
+import os
+import sys
+
+import torch
+
+from fastp2p import distributed
+from fastp2p.checkpoint import CheckpointError
+from fastp2p.data import DatasetError, create_dataset
+from fastp2p.data.builtin import builtin_dataroot
+from fastp2p.models import create_model
+from fastp2p.options import OptionError, parse_options, save_options, use_cuda
+from fastp2p.visualizer import HTMLPage, save_visuals
+
+
+def default_dataroot(opt):
+    """The built-in dataset's folder for this model: the whole set, or one side of it for --model test."""
+    root = builtin_dataroot()
+    if opt.dataset_mode == "single":
+        side = "B" if opt.direction == "BtoA" else "A"
+        return os.path.join(root, f"{opt.phase}{side}")
+    return root
+
+
+def results_folder(opt):
+    folder = os.path.join(opt.results_dir, opt.name, f"{opt.phase}_{opt.epoch}")
+    if opt.load_iter > 0:
+        folder += f"_iter{opt.load_iter}"
+    return folder
+
+
+def run(opt):
+    opt.device = distributed.init_distributed(use_cuda(opt))
+    if opt.dataroot is None:
+        opt.dataroot = default_dataroot(opt)
+        print(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
+    opt.seed = 0 if opt.seed is None else opt.seed
+    torch.manual_seed(opt.seed)
+    save_options(opt)
+    dataset = create_dataset(opt)
+    model = create_model(opt)
+    model.setup(opt)
+    if opt.eval:
+        model.eval()
+    folder = results_folder(opt)
+    page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")
+    path_key = "B_paths" if opt.direction == "BtoA" and opt.dataset_mode != "single" else "A_paths"
+    written = 0
+    for i, data in enumerate(dataset):
+        if i >= opt.num_test:
+            break
+        model.set_input(data)
+        model.test()
+        sample = os.path.splitext(os.path.basename(data[path_key][0]))[0]
+        visuals = model.get_current_visuals()
+        names = save_visuals(page, visuals, sample, opt.aspect_ratio)
+        page.add_header(sample)
+        page.add_images(names, list(visuals), opt.display_winsize)
+        written += 1
+        if i % 5 == 0:
+            print(f"processing ({i:04d})-th image... {data[path_key][0]}")
+    page.save()
+    print(f"wrote {written} results to {os.path.join(folder, 'index.html')}")
+    return 0
+
+
+def main(argv=None):
+    opt = parse_options(argv, is_train=False)
+    try:
+        return run(opt)
+    except (DatasetError, CheckpointError, OptionError) as e:
+        print(f"fastp2p.test: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
