@@ -1,0 +1,16 @@
+"""Data for the reference path: PIL decoding, the reference's transforms, a torch DataLoader.
+
+``create_dataset(opt)`` is the entry point; ``builtin_dataroot()`` makes the synthetic default dataset.
+"""
+
+from .builtin import builtin_dataroot
+from .datasets import AlignedDataset, SingleDataset, UnalignedDataset
+from .image_folder import IMG_EXTENSIONS, DatasetError, load_rgb, make_dataset
+from .loader import DataLoaderWrapper, create_dataset, shard_indices
+from .transforms import get_params, get_transform, transform_image
+
+__all__ = [
+    "AlignedDataset", "DataLoaderWrapper", "DatasetError", "IMG_EXTENSIONS", "SingleDataset",
+    "UnalignedDataset", "builtin_dataroot", "create_dataset", "get_params", "get_transform",
+    "load_rgb", "make_dataset", "shard_indices", "transform_image",
+]

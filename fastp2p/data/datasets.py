@@ -1,0 +1,217 @@
+"""The reference's three dataset modes: aligned (pix2pix), unaligned (CycleGAN) and single (inference).
+
+Layouts (spec 2.1): aligned reads ``DATAROOT/PHASE/`` where each file is A|B side by side; unaligned
+reads ``DATAROOT/PHASEA/`` and ``DATAROOT/PHASEB/``; single reads every image below ``DATAROOT``.
+Items are the reference's dicts: ``{'A', 'B', 'A_paths', 'B_paths'}`` (single: ``{'A', 'A_paths'}``),
+tensors CHW float32 in [-1, 1].
+
+Randomness. The reference draws from the global ``random`` inside each worker, so its samples depend
+on the worker count and cannot be replayed. Here an item is asked for as ``(epoch, index)`` and every
+draw for it (crop, flip, the unpaired B index) comes from a ``random.Random`` seeded from
+``(opt.seed, epoch, index)``: the same distributions, but the same data for any ``num_threads`` and an
+exact replay when a run resumes mid-epoch. A plain integer index uses ``self.epoch`` (0 by default).
+
+Aligned pairs share one crop/flip draw; unpaired A and B get independent draws, as in the reference.
+A file of odd width ``w`` is split as the reference splits it: A is the left ``int(w / 2)`` columns,
+B the rest (one column wider); a warning names the first such file.
+
+Bad input raises :class:`DatasetError` when the dataset is built (missing or empty folders, the other
+mode's layout, images too small for ``--preprocess crop``) or, for a single file that turns out
+unreadable or too small, when that item is loaded.
+"""
+
+import hashlib
+import os
+import random
+import warnings
+
+import torch.utils.data
+
+from .image_folder import DatasetError, image_size, is_image_file, load_rgb, make_dataset
+from .transforms import PREPROCESS_MODES, get_params, transform_image
+
+_warned_odd_width = False
+
+
+def mix_seed(*parts):
+    """A 64-bit seed from several parts, so (seed, epoch, index) tuples never collide in practice."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def sample_rng(opt, epoch, index):
+    """The ``random.Random`` that makes every random choice for one item of one epoch."""
+    return random.Random(mix_seed(seed_of(opt), epoch, index))
+
+
+def seed_of(opt):
+    """``opt.seed``; a caller that never set one (a notebook, a script) gets 0, so runs still replay."""
+    seed = getattr(opt, "seed", None)
+    return 0 if seed is None else int(seed)
+
+
+class BaseDataset(torch.utils.data.Dataset):
+    """Shared option checks and the ``(epoch, index)`` item protocol."""
+
+    def __init__(self, opt):
+        if opt.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"--preprocess {opt.preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
+        if opt.preprocess in ("resize_and_crop", "scale_width_and_crop") and opt.load_size < opt.crop_size:
+            raise DatasetError(f"--load_size {opt.load_size} is smaller than --crop_size {opt.crop_size}: "
+                               f"the crop would not fit in the resized image")
+        self.opt = opt
+        self.epoch = 0
+        self.root = opt.dataroot
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"--dataroot {self.root} does not exist or is not a folder")
+
+    def __getitem__(self, item):
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        return self.get_item(index, sample_rng(self.opt, epoch, index))
+
+    def get_item(self, index, rng):
+        raise NotImplementedError
+
+    def image_paths(self, folder):
+        """The sorted images below ``folder``, which must exist and hold at least one."""
+        if not os.path.isdir(folder):
+            raise self.layout_error(folder)
+        paths = make_dataset(folder, self.opt.max_dataset_size)
+        if not paths:
+            raise DatasetError(f"no images in {folder} (looked for files ending in .jpg .jpeg .png .ppm "
+                               f".bmp .tif .tiff, in subfolders too)")
+        return paths
+
+    def layout_error(self, folder):
+        """Say which folder is missing, what is there instead, and which mode that layout suits."""
+        entries = sorted(os.listdir(self.root))
+        if not entries:
+            return DatasetError(f"--dataroot {self.root} is empty")
+        phase = self.opt.phase
+        shown = ", ".join(entries[:20]) + (" ..." if len(entries) > 20 else "")
+        message = f"{folder} does not exist; {self.root} contains: {shown}."
+        if {phase + "A", phase + "B"} <= set(entries):
+            message += (f" It has {phase}A/ and {phase}B/, the unaligned (CycleGAN) layout: "
+                        f"use --dataset_mode unaligned.")
+        elif phase in entries:
+            message += (f" It has {phase}/, the aligned (pix2pix) layout of A|B images: "
+                        f"use --dataset_mode aligned.")
+        elif any(map(is_image_file, entries)):
+            message += (f" It holds images directly: put them in {phase}/ (aligned, A|B images) or "
+                        f"{phase}A/ and {phase}B/ (unaligned), or use --dataset_mode single to translate them.")
+        else:
+            message += f" Is --phase {phase} right?"
+        return DatasetError(message)
+
+    def check_fits_crop(self, path, size, what="image"):
+        """``--preprocess crop`` does no resize, so every image must already be at least crop_size."""
+        w, h = size
+        if self.opt.preprocess == "crop" and (w < self.opt.crop_size or h < self.opt.crop_size):
+            raise DatasetError(f"{path}: {what} is {w}x{h}, smaller than --crop_size {self.opt.crop_size}; "
+                               f"use --preprocess resize_and_crop or a smaller --crop_size")
+
+    def grayscale_in_out(self):
+        """Whether A and B are grayscale; BtoA swaps input_nc and output_nc as the reference does."""
+        input_nc, output_nc = self.opt.input_nc, self.opt.output_nc
+        if self.opt.direction == "BtoA":
+            input_nc, output_nc = output_nc, input_nc
+        return input_nc == 1, output_nc == 1
+
+    def transform(self, image, params, grayscale):
+        return transform_image(image, self.opt, params, grayscale=grayscale)
+
+
+AB_HALF = "the A half of this A|B image"
+
+
+class AlignedDataset(BaseDataset):
+    """Pairs stored as one A|B image; A and B get the same crop and flip."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.dir_AB = os.path.join(self.root, opt.phase)
+        self.AB_paths = self.image_paths(self.dir_AB)
+        w, h = image_size(self.AB_paths[0])
+        self.check_fits_crop(self.AB_paths[0], (w // 2, h), what=AB_HALF)
+        self.gray_A, self.gray_B = self.grayscale_in_out()
+
+    def __len__(self):
+        return len(self.AB_paths)
+
+    def get_item(self, index, rng):
+        path = self.AB_paths[index]
+        AB = load_rgb(path)
+        w, h = AB.size
+        half = int(w / 2)
+        if w % 2:
+            warn_odd_width(path, w)
+        A = AB.crop((0, 0, half, h))
+        B = AB.crop((half, 0, w, h))
+        self.check_fits_crop(path, (half, h), what=AB_HALF)
+        params = get_params(self.opt, A.size, rng)
+        return {"A": self.transform(A, params, self.gray_A), "B": self.transform(B, params, self.gray_B),
+                "A_paths": path, "B_paths": path}
+
+
+class UnalignedDataset(BaseDataset):
+    """Two unpaired folders; B is drawn at random (or index % B_size with serial_batches)."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.dir_A = os.path.join(self.root, opt.phase + "A")
+        self.dir_B = os.path.join(self.root, opt.phase + "B")
+        self.A_paths = self.image_paths(self.dir_A)
+        self.B_paths = self.image_paths(self.dir_B)
+        self.A_size, self.B_size = len(self.A_paths), len(self.B_paths)
+        for path in (self.A_paths[0], self.B_paths[0]):
+            self.check_fits_crop(path, image_size(path))
+        self.gray_A, self.gray_B = self.grayscale_in_out()
+
+    def __len__(self):
+        return max(self.A_size, self.B_size)
+
+    def get_item(self, index, rng):
+        A_path = self.A_paths[index % self.A_size]
+        if self.opt.serial_batches:
+            B_path = self.B_paths[index % self.B_size]
+        else:
+            B_path = self.B_paths[rng.randint(0, self.B_size - 1)]
+        return {"A": self.load(A_path, rng, self.gray_A), "B": self.load(B_path, rng, self.gray_B),
+                "A_paths": A_path, "B_paths": B_path}
+
+    def load(self, path, rng, grayscale):
+        image = load_rgb(path)
+        self.check_fits_crop(path, image.size)
+        return self.transform(image, get_params(self.opt, image.size, rng), grayscale)
+
+
+class SingleDataset(BaseDataset):
+    """Every image below dataroot, one direction only (``--model test``)."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.A_paths = self.image_paths(self.root)
+        self.check_fits_crop(self.A_paths[0], image_size(self.A_paths[0]))
+        self.gray_A = self.grayscale_in_out()[0]
+
+    def __len__(self):
+        return len(self.A_paths)
+
+    def get_item(self, index, rng):
+        path = self.A_paths[index]
+        image = load_rgb(path)
+        self.check_fits_crop(path, image.size)
+        return {"A": self.transform(image, get_params(self.opt, image.size, rng), self.gray_A),
+                "A_paths": path}
+
+
+def warn_odd_width(path, width):
+    global _warned_odd_width
+    if not _warned_odd_width:
+        warnings.warn(f"{path} is {width} pixels wide, not even: A is the left {width // 2} columns and "
+                      f"B the remaining {width - width // 2}, as the reference splits it (warned once)",
+                      stacklevel=2)
+        _warned_odd_width = True
+
+
+DATASET_MODES = {"aligned": AlignedDataset, "unaligned": UnalignedDataset, "single": SingleDataset}

@@ -1,0 +1,110 @@
+"""``create_dataset(opt)``: the reference's dataset + DataLoader wrapper, with seeded, resumable order.
+
+The epoch's order is a permutation from a ``torch.Generator`` seeded from ``(opt.seed, epoch)`` (or
+0..n-1 with ``--serial_batches``), split across torch.distributed ranks as ``DistributedSampler``
+splits it (padded by wrapping around so every rank gets the same count). The sampler hands the
+dataset ``(epoch, index)`` so per-item randomness is seeded too (see datasets.py).
+``set_epoch(epoch, skip_batches=k)`` starts the next pass at batch k of that epoch's order, which is how
+a run interrupted mid-epoch resumes on exactly the batches it had not yet seen.
+"""
+
+import math
+
+import torch
+import torch.utils.data
+
+from .. import distributed
+from .datasets import DATASET_MODES, mix_seed, seed_of
+from .image_folder import DatasetError
+
+
+def shard_indices(n, epoch, seed, shuffle, rank=0, world_size=1):
+    """This rank's share of the epoch's order of ``range(n)``, as ``DistributedSampler(drop_last=False)``."""
+    if shuffle:
+        generator = torch.Generator().manual_seed(mix_seed(seed, epoch, "order"))
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    total = math.ceil(n / world_size) * world_size
+    padded = (order * math.ceil(total / n))[:total] if n else order
+    return padded[rank:total:world_size]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` in the seeded order of the current epoch, from a chosen sample on."""
+
+    def __init__(self, n, seed, shuffle, rank, world_size):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        indices = shard_indices(self.n, self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
+        skip, self.skip = self.skip, 0  # a resume point applies to the next pass only
+        return iter([(self.epoch, index) for index in indices[skip:]])
+
+    def __len__(self):
+        return math.ceil(self.n / self.world_size)
+
+
+class DataLoaderWrapper:
+    """What ``create_dataset`` returns: iterate it for batches; ``len()`` is samples per epoch (reference)."""
+
+    def __init__(self, opt, dataset):
+        self.opt = opt
+        self.dataset = dataset
+        self.sampler = EpochSampler(len(dataset), seed_of(opt), shuffle=not opt.serial_batches,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
+        device = getattr(opt, "device", None)
+        workers = int(opt.num_threads)
+        self.dataloader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=opt.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device is not None and torch.device(device).type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=False,
+            # A private generator: making an iterator must not consume the global torch RNG, or a
+            # resumed run's dropout/init draws would shift by one.
+            generator=torch.Generator().manual_seed(mix_seed(seed_of(opt), "workers")),
+        )
+
+    def set_epoch(self, epoch, skip_batches=0):
+        """Use ``epoch``'s order (and per-item draws); the next pass starts at batch ``skip_batches``."""
+        self.dataset.epoch = epoch
+        self.sampler.set_epoch(epoch, skip_batches * self.opt.batch_size)
+
+    def __len__(self):
+        return int(min(len(self.dataset), self.opt.max_dataset_size))
+
+    @property
+    def batches_per_epoch(self):
+        """Batches this process sees in a full epoch (its shard under torch.distributed)."""
+        return len(self.dataloader)
+
+    def __iter__(self):
+        try:
+            yield from self.dataloader
+        except DatasetError as error:
+            raise DatasetError(worker_message(str(error))) from None
+
+
+def worker_message(text):
+    """A DatasetError re-raised from a worker carries the worker's traceback: keep only our message."""
+    marker = "DatasetError: "
+    return text[text.rindex(marker) + len(marker):].strip() if marker in text else text
+
+
+def create_dataset(opt):
+    """Build the dataset for ``opt.dataset_mode`` and its loader; bad data raises DatasetError now."""
+    if opt.dataset_mode not in DATASET_MODES:
+        raise ValueError(f"--dataset_mode {opt.dataset_mode!r} is not one of {', '.join(DATASET_MODES)}")
+    dataset = DATASET_MODES[opt.dataset_mode](opt)
+    if distributed.is_main_process():
+        print(f"dataset [{type(dataset).__name__}] was created")
+    return DataLoaderWrapper(opt, dataset)

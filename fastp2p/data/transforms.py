@@ -1,0 +1,103 @@
+"""The reference's preprocessing (spec 2.3), written with PIL alone so torchvision stays optional.
+
+Each step is what the reference's torchvision pipeline does to a PIL image: ``Resize`` is PIL's
+``resize`` with bicubic filtering, ``ToTensor`` is uint8 HWC -> float CHW / 255 and ``Normalize(0.5, 0.5)``
+maps [0, 1] to [-1, 1], in the same float32 operations so the tensors are bitwise equal.
+
+Randomness is not drawn here: :func:`get_params` takes a ``random.Random`` and returns the crop
+position and flip, and the transform applies them. The reference's random crop and flip for unpaired
+images (torchvision's ``RandomCrop``/``RandomHorizontalFlip``) have the same distributions as a
+``get_params`` draw per image, which is what the datasets use.
+"""
+
+import functools
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+_warned_power_2 = False
+
+
+def get_params(opt, size, rng):
+    """One draw of crop position and flip for an image of ``size`` = (w, h), as the reference draws it.
+
+    The crop window is drawn over the size the image will have after the resize step; x, y are
+    inclusive integers, and the flip probability is 1/2. ``rng`` is a ``random.Random``.
+    """
+    w, h = size
+    new_w, new_h = w, h
+    if opt.preprocess == "resize_and_crop":
+        new_w = new_h = opt.load_size
+    elif opt.preprocess == "scale_width_and_crop":
+        new_w, new_h = opt.load_size, opt.load_size * h // w
+    x = rng.randint(0, max(0, new_w - opt.crop_size))
+    y = rng.randint(0, max(0, new_h - opt.crop_size))
+    flip = rng.random() > 0.5
+    return {"crop_pos": (x, y), "flip": flip}
+
+
+def get_transform(opt, params, grayscale=False, method=Image.BICUBIC, convert=True):
+    """A callable PIL image -> tensor in [-1, 1] (or a PIL image if not ``convert``) for ``params``."""
+    return functools.partial(transform_image, opt=opt, params=params, grayscale=grayscale,
+                             method=method, convert=convert)
+
+
+def transform_image(image, opt, params, grayscale=False, method=Image.BICUBIC, convert=True):
+    """Grayscale -> resize or scale width -> crop -> make power of 2 -> flip -> tensor, as spec 2.3."""
+    if grayscale:
+        image = image.convert("L")
+    if "resize" in opt.preprocess:
+        image = image.resize((opt.load_size, opt.load_size), method)
+    elif "scale_width" in opt.preprocess:
+        image = scale_width(image, opt.load_size, opt.crop_size, method)
+    if "crop" in opt.preprocess:
+        image = crop(image, params["crop_pos"], opt.crop_size)
+    if opt.preprocess == "none":
+        image = make_power_2(image, base=4, method=method)
+    if not opt.no_flip and params["flip"]:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_tensor(image) if convert else image
+
+
+def scale_width(image, target_width, crop_size, method=Image.BICUBIC):
+    """Width to ``target_width`` keeping the aspect ratio, but never lower than ``crop_size``."""
+    w, h = image.size
+    if w == target_width and h >= crop_size:
+        return image
+    new_h = int(max(target_width * h / w, crop_size))
+    return image.resize((target_width, new_h), method)
+
+
+def crop(image, pos, size):
+    """The square ``size`` window at ``pos``; the reference leaves an image no larger than it as is."""
+    w, h = image.size
+    x, y = pos
+    if w > size or h > size:
+        return image.crop((x, y, x + size, y + size))
+    return image
+
+
+def make_power_2(image, base=4, method=Image.BICUBIC):
+    """Round each side to a multiple of ``base`` (the networks halve the size repeatedly)."""
+    global _warned_power_2
+    w, h = image.size
+    new_w, new_h = int(round(w / base) * base), int(round(h / base) * base)
+    if (new_w, new_h) == (w, h):
+        return image
+    if not _warned_power_2:
+        warnings.warn(f"--preprocess none: image size ({w}, {h}) is not a multiple of {base}; "
+                      f"resizing to ({new_w}, {new_h}) (warned once)", stacklevel=2)
+        _warned_power_2 = True
+    return image.resize((new_w, new_h), method)
+
+
+def to_tensor(image):
+    """uint8 PIL image -> float32 CHW in [-1, 1], with torchvision's ToTensor+Normalize arithmetic."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return tensor.float().div(255).sub_(0.5).div_(0.5)
