@@ -67,6 +67,8 @@ def _stats_partial_kernel(
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     base = x_ptr + n.to(tl.int64) * stride_n + offs_c[None, :] * stride_c
+    # statistics of x - pivot: exact for constant inputs, and no cancellation when |mean| >> std
+    pivot = tl.load(base + start * stride_hw, mask=c_mask[None, :], other=0.0).to(tl.float32)
     count = 0.0
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
@@ -74,6 +76,7 @@ def _stats_partial_kernel(
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
         mask = (offs_hw < end)[:, None] & c_mask[None, :]
         x = tl.load(base + offs_hw[:, None] * stride_hw, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, x - pivot, 0.0)
         tile_count = tl.minimum(end - hw0, BLOCK_HW).to(tl.float32)
         tile_mean = tl.sum(x, axis=0) / tile_count
         deviation = tl.where(mask, x - tile_mean[None, :], 0.0)
@@ -83,7 +86,7 @@ def _stats_partial_kernel(
         m2 += tl.sum(deviation * deviation, axis=0) + delta * delta * (count * tile_count / new_count)
         count = new_count
     out = (n * SPLITS + split) * C + offs_c
-    tl.store(part_mean_ptr + out, mean, mask=c_mask)
+    tl.store(part_mean_ptr + out, mean + tl.reshape(pivot, [BLOCK_C]), mask=c_mask)
     tl.store(part_m2_ptr + out, m2, mask=c_mask)
 
 
@@ -102,6 +105,7 @@ def _stats_combine_kernel(
     pid_c, group = tl.program_id(0), tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
+    pivot = tl.load(part_mean_ptr + group * ROWS * C + offs_c, mask=c_mask, other=0.0)  # as in the partials
     count = 0.0
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
@@ -111,7 +115,7 @@ def _stats_combine_kernel(
         row_count = tl.where(r_mask, tl.minimum(HW - (offs_r % SPLITS) * CHUNK, CHUNK), 0).to(tl.float32)
         mask = r_mask[:, None] & c_mask[None, :]
         idx = (group * ROWS + offs_r[:, None]) * C + offs_c[None, :]
-        row_mean = tl.load(part_mean_ptr + idx, mask=mask, other=0.0)
+        row_mean = tl.where(mask, tl.load(part_mean_ptr + idx, mask=mask, other=0.0) - pivot[None, :], 0.0)
         row_m2 = tl.load(part_m2_ptr + idx, mask=mask, other=0.0)
         block_count = tl.sum(row_count, axis=0)
         block_mean = tl.sum(row_count[:, None] * row_mean, axis=0) / block_count
@@ -122,6 +126,7 @@ def _stats_combine_kernel(
         mean += delta * (block_count / new_count)
         m2 += block_m2 + delta * delta * (count * block_count / new_count)
         count = new_count
+    mean += pivot
     var = tl.maximum(m2 / count, 0.0)
     tl.store(mean_ptr + group * C + offs_c, mean, mask=c_mask)
     tl.store(rstd_ptr + group * C + offs_c, 1.0 / tl.sqrt(var + eps), mask=c_mask)

@@ -1,0 +1,203 @@
+"""FusedNormAct against nn.BatchNorm2d / nn.InstanceNorm2d + activation (+ dropout): outputs, every gradient,
+running statistics, memory format, state_dict keys, edge cases. Without CUDA it runs in Triton's interpreter,
+so CPU shapes stay tiny; the real layer shapes run only on a GPU."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastp2p.kernels import FusedNormAct
+from tests.conftest import requires_cuda
+from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
+
+# Triton's interpreter converts loop bounds with a NumPy call that NumPy 2 deprecates; harmless here.
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
+
+MODES = ("instance", "batch_train", "batch_eval")
+ACTIVATIONS = ("identity", "relu", "leaky_relu")
+CPU_SHAPES = [(1, 1, 2, 2), (2, 3, 5, 7), (1, 512, 2, 2), (2, 512, 1, 1), (2, 8, 32, 32)]
+CUDA_SHAPES = [(16, 64, 256, 256), (16, 128, 128, 128), (16, 256, 64, 64), (64, 512, 2, 2), (64, 512, 1, 1)]
+
+
+def reference_norm(mode, channels):
+    """The reference module with non-trivial affine parameters and running statistics."""
+    if mode == "instance":
+        return nn.InstanceNorm2d(channels).to(DEVICE)
+    norm = nn.BatchNorm2d(channels).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    return norm.train(mode == "batch_train")
+
+
+def reference_activation(y, activation):
+    if activation == "relu":
+        return F.relu(y)
+    if activation == "leaky_relu":
+        return F.leaky_relu(y, 0.2)
+    return y
+
+
+def layout(x, channels_last):
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def check_against_reference(shape, dtype, channels_last, mode, activation, x=None, tolerance=None):
+    """Run reference (in fp32) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats."""
+    if mode == "instance" and shape[2] * shape[3] == 1:
+        pytest.skip("InstanceNorm needs more than one spatial element (tested in test_too_few_values_raise)")
+    atol, rtol = tolerance or TOLERANCES[dtype]
+    reference = reference_norm(mode, shape[1])
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference), activation)
+    if x is None:
+        x = torch.randn(shape, device=DEVICE) * 2 + 0.5
+    x = layout(x.to(dtype), channels_last)
+    # The reference runs on NCHW copies: torch 2.13's CPU InstanceNorm backward is wrong for a channels-last
+    # input with a channels-last gradient (dx off by O(1)), and the layout under test is the fused one's.
+    x_ref = x.detach().float().contiguous().requires_grad_()
+    x_fused = x.detach().clone().requires_grad_()
+    y_ref = reference_activation(reference(x_ref), activation)
+    y_fused = fused(x_fused)
+    grad = layout(torch.randn(shape, device=DEVICE).to(dtype), channels_last)
+    y_ref.backward(grad.float().contiguous())
+    y_fused.backward(grad)
+
+    assert y_fused.dtype == dtype
+    assert y_fused.stride() == x.stride(), "output must keep the input's memory format"
+    assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
+    assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    if mode != "instance":
+        assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
+        assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
+        assert_close_verbose(fused.running_mean, reference.running_mean, atol, rtol, "running_mean")
+        assert_close_verbose(fused.running_var, reference.running_var, atol, rtol, "running_var")
+        assert fused.num_batches_tracked.item() == reference.num_batches_tracked.item()
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fp32_matches_reference(shape, channels_last, mode, activation):
+    check_against_reference(shape, torch.float32, channels_last, mode, activation)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 512, 2, 2)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_low_precision_matches_reference(shape, dtype, channels_last, mode):
+    check_against_reference(shape, dtype, channels_last, mode, "leaky_relu")
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_real_layer_shapes_on_cuda(shape, dtype, channels_last, mode):
+    check_against_reference(shape, dtype, channels_last, mode, "relu")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_constant_input_has_zero_variance(mode, channels_last):
+    """Variance 0 (never negative, no NaN). The fp32 rounding of the mean, times rstd = 1/sqrt(eps) ~ 316,
+    leaves output errors ~1e-4 in both implementations, hence the looser atol."""
+    x = torch.full((2, 4, 3, 5), 3.7, device=DEVICE)
+    check_against_reference(tuple(x.shape), torch.float32, channels_last, mode, "leaky_relu", x=x,
+                            tolerance=(3e-4, 1e-4))
+
+
+@pytest.mark.parametrize("mode", ["instance", "batch_train"])
+def test_large_offset_keeps_variance_accurate(mode):
+    """Mean 100, std 0.1: E[x^2] - E[x]^2 in fp32 would lose about 10 % of the variance. What remains is the
+    fp32 rounding of x and of the mean (ulp(100) / 0.1 ~ 1e-4 of the output), checked against fp64."""
+    x = (torch.randn(2, 4, 8, 8, device=DEVICE, dtype=torch.float64) * 0.1 + 100.0).float()
+    reference = reference_norm(mode, 4)
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference))
+    assert_close_verbose(fused(x), reference.double()(x.double()), 5e-4, 0, "y")
+    if mode == "batch_train":
+        assert_close_verbose(fused.running_var, reference.running_var, 1e-6, 1e-4, "running_var")
+
+
+@pytest.mark.parametrize("mode, message", [("instance", "more than 1 spatial element"),
+                                           ("batch_train", "more than 1 value per channel")])
+def test_too_few_values_raise_like_pytorch(mode, message):
+    norm = reference_norm(mode, 4)
+    x = torch.randn(1, 4, 1, 1, device=DEVICE)
+    with pytest.raises(ValueError, match=message):
+        norm(x)
+    with pytest.raises(ValueError, match=message):
+        FusedNormAct.from_norm(norm, "relu")(x)
+
+
+def test_batch_eval_accepts_single_value():
+    check_against_reference((1, 4, 1, 1), torch.float32, False, "batch_eval", "relu")
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d(6), nn.InstanceNorm2d(6)], ids=["batch", "instance"])
+def test_state_dict_keys_match_the_replaced_norm(norm):
+    fused = FusedNormAct.from_norm(norm, "leaky_relu")
+    assert list(fused.state_dict()) == list(norm.state_dict())
+    fresh = FusedNormAct(6, "batch" if isinstance(norm, nn.BatchNorm2d) else "instance", "relu")
+    assert list(fresh.state_dict()) == list(norm.state_dict())
+    fresh.load_state_dict(norm.state_dict())
+
+
+def test_from_norm_shares_parameters_and_buffers():
+    norm = nn.BatchNorm2d(6)
+    fused = FusedNormAct.from_norm(norm, "relu")
+    assert fused.weight is norm.weight and fused.bias is norm.bias
+    assert fused.running_mean is norm.running_mean and fused.num_batches_tracked is norm.num_batches_tracked
+
+
+def dropout_module(channels_last=False, mode="instance", activation="identity", seed=1234):
+    fused = FusedNormAct.from_norm(reference_norm(mode, 16), activation, dropout=0.5).to(DEVICE)
+    fused.dropout_seed.fill_(seed)
+    return fused
+
+
+def test_dropout_mask_semantics_and_gradient():
+    """Each output is 0 or 2 * (normalized activation); about half are 0; backward uses the same mask."""
+    reference = reference_norm("batch_train", 16)
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference), "leaky_relu", dropout=0.5)
+    x = torch.randn(2, 16, 16, 16, device=DEVICE).to(memory_format=torch.channels_last)
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused = fused(x_fused)
+    keep = y_fused.detach() != 0
+    assert abs(keep.float().mean().item() - 0.5) < 0.02
+    y_ref = F.leaky_relu(reference(x_ref), 0.2) * keep * 2.0
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_fused.backward(grad)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
+    assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
+
+
+def test_dropout_seed_reproduces_and_advances():
+    fused = dropout_module(seed=77)
+    x = torch.randn(2, 16, 8, 8, device=DEVICE)
+    first = fused(x)
+    assert fused.dropout_seed.item() == 78, "each call advances the key on device"
+    second = fused(x)
+    assert not torch.equal(first == 0, second == 0)
+    fused.dropout_seed.fill_(77)
+    assert torch.equal(fused(x), first)
+    fused.dropout_seed.fill_(77)
+    assert torch.equal(fused(x.to(memory_format=torch.channels_last)), first), "mask is layout independent"
+
+
+def test_dropout_is_off_in_eval():
+    fused = dropout_module(mode="batch_train").eval()
+    x = torch.randn(2, 16, 4, 4, device=DEVICE)
+    assert (fused(x) != 0).all()
