@@ -60,17 +60,25 @@ def build_dataset(opt):
 
 
 class ImageSizes:
-    """(w, h) per path from the file header, read once; for an A|B file, the size of its A half."""
+    """Image sizes from the file headers, read once per path, with the torch dataset's size checks."""
 
-    def __init__(self, aligned):
-        self.aligned = aligned
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.aligned = dataset.opt.dataset_mode == "aligned"
         self.known = {}
 
-    def __call__(self, path):
+    def full(self, path):
+        """(w, h) of the file."""
         if path not in self.known:
-            w, h = image_size(path)
-            self.known[path] = (int(w / 2), h) if self.aligned else (w, h)
+            self.known[path] = image_size(path)
+            w, h = self.known[path]
+            self.dataset.check_fits_crop(path, (int(w / 2), h) if self.aligned else (w, h))
         return self.known[path]
+
+    def __call__(self, path):
+        """(w, h) that get_params sees: the A half for an A|B file."""
+        w, h = self.full(path)
+        return (int(w / 2), h) if self.aligned else (w, h)
 
 
 @dataclass
@@ -210,7 +218,33 @@ def _budget_bytes(device, budget_bytes):
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * DEFAULT_BUDGET_FRACTION)
 
 
-class GPUCacheLoader:
+class PlannedLoader:
+    """What every fast loader shares with the torch loader: the dataset, its epoch plan, len, set_epoch."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.dataset = build_dataset(opt)
+        self.sides = dataset_sides(self.dataset)
+        self.sizes = ImageSizes(self.dataset)
+        self.skip_batches = 0
+        self.plan = None
+
+    def __len__(self):
+        """Samples per epoch over all ranks, as the torch loader's len (the reference's)."""
+        return len(self.dataset)
+
+    @property
+    def batches_per_epoch(self):
+        """Batches this process sees in a full epoch (its shard under torch.distributed)."""
+        return math.ceil(len(self.plan) / self.opt.batch_size)
+
+    def set_epoch(self, epoch, skip_batches=0):
+        """Use ``epoch``'s order and draws; the next pass starts at batch ``skip_batches``."""
+        self.plan = plan_epoch(self.dataset, epoch, self.sizes)
+        self.skip_batches = skip_batches
+
+
+class GPUCacheLoader(PlannedLoader):
     """The torch loader's interface (len, iter, set_epoch) over a set decoded once into device memory.
 
     ``budget_bytes`` caps the decoded size (default: a quarter of the free device memory, or of the
@@ -218,10 +252,7 @@ class GPUCacheLoader:
     """
 
     def __init__(self, opt, device, budget_bytes=None):
-        self.opt = opt
-        self.dataset = build_dataset(opt)
-        self.sides = dataset_sides(self.dataset)
-        self.sizes = ImageSizes(opt.dataset_mode == "aligned")
+        super().__init__(opt)
         device = torch.device(device)
         need, budget = self.footprint(), _budget_bytes(device, budget_bytes)
         if need > budget:
@@ -240,19 +271,10 @@ class GPUCacheLoader:
                 total += w * h * (1 if side.gray else 3)
         return total
 
-    def __len__(self):
-        """Samples per epoch over all ranks, as the torch loader's len (the reference's)."""
-        return len(self.dataset)
-
-    @property
-    def batches_per_epoch(self):
-        return math.ceil(len(self.plan) / self.opt.batch_size)
-
     def set_epoch(self, epoch, skip_batches=0):
-        self.plan = plan_epoch(self.dataset, epoch, self.sizes)
+        super().set_epoch(epoch, skip_batches)
         self.draws = [store.draws(files, params, self.opt.no_flip)
                       for store, files, params in zip(self.stores, self.plan.files, self.plan.params)]
-        self.skip_batches = skip_batches
 
     def __iter__(self):
         for start, stop in self.plan.batches(self.opt.batch_size, self.skip_batches):

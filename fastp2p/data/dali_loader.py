@@ -1,0 +1,288 @@
+"""GPU-decode loaders: NVIDIA DALI, or torchvision's nvJPEG decode where DALI is absent.
+
+Both decode every batch from the encoded files (no limit on the set's size, unlike the GPU cache)
+and run the reference's preprocessing on the device: split A|B, resize (every --preprocess mode:
+resize_and_crop, crop, scale_width, scale_width_and_crop, none), crop, flip, normalise to [-1, 1].
+Batches are NCHW float tensors stored channels-last, on the GPU (DALI with ``device_id=None``: CPU).
+
+Sampling is the torch path's, not a DALI reader's. The order, the rank's shard and every crop/flip
+draw come from ``gpu_cache.plan_epoch`` (seeded per (seed, epoch) and per (seed, epoch, index), with
+DistributedSampler's split), and the files of each batch are fed through ``fn.external_source``.
+``fn.readers.file`` with ``shard_id``/``num_shards`` cannot reproduce the reference epoch: its shards
+differ in size by one (DistributedSampler pads them equal, which DDP needs for equal step counts),
+its batch size is fixed (no partial last batch without losing samples of the next epoch), it cannot
+draw B with replacement as the reference does, and it cannot start at (epoch, batch k) on resume.
+Fed from the plan, the DALI pipeline sees exactly the files and draws of the torch path, so the two
+differ only in interpolation, which is what the tests measure.
+
+Aligned pairs: one decode per file, the halves sliced from it, and ONE crop anchor and flip node
+feeding both halves' crop and mirror. Unaligned: two decodes, independent draws (from the plan).
+
+Interpolation: the reference resizes with PIL bicubic (with PIL's antialiasing when shrinking).
+DALI's cubic resize with ``antialias=True`` and torch's ``interpolate(mode="bicubic", antialias=True)``
+are close but not bitwise equal (286^2 from 256^2 facades halves: mean |diff| about 0.2 grey levels,
+max 2-3). The crop and flip are exact.
+
+Errors: an unreadable file is reported by its header check (PIL) before it reaches DALI, as a
+DatasetError naming it; a file whose header reads but whose data is corrupt fails inside the DALI
+decoder, reported as a DatasetError naming the batch's files. DALI decodes JPEG, PNG, BMP, TIFF and
+PPM; grayscale and palette files are converted to RGB as PIL's ``convert('RGB')`` does.
+"""
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from fastp2p.data.gpu_cache import PlannedLoader, crop_box, crop_flip_normalize, resized_size
+from fastp2p.data.image_folder import DatasetError
+
+
+def dali_available():
+    """Whether the optional DALI extra is installed (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def torchvision_available():
+    """torchvision is optional and must match torch's build; an import that fails counts as absent."""
+    try:
+        import torchvision.io  # noqa: F401
+    except Exception:  # a torchvision built for another torch raises more than ImportError
+        return False
+    return True
+
+
+def side_geometry(opt, full_size, half, params):
+    """Where one side of one sample comes from and what the reference does to it.
+
+    Returns (box, resized, crop, flip): box = (x0, w, h) of the side in the file, resized = (w, h)
+    after the deterministic resize, crop = (x, y, w, h) in the resized image, flip a bool.
+    """
+    w, h = full_size
+    x0 = 0
+    if half is not None:
+        x0 = int(w / 2) * half
+        w = int(w / 2) if half == 0 else w - int(w / 2)
+    resized = resized_size(opt, w, h)
+    crop = crop_box(opt, *resized, params["crop_pos"])
+    return (x0, w, h), resized, crop, bool(params["flip"]) and not opt.no_flip
+
+
+class _FedLoader(PlannedLoader):
+    """Builds each batch's per-sample geometry from the epoch plan; subclasses turn it into tensors."""
+
+    def batch_specs(self, start, stop):
+        """Per side: the paths of the batch and each sample's geometry."""
+        specs = []
+        for side, files, params in zip(self.sides, self.plan.files, self.plan.params):
+            paths = [side.paths[i] for i in files[start:stop]]
+            geometry = [side_geometry(self.opt, self.sizes.full(p), side.half, q)
+                        for p, q in zip(paths, params[start:stop])]
+            specs.append((paths, geometry))
+        return specs
+
+
+# (box, resized, crop, flip) of side_geometry -> the DALI argument; 2-D ones are (y, x) / (h, w), as HWC.
+_FIELD = {
+    "box_anchor": lambda g: np.array([0, g[0][0]], dtype=np.float32),
+    "box_shape": lambda g: np.array([g[0][2], g[0][1]], dtype=np.float32),
+    "size": lambda g: np.array([g[1][1], g[1][0]], dtype=np.float32),
+    "crop_anchor": lambda g: np.array([g[2][1], g[2][0]], dtype=np.float32),
+    "crop_shape": lambda g: np.array([g[2][3], g[2][2]], dtype=np.float32),
+    "flip": lambda g: np.array(g[3], dtype=np.int32),
+}
+
+
+def _read_bytes(path):
+    return np.fromfile(path, dtype=np.uint8)
+
+
+class DALILoader(_FedLoader):
+    """DALI pipeline fed from the epoch plan: decode (``mixed`` on a GPU, ``cpu`` with device_id=None),
+    split, resize, crop, flip and normalise, HWC float in [-1, 1]."""
+
+    def __init__(self, opt, device_id=None, num_threads=None, prefetch=2):
+        super().__init__(opt)
+        self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
+        self.aligned = opt.dataset_mode == "aligned"
+        self._feed = iter(())
+        self._paths = None
+        self.pipe = self._build(device_id, num_threads or max(1, int(opt.num_threads)), prefetch)
+        self.set_epoch(1)
+
+    def _fields(self):
+        """The per-sample arguments the graph uses, as (side, name); an aligned pair's crop anchor and flip
+        are side 0's, used by both halves: the shared draw."""
+        opt, fields = self.opt, []
+        for s in range(len(self.sides)):
+            own = s == 0 or not self.aligned
+            fields += [(s, "box_anchor"), (s, "box_shape")] if self.aligned else []
+            fields += [(s, "size")] if opt.preprocess != "crop" else []
+            fields += [(s, "crop_anchor")] if "crop" in opt.preprocess and own else []
+            fields += [(s, "crop_shape")] if "crop" in opt.preprocess else []
+            fields += [(s, "flip")] if own else []
+        return fields
+
+    def _build(self, device_id, num_threads, prefetch):
+        from nvidia.dali import fn, pipeline_def, types
+
+        opt = self.opt
+        decode_on = "cpu" if device_id is None else "mixed"
+        n_streams = 1 if self.aligned else len(self.sides)
+        self.fields = self._fields()
+        slice_args = dict(axes=[0, 1], normalized_anchor=False, normalized_shape=False)
+
+        @pipeline_def(batch_size=opt.batch_size, num_threads=num_threads, device_id=device_id,
+                      prefetch_queue_depth=prefetch, exec_dynamic=True)
+        def pipeline():
+            feeds = fn.external_source(source=self._next_feed, num_outputs=n_streams + len(self.fields), batch=True)
+            arg = dict(zip(self.fields, feeds[n_streams:]))
+            decoded = [fn.decoders.image(e, device=decode_on, output_type=types.RGB) for e in feeds[:n_streams]]
+            outputs = []
+            for s, side in enumerate(self.sides):
+                shared = 0 if self.aligned else s
+                image = decoded[shared]
+                if self.aligned:
+                    image = fn.slice(image, arg[s, "box_anchor"], arg[s, "box_shape"], **slice_args)
+                if side.gray:
+                    image = fn.color_space_conversion(image, image_type=types.RGB, output_type=types.GRAY)
+                if opt.preprocess != "crop":
+                    image = fn.resize(image, size=arg[s, "size"], interp_type=types.INTERP_CUBIC, antialias=True)
+                if "crop" in opt.preprocess:
+                    image = fn.slice(image, arg[shared, "crop_anchor"], arg[s, "crop_shape"], **slice_args)
+                outputs.append(fn.crop_mirror_normalize(image, mirror=arg[shared, "flip"], mean=127.5, std=127.5,
+                                                        output_layout="HWC", dtype=types.FLOAT))
+            return tuple(outputs)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def _next_feed(self):
+        """external_source's callback: the next batch's bytes and arguments (StopIteration ends the epoch)."""
+        start, stop = next(self._feed)
+        specs = self.batch_specs(start, stop)
+        self._paths.append([paths for paths, _ in specs])
+        feeds = [[_read_bytes(p) for p in paths] for paths, _ in (specs[:1] if self.aligned else specs)]
+        for s, name in self.fields:
+            feeds.append([_FIELD[name](g) for g in specs[s][1]])
+        return tuple(feeds)
+
+    def _outputs(self):
+        try:
+            return self.pipe.run()
+        except StopIteration:
+            raise
+        except RuntimeError as error:
+            paths = sorted({p for side in self._paths[0] for p in side})
+            raise DatasetError(f"DALI failed on a batch of {', '.join(paths)}: {str(error).splitlines()[0]}; "
+                               f"--data_loader torch reads with PIL") from error
+
+    def _to_torch(self, tensor_list):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        try:
+            dense = tensor_list.as_tensor()
+        except RuntimeError as error:
+            raise DatasetError("the samples of a batch have different sizes (e.g. --preprocess scale_width or none "
+                               "on images of several sizes); use --batch_size 1") from error
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        feed_ndarray(dense, out, cuda_stream=stream)
+        return out.permute(0, 3, 1, 2)
+
+    def __iter__(self):
+        self._feed = iter(self.plan.batches(self.opt.batch_size, self.skip_batches))
+        self._paths = []
+        self.skip_batches = 0
+        finished = False
+        try:
+            while True:
+                try:
+                    outputs = self._outputs()
+                except StopIteration:
+                    finished = True
+                    return
+                paths = self._paths.pop(0)
+                batch = {}
+                for key, output, side_paths in zip("AB", outputs, paths):
+                    batch[key] = self._to_torch(output)
+                    batch[key + "_paths"] = side_paths
+                yield batch
+        finally:
+            if not finished:  # left mid-epoch: drain what DALI prefetched so the next pass starts clean
+                self._feed = iter(())
+                try:
+                    while True:
+                        self.pipe.run()
+                except StopIteration:
+                    pass
+            self.pipe.reset()
+
+
+def decode_on_gpu(encoded, device):
+    """torchvision's batched nvJPEG decode for JPEGs; other formats decode on the CPU and move over."""
+    import torchvision.io as tvio
+
+    jpeg = [bool(len(e) > 2 and e[0] == 0xFF and e[1] == 0xD8) for e in encoded]
+    out = [None] * len(encoded)
+    jpegs = [e for e, j in zip(encoded, jpeg) if j]
+    if jpegs:
+        decoded = iter(tvio.decode_jpeg(jpegs, mode=tvio.ImageReadMode.RGB, device=device))
+        out = [next(decoded) if j else None for j in jpeg]
+    return [o if o is not None else tvio.decode_image(e, mode=tvio.ImageReadMode.RGB).to(device)
+            for o, e in zip(out, encoded)]
+
+
+class TorchvisionDecodeLoader(_FedLoader):
+    """Decode each batch with torchvision on the GPU, then split/resize/crop/flip there with torch ops.
+
+    ``decode(list of uint8 byte tensors, device) -> list of CHW uint8 RGB tensors`` is torchvision's
+    nvJPEG by default; the tests pass a PIL decoder to check the rest on CPU.
+    """
+
+    def __init__(self, opt, device, decode=decode_on_gpu):
+        super().__init__(opt)
+        self.device = torch.device(device)
+        self.decode = decode
+        self.set_epoch(1)
+
+    def _side_batch(self, images, geometry, gray):
+        """Resize each sample (batched when the sizes agree), then one gather for all crops and flips."""
+        resized = []
+        for image, ((x0, w, h), (rw, rh), _, _) in zip(images, geometry):
+            image = image[:, :, x0:x0 + w]
+            if gray:  # PIL's 'L': ITU-R 601-2 luma
+                weights = torch.tensor([0.299, 0.587, 0.114], device=image.device)[:, None, None]
+                image = (image.float() * weights).sum(0, keepdim=True).round().to(torch.uint8)
+            resized.append(image if (rw, rh) == (w, h) else _resize(image, rh, rw))
+        store = torch.stack(resized).permute(0, 2, 3, 1)
+        crops = torch.tensor([g[2][:2] for g in geometry], device=self.device)
+        flips = torch.tensor([g[3] for g in geometry], device=self.device)
+        _, _, cw, ch = geometry[0][2]
+        index = torch.arange(len(images), device=self.device)
+        return crop_flip_normalize(store, index, crops[:, 0], crops[:, 1], flips, ch, cw)
+
+    def __iter__(self):
+        for start, stop in self.plan.batches(self.opt.batch_size, self.skip_batches):
+            specs = self.batch_specs(start, stop)
+            streams = specs[:1] if self.opt.dataset_mode == "aligned" else specs
+            decoded = [self.decode([torch.from_numpy(_read_bytes(p)) for p in paths], self.device)
+                       for paths, _ in streams]
+            batch = {}
+            for s, (key, side, (paths, geometry)) in enumerate(zip("AB", self.sides, specs)):
+                images = decoded[0 if len(streams) == 1 else s]
+                batch[key] = self._side_batch(images, geometry, side.gray)
+                batch[key + "_paths"] = paths
+            yield batch
+        self.skip_batches = 0
+
+
+def _resize(image, h, w):
+    """Bicubic with antialiasing, rounded back to uint8: torch's closest match to PIL's BICUBIC."""
+    out = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bicubic", antialias=True,
+                                          align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8)
