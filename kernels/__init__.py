@@ -1,5 +1,10 @@
 """Triton kernels of fastp2p, installed as ``fastp2p.kernels``."""
 
+from .losses import (GanLossFunction, L1LossFunction, gan_loss, gan_loss_forward, gan_target, l1_loss,
+                     l1_loss_forward)
 from .norm_act import FusedNormAct, NormActFunction, norm_act_backward, norm_act_forward
 
-__all__ = ["FusedNormAct", "NormActFunction", "norm_act_backward", "norm_act_forward"]
+__all__ = [
+    "FusedNormAct", "NormActFunction", "norm_act_backward", "norm_act_forward",
+    "GanLossFunction", "L1LossFunction", "gan_loss", "gan_loss_forward", "gan_target", "l1_loss", "l1_loss_forward",
+]
