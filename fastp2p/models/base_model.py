@@ -1,0 +1,161 @@
+"""What pix2pix, CycleGAN and the test model share: setup, I/O of networks, LR stepping, resumable state.
+
+The training step (``optimize_parameters``) of each model keeps its losses as device tensors in
+``loss_<name>`` attributes and never reads them; ``get_current_losses`` is the one place they are
+copied to the host, on logging iterations only. That keeps the step free of host syncs, so it can later
+be captured in a CUDA graph.
+"""
+
+import os
+from collections import OrderedDict
+
+import torch
+
+from fastp2p import checkpoint
+from fastp2p.distributed import is_main_process
+from fastp2p.networks import count_parameters, get_scheduler, init_weights
+
+
+class BaseModel:
+    """Subclasses fill the name lists and build ``net<name>`` for each name in ``model_names``."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.isTrain = opt.isTrain
+        self.device = opt.device
+        self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
+        self.loss_names = []
+        self.model_names = []
+        self.visual_names = []
+        self.pool_names = []
+        self.optimizers = []
+        self.schedulers = []
+        self.image_paths = []
+        self.metric = 0  # what the plateau policy watches; the reference never changes it either
+
+    def networks(self):
+        """(name, net) for every network of this model, in the reference's order (G before D)."""
+        return [(name, getattr(self, "net" + name)) for name in self.model_names]
+
+    def build_optimizer(self, params):
+        """Adam as in the reference; the fast engine overrides this (fused Adam)."""
+        return torch.optim.Adam(params, lr=self.opt.lr, betas=(self.opt.beta1, 0.999))
+
+    def setup(self, opt):
+        """Initialize weights (G before D), load checkpoints when testing or resuming, build schedulers."""
+        for _, net in self.networks():
+            init_weights(net, opt.init_type, opt.init_gain)
+        if not self.isTrain or opt.continue_train:
+            self.load_networks(f"iter_{opt.load_iter}" if opt.load_iter > 0 else opt.epoch)
+        if self.isTrain:
+            self.schedulers = [get_scheduler(optimizer, opt) for optimizer in self.optimizers]
+        self.print_networks(opt.verbose)
+
+    def set_input(self, data):
+        """Take real_A/real_B from a loader batch; ``--direction BtoA`` swaps the two sides."""
+        a_to_b = self.opt.direction == "AtoB"
+        self.real_A = data["A" if a_to_b else "B"].to(self.device, non_blocking=True)
+        self.real_B = data["B" if a_to_b else "A"].to(self.device, non_blocking=True)
+        self.image_paths = data["A_paths" if a_to_b else "B_paths"]
+
+    def forward(self):
+        raise NotImplementedError
+
+    def optimize_parameters(self):
+        raise NotImplementedError
+
+    def eval(self):
+        """Eval mode for every net (``--eval`` at test time: BatchNorm running stats, no Dropout)."""
+        for _, net in self.networks():
+            net.eval()
+
+    def test(self):
+        with torch.no_grad():
+            self.forward()
+            self.compute_visuals()
+
+    def compute_visuals(self):
+        """Hook for extra visuals before display; none of the reference's three models needs one."""
+
+    def get_image_paths(self):
+        return self.image_paths
+
+    def get_current_visuals(self):
+        return OrderedDict((name, getattr(self, name)) for name in self.visual_names)
+
+    def get_current_losses(self):
+        """name -> float. Each float() is a device sync, so call this on logging iterations only."""
+        losses = OrderedDict()
+        for name in self.loss_names:
+            value = getattr(self, "loss_" + name)  # a tensor, or 0 for a disabled term (identity loss)
+            losses[name] = float(value.detach()) if torch.is_tensor(value) else float(value)
+        return losses
+
+    @staticmethod
+    def set_requires_grad(nets, requires_grad=False):
+        """Freeze D while G's loss backpropagates through it, so D gets no gradients from G's step."""
+        if not isinstance(nets, (list, tuple)):
+            nets = [nets]
+        for net in nets:
+            for param in net.parameters():
+                param.requires_grad = requires_grad
+
+    def update_learning_rate(self):
+        """Step every scheduler once (end of epoch) and print the change as the reference does."""
+        old_lr = self.optimizers[0].param_groups[0]["lr"]
+        for scheduler in self.schedulers:
+            if self.opt.lr_policy == "plateau":
+                scheduler.step(self.metric)
+            else:
+                scheduler.step()
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        if is_main_process():
+            print(f"learning rate {old_lr:.7f} -> {lr:.7f}")
+
+    def network_path(self, epoch, name):
+        return os.path.join(self.save_dir, checkpoint.network_filename(epoch, name))
+
+    def save_networks(self, epoch):
+        """``{epoch}_net_{name}.pth`` for every net, from rank 0 only, in the reference's key layout."""
+        if not is_main_process():
+            return
+        for name, net in self.networks():
+            checkpoint.save_network(net, self.network_path(epoch, name))
+
+    def load_networks(self, epoch):
+        """Load ``{epoch}_net_{name}.pth`` into every net; a mismatching file raises CheckpointError."""
+        for name, net in self.networks():
+            path = self.network_path(epoch, name)
+            if is_main_process():
+                print(f"loading the model from {path}")
+            checkpoint.load_network(net, path, map_location=self.device)
+
+    def print_networks(self, verbose):
+        if not is_main_process():
+            return
+        print("---------- Networks initialized -------------")
+        for name, net in self.networks():
+            if verbose:
+                print(net)
+            print(f"[Network {name}] Total number of parameters : {count_parameters(net) / 1e6:.3f} M")
+        print("-----------------------------------------------")
+
+    def training_state(self):
+        """Optimizer, scheduler and image-pool state: with the weights, all a resumed run needs from the model."""
+        return {
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
+            "image_pools": {name: getattr(self, name).state_dict() for name in self.pool_names},
+        }
+
+    def load_training_state(self, state):
+        if len(state["optimizers"]) != len(self.optimizers) or set(state["image_pools"]) != set(self.pool_names):
+            raise checkpoint.CheckpointError(
+                f"the training state was saved by another model (optimizers {len(state['optimizers'])}, "
+                f"pools {sorted(state['image_pools'])}); this one is {type(self).__name__}")
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(saved)
+        for name, saved in state["image_pools"].items():
+            getattr(self, name).load_state_dict(saved, device=self.device)

@@ -1,0 +1,101 @@
+"""CycleGAN (spec 5.4): two generators and two discriminators; G_A and G_B are updated before D_A and D_B.
+
+G_A maps A to B and is judged by D_A; G_B maps B to A and is judged by D_B. Each generator pair shares
+one optimizer, as does each discriminator pair. D sees fakes through an ImagePool (``--pool_size``).
+"""
+
+import itertools
+
+from torch import nn
+
+from fastp2p import networks
+from fastp2p.image_pool import ImagePool
+from fastp2p.losses import GANLoss
+from fastp2p.models.base_model import BaseModel
+
+
+class CycleGANModel(BaseModel):
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.loss_names = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"]
+        visuals_A = ["real_A", "fake_B", "rec_A"]
+        visuals_B = ["real_B", "fake_A", "rec_B"]
+        if self.isTrain and opt.lambda_identity > 0.0:
+            visuals_A.append("idt_B")
+            visuals_B.append("idt_A")
+        self.visual_names = visuals_A + visuals_B
+        self.model_names = ["G_A", "G_B", "D_A", "D_B"] if self.isTrain else ["G_A", "G_B"]
+        use_dropout = not opt.no_dropout
+        self.netG_A = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm,
+                                        use_dropout).to(self.device)
+        self.netG_B = networks.define_G(opt.output_nc, opt.input_nc, opt.ngf, opt.netG, opt.norm,
+                                        use_dropout).to(self.device)
+        if self.isTrain:
+            if opt.lambda_identity > 0.0 and opt.input_nc != opt.output_nc:
+                raise ValueError(f"--lambda_identity {opt.lambda_identity} compares G_A(B) with B, which needs "
+                                 f"input_nc == output_nc (got {opt.input_nc} and {opt.output_nc}); "
+                                 "use --lambda_identity 0")
+            self.netD_A = networks.define_D(opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.norm).to(self.device)
+            self.netD_B = networks.define_D(opt.input_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.norm).to(self.device)
+            self.fake_A_pool = ImagePool(opt.pool_size)
+            self.fake_B_pool = ImagePool(opt.pool_size)
+            self.pool_names = ["fake_A_pool", "fake_B_pool"]
+            self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
+            self.criterionCycle = nn.L1Loss()
+            self.criterionIdt = nn.L1Loss()
+            self.optimizer_G = self.build_optimizer(itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()))
+            self.optimizer_D = self.build_optimizer(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()))
+            self.optimizers = [self.optimizer_G, self.optimizer_D]
+
+    def forward(self):
+        self.fake_B = self.netG_A(self.real_A)
+        self.rec_A = self.netG_B(self.fake_B)
+        self.fake_A = self.netG_B(self.real_B)
+        self.rec_B = self.netG_A(self.fake_A)
+
+    def backward_D_basic(self, netD, real, fake):
+        """Half the sum of D's real and (detached) fake losses, backpropagated into D only."""
+        loss_D_real = self.criterionGAN(netD(real), True)
+        loss_D_fake = self.criterionGAN(netD(fake.detach()), False)
+        loss_D = (loss_D_real + loss_D_fake) * 0.5
+        loss_D.backward()
+        return loss_D
+
+    def backward_D_A(self):
+        fake_B = self.fake_B_pool.query(self.fake_B)
+        self.loss_D_A = self.backward_D_basic(self.netD_A, self.real_B, fake_B)
+
+    def backward_D_B(self):
+        fake_A = self.fake_A_pool.query(self.fake_A)
+        self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A, fake_A)
+
+    def backward_G(self):
+        opt = self.opt
+        if opt.lambda_identity > 0:
+            # G_A should leave an image that already looks like B unchanged, and G_B likewise for A
+            self.idt_A = self.netG_A(self.real_B)
+            self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * opt.lambda_B * opt.lambda_identity
+            self.idt_B = self.netG_B(self.real_A)
+            self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * opt.lambda_A * opt.lambda_identity
+        else:
+            self.loss_idt_A = 0
+            self.loss_idt_B = 0
+        self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
+        self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
+        self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * opt.lambda_A
+        self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * opt.lambda_B
+        self.loss_G = (self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B
+                       + self.loss_idt_A + self.loss_idt_B)
+        self.loss_G.backward()
+
+    def optimize_parameters(self):
+        self.forward()
+        self.set_requires_grad([self.netD_A, self.netD_B], False)
+        self.optimizer_G.zero_grad()
+        self.backward_G()
+        self.optimizer_G.step()
+        self.set_requires_grad([self.netD_A, self.netD_B], True)
+        self.optimizer_D.zero_grad()
+        self.backward_D_A()
+        self.backward_D_B()
+        self.optimizer_D.step()

@@ -1,0 +1,54 @@
+"""pix2pix (spec 5.3): a conditional GAN with an L1 term, D updated before G on every iteration."""
+
+import torch
+from torch import nn
+
+from fastp2p import networks
+from fastp2p.losses import GANLoss
+from fastp2p.models.base_model import BaseModel
+
+
+class Pix2PixModel(BaseModel):
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.loss_names = ["G_GAN", "G_L1", "D_real", "D_fake"]
+        self.visual_names = ["real_A", "fake_B", "real_B"]
+        self.model_names = ["G", "D"] if self.isTrain else ["G"]
+        self.netG = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm,
+                                      not opt.no_dropout).to(self.device)
+        if self.isTrain:
+            # D judges (input, output) pairs, so it sees both images' channels
+            self.netD = networks.define_D(opt.input_nc + opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D,
+                                          opt.norm).to(self.device)
+            self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
+            self.criterionL1 = nn.L1Loss()
+            self.optimizer_G = self.build_optimizer(self.netG.parameters())
+            self.optimizer_D = self.build_optimizer(self.netD.parameters())
+            self.optimizers = [self.optimizer_G, self.optimizer_D]
+
+    def forward(self):
+        self.fake_B = self.netG(self.real_A)
+
+    def backward_D(self):
+        fake_AB = torch.cat((self.real_A, self.fake_B), 1).detach()  # no gradient into G from D's step
+        self.loss_D_fake = self.criterionGAN(self.netD(fake_AB), False)
+        self.loss_D_real = self.criterionGAN(self.netD(torch.cat((self.real_A, self.real_B), 1)), True)
+        self.loss_D = (self.loss_D_fake + self.loss_D_real) * 0.5
+        self.loss_D.backward()
+
+    def backward_G(self):
+        self.loss_G_GAN = self.criterionGAN(self.netD(torch.cat((self.real_A, self.fake_B), 1)), True)
+        self.loss_G_L1 = self.criterionL1(self.fake_B, self.real_B) * self.opt.lambda_L1
+        self.loss_G = self.loss_G_GAN + self.loss_G_L1
+        self.loss_G.backward()
+
+    def optimize_parameters(self):
+        self.forward()
+        self.set_requires_grad(self.netD, True)
+        self.optimizer_D.zero_grad()
+        self.backward_D()
+        self.optimizer_D.step()
+        self.set_requires_grad(self.netD, False)
+        self.optimizer_G.zero_grad()
+        self.backward_G()
+        self.optimizer_G.step()
