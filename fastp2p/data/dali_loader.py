@@ -111,7 +111,7 @@ class DALILoader(_FedLoader):
         self._feed = iter(())
         self._paths = None
         self.pipe = self._build(device_id, num_threads or max(1, int(opt.num_threads)), prefetch)
-        self.set_epoch(1)
+        self.set_epoch(0)  # the torch loader too starts at epoch 0 until told
 
     def _fields(self):
         """The per-sample arguments the graph uses, as (side, name); an aligned pair's crop anchor and flip
@@ -248,7 +248,7 @@ class TorchvisionDecodeLoader(_FedLoader):
         super().__init__(opt)
         self.device = torch.device(device)
         self.decode = decode
-        self.set_epoch(1)
+        self.set_epoch(0)  # the torch loader too starts at epoch 0 until told
 
     def _side_batch(self, images, geometry, gray):
         """Resize each sample (batched when the sizes agree), then one gather for all crops and flips."""

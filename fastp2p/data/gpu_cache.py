@@ -260,7 +260,7 @@ class GPUCacheLoader(PlannedLoader):
                                   f"its budget of {budget / 2**20:.0f} MiB")
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
             self.stores = [_Store(opt, side, device, pool) for side in self.sides]
-        self.set_epoch(1)
+        self.set_epoch(0)  # the torch loader too starts at epoch 0 until told
 
     def footprint(self):
         """Bytes of the decoded, resized set, from the image headers alone."""

@@ -61,7 +61,9 @@ def create_fast_loader(opt, kind="auto", budget_bytes=None):
         loader = _gpu_decode(opt, device)
         if loader is not None:
             return loader
-    if kind != "auto":
-        _say(f"--data_loader {kind} is not usable here (DALI: pip install nvidia-dali-cuda130, or torchvision "
-             f"with CUDA); using the torch loader")
+    if kind == "dali":
+        _say("neither DALI (pip install nvidia-dali-cuda130) nor torchvision with CUDA is usable here; "
+             "using the torch loader")
+    elif kind == "gpu_cache":
+        _say("using the torch loader")
     return create_dataset(opt)

@@ -1,0 +1,159 @@
+"""DALI in CPU-only mode (device_id=None), running the graph a GPU runs with decode on 'mixed'.
+
+What is checked: the crop and flip of A and B are one draw (read back exactly from a coordinate
+pattern), the files and draws are the torch path's (same paths; pixels equal up to interpolation,
+measured as statistics since DALI's cubic resize is not PIL's), shapes, dtype, range, channels-last
+layout, epoch length with a partial last batch, the 2-rank split, and errors for bad files. The
+torchvision-decode loader's logic runs here with a PIL decoder standing in for nvJPEG.
+"""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastp2p import distributed
+from fastp2p.data import DatasetError, create_dataset
+from fastp2p.data.dali_loader import TorchvisionDecodeLoader, dali_available
+from test_gpu_cache import make_opt, write_pairs
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda130)")
+
+
+def dali_loader(opt):
+    from fastp2p.data.dali_loader import DALILoader
+
+    return DALILoader(opt, device_id=None, num_threads=1)
+
+
+def pixel(value):
+    return round((value.item() + 1) * 127.5)
+
+
+@needs_dali
+def test_shared_crop_and_flip_read_back_exactly(tmp_path):
+    opt = make_opt(write_pairs(tmp_path, 7), preprocess="crop", crop_size=64, batch_size=3)
+    loader = dali_loader(opt)
+    seen = 0
+    for batch in loader:
+        assert batch["A"].dtype == torch.float32 and batch["A"].shape[1:] == (3, 64, 64)
+        assert batch["A"].is_contiguous(memory_format=torch.channels_last)
+        assert batch["A"].min() >= -1 and batch["A"].max() <= 1
+        assert torch.equal(batch["A"], batch["B"])  # same crop, same flip: identical halves stay identical
+        for b in range(len(batch["A"])):
+            params = loader.plan.params[0][seen + b]
+            x, y = params["crop_pos"]
+            assert pixel(batch["A"][b, 0, 0, -1 if params["flip"] else 0]) == x
+            assert pixel(batch["A"][b, 1, 0, 0]) == y
+        seen += len(batch["A"])
+    assert seen == len(loader) == 7  # last batch partial (7 = 3 + 3 + 1), nothing dropped
+
+
+def edge_correlation(a, b):
+    """Correlation of horizontal-gradient magnitudes: high when two images' edges line up."""
+    ea, eb = (x.mean(1).diff(dim=-1).abs().flatten(1) for x in (a, b))
+    ea, eb = ea - ea.mean(1, keepdim=True), eb - eb.mean(1, keepdim=True)
+    return (ea * eb).sum(1) / (ea.norm(dim=1) * eb.norm(dim=1))
+
+
+@needs_dali
+def test_real_facades_match_torch_path_statistically(shared_data):
+    opt = make_opt(f"{shared_data}/facades", max_dataset_size=16, batch_size=8)
+    fast, reference = dali_loader(opt), create_dataset(opt)
+    fast.set_epoch(3)
+    reference.set_epoch(3)
+    for got, want in zip(fast, reference, strict=True):
+        assert list(got["A_paths"]) == list(want["A_paths"])
+        for key in "AB":
+            diff = (got[key] - want[key]).abs()
+            assert diff.mean() < 0.004 and diff.max() < 0.1  # ~0.2 grey levels mean: bicubic vs PIL bicubic
+        # the label map's edges line up with the photo's only when both got the same crop and flip
+        matched = edge_correlation(got["A"], got["B"])
+        assert (matched > edge_correlation(got["A"], got["B"].flip(-1))).all()
+        assert (matched > edge_correlation(got["A"], got["B"].roll(1, 0))).all()
+
+
+@needs_dali
+@pytest.mark.parametrize("preprocess", ["resize_and_crop", "scale_width_and_crop", "crop"])
+def test_unaligned_draws_and_modes(shared_data, preprocess):
+    opt = make_opt(f"{shared_data}/facades_unpaired", dataset_mode="unaligned", preprocess=preprocess,
+                   crop_size=200, load_size=300, output_nc=1, max_dataset_size=6, batch_size=4)
+    fast, reference = dali_loader(opt), create_dataset(opt)
+    for got, want in zip(fast, reference, strict=True):
+        assert list(got["B_paths"]) == list(want["B_paths"])  # B drawn at random, as the torch path
+        for key in "AB":
+            assert got[key].shape == want[key].shape
+            assert (got[key] - want[key]).abs().mean() < 0.01
+
+
+@needs_dali
+def test_two_ranks_cover_every_file_once(tmp_path, monkeypatch):
+    opt = make_opt(write_pairs(tmp_path, 9), preprocess="crop", crop_size=64, batch_size=2)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    per_rank = []
+    for r in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        loader = dali_loader(opt)
+        loader.set_epoch(4)
+        per_rank.append([p for batch in loader for p in batch["A_paths"]])
+        assert loader.batches_per_epoch == 3
+    assert len(per_rank[0]) == len(per_rank[1]) == 5  # 9 files padded to 10, as DistributedSampler
+    assert sorted(set(per_rank[0] + per_rank[1])) == sorted(str(p) for p in (tmp_path / "train").iterdir())
+    assert not set(per_rank[0]) & set(per_rank[1][:-1])  # only the padding sample repeats
+
+
+@needs_dali
+def test_stopping_mid_epoch_then_resuming(tmp_path):
+    opt = make_opt(write_pairs(tmp_path, 8), preprocess="crop", crop_size=64, batch_size=2)
+    loader = dali_loader(opt)
+    loader.set_epoch(2)
+    full = [batch["A_paths"] for batch in loader]
+    next(iter(loader))  # abandoned after one batch
+    loader.set_epoch(2, skip_batches=1)
+    assert [batch["A_paths"] for batch in loader] == full[1:]
+
+
+@needs_dali
+def test_grayscale_and_png_files_decode_to_rgb(tmp_path):
+    (tmp_path / "train").mkdir()
+    pattern = write_pairs(tmp_path / "src", 1).joinpath("train", "0.png")
+    Image.open(pattern).convert("L").save(tmp_path / "train" / "gray.jpg", quality=95)
+    Image.open(pattern).save(tmp_path / "train" / "rgb.png")
+    opt = make_opt(tmp_path, preprocess="crop", crop_size=64, batch_size=2, serial_batches=True)
+    fast, reference = dali_loader(opt), create_dataset(opt)
+    for got, want in zip(fast, reference, strict=True):
+        assert got["A"].shape == want["A"].shape == (2, 3, 64, 64)
+        assert (got["A"] - want["A"]).abs().max() < 0.05  # JPEG decoders round differently; PNG is exact
+
+
+@needs_dali
+def test_bad_files_raise_dataset_error(tmp_path):
+    root = write_pairs(tmp_path, 2)
+    (root / "train" / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(DatasetError, match="junk.jpg"):
+        dali_loader(make_opt(root, preprocess="crop", crop_size=64))
+    (root / "train" / "junk.jpg").unlink()
+    good = io.BytesIO()
+    Image.open(root / "train" / "0.png").save(good, format="JPEG")
+    (root / "train" / "cut.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])  # header intact, data cut
+    loader = dali_loader(make_opt(root, preprocess="crop", crop_size=64, batch_size=3))
+    with pytest.raises(DatasetError, match="cut.jpg"):
+        list(loader)
+
+
+def pil_decode(encoded, device):
+    return [torch.from_numpy(np.asarray(Image.open(io.BytesIO(e.numpy().tobytes())).convert("RGB")).copy())
+            .permute(2, 0, 1).to(device) for e in encoded]
+
+
+def test_torchvision_decode_logic_matches_torch_path(shared_data):
+    opt = make_opt(f"{shared_data}/facades", max_dataset_size=6, batch_size=4, output_nc=1)
+    fast, reference = TorchvisionDecodeLoader(opt, "cpu", decode=pil_decode), create_dataset(opt)
+    for got, want in zip(fast, reference, strict=True):
+        assert list(got["B_paths"]) == list(want["B_paths"])
+        for key in "AB":
+            assert got[key].shape == want[key].shape
+            assert got[key].is_contiguous(memory_format=torch.channels_last)
+            assert (got[key] - want[key]).abs().mean() < 0.004
