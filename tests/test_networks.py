@@ -224,8 +224,9 @@ def test_grayscale_generators():
 
 def test_init_draws_in_the_reference_module_order():
     """Same seed, same weights in both: the post-order module walk matches the reference layout."""
-    for ours, theirs in ((define_G(3, 3, 4, "unet_128", "batch", True), reference_G(3, 3, 4, "unet_128", "batch", True)),
-                         (define_D(6, 4, "basic", 3, "batch"), reference_D(6, 4, "basic", 3, "batch"))):
+    pairs = [(define_G(3, 3, 4, "unet_128", "batch", True), reference_G(3, 3, 4, "unet_128", "batch", True)),
+             (define_D(6, 4, "basic", 3, "batch"), reference_D(6, 4, "basic", 3, "batch"))]
+    for ours, theirs in pairs:
         torch.manual_seed(7)
         init_weights(ours)
         torch.manual_seed(7)
