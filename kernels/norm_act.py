@@ -69,7 +69,7 @@ def _stats_partial_kernel(
     base = x_ptr + n.to(tl.int64) * stride_n + offs_c[None, :] * stride_c
     # statistics of x - pivot: exact for constant inputs, and no cancellation when |mean| >> std
     pivot = tl.load(base + start * stride_hw, mask=c_mask[None, :], other=0.0).to(tl.float32)
-    count = 0.0
+    count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     for hw0 in range(start, end, BLOCK_HW):
@@ -106,7 +106,7 @@ def _stats_combine_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     pivot = tl.load(part_mean_ptr + group * ROWS * C + offs_c, mask=c_mask, other=0.0)  # as in the partials
-    count = 0.0
+    count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     for r0 in range(0, ROWS, BLOCK_R):

@@ -48,23 +48,31 @@ def layout(x, channels_last):
 
 
 def check_against_reference(shape, dtype, channels_last, mode, activation, x=None, tolerance=None):
-    """Run reference (in fp32) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats."""
+    """Run reference (in fp64) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats."""
     if mode == "instance" and shape[2] * shape[3] == 1:
         pytest.skip("InstanceNorm needs more than one spatial element (tested in test_too_few_values_raise)")
     atol, rtol = tolerance or TOLERANCES[dtype]
+    group_size = shape[2] * shape[3] * (1 if mode == "instance" else shape[0])
+    if tolerance is None and dtype == torch.float32 and mode != "batch_eval" and group_size <= 4:
+        # dx of a 2-4 value group cancels (for 2 values it is proportional to 1 - xhat^2 ~ eps / var), so
+        # fp32 loses digits: PyTorch's own fp32 BatchNorm misses the default tolerance by 1.7x on (2, 512, 1, 1).
+        atol, rtol = 1e-4, 1e-3
     reference = reference_norm(mode, shape[1])
     fused = FusedNormAct.from_norm(copy.deepcopy(reference), activation)
+    # fp64 reference: the exact result for the rounded input. It also decides ties at the activation's kink
+    # (z exactly 0, common with bf16 inputs and 4-element groups) the way exact fp32 arithmetic does.
+    reference.double()
     if x is None:
         x = torch.randn(shape, device=DEVICE) * 2 + 0.5
     x = layout(x.to(dtype), channels_last)
     # The reference runs on NCHW copies: torch 2.13's CPU InstanceNorm backward is wrong for a channels-last
     # input with a channels-last gradient (dx off by O(1)), and the layout under test is the fused one's.
-    x_ref = x.detach().float().contiguous().requires_grad_()
+    x_ref = x.detach().double().contiguous().requires_grad_()
     x_fused = x.detach().clone().requires_grad_()
     y_ref = reference_activation(reference(x_ref), activation)
     y_fused = fused(x_fused)
     grad = layout(torch.randn(shape, device=DEVICE).to(dtype), channels_last)
-    y_ref.backward(grad.float().contiguous())
+    y_ref.backward(grad.double().contiguous())
     y_fused.backward(grad)
 
     assert y_fused.dtype == dtype
@@ -111,7 +119,8 @@ def test_constant_input_has_zero_variance(mode, channels_last):
     """Variance 0 (never negative, no NaN). The fp32 rounding of the mean, times rstd = 1/sqrt(eps) ~ 316,
     leaves output errors ~1e-4 in both implementations, hence the looser atol."""
     x = torch.full((2, 4, 3, 5), 3.7, device=DEVICE)
-    check_against_reference(tuple(x.shape), torch.float32, channels_last, mode, "leaky_relu", x=x,
+    # identity: with xhat = 0 every element sits on an activation's kink, where either slope is right
+    check_against_reference(tuple(x.shape), torch.float32, channels_last, mode, "identity", x=x,
                             tolerance=(3e-4, 1e-4))
 
 

@@ -18,7 +18,7 @@ def assert_close_verbose(actual, expected, atol, rtol, name="tensor", worst=5):
     On failure, print the shape, the number of mismatches and the `worst` indices with both values.
     """
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    actual, expected = actual.detach().double(), expected.detach().to(actual.device).double()  # stays on the GPU
     assert torch.isfinite(actual).all(), f"{name}: non-finite values at {torch.nonzero(~torch.isfinite(actual))[:worst]}"
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     error = (actual - expected).abs()
@@ -28,7 +28,7 @@ def assert_close_verbose(actual, expected, atol, rtol, name="tensor", worst=5):
         lines = [f"{name}: {int(bad.sum())} of {bad.numel()} elements mismatch "
                  f"(atol={atol} x {scale:.3g}, rtol={rtol}); worst:"]
         for flat in order.tolist():
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), actual.shape))
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(actual.shape)))
             lines.append(f"  {index}: actual {actual[index].item():.8g}  expected {expected[index].item():.8g}  "
                          f"|diff| {error[index].item():.3g}")
         message = "\n".join(lines)

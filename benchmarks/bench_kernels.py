@@ -1,0 +1,249 @@
+"""Microbenchmark of the fastp2p Triton kernels against the PyTorch sequences they replace.
+
+Times, at the real layer shapes of unet_256 (BatchNorm) and resnet_9blocks (InstanceNorm) and for the PatchGAN
+losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and fp32, NCHW and NHWC, with
+triton.testing.do_bench (median and 20/80 % quantiles). Bandwidth counts the bytes an ideal kernel must move
+(forward: read x, write y; backward: read x and dy, write dx; losses: read the inputs, write the gradients) and
+is compared with the measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
+
+    python benchmarks/bench_kernels.py --out benchmarks/results     # on a CUDA machine
+    python benchmarks/bench_kernels.py --smoke --out /tmp/bench      # one tiny shape, CPU interpreter or GPU
+
+Writes kernels_<gpu>_<yyyymmdd>.json (device, versions, commit, command, rows) and .md (a table) into --out.
+"""
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+# unet_256 (ngf 64) at 256^2: (C, H, W, activation, dropout) of each BatchNorm; encoder norms feed a LeakyReLU,
+# decoder norms a ReLU, and the three innermost decoder levels carry dropout.
+UNET_NORMS = [
+    (128, 64, 64, "leaky_relu", 0.0), (256, 32, 32, "leaky_relu", 0.0), (512, 16, 16, "leaky_relu", 0.0),
+    (512, 8, 8, "leaky_relu", 0.0), (512, 2, 2, "leaky_relu", 0.0),
+    (512, 2, 2, "identity", 0.5), (512, 8, 8, "identity", 0.5),
+    (256, 32, 32, "relu", 0.0), (128, 64, 64, "relu", 0.0), (64, 128, 128, "relu", 0.0),
+]
+# resnet_9blocks (ngf 64) at 256^2: InstanceNorm + ReLU at the stem, downsampling and first conv of each block;
+# the second norm of each block has no activation.
+RESNET_NORMS = [(64, 256, 256, "relu", 0.0), (128, 128, 128, "relu", 0.0), (256, 64, 64, "relu", 0.0),
+                (256, 64, 64, "identity", 0.0)]
+PATCH_SHAPE = (1, 30, 30)  # basic 70x70 PatchGAN output at 256^2
+IMAGE_SHAPE = (3, 256, 256)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the .json and .md results")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one tiny shape per op (runs on CPU in Triton's interpreter), to check the script")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    return parser.parse_args()
+
+
+def make_timer(device):
+    """do_bench on CUDA (median, p20, p80 in ms); a plain perf_counter loop in the interpreter."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return lambda fn: tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], warmup=25, rep=100))
+
+    def cpu_timer(fn):
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times), min(times), max(times)
+
+    return cpu_timer
+
+
+def copy_bandwidth(device, timer, nbytes):
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    median_ms, _, _ = timer(lambda: dst.copy_(src))
+    return 2 * nbytes / (median_ms * 1e-3) / 1e9
+
+
+def torch_norm_sequence(norm, activation, dropout):
+    layers = [norm]
+    if activation == "relu":
+        layers.append(torch.nn.ReLU())
+    elif activation == "leaky_relu":
+        layers.append(torch.nn.LeakyReLU(0.2))
+    if dropout:
+        layers.append(torch.nn.Dropout(dropout))
+    return torch.nn.Sequential(*layers)
+
+
+def norm_cases(args, smoke):
+    if smoke:
+        yield "smoke", "batch", (2, 8, 4, 4), "leaky_relu", 0.5
+        yield "smoke", "instance", (2, 8, 4, 4), "relu", 0.0
+        return
+    for batch in args.batches:
+        for channels, height, width, activation, dropout in UNET_NORMS:
+            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout
+        for channels, height, width, activation, dropout in RESNET_NORMS:
+            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout
+
+
+def bench_pair(timer, torch_fn, fused_fn, grad_to_none):
+    """Forward and backward timings (median, p20, p80) of both providers."""
+    results = {}
+    for provider, fn in (("torch", torch_fn), ("fused", fused_fn)):
+        out = fn()
+        grad = torch.randn_like(out) if out.dim() else torch.ones_like(out)
+        results[provider, "fwd"] = timer(fn)
+
+        def backward():
+            for tensor in grad_to_none:
+                tensor.grad = None
+            out.backward(grad, retain_graph=True)
+
+        results[provider, "bwd"] = timer(backward)
+    return results
+
+
+def make_row(op, model, shape, dtype, layout, variant, results, fwd_bytes, bwd_bytes, roof):
+    rows = []
+    for direction, nbytes in (("fwd", fwd_bytes), ("bwd", bwd_bytes)):
+        torch_ms, fused_ms = results["torch", direction], results["fused", direction]
+        fused_gbps = nbytes / (fused_ms[0] * 1e-3) / 1e9
+        rows.append(dict(
+            op=op, model=model, shape=list(shape), dtype=dtype, layout=layout, variant=variant, direction=direction,
+            bytes=nbytes, torch_ms=torch_ms[0], torch_ms_p20=torch_ms[1], torch_ms_p80=torch_ms[2],
+            fused_ms=fused_ms[0], fused_ms_p20=fused_ms[1], fused_ms_p80=fused_ms[2],
+            speedup=torch_ms[0] / fused_ms[0], fused_gbps=fused_gbps,
+            torch_gbps=nbytes / (torch_ms[0] * 1e-3) / 1e9, fused_fraction_of_copy=fused_gbps / roof))
+    return rows
+
+
+def bench_norms(args, device, timer, roof, fused_norm_act):
+    rows = []
+    for model, kind, shape, activation, dropout in norm_cases(args, args.smoke):
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for layout in ("nhwc", "nchw"):
+                norm = (torch.nn.BatchNorm2d(shape[1]) if kind == "batch" else torch.nn.InstanceNorm2d(shape[1]))
+                norm = norm.to(device).train()
+                reference = torch_norm_sequence(norm, activation, dropout)
+                fused = fused_norm_act.from_norm(copy.deepcopy(norm), activation, dropout=dropout)
+                x = torch.randn(shape, device=device, dtype=dtype)
+                if layout == "nhwc":
+                    x = x.to(memory_format=torch.channels_last)
+                x.requires_grad_()
+                params = [x, *norm.parameters(), *fused.parameters()]
+                results = bench_pair(timer, lambda: reference(x), lambda: fused(x), params)
+                nbytes = x.numel() * x.element_size()
+                variant = f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
+                rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
+                                 2 * nbytes, 3 * nbytes, roof)
+    return rows
+
+
+def bench_losses(args, device, timer, roof, gan_loss, l1_loss):
+    rows = []
+    batches = [2] if args.smoke else args.batches
+    for batch in batches:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            pred = torch.randn((batch, *PATCH_SHAPE), device=device, dtype=dtype, requires_grad=True)
+            nbytes = pred.numel() * pred.element_size()
+            for mode, torch_loss in (("lsgan", torch.nn.functional.mse_loss),
+                                     ("vanilla", torch.nn.functional.binary_cross_entropy_with_logits)):
+                results = bench_pair(timer, lambda: torch_loss(pred, torch.ones_like(pred)),
+                                     lambda: gan_loss(pred, True, mode), [pred])
+                rows += make_row("gan_loss", "patchgan", pred.shape, dtype_name, "nchw", mode, results,
+                                 2 * nbytes, 2 * nbytes, roof)
+            image_shape = (batch, *IMAGE_SHAPE) if not args.smoke else (batch, 3, 8, 8)
+            a = torch.randn(image_shape, device=device, dtype=dtype, requires_grad=True)
+            b = torch.randn(image_shape, device=device, dtype=dtype)
+            nbytes = a.numel() * a.element_size()
+            results = bench_pair(timer, lambda: torch.nn.functional.l1_loss(a, b), lambda: l1_loss(a, b), [a])
+            rows += make_row("l1_loss", "generator", a.shape, dtype_name, "nchw", "mean", results,
+                             3 * nbytes, nbytes, roof)
+    return rows
+
+
+def environment(device, args):
+    def git_commit():
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        except OSError:
+            return "unknown"
+
+    import triton
+
+    return dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        interpreter=os.environ.get("TRITON_INTERPRET") == "1", torch=torch.__version__, triton=triton.__version__,
+        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
+        commit=git_commit(), command=" ".join([sys.executable, *sys.argv]), smoke=args.smoke,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        bytes_counted="ideal traffic: fwd read x + write y; bwd read x, dy + write dx; losses read inputs + "
+                      "write gradients; GB/s = bytes / median time",
+    )
+
+
+def markdown(meta, rows):
+    lines = [f"# fastp2p kernels on {meta['device']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']}, "
+             f"commit `{meta['commit'][:12]}`, {meta['date']}", "",
+             f"copy bandwidth (roof): {meta['copy_gbps']:.0f} GB/s. `{meta['command']}`", "",
+             "| op | model | shape | dtype | layout | variant | dir | torch ms | fused ms | speedup | fused GB/s | "
+             "% of copy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['op']} | {row['model']} | {'x'.join(map(str, row['shape']))} | {row['dtype']} | "
+            f"{row['layout']} | {row['variant']} | {row['direction']} | {row['torch_ms']:.4f} | "
+            f"{row['fused_ms']:.4f} | {row['speedup']:.2f}x | {row['fused_gbps']:.0f} | "
+            f"{100 * row['fused_fraction_of_copy']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    args = parse_args()
+    if not torch.cuda.is_available():
+        if not args.smoke:
+            sys.exit("bench_kernels.py needs a CUDA device; on a CPU only `--smoke` runs (Triton interpreter).")
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
+    from fastp2p.kernels import FusedNormAct, gan_loss, l1_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    timer = make_timer(device)
+    meta = environment(device, args)
+    meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
+    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct)
+    rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss)
+
+    os.makedirs(args.out, exist_ok=True)
+    gpu = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
+    stem = os.path.join(args.out, f"kernels_{gpu}_{datetime.date.today():%Y%m%d}" + ("_smoke" if args.smoke else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta, rows=rows), f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(meta, rows))
+    print(markdown(meta, rows))
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
