@@ -7,13 +7,14 @@ by grad_output. Sums are fp32 whatever the input dtype, and inputs of any stride
 mismatched between a and b) are indexed in place.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from .launch import target_programs
+
 GAN_MODES = {"vanilla": 0, "lsgan": 1, "wgangp": 2}
+L1_MODE = 3
 BLOCK = 1024
 
 
@@ -28,12 +29,14 @@ def _strided_offsets(idx, S1, S2, S3, stride0, stride1, stride2, stride3):
 
 
 @triton.jit
-def _gan_loss_kernel(
-    pred_ptr,  # [S0, S1, S2, S3] logits or critic scores through strides, any float dtype
-    grad_ptr,  # [S0, S1, S2, S3] through its own strides, out when WRITE_GRAD: d(mean loss)/d(pred)
+def _loss_kernel(
+    a_ptr,  # [S0, S1, S2, S3] prediction (GAN modes) or first L1 input, through strides, any float dtype
+    b_ptr,  # [S0, S1, S2, S3] second L1 input through its own strides, read only when MODE == 3
+    grad_ptr,  # [S0, S1, S2, S3] through its own strides, out when WRITE_GRAD: d(mean loss)/da
     partial_ptr,  # [num_programs] fp32, out: each program's share of the mean loss
     numel, S1, S2, S3,
-    stride_p0, stride_p1, stride_p2, stride_p3, stride_g0, stride_g1, stride_g2, stride_g3,
+    stride_a0, stride_a1, stride_a2, stride_a3, stride_b0, stride_b1, stride_b2, stride_b3,
+    stride_g0, stride_g1, stride_g2, stride_g3,
     target, inv_numel,
     MODE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -43,7 +46,7 @@ def _gan_loss_kernel(
     for start in range(pid * BLOCK, numel, step):
         idx = start + tl.arange(0, BLOCK)
         mask = idx < numel
-        x = tl.load(pred_ptr + _strided_offsets(idx, S1, S2, S3, stride_p0, stride_p1, stride_p2, stride_p3),
+        x = tl.load(a_ptr + _strided_offsets(idx, S1, S2, S3, stride_a0, stride_a1, stride_a2, stride_a3),
                     mask=mask, other=0.0).to(tl.float32)
         if MODE == 0:  # BCE with logits: max(x, 0) - x t + log(1 + exp(-|x|)), stable for any |x|
             e = tl.exp(-tl.abs(x))
@@ -53,9 +56,15 @@ def _gan_loss_kernel(
             diff = x - target
             loss = diff * diff
             grad = 2.0 * diff
-        else:  # Wasserstein critic: target is -1 for real (loss -x), +1 for fake (loss x)
+        elif MODE == 2:  # Wasserstein critic: target is -1 for real (loss -x), +1 for fake (loss x)
             loss = x * target
             grad = tl.full([BLOCK], 1.0, tl.float32) * target
+        else:  # L1: |a - b|, gradient sign(a - b) with sign(0) = 0 as in PyTorch
+            b = tl.load(b_ptr + _strided_offsets(idx, S1, S2, S3, stride_b0, stride_b1, stride_b2, stride_b3),
+                        mask=mask, other=0.0).to(tl.float32)
+            diff = x - b
+            loss = tl.abs(diff)
+            grad = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
         total += tl.where(mask, loss, 0.0)
         if WRITE_GRAD:
             offs = _strided_offsets(idx, S1, S2, S3, stride_g0, stride_g1, stride_g2, stride_g3)
@@ -63,57 +72,11 @@ def _gan_loss_kernel(
     tl.store(partial_ptr + pid, tl.sum(total, axis=0) * inv_numel)
 
 
-@triton.jit
-def _l1_loss_kernel(
-    a_ptr, b_ptr,  # [S0, S1, S2, S3] each through its own strides, any float dtype
-    grad_ptr,  # [S0, S1, S2, S3] through its own strides, out when WRITE_GRAD: d(mean |a - b|)/da
-    partial_ptr,  # [num_programs] fp32, out: each program's share of the mean
-    numel, S1, S2, S3,
-    stride_a0, stride_a1, stride_a2, stride_a3, stride_b0, stride_b1, stride_b2, stride_b3,
-    stride_g0, stride_g1, stride_g2, stride_g3,
-    inv_numel,
-    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    step = tl.num_programs(0) * BLOCK
-    total = tl.zeros([BLOCK], tl.float32)
-    for start in range(pid * BLOCK, numel, step):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < numel
-        a = tl.load(a_ptr + _strided_offsets(idx, S1, S2, S3, stride_a0, stride_a1, stride_a2, stride_a3),
-                    mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + _strided_offsets(idx, S1, S2, S3, stride_b0, stride_b1, stride_b2, stride_b3),
-                    mask=mask, other=0.0).to(tl.float32)
-        diff = a - b
-        total += tl.abs(diff)
-        if WRITE_GRAD:
-            sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))  # sign(0) = 0, as PyTorch
-            offs = _strided_offsets(idx, S1, S2, S3, stride_g0, stride_g1, stride_g2, stride_g3)
-            tl.store(grad_ptr + offs, (sign * inv_numel).to(grad_ptr.dtype.element_ty), mask=mask)
-    tl.store(partial_ptr + pid, tl.sum(total, axis=0) * inv_numel)
-
-
-@functools.cache
-def _max_programs(device):
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def _as_4d(t):
     """A view with leading size-1 axes, so one kernel serves 1-D to 4-D inputs without copying."""
     if t.dim() > 4:
         raise ValueError(f"at most 4 dimensions are supported, got shape {tuple(t.shape)}")
     return t[(None,) * (4 - t.dim())]
-
-
-def _launch_plan(t):
-    programs = max(1, min(triton.cdiv(t.numel(), BLOCK), _max_programs(t.device)))
-    return programs, torch.empty(programs, device=t.device, dtype=torch.float32)
-
-
-def _total(partials):
-    return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
 
 def gan_target(mode, target_is_real, real_label=1.0, fake_label=0.0):
@@ -125,30 +88,30 @@ def gan_target(mode, target_is_real, real_label=1.0, fake_label=0.0):
     return real_label if target_is_real else fake_label
 
 
+def _launch(a, b, mode, target, write_grad):
+    """One pass of _loss_kernel: the fp32 mean loss and, if asked, its gradient with respect to a."""
+    a4, b4 = _as_4d(a), _as_4d(b)
+    grad = torch.empty_like(a) if write_grad else None
+    grad4 = _as_4d(grad) if write_grad else a4
+    programs = max(1, min(triton.cdiv(a.numel(), BLOCK), target_programs(a.device, waves=2)))
+    partials = torch.empty(programs, device=a.device, dtype=torch.float32)
+    _loss_kernel[(programs,)](
+        a4, b4, grad4, partials, a.numel(), *a4.shape[1:], *a4.stride(), *b4.stride(), *grad4.stride(),
+        float(target), 1.0 / max(a.numel(), 1), MODE=mode, WRITE_GRAD=write_grad, BLOCK=BLOCK)
+    loss = partials.reshape(()) if programs == 1 else partials.sum()
+    return loss, grad
+
+
 def gan_loss_forward(pred, mode, target, write_grad=True):
     """(fp32 scalar mean loss, d(loss)/d(pred) in pred's dtype and strides or None) in one pass over pred."""
-    pred4 = _as_4d(pred)
-    grad = torch.empty_like(pred) if write_grad else None
-    grad4 = _as_4d(grad) if write_grad else pred4
-    programs, partials = _launch_plan(pred)
-    _gan_loss_kernel[(programs,)](
-        pred4, grad4, partials, pred.numel(), *pred4.shape[1:], *pred4.stride(), *grad4.stride(),
-        float(target), 1.0 / max(pred.numel(), 1), MODE=GAN_MODES[mode], WRITE_GRAD=write_grad, BLOCK=BLOCK)
-    return _total(partials), grad
+    return _launch(pred, pred, GAN_MODES[mode], target, write_grad)
 
 
 def l1_loss_forward(a, b, write_grad=True):
     """(fp32 scalar mean |a - b|, d(loss)/da in a's dtype and strides or None); d(loss)/db is its negative."""
     if a.shape != b.shape:
         raise ValueError(f"l1 loss needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a4, b4 = _as_4d(a), _as_4d(b)
-    grad = torch.empty_like(a) if write_grad else None
-    grad4 = _as_4d(grad) if write_grad else a4
-    programs, partials = _launch_plan(a)
-    _l1_loss_kernel[(programs,)](
-        a4, b4, grad4, partials, a.numel(), *a4.shape[1:], *a4.stride(), *b4.stride(), *grad4.stride(),
-        1.0 / max(a.numel(), 1), WRITE_GRAD=write_grad, BLOCK=BLOCK)
-    return _total(partials), grad
+    return _launch(a, b, L1_MODE, 0.0, write_grad)
 
 
 class GanLossFunction(torch.autograd.Function):

@@ -15,12 +15,12 @@ NCHW position, so the mask does not depend on the layout and backward recomputes
 References read while writing this: Liger-Kernel group_norm, stable-fast's channels-last group_norm.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import nn
+
+from .launch import target_programs
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu")
 
@@ -264,14 +264,6 @@ def _backward_apply_kernel(
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.cache
-def _target_programs(device):
-    """Programs worth launching for a reduction: a few waves on a GPU, a handful in the interpreter."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def _hw_stride(t):
     """The single stride that walks the flattened H*W axis (exists for NCHW, NHWC and their size-1 cases)."""
     _, _, H, W = t.shape
@@ -308,7 +300,7 @@ def _split_plan(x, block_c, block_hw):
     N, C, H, W = x.shape
     HW = H * W
     base_programs = triton.cdiv(C, block_c) * N
-    splits = max(1, min(triton.cdiv(_target_programs(x.device), base_programs), triton.cdiv(HW, block_hw)))
+    splits = max(1, min(triton.cdiv(target_programs(x.device), base_programs), triton.cdiv(HW, block_hw)))
     chunk = triton.cdiv(triton.cdiv(HW, splits), block_hw) * block_hw
     return triton.cdiv(HW, chunk), chunk
 
