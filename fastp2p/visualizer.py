@@ -167,89 +167,9 @@ class Visualizer:
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
         names = save_visuals(page, visuals, f"epoch{epoch:03d}_iter{total_iters}")
         self.web_rows.insert(0, (f"epoch [{epoch}], iters [{total_iters}]", names, list(visuals)))
-        page.parts = []
         for header, row_names, labels in self.web_rows:
             page.add_header(header)
             page.add_images(row_names, labels, self.opt.display_winsize)
-        page.save()
-
-    def close(self):
-        """End the bar's line so that the next print starts on a fresh one."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-
-
-class Visualizer:
-    """Loss log, training-image pages under checkpoints/NAME/web, and optional TensorBoard scalars."""
-
-    def __init__(self, opt, enabled=True):
-        self.opt = opt
-        self.enabled = enabled
-        self.folder = os.path.join(opt.checkpoints_dir, opt.name)
-        self.log_path = os.path.join(self.folder, "loss_log.txt")
-        self.web_folder = os.path.join(self.folder, "web")
-        self.progress = ProgressLine()
-        self.tensorboard = None
-        self.web_rows = []  # newest first: (header, image file names, labels)
-        if not enabled:
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        with open(self.log_path, "a") as f:
-            f.write(f"================ Training Loss ({time.strftime('%c')}) ================\n")
-        if not opt.no_tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(os.path.join(self.folder, "tensorboard"))
-            print(f"TensorBoard logs: {os.path.join(self.folder, 'tensorboard')}")
-
-    def print_current_losses(self, epoch, epoch_iter, losses, t_comp, t_data):
-        message = f"(epoch: {epoch}, iters: {epoch_iter}, time: {t_comp:.3f}, data: {t_data:.3f}) "
-        message += "".join(f"{name}: {value:.3f} " for name, value in losses.items())
-        if not self.enabled:
-            return
-        self.progress.close()
-        print(message)
-        with open(self.log_path, "a") as f:
-            f.write(message + "\n")
-
-    def log_line(self, message):
-        """A line for the console and the loss log (epoch summaries, learning-rate changes)."""
-        if not self.enabled:
-            return
-        print(message)
-        with open(self.log_path, "a") as f:
-            f.write(message + "\n")
-
-    def plot_current_losses(self, total_iters, losses, images_per_s=None):
-        if self.tensorboard is None:
-            return
-        for name, value in losses.items():
-            self.tensorboard.add_scalar(f"loss/{name}", value, total_iters)
-        if images_per_s is not None:
-            self.tensorboard.add_scalar("speed/images_per_s", images_per_s, total_iters)
-
-    def display_current_results(self, visuals, epoch, total_iters, save_result):
-        """Save the current visuals to web/images and the page (reference: when save_result), TensorBoard too."""
-        if not self.enabled:
-            return
-        if self.tensorboard is not None:
-            for label, tensor in visuals.items():
-                self.tensorboard.add_image(label, tensor2im(tensor), total_iters, dataformats="HWC")
-        if not save_result or self.opt.no_html:
-            return
-        page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}", refresh=0)
-        save_visuals(page, visuals, f"epoch{epoch:03d}_iter{total_iters}", width=self.opt.display_winsize)
-        existing = sorted(n for n in os.listdir(page.image_folder) if n.endswith(".png"))
-        page.parts = []
-        rows = {}
-        for name in existing:
-            rows.setdefault(name.rsplit("_", 2)[0] if name.count("_") >= 2 else name, []).append(name)
-        for row_name in sorted(rows, reverse=True):
-            page.add_header(row_name)
-            page.add_images(rows[row_name], [n[len(row_name) + 1:-4] for n in rows[row_name]],
-                            self.opt.display_winsize)
         page.save()
 
     def close(self):

@@ -24,4 +24,14 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_threaded():
+    """One intra-op thread: the suite's tensors are small, and on a 2-core machine two threads that wait
+    on each other (or on another process) made small-tensor tests 10-15x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,22 +5,8 @@ lists, the reference's in-place activations) so that a shared mistake is unlikel
 state_dicts into fastp2p's nets and compare outputs; the module paths must therefore be the reference's.
 """
 
-import pytest
 import torch
 from torch import nn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded():
-    """One intra-op thread for the modules that import this fixture.
-
-    These tests run tiny tensors, which gain nothing from threads; on the shared 2-core CI box two
-    threads waiting on each other made them 10-15x slower (8 s vs 2 min). Restored afterwards.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_norm(norm, channels):

@@ -9,7 +9,6 @@ import torch
 from fastp2p.image_pool import ImagePool
 from fastp2p.losses import GANLoss, cal_gradient_penalty
 from fastp2p.networks import define_D, get_scheduler
-from tests.reference_networks import single_threaded  # noqa: F401 (autouse)
 
 
 @pytest.fixture

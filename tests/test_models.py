@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastp2p.checkpoint import CheckpointError
 from fastp2p.models import create_model
 from fastp2p.networks import init_weights
-from tests.reference_networks import reference_D, reference_G, single_threaded  # noqa: F401 (autouse)
+from tests.reference_networks import reference_D, reference_G
 
 
 def make_opt(tmp_path, model="pix2pix", **overrides):

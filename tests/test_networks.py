@@ -8,7 +8,7 @@ from torch import nn
 
 from fastp2p import networks
 from fastp2p.networks import count_parameters, define_D, define_G, init_weights
-from tests.reference_networks import reference_D, reference_G, single_threaded  # noqa: F401 (autouse)
+from tests.reference_networks import reference_D, reference_G
 
 NORMS = ("batch", "instance", "none", "syncbatch")
 

@@ -125,6 +125,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
     calls = {"iterations": 0}
 
     def stop_in_epoch_two(trainer):
+        if calls["iterations"]:
+            return original(trainer)
         model_step = trainer.model.optimize_parameters
 
         def counted_step():
