@@ -62,6 +62,8 @@ class BaseDataset(torch.utils.data.Dataset):
         self.opt = opt
         self.epoch = 0
         self.root = opt.dataroot
+        if not self.root:
+            raise DatasetError("no --dataroot given")
         if not os.path.isdir(self.root):
             raise DatasetError(f"--dataroot {self.root} does not exist or is not a folder")
 
