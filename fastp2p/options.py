@@ -122,7 +122,24 @@ def add_train_options(parser):
     p.add_argument("--lr_decay_iters", type=positive_int, default=50)
     p.add_argument("--no_tensorboard", action="store_true",
                    help="do not write TensorBoard logs even when tensorboard is installed (fastp2p)")
+    add_engine_options(p)
     return p
+
+
+def add_engine_options(parser):
+    """fastp2p's fast paths, each behind its own switch. 'auto' turns a path on when training on a GPU
+    and off on the CPU, where the plain reference path runs."""
+    p = parser.add_argument_group("fast engine (fastp2p)")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="mixed precision; auto = bf16 where the GPU has it, else fp16 with a GradScaler")
+    for name, what in (("channels_last", "channels-last memory format for nets and inputs"),
+                       ("fused_kernels", "Triton fused norm + activation and fused GAN/L1 losses"),
+                       ("fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate"),
+                       ("cuda_graph", "replay each training iteration as one CUDA graph")):
+        p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"), help=what)
+    p.add_argument("--compile", action="store_true", help="torch.compile every network (instead of CUDA graphs)")
+    p.add_argument("--reference", action="store_true",
+                   help="the plain reference path: every fast path off, whatever the switches above say")
 
 
 def add_test_options(parser):

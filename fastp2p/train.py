@@ -19,8 +19,10 @@ import torch
 
 from fastp2p import distributed
 from fastp2p.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from fastp2p.data import DatasetError, create_dataset
+from fastp2p.data import DatasetError
 from fastp2p.data.builtin import builtin_dataroot
+from fastp2p.data.select import create_fast_loader
+from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.models import create_model
 from fastp2p.options import OptionError, parse_options, save_options, use_cuda
 from fastp2p.visualizer import Visualizer
@@ -71,6 +73,9 @@ class Trainer:
         self.opt = opt
         self.stop_requested = False
         opt.device = distributed.init_distributed(use_cuda(opt))
+        self.engine = resolve_engine(opt, opt.device)
+        if opt.device.type == "cuda":
+            torch.backends.cudnn.benchmark = opt.preprocess != "scale_width"  # as the reference
         if opt.dataroot is None:
             opt.dataroot = builtin_dataroot()
             print(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
@@ -79,12 +84,14 @@ class Trainer:
         seed_everything(opt.seed + distributed.rank())
         if distributed.is_main_process():
             save_options(opt)
-        self.dataset = create_dataset(opt)
+        self.dataset = create_fast_loader(opt, opt.data_loader)
         if len(self.dataset) == 0:
             raise DatasetError(f"no training images found under {opt.dataroot}")
         print(f"The number of training images = {len(self.dataset)}")
         self.model = create_model(opt)
         self.model.setup(opt)
+        prepare_model(self.model, self.engine)
+        print(self.engine.describe())
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process())
         self.epoch = opt.epoch_count
         self.epoch_iter = 0

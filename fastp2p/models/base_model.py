@@ -32,6 +32,8 @@ class BaseModel:
         self.schedulers = []
         self.image_paths = []
         self.metric = 0  # what the plateau policy watches; the reference never changes it either
+        self.input_memory_format = torch.contiguous_format  # the engine sets channels_last
+        self.grad_scaler = None  # the engine sets a GradScaler for fp16 mixed precision
 
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
@@ -54,8 +56,9 @@ class BaseModel:
     def set_input(self, data):
         """Take real_A/real_B from a loader batch; ``--direction BtoA`` swaps the two sides."""
         a_to_b = self.opt.direction == "AtoB"
-        self.real_A = data["A" if a_to_b else "B"].to(self.device, non_blocking=True)
-        self.real_B = data["B" if a_to_b else "A"].to(self.device, non_blocking=True)
+        layout = self.input_memory_format
+        self.real_A = data["A" if a_to_b else "B"].to(self.device, memory_format=layout, non_blocking=True)
+        self.real_B = data["B" if a_to_b else "A"].to(self.device, memory_format=layout, non_blocking=True)
         self.image_paths = data["A_paths" if a_to_b else "B_paths"]
 
     def forward(self):
@@ -63,6 +66,17 @@ class BaseModel:
 
     def optimize_parameters(self):
         raise NotImplementedError
+
+    def backward(self, loss):
+        """loss.backward(), scaled when fp16 mixed precision needs a GradScaler."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def step(self, optimizer):
+        """optimizer.step(), through the GradScaler (which skips steps with inf/NaN gradients) under fp16."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(optimizer)
+        else:
+            optimizer.step()
 
     def eval(self):
         """Eval mode for every net (``--eval`` at test time: BatchNorm running stats, no Dropout)."""
@@ -102,13 +116,13 @@ class BaseModel:
 
     def update_learning_rate(self):
         """Step every scheduler once (end of epoch) and print the change as the reference does."""
-        old_lr = self.optimizers[0].param_groups[0]["lr"]
+        old_lr = float(self.optimizers[0].param_groups[0]["lr"])  # a tensor under the fast engine
         for scheduler in self.schedulers:
             if self.opt.lr_policy == "plateau":
                 scheduler.step(self.metric)
             else:
                 scheduler.step()
-        lr = self.optimizers[0].param_groups[0]["lr"]
+        lr = float(self.optimizers[0].param_groups[0]["lr"])
         if is_main_process():
             print(f"learning rate {old_lr:.7f} -> {lr:.7f}")
 
@@ -154,7 +168,12 @@ class BaseModel:
                 f"the training state was saved by another model (optimizers {len(state['optimizers'])}, "
                 f"pools {sorted(state['image_pools'])}); this one is {type(self).__name__}")
         for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            current_lrs = [group["lr"] for group in optimizer.param_groups]
             optimizer.load_state_dict(saved)
+            for group, lr in zip(optimizer.param_groups, current_lrs):
+                if torch.is_tensor(lr):  # keep the device tensor a CUDA graph reads; take the saved value
+                    lr.fill_(float(group["lr"]))
+                    group["lr"] = lr
         for scheduler, saved in zip(self.schedulers, state["schedulers"]):
             scheduler.load_state_dict(saved)
         for name, saved in state["image_pools"].items():

@@ -9,6 +9,7 @@ import itertools
 from torch import nn
 
 from fastp2p import networks
+from fastp2p.checkpoint import unwrap
 from fastp2p.image_pool import ImagePool
 from fastp2p.losses import GANLoss
 from fastp2p.models.base_model import BaseModel
@@ -58,7 +59,7 @@ class CycleGANModel(BaseModel):
         loss_D_real = self.criterionGAN(netD(real), True)
         loss_D_fake = self.criterionGAN(netD(fake.detach()), False)
         loss_D = (loss_D_real + loss_D_fake) * 0.5
-        loss_D.backward()
+        self.backward(loss_D)
         return loss_D
 
     def backward_D_A(self):
@@ -80,22 +81,23 @@ class CycleGANModel(BaseModel):
         else:
             self.loss_idt_A = 0
             self.loss_idt_B = 0
-        self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
-        self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
+        # D_A and D_B are frozen here: call them outside any DDP wrapper, so no reduction is left pending
+        self.loss_G_A = self.criterionGAN(unwrap(self.netD_A)(self.fake_B), True)
+        self.loss_G_B = self.criterionGAN(unwrap(self.netD_B)(self.fake_A), True)
         self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * opt.lambda_A
         self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * opt.lambda_B
         self.loss_G = (self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B
                        + self.loss_idt_A + self.loss_idt_B)
-        self.loss_G.backward()
+        self.backward(self.loss_G)
 
     def optimize_parameters(self):
         self.forward()
         self.set_requires_grad([self.netD_A, self.netD_B], False)
         self.optimizer_G.zero_grad()
         self.backward_G()
-        self.optimizer_G.step()
+        self.step(self.optimizer_G)
         self.set_requires_grad([self.netD_A, self.netD_B], True)
         self.optimizer_D.zero_grad()
         self.backward_D_A()
         self.backward_D_B()
-        self.optimizer_D.step()
+        self.step(self.optimizer_D)

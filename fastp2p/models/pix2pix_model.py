@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from fastp2p import networks
+from fastp2p.checkpoint import unwrap
 from fastp2p.losses import GANLoss
 from fastp2p.models.base_model import BaseModel
 
@@ -34,21 +35,23 @@ class Pix2PixModel(BaseModel):
         self.loss_D_fake = self.criterionGAN(self.netD(fake_AB), False)
         self.loss_D_real = self.criterionGAN(self.netD(torch.cat((self.real_A, self.real_B), 1)), True)
         self.loss_D = (self.loss_D_fake + self.loss_D_real) * 0.5
-        self.loss_D.backward()
+        self.backward(self.loss_D)
 
     def backward_G(self):
-        self.loss_G_GAN = self.criterionGAN(self.netD(torch.cat((self.real_A, self.fake_B), 1)), True)
+        # D is frozen here: call it outside any DDP wrapper, so no gradient reduction is left pending
+        netD = unwrap(self.netD)
+        self.loss_G_GAN = self.criterionGAN(netD(torch.cat((self.real_A, self.fake_B), 1)), True)
         self.loss_G_L1 = self.criterionL1(self.fake_B, self.real_B) * self.opt.lambda_L1
         self.loss_G = self.loss_G_GAN + self.loss_G_L1
-        self.loss_G.backward()
+        self.backward(self.loss_G)
 
     def optimize_parameters(self):
         self.forward()
         self.set_requires_grad(self.netD, True)
         self.optimizer_D.zero_grad()
         self.backward_D()
-        self.optimizer_D.step()
+        self.step(self.optimizer_D)
         self.set_requires_grad(self.netD, False)
         self.optimizer_G.zero_grad()
         self.backward_G()
-        self.optimizer_G.step()
+        self.step(self.optimizer_G)

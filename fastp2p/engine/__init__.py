@@ -1,0 +1,102 @@
+"""The fast engine: puts a model built by the reference path onto the fast paths a run asked for.
+
+Each path is applied to the same model objects, in an order where each step keeps what the earlier
+ones set up: fusing layers shares the norms' parameters, channels-last converts parameters in place,
+the optimizers are rebuilt over the same parameters, DDP and CUDA graphs wrap what is left. Nothing
+here changes a network's state_dict keys, so checkpoints stay the reference's.
+"""
+
+import functools
+
+import torch
+from torch import nn
+
+from fastp2p.engine.config import EngineConfig, resolve_engine
+from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
+from fastp2p.engine.fusion import fuse_norm_activations, use_fused_losses
+from fastp2p.networks import get_scheduler
+
+__all__ = ["EngineConfig", "resolve_engine", "prepare_model"]
+
+
+def rebuild_optimizers(model, config):
+    """Adam over the same parameters, fused and/or capturable, with a tensor LR a graph can read."""
+    opt = model.opt
+    rebuilt = []
+    for optimizer in model.optimizers:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        lr = torch.tensor(opt.lr, device=model.device) if config.cuda_graph else opt.lr
+        new = torch.optim.Adam(params, lr=lr, betas=(opt.beta1, 0.999), fused=config.fused_adam or None,
+                               capturable=config.cuda_graph)
+        for name in ("optimizer_G", "optimizer_D"):
+            if getattr(model, name, None) is optimizer:
+                setattr(model, name, new)
+        rebuilt.append(new)
+    model.optimizers = rebuilt
+    model.schedulers = [get_scheduler(optimizer, opt) for optimizer in rebuilt]
+
+
+def autocast_step(step, device, dtype, scaler, cache_enabled):
+    """Run the training step under autocast; update the fp16 GradScaler once per iteration."""
+
+    @functools.wraps(step)
+    def run():
+        with torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled):
+            step()
+        if scaler is not None:
+            scaler.update()
+
+    return run
+
+
+def wrap_ddp(model):
+    """DistributedDataParallel for every network, set up for GAN training (spec performance.md b.6).
+
+    broadcast_buffers=False: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
+    syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one
+    step. Frozen discriminators are called unwrapped in the G step (see the models), so no reduction is
+    left pending. Gradients are views into the communication buckets (no copy).
+    """
+    device_ids = [model.device.index] if model.device.type == "cuda" else None
+    for name in model.model_names:
+        net = getattr(model, "net" + name)
+        setattr(model, "net" + name, nn.parallel.DistributedDataParallel(
+            net, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True))
+
+
+def prepare_model(model, config):
+    """Apply ``config`` to a model whose weights are initialized (or loaded); returns the model."""
+    nets = [net for _, net in model.networks()]
+    if config.fused_kernels:
+        for net in nets:
+            fuse_norm_activations(net)
+        if model.isTrain:
+            use_fused_losses(model)
+    if config.channels_last:
+        for net in nets:
+            net.to(memory_format=torch.channels_last)
+        model.input_memory_format = torch.channels_last
+    if config.compile:
+        for net in nets:
+            net.compile()
+    if not model.isTrain:
+        return model
+    if config.fused_adam or config.cuda_graph:
+        rebuild_optimizers(model, config)
+    step = model.optimize_parameters
+    if config.amp_dtype is not None:
+        if config.amp_dtype == torch.float16:
+            model.grad_scaler = torch.amp.GradScaler(model.device.type)
+        step = autocast_step(step, model.device, config.amp_dtype, model.grad_scaler,
+                             cache_enabled=not config.cuda_graph)
+    if config.ddp:
+        wrap_ddp(model)
+    if config.cuda_graph:
+        for name in model.pool_names:
+            pool = getattr(model, name)
+            device_pool = DeviceImagePool(pool.pool_size)
+            device_pool.load_state_dict(pool.state_dict(), device=model.device)
+            setattr(model, name, device_pool)
+        step = GraphedTrainStep(model, step)
+    model.optimize_parameters = step
+    return model

@@ -1,0 +1,74 @@
+"""Which fast paths a run uses: the --amp/--channels_last/... switches resolved against the device.
+
+'auto' turns a path on when training on a GPU and leaves the plain reference path on the CPU. An
+explicit 'on' that cannot work (CUDA graphs without a GPU, fp16 on the CPU, fused kernels without
+Triton) is an OptionError that says why, never a silent fallback.
+"""
+
+import dataclasses
+import importlib.util
+import os
+
+import torch
+
+from fastp2p import distributed
+from fastp2p.options import OptionError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    amp_dtype: torch.dtype | None = None
+    """autocast dtype; None = fp32"""
+    channels_last: bool = False
+    fused_kernels: bool = False
+    """Triton fused norm + activation and fused GAN/L1 losses"""
+    fused_adam: bool = False
+    cuda_graph: bool = False
+    compile: bool = False
+    ddp: bool = False
+    """wrap the networks in DistributedDataParallel (more than one process under torchrun)"""
+
+    def describe(self):
+        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
+        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "cuda_graph", "compile", "ddp")
+              if getattr(self, name)]
+        return f"engine: {amp}" + (", " + ", ".join(on) if on else ", reference path")
+
+
+def switch(value, auto):
+    return auto if value == "auto" else value == "on"
+
+
+def resolve_engine(opt, device):
+    """The EngineConfig for ``opt`` on ``device``."""
+    ddp = distributed.world_size() > 1
+    if opt.reference:
+        return EngineConfig(ddp=ddp)
+    cuda = device.type == "cuda"
+    if opt.amp == "auto":
+        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    else:
+        amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opt.amp]
+    if amp_dtype == torch.float16 and not cuda:
+        raise OptionError("--amp fp16 needs a GPU; use --amp bf16 or --amp off on the CPU")
+
+    has_triton = importlib.util.find_spec("triton") is not None
+    fused_kernels = switch(opt.fused_kernels, cuda and has_triton)
+    if fused_kernels and not has_triton:
+        raise OptionError("--fused_kernels on needs Triton: pip install 'fastp2p[triton]'")
+    if fused_kernels and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
+                          "set TRITON_INTERPRET=1 before starting")
+
+    graph_blockers = [reason for reason, blocked in (
+        ("it needs a GPU", not cuda),
+        ("fp16 needs a GradScaler, whose inf checks sync with the host", amp_dtype == torch.float16),
+        ("--compile brings its own graphs", opt.compile),
+        ("multi-process DDP runs are not captured yet", ddp),
+    ) if blocked]
+    cuda_graph = switch(opt.cuda_graph, not graph_blockers)
+    if cuda_graph and graph_blockers:
+        raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
+    return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
+                        fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
+                        cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)

@@ -1,0 +1,98 @@
+"""Swap the reference's (norm, activation[, dropout]) layers for fused Triton modules, keeping checkpoint keys.
+
+The fused module takes the norm's index in its nn.Sequential and shares its Parameter and buffer
+objects; the activation (and dropout) it absorbs becomes an nn.Identity, which has no state. So the
+state_dict keys, the optimizers' parameters and the checkpoints stay exactly the reference's.
+
+Patterns, as the reference builds them (spec 3.1-3.3):
+- ``norm, ReLU|LeakyReLU[, Dropout]`` in the PatchGAN, the ResNet generator and its blocks;
+- a norm that ends a block (ResnetBlock's second norm, the U-Net's ``upnorm``) with an optional
+  ``Dropout`` after it: fused with the identity activation;
+- the U-Net ``downnorm`` followed by the inner block, whose first layer is ``LeakyReLU``: fused with that
+  LeakyReLU, which becomes an Identity. The inner block then sees LeakyReLU(x) both as its input and
+  in its skip connection, which is what the reference computes too: its in-place LeakyReLU overwrites
+  the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation.
+"""
+
+from torch import nn
+
+ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
+
+
+def activation_of(module):
+    """(name, negative_slope) of a ReLU/LeakyReLU module, else None."""
+    name = ACTIVATIONS.get(type(module))
+    if name is None:
+        return None
+    return name, getattr(module, "negative_slope", 0.0)
+
+
+def leading_activation(module):
+    """The LeakyReLU/ReLU that opens a U-Net inner block (``module.model[0]``), with its container."""
+    inner = getattr(module, "model", None)
+    if isinstance(inner, nn.Sequential) and len(inner) and activation_of(inner[0]) is not None:
+        return inner
+    return None
+
+
+def fuse_sequential(seq, fused_cls):
+    count = 0
+    for i in range(len(seq)):
+        norm = seq[i]
+        if type(norm) not in (nn.BatchNorm2d, nn.InstanceNorm2d):
+            continue
+        activation, slope, dropout = "identity", 0.2, 0.0
+        j = i + 1
+        if j < len(seq) and activation_of(seq[j]) is not None:
+            activation, slope = activation_of(seq[j])
+            seq[j] = nn.Identity()
+            j += 1
+        elif j < len(seq) and leading_activation(seq[j]) is not None:
+            inner = leading_activation(seq[j])
+            activation, slope = activation_of(inner[0])
+            inner[0] = nn.Identity()
+        if j < len(seq) and type(seq[j]) is nn.Dropout:
+            dropout = seq[j].p
+            seq[j] = nn.Identity()
+        seq[i] = fused_cls.from_norm(norm, activation=activation, negative_slope=slope, dropout=dropout)
+        count += 1
+    return count
+
+
+def fuse_norm_activations(net):
+    """Fuse every norm of ``net`` in place; returns how many were fused (0 under --norm none/syncbatch)."""
+    from fastp2p.kernels import FusedNormAct  # Triton is an optional extra: imported only when asked for
+
+    return sum(fuse_sequential(module, FusedNormAct) for module in list(net.modules())
+               if isinstance(module, nn.Sequential))
+
+
+class FusedGANLoss(nn.Module):
+    """GANLoss(gan_mode)(prediction, target_is_real) as one Triton reduction that also writes the gradient."""
+
+    def __init__(self, gan_mode):
+        super().__init__()
+        self.gan_mode = gan_mode
+
+    def forward(self, prediction, target_is_real):
+        from fastp2p.kernels import gan_loss
+
+        return gan_loss(prediction, target_is_real, mode=self.gan_mode)
+
+
+class FusedL1Loss(nn.Module):
+    """nn.L1Loss() (mean) as one Triton reduction."""
+
+    def forward(self, a, b):
+        from fastp2p.kernels import l1_loss
+
+        return l1_loss(a, b)
+
+
+def use_fused_losses(model):
+    """Replace the model's GAN and L1 criteria by the fused ones (same call signatures)."""
+    if hasattr(model, "criterionGAN"):
+        model.criterionGAN = FusedGANLoss(model.opt.gan_mode)
+    for name in ("criterionL1", "criterionCycle", "criterionIdt"):
+        if hasattr(model, name):
+            setattr(model, name, FusedL1Loss())
