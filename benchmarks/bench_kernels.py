@@ -49,6 +49,9 @@ def parse_args():
                         help="one tiny shape per op (runs on CPU in Triton's interpreter), to check the script")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--graph", action="store_true",
+                        help="also time each forward replayed from a CUDA graph (no_grad): GPU time without the "
+                             "host's launch overhead, which bounds the eager timings of small layers")
     return parser.parse_args()
 
 
@@ -69,6 +72,24 @@ def make_timer(device):
         return statistics.median(times), min(times), max(times)
 
     return cpu_timer
+
+
+def make_graph_timer(device, enabled):
+    """Forward under no_grad captured in a CUDA graph (triton.testing.do_bench_cudagraph); None if off."""
+    if not enabled or device.type != "cuda":
+        return None
+    import triton.testing
+
+    def graph_timer(fn):
+        try:
+            with torch.no_grad():
+                return tuple(triton.testing.do_bench_cudagraph(fn, rep=50, quantiles=[0.5, 0.2, 0.8]))
+        except Exception as error:  # a capture failure leaves the eager timings usable
+            print(f"graph capture failed: {type(error).__name__}: {error}", flush=True)
+            torch.cuda.synchronize()
+            return None
+
+    return graph_timer
 
 
 def copy_bandwidth(device, timer, nbytes):
@@ -101,8 +122,8 @@ def norm_cases(args, smoke):
             yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout
 
 
-def bench_pair(timer, torch_fn, fused_fn, grad_to_none):
-    """Forward and backward timings (median, p20, p80) of both providers."""
+def bench_pair(timer, torch_fn, fused_fn, grad_to_none, graph_timer=None):
+    """Forward and backward timings (median, p20, p80) of both providers; forward from a CUDA graph too."""
     results = {}
     for provider, fn in (("torch", torch_fn), ("fused", fused_fn)):
         out = fn()
@@ -115,6 +136,7 @@ def bench_pair(timer, torch_fn, fused_fn, grad_to_none):
             out.backward(grad, retain_graph=True)
 
         results[provider, "bwd"] = timer(backward)
+        results[provider, "fwd_graph"] = graph_timer(fn) if graph_timer else None  # after eager: compiled
     return results
 
 
@@ -129,10 +151,27 @@ def make_row(op, model, shape, dtype, layout, variant, results, fwd_bytes, bwd_b
             fused_ms=fused_ms[0], fused_ms_p20=fused_ms[1], fused_ms_p80=fused_ms[2],
             speedup=torch_ms[0] / fused_ms[0], fused_gbps=fused_gbps,
             torch_gbps=nbytes / (torch_ms[0] * 1e-3) / 1e9, fused_fraction_of_copy=fused_gbps / roof))
+        graph_torch, graph_fused = results.get(("torch", direction + "_graph")), results.get(("fused", direction + "_graph"))
+        if graph_torch and graph_fused:
+            rows[-1].update(torch_graph_ms=graph_torch[0], fused_graph_ms=graph_fused[0],
+                            graph_speedup=graph_torch[0] / graph_fused[0],
+                            fused_graph_gbps=nbytes / (graph_fused[0] * 1e-3) / 1e9,
+                            fused_graph_fraction_of_copy=nbytes / (graph_fused[0] * 1e-3) / 1e9 / roof)
     return rows
 
 
-def bench_norms(args, device, timer, roof, fused_norm_act):
+def progress(rows):
+    """One line per row as it is measured, so a run cut short still shows what it got."""
+    for row in rows:
+        print(f"{row['op']} {row['model']} {'x'.join(map(str, row['shape']))} {row['dtype']} {row['layout']} "
+              f"{row['variant']} {row['direction']}: torch {row['torch_ms']:.4f} ms, fused {row['fused_ms']:.4f} ms, "
+              f"{row['speedup']:.2f}x, {row['fused_gbps']:.0f} GB/s" + (
+                  f"; graph: torch {row['torch_graph_ms']:.4f} ms, fused {row['fused_graph_ms']:.4f} ms, "
+                  f"{row['graph_speedup']:.2f}x, {100 * row['fused_graph_fraction_of_copy']:.0f}% of copy"
+                  if "fused_graph_ms" in row else ""), flush=True)
+
+
+def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
     rows = []
     for model, kind, shape, activation, dropout in norm_cases(args, args.smoke):
         for dtype_name in args.dtypes:
@@ -147,15 +186,16 @@ def bench_norms(args, device, timer, roof, fused_norm_act):
                     x = x.to(memory_format=torch.channels_last)
                 x.requires_grad_()
                 params = [x, *norm.parameters(), *fused.parameters()]
-                results = bench_pair(timer, lambda: reference(x), lambda: fused(x), params)
+                results = bench_pair(timer, lambda: reference(x), lambda: fused(x), params, graph_timer)
                 nbytes = x.numel() * x.element_size()
                 variant = f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
                 rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
                                  2 * nbytes, 3 * nbytes, roof)
+                progress(rows[-2:])
     return rows
 
 
-def bench_losses(args, device, timer, roof, gan_loss, l1_loss):
+def bench_losses(args, device, timer, roof, gan_loss, l1_loss, graph_timer=None):
     rows = []
     batches = [2] if args.smoke else args.batches
     for batch in batches:
@@ -166,21 +206,26 @@ def bench_losses(args, device, timer, roof, gan_loss, l1_loss):
             for mode, torch_loss in (("lsgan", torch.nn.functional.mse_loss),
                                      ("vanilla", torch.nn.functional.binary_cross_entropy_with_logits)):
                 results = bench_pair(timer, lambda: torch_loss(pred, torch.ones_like(pred)),
-                                     lambda: gan_loss(pred, True, mode), [pred])
+                                     lambda: gan_loss(pred, True, mode), [pred], graph_timer)
                 rows += make_row("gan_loss", "patchgan", pred.shape, dtype_name, "nchw", mode, results,
                                  2 * nbytes, 2 * nbytes, roof)
+                progress(rows[-2:])
             image_shape = (batch, *IMAGE_SHAPE) if not args.smoke else (batch, 3, 8, 8)
             a = torch.randn(image_shape, device=device, dtype=dtype, requires_grad=True)
             b = torch.randn(image_shape, device=device, dtype=dtype)
             nbytes = a.numel() * a.element_size()
-            results = bench_pair(timer, lambda: torch.nn.functional.l1_loss(a, b), lambda: l1_loss(a, b), [a])
+            results = bench_pair(timer, lambda: torch.nn.functional.l1_loss(a, b), lambda: l1_loss(a, b), [a],
+                                 graph_timer)
             rows += make_row("l1_loss", "generator", a.shape, dtype_name, "nchw", "mean", results,
                              3 * nbytes, nbytes, roof)
+            progress(rows[-2:])
     return rows
 
 
 def environment(device, args):
     def git_commit():
+        if os.environ.get("FASTP2P_COMMIT"):  # a copy of the tree without .git (e.g. a remote GPU machine)
+            return os.environ["FASTP2P_COMMIT"]
         try:
             return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                   cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
@@ -205,15 +250,19 @@ def markdown(meta, rows):
              f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']}, "
              f"commit `{meta['commit'][:12]}`, {meta['date']}", "",
              f"copy bandwidth (roof): {meta['copy_gbps']:.0f} GB/s. `{meta['command']}`", "",
+             "Eager columns time the Python call (host launch overhead included); graph columns replay the forward "
+             "from a CUDA graph under no_grad (GPU time only).", "",
              "| op | model | shape | dtype | layout | variant | dir | torch ms | fused ms | speedup | fused GB/s | "
-             "% of copy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "% of copy | graph torch ms | graph fused ms | graph speedup | graph % of copy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['op']} | {row['model']} | {'x'.join(map(str, row['shape']))} | {row['dtype']} | "
             f"{row['layout']} | {row['variant']} | {row['direction']} | {row['torch_ms']:.4f} | "
             f"{row['fused_ms']:.4f} | {row['speedup']:.2f}x | {row['fused_gbps']:.0f} | "
-            f"{100 * row['fused_fraction_of_copy']:.0f}% |")
+            f"{100 * row['fused_fraction_of_copy']:.0f}% | " + (
+                f"{row['torch_graph_ms']:.4f} | {row['fused_graph_ms']:.4f} | {row['graph_speedup']:.2f}x | "
+                f"{100 * row['fused_graph_fraction_of_copy']:.0f}% |" if "fused_graph_ms" in row else " |  |  |  |"))
     return "\n".join(lines) + "\n"
 
 
@@ -231,8 +280,10 @@ def main():
     timer = make_timer(device)
     meta = environment(device, args)
     meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
-    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct)
-    rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss)
+    graph_timer = make_graph_timer(device, args.graph)
+    meta["graph"] = graph_timer is not None
+    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
+    rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
 
     os.makedirs(args.out, exist_ok=True)
     gpu = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")

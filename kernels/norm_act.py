@@ -5,7 +5,7 @@ Eager PyTorch runs these as separate kernels, and InstanceNorm copies channels-l
 (spec/performance.md b.1). Here one strided [H*W x C] tiling serves both layouts: in NCHW and in NHWC alike
 ``stride_h == W * stride_w``, so H and W flatten into one axis with stride ``stride_w`` and nothing is copied.
 
-Forward: a partial-statistics kernel (Welford per tile, Chan-combined along a chunk of H*W), a combine kernel
+Forward: a partial-statistics kernel (shifted sums along a chunk of H*W, reduced once per chunk), a combine kernel
 (statistics per group, running-stat update), an apply kernel (normalize, affine, activation, dropout).
 Backward: a partial-sum kernel (sum dz and sum dz*xhat, dz being the gradient before the activation) and an
 apply kernel for dx. Statistics and sums are fp32 whatever the input dtype.
@@ -67,24 +67,23 @@ def _stats_partial_kernel(
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     base = x_ptr + n.to(tl.int64) * stride_n + offs_c[None, :] * stride_c
-    # statistics of x - pivot: exact for constant inputs, and no cancellation when |mean| >> std
+    # statistics of x - pivot: exact for constant inputs, and no cancellation when |mean| >> std.
+    # Sums stay elementwise in registers across the loop and are reduced across the tile once at the end,
+    # instead of a cross-warp reduction (shared memory and barriers) in every iteration.
     pivot = tl.load(base + start * stride_hw, mask=c_mask[None, :], other=0.0).to(tl.float32)
-    count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
-    mean = tl.zeros([BLOCK_C], tl.float32)
-    m2 = tl.zeros([BLOCK_C], tl.float32)
+    acc = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+    acc_sq = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for hw0 in range(start, end, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
         mask = (offs_hw < end)[:, None] & c_mask[None, :]
         x = tl.load(base + offs_hw[:, None] * stride_hw, mask=mask, other=0.0).to(tl.float32)
         x = tl.where(mask, x - pivot, 0.0)
-        tile_count = tl.minimum(end - hw0, BLOCK_HW).to(tl.float32)
-        tile_mean = tl.sum(x, axis=0) / tile_count
-        deviation = tl.where(mask, x - tile_mean[None, :], 0.0)
-        new_count = count + tile_count
-        delta = tile_mean - mean
-        mean += delta * (tile_count / new_count)
-        m2 += tl.sum(deviation * deviation, axis=0) + delta * delta * (count * tile_count / new_count)
-        count = new_count
+        acc += x
+        acc_sq += x * x
+    count = tl.zeros([BLOCK_C], tl.float32) + (end - start).to(tl.float32)
+    total = tl.sum(acc, axis=0)
+    mean = total / count
+    m2 = tl.maximum(tl.sum(acc_sq, axis=0) - total * mean, 0.0)
     out = (n * SPLITS + split) * C + offs_c
     tl.store(part_mean_ptr + out, mean + tl.reshape(pivot, [BLOCK_C]), mask=c_mask)
     tl.store(part_m2_ptr + out, m2, mask=c_mask)
@@ -218,8 +217,8 @@ def _backward_partial_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, HW)
-    sum_dz = tl.zeros([BLOCK_C], tl.float32)
-    sum_dzx = tl.zeros([BLOCK_C], tl.float32)
+    acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)  # reduced across the tile once, after the loop
+    acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for hw0 in range(start, end, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
         offs_hw = tl.where(offs_hw < end, offs_hw, HW)  # past the chunk reads as padding
@@ -227,8 +226,10 @@ def _backward_partial_kernel(
             x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, seed_ptr, n, offs_hw, offs_c, C, HW,
             stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
             negative_slope, dropout_p, HAS_AFFINE, HAS_ACT, HAS_DROPOUT)
-        sum_dz += tl.sum(dz, axis=0)
-        sum_dzx += tl.sum(dz * xhat, axis=0)
+        acc_dz += dz
+        acc_dzx += dz * xhat
+    sum_dz = tl.sum(acc_dz, axis=0)
+    sum_dzx = tl.sum(acc_dzx, axis=0)
     out = (n * SPLITS + split) * C + offs_c
     tl.store(part_dz_ptr + out, sum_dz, mask=offs_c < C)
     tl.store(part_dzx_ptr + out, sum_dzx, mask=offs_c < C)

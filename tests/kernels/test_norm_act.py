@@ -69,7 +69,8 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     # input with a channels-last gradient (dx off by O(1)), and the layout under test is the fused one's.
     x_ref = x.detach().double().contiguous().requires_grad_()
     x_fused = x.detach().clone().requires_grad_()
-    y_ref = reference_activation(reference(x_ref), activation)
+    z_ref = reference(x_ref)
+    y_ref = reference_activation(z_ref, activation)
     y_fused = fused(x_fused)
     grad = layout(torch.randn(shape, device=DEVICE).to(dtype), channels_last)
     y_ref.backward(grad.double().contiguous())
@@ -79,7 +80,16 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     assert y_fused.stride() == x.stride(), "output must keep the input's memory format"
     assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
     assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
-    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    dx_fused = x_fused.grad
+    if activation != "identity":
+        # At the kink (|z| within fp32 rounding of 0) the fused kernel's fp32 z and the fp64 reference's may
+        # fall on opposite sides, and each then picks the other slope for that element alone (both are valid
+        # subgradients). Seen on CUDA at the real shapes: 1 to 36 of 16-67 M elements, all with |z| ~ 1e-7 of
+        # the group's scale (bf16 inputs repeat values, so one flipped value can repeat in a group).
+        kink = (z_ref.detach().abs() < 1e-5).to(dx_fused.device)
+        assert int(kink.sum()) <= max(16, kink.numel() // 10_000), "too many elements at the kink"
+        dx_fused = torch.where(kink, x_ref.grad.to(dx_fused.device, dx_fused.dtype), dx_fused)
+    assert_close_verbose(dx_fused, x_ref.grad, atol, rtol, "dx")
     if mode != "instance":
         assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
         assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
@@ -203,7 +213,12 @@ def test_dropout_seed_reproduces_and_advances():
     fused.dropout_seed.fill_(77)
     assert torch.equal(fused(x), first)
     fused.dropout_seed.fill_(77)
-    assert torch.equal(fused(x.to(memory_format=torch.channels_last)), first), "mask is layout independent"
+    other_layout = fused(x.to(memory_format=torch.channels_last))
+    # the mask is bitwise the same; the values may differ in the last bit, since the two layouts tile (and so
+    # sum) the statistics differently (seen on CUDA, not in the interpreter)
+    assert torch.equal(other_layout == 0, first == 0), "mask is layout independent"
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(other_layout, first, atol, rtol, "y in the other layout")
 
 
 def test_dropout_is_off_in_eval():
