@@ -4,7 +4,7 @@ The loop keeps the reference trainer's semantics (counters in images, when check
 when the learning rate steps, the loss log line). Beyond the reference it writes a full training-state
 file beside each checkpoint (optimizers, schedulers, image pools, counters, RNG states), so that
 ``--continue_train`` resumes exactly, also in the middle of an epoch, and it saves and stops cleanly
-on SIGINT/SIGTERM.
+on SIGINT/SIGTERM (in a single process; under DDP a signal ends the run).
 """
 
 import math
@@ -217,7 +217,10 @@ class Trainer:
         return True
 
     def run(self):
-        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Under DDP each rank would see the signal after a different iteration and stop out of step
+        # with the others' collectives; there a signal ends the run and the last checkpoint resumes it.
+        signals = () if distributed.is_distributed() else (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in signals}
         try:
             while self.epoch <= self.last_epoch():
                 if not self.train_epoch():

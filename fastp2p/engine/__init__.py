@@ -7,6 +7,7 @@ here changes a network's state_dict keys, so checkpoints stay the reference's.
 """
 
 import functools
+import inspect
 
 import torch
 from torch import nn
@@ -52,16 +53,20 @@ def autocast_step(step, device, dtype, scaler, cache_enabled):
 def wrap_ddp(model):
     """DistributedDataParallel for every network, set up for GAN training (spec performance.md b.6).
 
-    broadcast_buffers=False: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
+    No buffer sync in forward: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
     syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one
     step. Frozen discriminators are called unwrapped in the G step (see the models), so no reduction is
     left pending. Gradients are views into the communication buckets (no copy).
     """
     device_ids = [model.device.index] if model.device.type == "cuda" else None
+    ddp = nn.parallel.DistributedDataParallel
+    # Newer torch (2.13 here) renamed broadcast_buffers to forward_sync_buffers; the old name, still accepted, warns and
+    # with False also skips the buffer sync at construction. Either way buffers are synced once at init.
+    new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
+    no_forward_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
     for name in model.model_names:
         net = getattr(model, "net" + name)
-        setattr(model, "net" + name, nn.parallel.DistributedDataParallel(
-            net, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True))
+        setattr(model, "net" + name, ddp(net, device_ids=device_ids, gradient_as_bucket_view=True, **no_forward_sync))
 
 
 def prepare_model(model, config):

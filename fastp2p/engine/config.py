@@ -42,9 +42,13 @@ def switch(value, auto):
 def resolve_engine(opt, device):
     """The EngineConfig for ``opt`` on ``device``."""
     ddp = distributed.world_size() > 1
+    cuda = device.type == "cuda"
+    if ddp and not cuda and opt.norm == "syncbatch":
+        # torch's SyncBatchNorm syncs GPU tensors only; on the CPU it fails in the first forward
+        raise OptionError("--norm syncbatch needs GPUs under DDP; use --norm batch (per-process statistics) "
+                          "on the CPU")
     if opt.reference:
         return EngineConfig(ddp=ddp)
-    cuda = device.type == "cuda"
     if opt.amp == "auto":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     else:

@@ -1,0 +1,81 @@
+"""One process of a DDP test, started by tests/test_ddp.py under ``python -m torch.distributed.run``.
+
+``cli ARGS...``: ``fastp2p.train.main(ARGS)``; with FASTP2P_TEST_FAIL_RANK set, that rank raises in its
+second training step (a crashing rank, injected here and not in the product).
+
+``steps OUT STEPS BATCH ARGS...``: build the model through the library API (parse_options,
+create_model, setup, prepare_model) and train STEPS steps on fixed global batches of
+``world_size * BATCH`` synthetic pairs. Rank r takes rows r, r + world, ... of each global batch,
+the interleaving of ``fastp2p.data.loader.shard_indices``, so one process at 2b sees exactly the union
+of two processes at b. Each rank writes OUT/rank<r>.pt: its networks' state_dicts and per-step losses.
+"""
+
+import os
+import sys
+
+import torch
+
+from fastp2p import distributed
+from fastp2p import train as train_cli
+from fastp2p.checkpoint import network_state_dict, unwrap
+from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.models import BaseModel, create_model
+from fastp2p.options import parse_options
+
+
+def inject_failure():
+    fail_rank = os.environ.get("FASTP2P_TEST_FAIL_RANK")
+    rank = int(os.environ["RANK"])  # the process group does not exist yet
+    if fail_rank is None or int(fail_rank) != rank:
+        return
+    step = BaseModel.step
+    calls = []
+
+    def failing_step(self, optimizer):
+        calls.append(optimizer)
+        if len(calls) > 2:  # D and G stepped once: fail in the second iteration
+            raise RuntimeError(f"injected failure on rank {rank}")
+        step(self, optimizer)
+
+    BaseModel.step = failing_step
+
+
+def global_batch(step, size):
+    generator = torch.Generator().manual_seed(1000 + step)
+    return {name: torch.rand(size, 3, 32, 32, generator=generator) * 2 - 1 for name in ("A", "B")}
+
+
+def run_steps(out, steps, batch, argv):
+    opt = parse_options(argv, is_train=True)
+    opt.device = distributed.init_distributed(use_cuda=False)
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(opt.seed + rank)  # as the trainer seeds: DDP must make rank 0's init everyone's
+    model = create_model(opt)
+    model.setup(opt)
+    prepare_model(model, resolve_engine(opt, opt.device))
+    losses, first_grads = [], None
+    for step in range(steps):
+        data = {name: images[rank::world] for name, images in global_batch(step, batch * world).items()}
+        data["A_paths"] = data["B_paths"] = [""] * batch
+        model.set_input(data)
+        model.optimize_parameters()
+        losses.append(model.get_current_losses())
+        if first_grads is None:
+            first_grads = {name: {key: p.grad.clone() for key, p in unwrap(net).named_parameters()}
+                           for name, net in model.networks()}
+    nets = {name: network_state_dict(net) for name, net in model.networks()}
+    torch.save({"nets": nets, "losses": losses, "first_grads": first_grads}, os.path.join(out, f"rank{rank}.pt"))
+    distributed.cleanup_distributed()
+
+
+def main(argv):
+    if argv[0] == "cli":
+        inject_failure()
+        return train_cli.main(argv[1:])
+    out, steps, batch, *rest = argv[1:]
+    run_steps(out, int(steps), int(batch), rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
