@@ -120,7 +120,11 @@ class Trainer:
 
     def restore(self, state):
         self.model.load_training_state(state["model"])
-        set_rng_state(state["rng"][distributed.rank()] if distributed.is_distributed() else state["rng"][0])
+        saved = state["rng"]
+        if len(saved) != distributed.world_size():
+            print(f"the training state holds RNG states of {len(saved)} processes, this run has "
+                  f"{distributed.world_size()}: random draws will not continue exactly")
+        set_rng_state(saved[distributed.rank() % len(saved)])
         self.epoch, self.epoch_iter, self.total_iters = state["epoch"], state["epoch_iter"], state["total_iters"]
 
     def save(self, prefix, epoch_finished):

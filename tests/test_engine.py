@@ -1,0 +1,244 @@
+"""Every fast path of the engine against the plain reference path: layers, losses, whole training steps.
+
+On the CPU this covers fused kernels (Triton interpreter), channels-last, fused Adam and bf16 autocast;
+on a GPU also CUDA graphs. Training runs compare each step's losses and the final weights with the
+reference run from the same seed and the same batches.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from fastp2p import networks
+from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.engine.cuda_graph import DeviceImagePool
+from fastp2p.engine.fusion import fuse_norm_activations
+from fastp2p.image_pool import ImagePool
+from fastp2p.models import create_model
+from fastp2p.options import OptionError, parse_options
+from tests.conftest import requires_cuda
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+OFF = ["--amp", "off", "--channels_last", "off", "--fused_kernels", "off", "--fused_adam", "off",
+       "--cuda_graph", "off"]
+
+
+def assert_close(actual, expected, rtol, atol, what):
+    if not torch.allclose(actual.float(), expected.float(), rtol=rtol, atol=atol):
+        diff = (actual.float() - expected.float()).abs()
+        worst = torch.topk(diff.flatten(), min(5, diff.numel()))
+        raise AssertionError(f"{what}: max |diff| {diff.max():.3g} (rtol {rtol}, atol {atol}); worst at flat "
+                             f"indices {worst.indices.tolist()}: {actual.flatten()[worst.indices].tolist()} vs "
+                             f"{expected.flatten()[worst.indices].tolist()}")
+
+
+NETS = {
+    "unet_128_batch": lambda: networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=False),
+    "unet_128_instance": lambda: networks.define_G(3, 3, 2, "unet_128", "instance", use_dropout=False),
+    "resnet_6blocks_instance": lambda: networks.define_G(3, 3, 4, "resnet_6blocks", "instance"),
+    "basic_D_batch": lambda: networks.define_D(6, 4, "basic", 3, "batch"),
+    "pixel_D_batch": lambda: networks.define_D(6, 4, "pixel", 3, "batch"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fused_network_matches_reference_forward_backward_and_keys(name, channels_last):
+    torch.manual_seed(0)
+    reference = NETS[name]().to(DEVICE)
+    networks.init_weights(reference, "normal", 0.02)
+    fused = copy.deepcopy(reference)
+    assert fuse_norm_activations(fused) > 0
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    size = 128 if name.startswith("unet_128") else 32
+    x = torch.randn(2, 6 if "_D_" in name else 3, size, size, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        fused.to(memory_format=torch.channels_last)
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_fused = reference(x_ref), fused(x_fused)
+    assert_close(out_fused, out_ref, 1e-4, 1e-4, "output")
+    grad = torch.randn_like(out_ref)
+    out_ref.backward(grad)
+    out_fused.backward(grad)
+    # gradients sum many terms in another order: absolute tolerance relative to the net's gradient scale
+    # (a conv bias before InstanceNorm has a true gradient of 0, so both sides hold rounding noise)
+    assert_close(x_fused.grad, x_ref.grad, 1e-3, 1e-5 * x_ref.grad.abs().max(), "input grad")
+    params_ref = dict(reference.named_parameters())
+    scale = max(p.grad.abs().max() for p in params_ref.values())
+    for key, param in fused.named_parameters():
+        assert_close(param.grad, params_ref[key].grad, 1e-3, 1e-5 * scale, f"grad of {key}")
+    buffers_ref = dict(reference.named_buffers())
+    for key, buffer in fused.state_dict().items():
+        if key in buffers_ref:
+            assert_close(buffer, buffers_ref[key], 1e-4, 1e-5, key)
+
+
+def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():
+    torch.manual_seed(0)
+    reference = networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=True).to(DEVICE)
+    networks.init_weights(reference)
+    fused = copy.deepcopy(reference)
+    fuse_norm_activations(fused)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in fused.modules())
+    assert sum(getattr(m, "dropout", 0.0) == 0.5 for m in fused.modules()) == 2  # unet_128: 2 dropout blocks
+    reference.eval()
+    fused.eval()
+    x = torch.randn(1, 3, 128, 128, device=DEVICE)
+    assert_close(fused(x), reference(x), 1e-4, 1e-4, "eval output")
+
+
+def make_opt(model, *flags):
+    common = ["--gpu_ids", "0" if DEVICE.type == "cuda" else "-1", "--ngf", "4", "--ndf", "4",
+              "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32", "--seed", "0",
+              "--no_tensorboard", "--checkpoints_dir", "/nonexistent"]
+    if model == "pix2pix":
+        common += ["--model", "pix2pix", "--no_dropout"]
+    else:
+        common += ["--model", "cycle_gan", "--pool_size", "2"]
+    opt = parse_options(common + list(flags))
+    opt.device = DEVICE
+    return opt
+
+
+def train_steps(model_name, flags, steps, batch_size=2):
+    """Per-step losses and final weights of a run from seed 0 on fixed random batches."""
+    opt = make_opt(model_name, *flags, "--batch_size", str(batch_size))
+    torch.manual_seed(0)
+    import random
+    random.seed(0)
+    model = create_model(opt)
+    model.setup(opt)
+    prepare_model(model, resolve_engine(opt, DEVICE))
+    gen = torch.Generator().manual_seed(1)
+    history = []
+    for _ in range(steps):
+        batch = {"A": torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1,
+                 "B": torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1,
+                 "A_paths": ["a"] * batch_size, "B_paths": ["b"] * batch_size}
+        model.set_input(batch)
+        model.optimize_parameters()
+        history.append(model.get_current_losses())
+    weights = {name: {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
+               for name, net in model.networks()}
+    ignored = {name: bias_before_instance_norm(net) for name, net in model.networks()}
+    return history, weights, ignored
+
+
+def bias_before_instance_norm(net):
+    """Conv biases that InstanceNorm cancels: their true gradient is 0, so Adam steps them by the sign of
+    rounding noise, differently in any two runs, without any effect on the outputs."""
+    names = []
+    for prefix, module in net.named_modules():
+        if isinstance(module, torch.nn.Sequential):
+            for i in range(len(module) - 1):
+                if getattr(module[i], "bias", None) is not None and isinstance(module[i + 1], torch.nn.InstanceNorm2d):
+                    names.append(f"{prefix}.{i}.bias".lstrip("."))
+    return names
+
+
+def assert_same_training(run, reference, loss_rtol, loss_atol, weight_atol):
+    (history, weights, _), (history_ref, weights_ref, ignored) = run, reference
+    for step, (losses, losses_ref) in enumerate(zip(history, history_ref)):
+        for name in losses_ref:
+            actual, expected = torch.tensor(losses[name]), torch.tensor(losses_ref[name])
+            assert_close(actual, expected, loss_rtol, loss_atol, f"step {step} loss {name}")
+    for net in weights_ref:
+        for key in weights_ref[net]:
+            if key in ignored[net]:
+                continue
+            assert_close(weights[net][key], weights_ref[net][key], 0, weight_atol, f"{net}.{key}")
+
+
+CPU_PATHS = {
+    # name: (flags on top of OFF, loss rtol, loss atol, weight atol)
+    "channels_last": (["--channels_last", "on"], 1e-4, 1e-5, 1e-5),
+    "fused_adam": (["--fused_adam", "on"], 1e-4, 1e-5, 1e-5),
+    "fused_kernels": (["--fused_kernels", "on"], 1e-3, 1e-4, 1e-4),
+    "bf16": (["--amp", "bf16"], 5e-2, 5e-2, 5e-3),
+    "all": (["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on", "--fused_adam", "on"],
+            5e-2, 5e-2, 5e-3),
+}
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def reference_runs():
+    return {model: train_steps(model, OFF, STEPS) for model in ("pix2pix", "cycle_gan")}
+
+
+@pytest.mark.parametrize("model_name, path", [
+    (model_name, path) for model_name in ("pix2pix", "cycle_gan") for path in sorted(CPU_PATHS)
+    # every path of CycleGAN's six generator passes is covered one by one; all together only on a GPU,
+    # since in Triton's interpreter that one run alone takes minutes
+    if torch.cuda.is_available() or (model_name, path) != ("cycle_gan", "all")
+])
+def test_fast_path_trains_like_the_reference(model_name, path, reference_runs):
+    flags, loss_rtol, loss_atol, weight_atol = CPU_PATHS[path]
+    run = train_steps(model_name, OFF + flags, STEPS)
+    assert_same_training(run, reference_runs[model_name], loss_rtol, loss_atol, weight_atol)
+
+
+@requires_cuda
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_cuda_graph_trains_like_eager(model_name, reference_runs):
+    """fp32 graph replay vs eager: the same kernels, so tight tolerances (cuDNN may pick other algorithms)."""
+    torch.backends.cudnn.deterministic = True
+    run = train_steps(model_name, OFF + ["--cuda_graph", "on", "--fused_adam", "on"], STEPS + 6)
+    eager = train_steps(model_name, OFF + ["--fused_adam", "on"], STEPS + 6)
+    assert_same_training(run, eager, 1e-3, 1e-4, 1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_full_fast_path_on_cuda_stays_near_the_reference(model_name, reference_runs):
+    run = train_steps(model_name, ["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on",
+                                   "--fused_adam", "on", "--cuda_graph", "on"], STEPS + 6)
+    reference = train_steps(model_name, OFF, STEPS + 6)
+    assert_same_training(run, reference, 5e-2, 5e-2, 5e-3)
+
+
+def test_device_image_pool_fills_then_swaps_on_device():
+    torch.manual_seed(0)
+    pool = DeviceImagePool(4)
+    first = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    assert torch.equal(pool.query(first), first) and pool.is_full()
+    swapped = 0
+    for step in range(200):
+        image = torch.full((1, 3, 2, 2), 100.0 + step)
+        out = pool.query(image)
+        bank_values = set(pool.bank[:, 0, 0, 0].tolist())
+        if out[0, 0, 0, 0] != image[0, 0, 0, 0]:
+            swapped += 1
+            assert 100.0 + step in bank_values  # the new image took the returned one's slot
+        assert len(pool.bank) == 4
+    assert 70 < swapped < 130  # p = 0.5
+    restored = ImagePool(4)
+    restored.load_state_dict(pool.state_dict())
+    assert torch.equal(torch.cat(restored.images), pool.bank)
+
+
+def engine_for(*flags):
+    return resolve_engine(make_opt("pix2pix", *flags), torch.device("cpu"))
+
+
+def test_auto_switches_keep_the_reference_path_on_cpu():
+    config = engine_for()
+    assert (config.amp_dtype, config.channels_last, config.fused_kernels, config.fused_adam, config.cuda_graph) == (
+        None, False, False, False, False)
+    assert "reference path" in config.describe()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cuda_graph", "on"], "needs a GPU"),
+    (["--amp", "fp16"], "needs a GPU"),
+])
+def test_impossible_switches_say_why(flags, message):
+    with pytest.raises(OptionError, match=message):
+        engine_for(*flags)
+
+
+def test_reference_flag_turns_everything_off():
+    config = engine_for("--reference", "--amp", "bf16", "--channels_last", "on")
+    assert config.amp_dtype is None and not config.channels_last
