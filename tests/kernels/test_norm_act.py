@@ -72,7 +72,17 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     z_ref = reference(x_ref)
     y_ref = reference_activation(z_ref, activation)
     y_fused = fused(x_fused)
-    grad = layout(torch.randn(shape, device=DEVICE).to(dtype), channels_last)
+    grad = torch.randn(shape, device=DEVICE)
+    if activation != "identity":
+        # At the kink (|z| within fp32 rounding of 0) the fused kernel's fp32 z and the fp64 reference's may fall
+        # on opposite sides and pick different slopes, both valid subgradients; seen on CUDA at the real shapes
+        # for 1 to 36 of 16-67 M elements, changing dx there and dweight/dbias by grad * xhat. No gradient flows
+        # from those elements, so both take the same path everywhere. Exact zeros (bf16 ties in 4-value groups)
+        # are among them.
+        kink = z_ref.detach().abs() < 1e-5
+        assert kink.float().mean().item() < 0.01, "too many elements at the kink for a meaningful test"
+        grad = grad.masked_fill(kink.to(grad.device), 0.0)
+    grad = layout(grad.to(dtype), channels_last)
     y_ref.backward(grad.double().contiguous())
     y_fused.backward(grad)
 
@@ -80,16 +90,7 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     assert y_fused.stride() == x.stride(), "output must keep the input's memory format"
     assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
     assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
-    dx_fused = x_fused.grad
-    if activation != "identity":
-        # At the kink (|z| within fp32 rounding of 0) the fused kernel's fp32 z and the fp64 reference's may
-        # fall on opposite sides, and each then picks the other slope for that element alone (both are valid
-        # subgradients). Seen on CUDA at the real shapes: 1 to 36 of 16-67 M elements, all with |z| ~ 1e-7 of
-        # the group's scale (bf16 inputs repeat values, so one flipped value can repeat in a group).
-        kink = (z_ref.detach().abs() < 1e-5).to(dx_fused.device)
-        assert int(kink.sum()) <= max(16, kink.numel() // 10_000), "too many elements at the kink"
-        dx_fused = torch.where(kink, x_ref.grad.to(dx_fused.device, dx_fused.dtype), dx_fused)
-    assert_close_verbose(dx_fused, x_ref.grad, atol, rtol, "dx")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
     if mode != "instance":
         assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
         assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
