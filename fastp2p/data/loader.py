@@ -9,6 +9,7 @@ a run interrupted mid-epoch resumes on exactly the batches it had not yet seen.
 """
 
 import math
+import signal
 
 import torch
 import torch.utils.data
@@ -72,6 +73,7 @@ class DataLoaderWrapper:
             # A private generator: making an iterator must not consume the global torch RNG, or a
             # resumed run's dropout/init draws would shift by one.
             generator=torch.Generator().manual_seed(mix_seed(seed_of(opt), "workers")),
+            worker_init_fn=leave_stop_signals_to_the_trainer if workers > 0 else None,
         )
 
     def set_epoch(self, epoch, skip_batches=0):
@@ -92,6 +94,13 @@ class DataLoaderWrapper:
             yield from self.dataloader
         except DatasetError as error:
             raise DatasetError(worker_message(str(error))) from None
+
+
+def leave_stop_signals_to_the_trainer(worker_id):
+    """Ctrl-C and SIGTERM reach the whole process group. Workers ignore them: the trainer finishes its
+    iteration, saves, and then shuts the workers down; a worker killed first would break that save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def worker_message(text):
