@@ -24,6 +24,16 @@ OFF = ["--amp", "off", "--channels_last", "off", "--fused_kernels", "off", "--fu
        "--cuda_graph", "off"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def full_fp32_convolutions():
+    """cuDNN runs fp32 convolutions in TF32 by default; the fp32 comparisons here need true fp32.
+    Module scope, so that it is in force before the module-scoped reference runs are made."""
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def assert_close(actual, expected, rtol, atol, what):
     if not torch.allclose(actual.float(), expected.float(), rtol=rtol, atol=atol):
         diff = (actual.float() - expected.float()).abs()
@@ -152,9 +162,11 @@ def assert_same_training(run, reference, loss_rtol, loss_atol, weight_atol):
 
 
 CPU_PATHS = {
-    # name: (flags on top of OFF, loss rtol, loss atol, weight atol)
-    "channels_last": (["--channels_last", "on"], 1e-4, 1e-5, 1e-5),
-    "fused_adam": (["--fused_adam", "on"], 1e-4, 1e-5, 1e-5),
+    # name: (flags on top of OFF, loss rtol, loss atol, weight atol). Weight atol 5e-5 = a quarter of one
+    # Adam step (lr 2e-4): other cuDNN algorithms (NHWC) sum in another order, and Adam moves an element
+    # whose gradient is at rounding level by up to lr; a wrong gradient moves most elements by ~lr a step.
+    "channels_last": (["--channels_last", "on"], 1e-4, 1e-5, 5e-5),
+    "fused_adam": (["--fused_adam", "on"], 1e-4, 1e-5, 5e-5),
     "fused_kernels": (["--fused_kernels", "on"], 1e-3, 1e-4, 1e-4),
     "bf16": (["--amp", "bf16"], 5e-2, 5e-2, 5e-3),
     "all": (["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on", "--fused_adam", "on"],
@@ -180,22 +192,27 @@ def test_fast_path_trains_like_the_reference(model_name, path, reference_runs):
     assert_same_training(run, reference_runs[model_name], loss_rtol, loss_atol, weight_atol)
 
 
-@requires_cuda
-@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
-def test_cuda_graph_trains_like_eager(model_name, reference_runs):
-    """fp32 graph replay vs eager: the same kernels, so tight tolerances (cuDNN may pick other algorithms)."""
-    torch.backends.cudnn.deterministic = True
-    run = train_steps(model_name, OFF + ["--cuda_graph", "on", "--fused_adam", "on"], STEPS + 6)
-    eager = train_steps(model_name, OFF + ["--fused_adam", "on"], STEPS + 6)
-    assert_same_training(run, eager, 1e-3, 1e-4, 1e-4)
+# Under CUDA graphs CycleGAN's image pool draws on the device (DeviceImagePool, tested on its own
+# below), not from python's random as the reference does; the step-by-step comparisons use no pool.
+NO_POOL = ["--pool_size", "0"]
 
 
 @requires_cuda
 @pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
-def test_full_fast_path_on_cuda_stays_near_the_reference(model_name, reference_runs):
-    run = train_steps(model_name, ["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on",
-                                   "--fused_adam", "on", "--cuda_graph", "on"], STEPS + 6)
-    reference = train_steps(model_name, OFF, STEPS + 6)
+def test_cuda_graph_trains_like_eager(model_name):
+    """fp32 graph replay vs eager: the same kernels, but cuDNN may pick other algorithms during capture;
+    GAN losses amplify such rounding differences over the 10 steps (seen: 1.5e-3 relative at step 8)."""
+    run = train_steps(model_name, OFF + NO_POOL + ["--cuda_graph", "on", "--fused_adam", "on"], STEPS + 6)
+    eager = train_steps(model_name, OFF + NO_POOL + ["--fused_adam", "on"], STEPS + 6)
+    assert_same_training(run, eager, 5e-3, 1e-4, 1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_full_fast_path_on_cuda_stays_near_the_reference(model_name):
+    run = train_steps(model_name, NO_POOL + ["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on",
+                                             "--fused_adam", "on", "--cuda_graph", "on"], STEPS + 6)
+    reference = train_steps(model_name, OFF + NO_POOL, STEPS + 6)
     assert_same_training(run, reference, 5e-2, 5e-2, 5e-3)
 
 

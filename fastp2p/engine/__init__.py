@@ -37,12 +37,17 @@ def rebuild_optimizers(model, config):
     model.schedulers = [get_scheduler(optimizer, opt) for optimizer in rebuilt]
 
 
-def autocast_step(step, device, dtype, scaler, cache_enabled):
-    """Run the training step under autocast; update the fp16 GradScaler once per iteration."""
+def autocast_step(step, device, dtype, scaler):
+    """Run the training step under autocast; update the fp16 GradScaler once per iteration.
+
+    The whole step is one autocast region, so each weight is cast to bf16 once per iteration and reused
+    by every forward of it (CycleGAN runs each generator three times); under a CUDA graph the cast
+    copies are captured with the step, inside the region that owns them.
+    """
 
     @functools.wraps(step)
     def run():
-        with torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled):
+        with torch.autocast(device.type, dtype=dtype):
             step()
         if scaler is not None:
             scaler.update()
@@ -92,8 +97,7 @@ def prepare_model(model, config):
     if config.amp_dtype is not None:
         if config.amp_dtype == torch.float16:
             model.grad_scaler = torch.amp.GradScaler(model.device.type)
-        step = autocast_step(step, model.device, config.amp_dtype, model.grad_scaler,
-                             cache_enabled=not config.cuda_graph)
+        step = autocast_step(step, model.device, config.amp_dtype, model.grad_scaler)
     if config.ddp:
         wrap_ddp(model)
     if config.cuda_graph:

@@ -32,7 +32,8 @@ class EngineConfig:
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
         on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "cuda_graph", "compile", "ddp")
               if getattr(self, name)]
-        return f"engine: {amp}" + (", " + ", ".join(on) if on else ", reference path")
+        plain = self.amp_dtype is None and not on
+        return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
 
 
 def switch(value, auto):
