@@ -89,8 +89,10 @@ def add_base_options(parser):
     p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds every random draw; a run without it picks one and records it (fastp2p)")
-    p.add_argument("--data_loader", default="torch", choices=DATA_LOADERS,
-                   help="input pipeline (fastp2p); torch is the reference PIL + DataLoader path")
+    p.add_argument("--data_loader", default="auto", choices=DATA_LOADERS,
+                   help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
+                        "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
+                        "and torch on the CPU")
     return p
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 def tensor2im(image_tensor):
     """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB)."""
-    array = image_tensor[0].detach().float().cpu().clamp(-1, 1).numpy()
+    array = image_tensor[0].detach().float().cpu().nan_to_num(0.0).clamp(-1, 1).numpy()
     if array.shape[0] == 1:
         array = np.tile(array, (3, 1, 1))
     return ((np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0).round().astype(np.uint8)
