@@ -97,10 +97,10 @@ class DataLoaderWrapper:
 
 
 def leave_stop_signals_to_the_trainer(worker_id):
-    """Ctrl-C and SIGTERM reach the whole process group. Workers ignore them: the trainer finishes its
-    iteration, saves, and then shuts the workers down; a worker killed first would break that save."""
+    """Ctrl-C reaches the whole process group. Workers ignore it: the trainer finishes its iteration,
+    saves, and then shuts the workers down; a worker killed first would break that save. SIGTERM stays
+    fatal to workers, since that is how the DataLoader and multiprocessing end them at exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def worker_message(text):
