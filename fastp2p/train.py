@@ -176,10 +176,6 @@ class Trainer:
                 data = next(batches)
             except StopIteration:
                 break
-            except RuntimeError:
-                if self.stop_requested:  # a SIGTERM to the process group also ended the loader's workers
-                    return False
-                raise
             iter_start = time.perf_counter()
             t_data = iter_start - iter_data_time
             data_wait += t_data

@@ -193,3 +193,24 @@ def test_nan_losses_stop_the_run_without_overwriting_checkpoints(tmp_path, align
     err = run_expecting_error(capsys, flags)
     assert "not finite" in err
     assert (tmp_path / "checkpoints" / "nan" / "latest_net_G.pth").read_bytes() == before
+
+
+def test_sigterm_to_the_process_group_saves_and_stops(tmp_path, aligned_root):
+    """As `timeout` or a job scheduler would stop a run: the signal reaches the loader's workers too."""
+    import signal
+    import time
+
+    flags = pix2pix_flags(tmp_path, aligned_root, name="term", epochs=(50, 0))
+    flags[flags.index("--num_threads") + 1] = "2"
+    process = subprocess.Popen([sys.executable, "-m", "fastp2p.train", *flags], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "checkpoints" / "term" / "loss_log.txt"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "(epoch" in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "stopped; resume with --continue_train" in output
+    assert (tmp_path / "checkpoints" / "term" / "latest_train_state.pth").is_file()

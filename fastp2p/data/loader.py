@@ -9,7 +9,7 @@ a run interrupted mid-epoch resumes on exactly the batches it had not yet seen.
 """
 
 import math
-import signal
+import os
 
 import torch
 import torch.utils.data
@@ -97,10 +97,11 @@ class DataLoaderWrapper:
 
 
 def leave_stop_signals_to_the_trainer(worker_id):
-    """Ctrl-C reaches the whole process group. Workers ignore it: the trainer finishes its iteration,
-    saves, and then shuts the workers down; a worker killed first would break that save. SIGTERM stays
-    fatal to workers, since that is how the DataLoader and multiprocessing end them at exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Move the worker into a process group of its own. Ctrl-C, and a SIGTERM sent to the trainer's
+    process group (as `timeout` and job control do), then reach the trainer alone: it finishes the
+    iteration, saves, and shuts the workers down itself. A worker killed first would break that save.
+    The DataLoader can still end its workers, and they still exit when the trainer dies."""
+    os.setpgid(0, 0)
 
 
 def worker_message(text):
