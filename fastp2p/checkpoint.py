@@ -23,6 +23,11 @@ def network_filename(epoch, name):
     return f"{epoch}_net_{name}.pth"
 
 
+def load_prefix(opt):
+    """The checkpoint prefix that --epoch/--load_iter select: ``iter_<n>`` when --load_iter > 0."""
+    return f"iter_{opt.load_iter}" if opt.load_iter > 0 else opt.epoch
+
+
 def atomic_save(obj, path):
     """torch.save to a sibling temp file, fsync, then rename: readers see the old or the new file."""
     folder = os.path.dirname(os.path.abspath(path))

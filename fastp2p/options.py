@@ -13,16 +13,16 @@ import os
 
 import torch
 
-MODELS = ("cycle_gan", "pix2pix", "test")
-GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
-DISCRIMINATORS = ("basic", "n_layers", "pixel")
-NORMS = ("instance", "batch", "none", "syncbatch")
-INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
-DATASET_MODES = ("unaligned", "aligned", "single")
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-GAN_MODES = ("vanilla", "lsgan", "wgangp")
-LR_POLICIES = ("linear", "step", "plateau", "cosine")
-DATA_LOADERS = ("auto", "torch", "dali", "gpu_cache")
+from fastp2p.data.datasets import DATASET_MODES as DATASET_CLASSES
+from fastp2p.data.select import KINDS as DATA_LOADERS
+from fastp2p.data.transforms import PREPROCESS_MODES
+from fastp2p.losses import GAN_MODES
+from fastp2p.models import MODELS as MODEL_CLASSES
+from fastp2p.networks import DISCRIMINATORS, GENERATORS, INIT_TYPES, LR_POLICIES, NORM_TYPES
+
+# The choices come from the code that implements them, so a flag and its implementation cannot drift apart.
+MODELS = tuple(MODEL_CLASSES)
+DATASET_MODES = tuple(DATASET_CLASSES)
 
 
 class OptionError(ValueError):
@@ -66,7 +66,7 @@ def add_base_options(parser):
     p.add_argument("--netD", default="basic", choices=DISCRIMINATORS)
     p.add_argument("--netG", default="resnet_9blocks", choices=GENERATORS)
     p.add_argument("--n_layers_D", type=positive_int, default=3)
-    p.add_argument("--norm", default="instance", choices=NORMS)
+    p.add_argument("--norm", default="instance", choices=NORM_TYPES)
     p.add_argument("--init_type", default="normal", choices=INIT_TYPES)
     p.add_argument("--init_gain", type=float, default=0.02)
     p.add_argument("--no_dropout", action="store_true")

@@ -48,7 +48,7 @@ class BaseModel:
         for _, net in self.networks():
             init_weights(net, opt.init_type, opt.init_gain)
         if not self.isTrain or opt.continue_train:
-            self.load_networks(f"iter_{opt.load_iter}" if opt.load_iter > 0 else opt.epoch)
+            self.load_networks(checkpoint.load_prefix(opt))
         if self.isTrain:
             self.schedulers = [get_scheduler(optimizer, opt) for optimizer in self.optimizers]
         self.print_networks(opt.verbose)
