@@ -39,6 +39,11 @@ def init_distributed(use_cuda):
     return torch.device("cpu")
 
 
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
 def cleanup_distributed():
     if is_distributed():
         dist.destroy_process_group()

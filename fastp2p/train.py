@@ -18,7 +18,7 @@ import time
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import CheckpointError, atomic_save, read_checkpoint
+from fastp2p.checkpoint import CheckpointError, atomic_save, load_prefix, read_checkpoint
 from fastp2p.data import DatasetError
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
@@ -101,15 +101,11 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
-    def checkpoint_prefix(self):
-        """The reference's name for the rolling checkpoint: ``latest``, or ``iter_<n>`` with --save_by_iter."""
-        return f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
-
     def find_resume_state(self):
         """With --continue_train, the training state saved beside the checkpoint to resume from, if any."""
         if not self.opt.continue_train:
             return None
-        path = training_state_path(self.opt, self.checkpoint_prefix())
+        path = training_state_path(self.opt, load_prefix(self.opt))
         if not os.path.isfile(path):
             print(f"no training state at {path}: loading network weights only and starting at "
                   f"--epoch_count {self.opt.epoch_count}, as the reference trainer does")
@@ -252,7 +248,11 @@ class Trainer:
 def main(argv=None):
     opt = parse_options(argv, is_train=True)
     try:
-        return Trainer(opt).run()
+        code = Trainer(opt).run()
+        # ranks leave together: rank 0 may still be writing checkpoints, and gloo aborts a process that
+        # tears its group down while a peer is still connected
+        distributed.barrier()
+        return code
     except (DatasetError, CheckpointError, OptionError, NonFiniteLossError) as e:
         print(f"fastp2p.train: error: {e}", file=sys.stderr)
         return 2
