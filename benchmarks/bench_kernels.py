@@ -1,9 +1,9 @@
 """Microbenchmark of the fastp2p Triton kernels against the PyTorch sequences they replace.
 
-Times, at the real layer shapes of unet_256 (BatchNorm) and resnet_9blocks (InstanceNorm) and for the PatchGAN
-losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and fp32, NCHW and NHWC, with
+Times, at the real layer shapes of unet_256 (BatchNorm) and resnet_9blocks (InstanceNorm, reflection pads) and for
+the PatchGAN losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and fp32, NCHW and NHWC, with
 triton.testing.do_bench (median and 20/80 % quantiles). Bandwidth counts the bytes an ideal kernel must move
-(forward: read x, write y; backward: read x and dy, write dx; losses: read the inputs, write the gradients) and
+(forward: read x, write y; backward: read x and dy, write dx; pads: read one side, write the other; losses: read the inputs, write the gradients) and
 is compared with the measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
 
     python benchmarks/bench_kernels.py --out benchmarks/results     # on a CUDA machine
@@ -38,6 +38,9 @@ UNET_NORMS = [
 # the second norm of each block has no activation.
 RESNET_NORMS = [(64, 256, 256, "relu", 0.0), (128, 128, 128, "relu", 0.0), (256, 64, 64, "relu", 0.0),
                 (256, 64, 64, "identity", 0.0)]
+# resnet_9blocks (ngf 64) at 256^2: (C, H, W, pad) of each ReflectionPad2d: the input image, the 18 block
+# pads, and the pad before the last 7x7 conv
+RESNET_PADS = [(3, 256, 256, 3), (256, 64, 64, 1), (64, 256, 256, 3)]
 PATCH_SHAPE = (1, 30, 30)  # basic 70x70 PatchGAN output at 256^2
 IMAGE_SHAPE = (3, 256, 256)
 
@@ -195,6 +198,30 @@ def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
     return rows
 
 
+def bench_pads(args, device, timer, roof, fused_pad_cls, graph_timer=None):
+    """Reflection pad vs F.pad(mode='reflect'). In NHWC torch's CUDA pad also returns NCHW, so the next conv pays a
+    layout copy that this row does not count: the end-to-end gain is larger than the speedup shown."""
+    rows = []
+    cases = [(2, 8, 6, 6, 3)] if args.smoke else [(b, *shape) for b in args.batches for shape in RESNET_PADS]
+    for batch, channels, height, width, pad in cases:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for layout in ("nhwc", "nchw"):
+                x = torch.randn((batch, channels, height, width), device=device, dtype=dtype)
+                if layout == "nhwc":
+                    x = x.to(memory_format=torch.channels_last)
+                x.requires_grad_()
+                fused = fused_pad_cls(pad)
+                results = bench_pair(timer, lambda: torch.nn.functional.pad(x, (pad,) * 4, mode="reflect"),
+                                     lambda: fused(x), [x], graph_timer)
+                in_bytes = x.numel() * x.element_size()
+                out_bytes = in_bytes * (height + 2 * pad) * (width + 2 * pad) // (height * width)
+                rows += make_row("reflection_pad", "resnet_9blocks", x.shape, dtype_name, layout, f"pad{pad}", results,
+                                 in_bytes + out_bytes, in_bytes + out_bytes, roof)
+                progress(rows[-2:])
+    return rows
+
+
 def bench_losses(args, device, timer, roof, gan_loss, l1_loss, graph_timer=None):
     rows = []
     batches = [2] if args.smoke else args.batches
@@ -240,7 +267,8 @@ def environment(device, args):
         cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
         commit=git_commit(), command=" ".join([sys.executable, *sys.argv]), smoke=args.smoke,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        bytes_counted="ideal traffic: fwd read x + write y; bwd read x, dy + write dx; losses read inputs + "
+        bytes_counted="ideal traffic: fwd read x + write y; bwd read x, dy + write dx; pads read x + write y "
+                      "(fwd), read dy + write dx (bwd); losses read inputs + "
                       "write gradients; GB/s = bytes / median time",
     )
 
@@ -272,7 +300,7 @@ def main():
         if not args.smoke:
             sys.exit("bench_kernels.py needs a CUDA device; on a CPU only `--smoke` runs (Triton interpreter).")
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
-    from fastp2p.kernels import FusedNormAct, gan_loss, l1_loss
+    from fastp2p.kernels import FusedNormAct, FusedReflectionPad2d, gan_loss, l1_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -283,6 +311,7 @@ def main():
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
     rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
+    rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
     rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
 
     os.makedirs(args.out, exist_ok=True)

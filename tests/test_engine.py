@@ -9,11 +9,12 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from fastp2p import networks
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool
-from fastp2p.engine.fusion import fuse_norm_activations
+from fastp2p.engine.fusion import fuse_network
 from fastp2p.image_pool import ImagePool
 from fastp2p.models import create_model
 from fastp2p.options import OptionError, parse_options
@@ -59,7 +60,8 @@ def test_fused_network_matches_reference_forward_backward_and_keys(name, channel
     reference = NETS[name]().to(DEVICE)
     networks.init_weights(reference, "normal", 0.02)
     fused = copy.deepcopy(reference)
-    assert fuse_norm_activations(fused) > 0
+    assert fuse_network(fused) > 0
+    assert not any(type(m) in (nn.ReflectionPad2d, nn.InstanceNorm2d, nn.BatchNorm2d) for m in fused.modules())
     assert list(fused.state_dict()) == list(reference.state_dict())
     size = 128 if name.startswith("unet_128") else 32
     x = torch.randn(2, 6 if "_D_" in name else 3, size, size, device=DEVICE)
@@ -90,7 +92,7 @@ def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():
     reference = networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=True).to(DEVICE)
     networks.init_weights(reference)
     fused = copy.deepcopy(reference)
-    fuse_norm_activations(fused)
+    fuse_network(fused)
     assert not any(isinstance(m, torch.nn.Dropout) for m in fused.modules())
     assert sum(getattr(m, "dropout", 0.0) == 0.5 for m in fused.modules()) == 2  # unet_128: 2 dropout blocks
     reference.eval()

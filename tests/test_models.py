@@ -309,6 +309,26 @@ def test_training_state_round_trip_resumes_exactly(tmp_path):
         built_model(make_opt(tmp_path / "p")).load_training_state(first.training_state())
 
 
+def test_training_state_keeps_the_fp16_loss_scale(tmp_path):
+    """The GradScaler's scale and growth tracker survive a save and load (a fresh scaler would restart at 2^16)."""
+    saved = built_model(make_opt(tmp_path))
+    saved.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    saved.grad_scaler.scale(torch.ones(()))  # the scale tensor is created on first use
+    saved.grad_scaler.update(new_scale=1024.0)
+    state = saved.training_state()
+    assert state["grad_scaler"]["scale"] == 1024.0
+
+    resumed = built_model(make_opt(tmp_path))
+    resumed.grad_scaler = torch.amp.GradScaler("cpu")
+    resumed.load_training_state(state)
+    assert resumed.grad_scaler.get_scale() == 1024.0
+    assert resumed.grad_scaler.state_dict() == state["grad_scaler"]
+
+    unscaled = built_model(make_opt(tmp_path))  # bf16/fp32 run: nothing saved, and an fp16 state loads into it
+    assert unscaled.training_state()["grad_scaler"] is None
+    unscaled.load_training_state(state)
+
+
 def test_test_model_runs_a_pix2pix_generator(tmp_path):
     trained = built_model(make_opt(tmp_path))
     trained.save_networks("latest")

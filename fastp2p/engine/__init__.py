@@ -14,7 +14,7 @@ from torch import nn
 
 from fastp2p.engine.config import EngineConfig, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
-from fastp2p.engine.fusion import fuse_norm_activations, use_fused_losses
+from fastp2p.engine.fusion import fuse_network, use_fused_losses
 from fastp2p.networks import get_scheduler
 
 __all__ = ["EngineConfig", "resolve_engine", "prepare_model"]
@@ -79,7 +79,7 @@ def prepare_model(model, config):
     nets = [net for _, net in model.networks()]
     if config.fused_kernels:
         for net in nets:
-            fuse_norm_activations(net)
+            fuse_network(net)
         if model.isTrain:
             use_fused_losses(model)
     if config.channels_last:

@@ -1,4 +1,5 @@
-"""Swap the reference's (norm, activation[, dropout]) layers for fused Triton modules, keeping checkpoint keys.
+"""Swap the reference's (norm, activation[, dropout]) layers and reflection pads for Triton modules, keeping
+checkpoint keys.
 
 The fused module takes the norm's index in its nn.Sequential and shares its Parameter and buffer
 objects; the activation (and dropout) it absorbs becomes an nn.Identity, which has no state. So the
@@ -65,6 +66,25 @@ def fuse_norm_activations(net):
 
     return sum(fuse_sequential(module, FusedNormAct) for module in list(net.modules())
                if isinstance(module, nn.Sequential))
+
+
+def fuse_reflection_pads(net):
+    """Replace every nn.ReflectionPad2d (stateless) by one that keeps channels-last; returns how many."""
+    from fastp2p.kernels import FusedReflectionPad2d
+
+    count = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            for i, layer in enumerate(module):
+                if type(layer) is nn.ReflectionPad2d:
+                    module[i] = FusedReflectionPad2d.from_module(layer)
+                    count += 1
+    return count
+
+
+def fuse_network(net):
+    """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
+    return fuse_norm_activations(net) + fuse_reflection_pads(net)
 
 
 class FusedGANLoss(nn.Module):

@@ -155,11 +155,14 @@ class BaseModel:
         print("-----------------------------------------------")
 
     def training_state(self):
-        """Optimizer, scheduler and image-pool state: with the weights, all a resumed run needs from the model."""
+        """Optimizer, scheduler, image-pool and fp16 loss-scale state: with the weights, all a resumed run needs
+        from the model. The loss scale matters: a resumed fp16 run restarting at the initial 65536 would skip
+        steps on inf gradients until the scale has come back down."""
         return {
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
             "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
             "image_pools": {name: getattr(self, name).state_dict() for name in self.pool_names},
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
         }
 
     def load_training_state(self, state):
@@ -178,3 +181,6 @@ class BaseModel:
             scheduler.load_state_dict(saved)
         for name, saved in state["image_pools"].items():
             getattr(self, name).load_state_dict(saved, device=self.device)
+        saved_scaler = state.get("grad_scaler")  # absent in states saved before it was kept
+        if self.grad_scaler is not None and saved_scaler:
+            self.grad_scaler.load_state_dict(saved_scaler)

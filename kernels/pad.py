@@ -1,0 +1,172 @@
+"""Reflection padding that keeps the input's memory format, forward and backward.
+
+PyTorch's CUDA ``reflection_pad2d`` makes its input contiguous (NCHW) and returns NCHW, and its backward
+zero-fills an NCHW gradient and scatters into it with atomics. In a channels-last ResNet generator, whose
+20 pads per forward sit between convolutions that want NHWC, every pad therefore adds layout copies in and
+out, forward and backward: they are most of the ~470 strided-copy kernels per CycleGAN iteration in the H100
+profile (benchmarks/results/profile_h100_20261125.md). Here the output has the input's layout, and the
+backward is a gather: each input element sums the (at most 3 x 3) padded positions that reflect onto it,
+so every element is written once, with no zero fill, no atomics and a deterministic result.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+
+@triton.jit
+def _reflect(i, size):
+    """Index into an axis of `size` that padded index i (relative to the first real element) reads."""
+    i = tl.where(i < 0, -i, i)
+    return tl.where(i >= size, 2 * (size - 1) - i, i)
+
+
+@triton.jit
+def _pad_forward_kernel(
+    x_ptr,  # [N, C, H, W] through strides
+    y_ptr,  # [N, C, H + top + bottom, W + left + right] through its own strides
+    C, H, W, H_out, W_out, top, left,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_yn, stride_yc, stride_yh, stride_yw,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * H_out + oh
+    n, oh = row // H_out, row % H_out
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (offs_w < W_out)[:, None] & (offs_c < C)[None, :]
+    ih = _reflect(oh - top, H)
+    iw = _reflect(offs_w - left, W)
+    n64 = n.to(tl.int64)
+    src = x_ptr + n64 * stride_xn + ih * stride_xh + iw[:, None] * stride_xw + offs_c[None, :] * stride_xc
+    dst = y_ptr + n64 * stride_yn + oh * stride_yh + offs_w[:, None] * stride_yw + offs_c[None, :] * stride_yc
+    tl.store(dst, tl.load(src, mask=mask), mask=mask)
+
+
+@triton.jit
+def _padded_row_sum(row_ptr, valid_row, ow_direct, ow_low, low_ok, ow_high, high_ok, offs_c, stride_w, stride_c,
+                    mask):
+    """Sum, in fp32, of the gradient at the (up to 3) padded columns of one padded row that read each element."""
+    cols = row_ptr + offs_c[None, :] * stride_c
+    m = mask & valid_row
+    total = tl.load(cols + ow_direct[:, None] * stride_w, mask=m, other=0.0).to(tl.float32)
+    total += tl.load(cols + ow_low[:, None] * stride_w, mask=m & low_ok[:, None], other=0.0).to(tl.float32)
+    total += tl.load(cols + ow_high[:, None] * stride_w, mask=m & high_ok[:, None], other=0.0).to(tl.float32)
+    return total
+
+
+@triton.jit
+def _pad_backward_kernel(
+    dy_ptr,  # [N, C, H_out, W_out] through strides
+    dx_ptr,  # [N, C, H, W] through its own strides
+    C, H, W, top, bottom, left, right,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * H + h
+    n, h = row // H, row % H
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (offs_w < W)[:, None] & (offs_c < C)[None, :]
+    # An element at i of an axis padded by (before, after) is read at i + before, at its mirror image across
+    # the leading border (before - i, for 1 <= i <= before) and across the trailing one (before + 2 (size-1) - i,
+    # for size-1-after <= i <= size-2). Both mirrors can apply when the axis is short.
+    ow_low, ow_high = left - offs_w, left + 2 * (W - 1) - offs_w
+    low_ok = (offs_w >= 1) & (offs_w <= left)
+    high_ok = (offs_w >= W - 1 - right) & (offs_w <= W - 2)
+    base = dy_ptr + n.to(tl.int64) * stride_dyn
+    total = _padded_row_sum(base + (h + top) * stride_dyh, True, offs_w + left, ow_low, low_ok, ow_high, high_ok,
+                            offs_c, stride_dyw, stride_dyc, mask)
+    total += _padded_row_sum(base + (top - h) * stride_dyh, (h >= 1) & (h <= top), offs_w + left, ow_low, low_ok,
+                             ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
+    total += _padded_row_sum(base + (top + 2 * (H - 1) - h) * stride_dyh, (h >= H - 1 - bottom) & (h <= H - 2),
+                             offs_w + left, ow_low, low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
+    dst = (dx_ptr + n.to(tl.int64) * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw
+           + offs_c[None, :] * stride_dxc)
+    tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _tiling(t, width):
+    """[BLOCK_W, BLOCK_C] tile of about 2048 elements, wide along whichever axis is the unit-stride one."""
+    C = t.shape[1]
+    w_pow2, c_pow2 = triton.next_power_of_2(width), triton.next_power_of_2(C)
+    if t.stride(1) == 1 and C > 1:  # channels-last: channels inner
+        block_c = min(c_pow2, 128)
+        block_w = min(w_pow2, max(1, 2048 // block_c))
+    else:
+        block_w = min(w_pow2, 256)
+        block_c = min(c_pow2, max(1, 2048 // block_w))
+    return block_w, block_c, 8 if block_w * block_c >= 2048 else 4
+
+
+def _check(x, padding):
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D [N, C, H, W] input, got shape {tuple(x.shape)}")
+    left, right, top, bottom = padding
+    _, _, H, W = x.shape
+    if min(padding) < 0 or max(left, right) >= W or max(top, bottom) >= H:
+        raise ValueError(f"reflection padding {tuple(padding)} (left, right, top, bottom) must be non-negative and "
+                         f"smaller than the input's width and height, got input shape {tuple(x.shape)}")
+
+
+def _memory_format(x):
+    """channels_last for a channels-last input, else contiguous: the layout the output and dx are given."""
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def reflection_pad_forward(x, padding):
+    """F.pad(x, padding, mode='reflect') for 4-D x, padding = (left, right, top, bottom), in x's memory format."""
+    _check(x, padding)
+    left, right, top, bottom = padding
+    N, C, H, W = x.shape
+    H_out, W_out = H + top + bottom, W + left + right
+    y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
+    block_w, block_c, num_warps = _tiling(y, W_out)
+    _pad_forward_kernel[(triton.cdiv(C, block_c), N * H_out, triton.cdiv(W_out, block_w))](
+        x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
+        BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
+    return y
+
+
+def reflection_pad_backward(dy, padding, input_shape, memory_format):
+    """Gradient of reflection_pad_forward with respect to its input of `input_shape`, in `memory_format`."""
+    left, right, top, bottom = padding
+    N, C, H, W = input_shape
+    dx = torch.empty(input_shape, device=dy.device, dtype=dy.dtype, memory_format=memory_format)
+    block_w, block_c, num_warps = _tiling(dx, W)
+    _pad_backward_kernel[(triton.cdiv(C, block_c), N * H, triton.cdiv(W, block_w))](
+        dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
+        BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
+    return dx
+
+
+class ReflectionPadFunction(torch.autograd.Function):
+    """Autograd wrapper of reflection_pad_forward/reflection_pad_backward (keeps no tensor for backward)."""
+
+    @staticmethod
+    def forward(ctx, x, padding):
+        ctx.padding, ctx.input_shape, ctx.memory_format = padding, x.shape, _memory_format(x)
+        return reflection_pad_forward(x, padding)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return reflection_pad_backward(dy, ctx.padding, ctx.input_shape, ctx.memory_format), None
+
+
+class FusedReflectionPad2d(nn.Module):
+    """nn.ReflectionPad2d that keeps channels-last tensors channels-last (no state, so checkpoints are unchanged)."""
+
+    def __init__(self, padding):
+        super().__init__()
+        self.padding = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * 4
+
+    @classmethod
+    def from_module(cls, pad):
+        return cls(pad.padding)
+
+    def forward(self, x):
+        return ReflectionPadFunction.apply(x, self.padding)
+
+    def extra_repr(self):
+        return f"{self.padding}"
