@@ -2,13 +2,18 @@
 
 Every conv of the pix2pix U-Net and the CycleGAN ResNet generator is followed by (norm, activation[, dropout]).
 Eager PyTorch runs these as separate kernels, and InstanceNorm copies channels-last inputs to NCHW
-(spec/performance.md b.1). Here one strided [H*W x C] tiling serves both layouts: in NCHW and in NHWC alike
+(spec/performance.md b.1). Here one strided [rows x C] tiling serves both layouts: in NCHW and in NHWC alike
 ``stride_h == W * stride_w``, so H and W flatten into one axis with stride ``stride_w`` and nothing is copied.
+A statistics group is one sample's H*W rows (InstanceNorm) or all N*H*W rows of the batch (BatchNorm).
 
-Forward: a partial-statistics kernel (shifted sums along a chunk of H*W, reduced once per chunk), a combine kernel
-(statistics per group, running-stat update), an apply kernel (normalize, affine, activation, dropout).
-Backward: a partial-sum kernel (sum dz and sum dz*xhat, dz being the gradient before the activation) and an
-apply kernel for dx. Statistics and sums are fp32 whatever the input dtype.
+Where one program per channel block can reduce a whole group without starving the GPU (a group that fits one
+tile, as in the U-Net's inner levels at batch 1, or enough channel blocks and groups to fill the SMs), forward
+and backward are one launch each: the program reduces its group, then applies. Inside a CUDA graph a small
+layer costs about one launch latency per kernel, so the launch count matters more than bandwidth there.
+Otherwise each group's rows are split into chunks: forward is a partial-statistics kernel (shifted sums per
+chunk), a combine kernel (statistics per group, running-stat update) and an apply kernel (normalize, affine,
+activation, dropout); backward a partial-sum kernel (sum dz and sum dz*xhat, dz being the gradient before the
+activation), a combine kernel and an apply kernel for dx. Statistics and sums are fp32 whatever the input dtype.
 
 Dropout draws Philox numbers with ``tl.rand`` keyed by a seed read from a device tensor, indexed by the logical
 NCHW position, so the mask does not depend on the layout and backward recomputes it instead of storing it.
@@ -26,6 +31,15 @@ ACTIVATIONS = ("identity", "relu", "leaky_relu")
 
 
 @triton.jit
+def _row_offsets(g, rows, HW, stride_n, stride_hw):
+    """Memory offsets of `rows` of group g: row r is position r % HW of sample g + r // HW.
+
+    An InstanceNorm group is one sample (g = n and r < HW); a BatchNorm group is the whole batch (g = 0).
+    """
+    return (g + rows // HW).to(tl.int64) * stride_n + (rows % HW) * stride_hw
+
+
+@triton.jit
 def _pre_activation(x, mean, rstd, weight, bias):
     """xhat = (x - mean) * rstd and z = xhat * weight + bias, all [BLOCK_HW, BLOCK_C] or broadcast [1, BLOCK_C]."""
     xhat = (x - mean) * rstd
@@ -33,10 +47,10 @@ def _pre_activation(x, mean, rstd, weight, bias):
 
 
 @triton.jit
-def _dropout_keep(seed_ptr, n, offs_hw, offs_c, C, HW, dropout_p):
+def _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p):
     """Keep-mask of one tile, keyed by the logical NCHW index so NCHW and NHWC inputs draw the same mask."""
     seed = tl.load(seed_ptr)
-    logical = n * C * HW + offs_c[None, :] * HW + offs_hw[:, None]
+    logical = (g + rows // HW)[:, None] * C * HW + offs_c[None, :] * HW + (rows % HW)[:, None]
     return tl.rand(seed, logical) >= dropout_p
 
 
@@ -53,67 +67,120 @@ def _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE: tl.constexpr):
 
 
 @triton.jit
-def _stats_partial_kernel(
-    x_ptr,  # [N, C, HW] through strides, any float dtype
-    part_mean_ptr,  # [N, SPLITS, C] fp32, out: mean of each chunk of HW
-    part_m2_ptr,  # [N, SPLITS, C] fp32, out: sum of squared deviations of each chunk
-    C, HW, CHUNK, SPLITS,
-    stride_n, stride_c, stride_hw,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_c, n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    start = split * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
-    base = x_ptr + n.to(tl.int64) * stride_n + offs_c[None, :] * stride_c
-    # statistics of x - pivot: exact for constant inputs, and no cancellation when |mean| >> std.
-    # Sums stay elementwise in registers across the loop and are reduced across the tile once at the end,
-    # instead of a cross-warp reduction (shared memory and barriers) in every iteration.
-    pivot = tl.load(base + start * stride_hw, mask=c_mask[None, :], other=0.0).to(tl.float32)
+def _group_values(ptr, g, offs_c, c_mask, C):
+    """A [GROUPS, C] fp32 statistic of group g as [1, BLOCK_C]."""
+    return tl.load(ptr + g * C + offs_c, mask=c_mask, other=0.0)[None, :]
+
+
+@triton.jit
+def _moments(x_ptr, g, start, end, HW, offs_c, c_mask, stride_n, stride_c, stride_hw,
+             BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Mean and sum of squared deviations per channel of rows [start, end) of group g, and the row count.
+
+    The sums are of x - pivot (the first row): exact for constant inputs, and no cancellation when |mean| >> std.
+    They stay elementwise in registers across the loop and are reduced across the tile once at the end,
+    instead of a cross-warp reduction (shared memory and barriers) in every iteration.
+    """
+    cols = x_ptr + offs_c[None, :] * stride_c
+    first = start + tl.arange(0, 1)
+    pivot = tl.load(cols + _row_offsets(g, first, HW, stride_n, stride_hw)[:, None], mask=c_mask[None, :],
+                    other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     acc_sq = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
-    for hw0 in range(start, end, BLOCK_HW):
-        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask = (offs_hw < end)[:, None] & c_mask[None, :]
-        x = tl.load(base + offs_hw[:, None] * stride_hw, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, x - pivot, 0.0)
+    for r0 in range(start, end, BLOCK_HW):
+        rows = r0 + tl.arange(0, BLOCK_HW)
+        mask = (rows < end)[:, None] & c_mask[None, :]
+        x = tl.load(cols + _row_offsets(g, rows, HW, stride_n, stride_hw)[:, None], mask=mask, other=0.0)
+        x = tl.where(mask, x.to(tl.float32) - pivot, 0.0)
         acc += x
         acc_sq += x * x
     count = tl.zeros([BLOCK_C], tl.float32) + (end - start).to(tl.float32)
     total = tl.sum(acc, axis=0)
     mean = total / count
     m2 = tl.maximum(tl.sum(acc_sq, axis=0) - total * mean, 0.0)
-    out = (n * SPLITS + split) * C + offs_c
-    tl.store(part_mean_ptr + out, mean + tl.reshape(pivot, [BLOCK_C]), mask=c_mask)
+    return mean + tl.reshape(pivot, [BLOCK_C]), m2, count
+
+
+@triton.jit
+def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask, C,
+                  eps, momentum, UPDATE_RUNNING: tl.constexpr):
+    """Store a group's mean and 1/std (biased variance), update the running statistics; returns rstd."""
+    var = tl.maximum(m2 / count, 0.0)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(mean_ptr + g * C + offs_c, mean, mask=c_mask)
+    tl.store(rstd_ptr + g * C + offs_c, rstd, mask=c_mask)
+    if UPDATE_RUNNING:
+        running_mean = tl.load(running_mean_ptr + offs_c, mask=c_mask).to(tl.float32)
+        running_var = tl.load(running_var_ptr + offs_c, mask=c_mask).to(tl.float32)
+        unbiased = tl.maximum(m2 / (count - 1.0), 0.0)
+        tl.store(running_mean_ptr + offs_c, running_mean + momentum * (mean - running_mean), mask=c_mask)
+        tl.store(running_var_ptr + offs_c, running_var + momentum * (unbiased - running_var), mask=c_mask)
+    return rstd
+
+
+@triton.jit
+def _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+                stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
+                HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """y = dropout(act(xhat * weight + bias)) for one [BLOCK_HW, BLOCK_C] tile of group g."""
+    mask = (rows < ROWS)[:, None] & c_mask[None, :]
+    x = tl.load(x_ptr + _row_offsets(g, rows, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
+                mask=mask, other=0.0).to(tl.float32)
+    _, y = _pre_activation(x, mean, rstd, weight, bias)
+    if HAS_ACT:
+        y = tl.where(y > 0, y, y * negative_slope)
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
+        y = tl.where(keep, y / (1.0 - dropout_p), 0.0)
+    tl.store(y_ptr + _row_offsets(g, rows, HW, stride_yn, stride_yhw)[:, None] + offs_c[None, :] * stride_yc,
+             y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _stats_partial_kernel(
+    x_ptr,  # [N, C, HW] through strides, any float dtype
+    part_mean_ptr,  # [GROUPS, SPLITS, C] fp32, out: mean of each chunk of a group's rows
+    part_m2_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of squared deviations of each chunk
+    C, HW, ROWS, CHUNK, SPLITS,
+    stride_n, stride_c, stride_hw,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    start = split * CHUNK
+    mean, m2, _ = _moments(x_ptr, g, start, tl.minimum(start + CHUNK, ROWS), HW, offs_c, c_mask,
+                           stride_n, stride_c, stride_hw, BLOCK_HW, BLOCK_C)
+    out = (g * SPLITS + split) * C + offs_c
+    tl.store(part_mean_ptr + out, mean, mask=c_mask)
     tl.store(part_m2_ptr + out, m2, mask=c_mask)
 
 
 @triton.jit
 def _stats_combine_kernel(
-    part_mean_ptr,  # [GROUPS, ROWS, C] fp32: chunk means (ROWS = SPLITS for IN, N * SPLITS for BN)
-    part_m2_ptr,  # [GROUPS, ROWS, C] fp32: chunk sums of squared deviations
+    part_mean_ptr,  # [GROUPS, SPLITS, C] fp32: chunk means
+    part_m2_ptr,  # [GROUPS, SPLITS, C] fp32: chunk sums of squared deviations
     mean_ptr,  # [GROUPS, C] fp32, out
     rstd_ptr,  # [GROUPS, C] fp32, out
     running_mean_ptr,  # [C], updated in place when UPDATE_RUNNING
     running_var_ptr,  # [C], updated in place with the unbiased variance when UPDATE_RUNNING
-    C, HW, CHUNK, SPLITS, ROWS,
+    C, ROWS, CHUNK, SPLITS,
     eps, momentum,
     UPDATE_RUNNING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, group = tl.program_id(0), tl.program_id(1)
+    pid_c, g = tl.program_id(0), tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    pivot = tl.load(part_mean_ptr + group * ROWS * C + offs_c, mask=c_mask, other=0.0)  # as in the partials
+    pivot = tl.load(part_mean_ptr + g * SPLITS * C + offs_c, mask=c_mask, other=0.0)  # as in the partials
     count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
-    for r0 in range(0, ROWS, BLOCK_R):
+    for r0 in range(0, SPLITS, BLOCK_R):  # one iteration when BLOCK_R covers all chunks: no serial chain
         offs_r = r0 + tl.arange(0, BLOCK_R)
-        r_mask = offs_r < ROWS
-        row_count = tl.where(r_mask, tl.minimum(HW - (offs_r % SPLITS) * CHUNK, CHUNK), 0).to(tl.float32)
+        r_mask = offs_r < SPLITS
+        row_count = tl.where(r_mask, tl.minimum(ROWS - offs_r * CHUNK, CHUNK), 0).to(tl.float32)
         mask = r_mask[:, None] & c_mask[None, :]
-        idx = (group * ROWS + offs_r[:, None]) * C + offs_c[None, :]
+        idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
         row_mean = tl.where(mask, tl.load(part_mean_ptr + idx, mask=mask, other=0.0) - pivot[None, :], 0.0)
         row_m2 = tl.load(part_m2_ptr + idx, mask=mask, other=0.0)
         block_count = tl.sum(row_count, axis=0)
@@ -125,144 +192,219 @@ def _stats_combine_kernel(
         mean += delta * (block_count / new_count)
         m2 += block_m2 + delta * delta * (count * block_count / new_count)
         count = new_count
-    mean += pivot
-    var = tl.maximum(m2 / count, 0.0)
-    tl.store(mean_ptr + group * C + offs_c, mean, mask=c_mask)
-    tl.store(rstd_ptr + group * C + offs_c, 1.0 / tl.sqrt(var + eps), mask=c_mask)
-    if UPDATE_RUNNING:
-        running_mean = tl.load(running_mean_ptr + offs_c, mask=c_mask).to(tl.float32)
-        running_var = tl.load(running_var_ptr + offs_c, mask=c_mask).to(tl.float32)
-        unbiased = tl.maximum(m2 / (count - 1.0), 0.0)
-        tl.store(running_mean_ptr + offs_c, running_mean + momentum * (mean - running_mean), mask=c_mask)
-        tl.store(running_var_ptr + offs_c, running_var + momentum * (unbiased - running_var), mask=c_mask)
+    _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask,
+                  C, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
 def _forward_apply_kernel(
     x_ptr,  # [N, C, HW] through strides
     y_ptr,  # [N, C, HW] through its own strides, dtype of x
-    mean_ptr,  # [N, C] fp32 (stats_stride_n = C) or [C] (stats_stride_n = 0)
-    rstd_ptr,  # same shape as mean
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr,  # [C] affine parameters, read only when HAS_AFFINE
     seed_ptr,  # [1] int64 Philox key, read only when HAS_DROPOUT
-    C, HW,
-    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, stats_stride_n,
+    C, HW, ROWS,
+    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, n, pid_hw = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c_mask = offs_c < C
-    mask = (offs_hw < HW)[:, None] & c_mask[None, :]
-    n64 = n.to(tl.int64)
-    x = tl.load(x_ptr + n64 * stride_xn + offs_c[None, :] * stride_xc + offs_hw[:, None] * stride_xhw,
-                mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(mean_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :]
-    rstd = tl.load(rstd_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :]
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
-    _, y = _pre_activation(x, mean, rstd, weight, bias)
-    if HAS_ACT:
-        y = tl.where(y > 0, y, y * negative_slope)
-    if HAS_DROPOUT:
-        keep = _dropout_keep(seed_ptr, n, offs_hw, offs_c, C, HW, dropout_p)
-        y = tl.where(keep, y / (1.0 - dropout_p), 0.0)
-    tl.store(y_ptr + n64 * stride_yn + offs_c[None, :] * stride_yc + offs_hw[:, None] * stride_yhw,
-             y.to(y_ptr.dtype.element_ty), mask=mask)
+    _apply_tile(x_ptr, y_ptr, _group_values(mean_ptr, g, offs_c, c_mask, C),
+                _group_values(rstd_ptr, g, offs_c, c_mask, C), weight, bias, seed_ptr, g,
+                pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, ROWS,
+                stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
+                HAS_ACT, HAS_DROPOUT)
 
 
 @triton.jit
-def _grad_pre_activation(
-    x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, seed_ptr,
-    n, offs_hw, offs_c, C, HW,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
-    negative_slope, dropout_p,
-    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+def _forward_group_kernel(
+    x_ptr, y_ptr,  # [N, C, HW] through their own strides
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
+    running_mean_ptr, running_var_ptr,  # [C], updated in place when UPDATE_RUNNING
+    w_ptr, b_ptr, seed_ptr,
+    C, HW, ROWS,
+    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+    eps, momentum, negative_slope, dropout_p,
+    UPDATE_RUNNING: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Load one tile and return (xhat, dz, rstd, weight, mask): dz is dL/dz with z the affine output."""
+    """The whole forward in one launch, for groups one program per channel block covers: statistics, then apply
+    (the second read of the group is mostly served from cache)."""
+    pid_c, g = tl.program_id(0), tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    mask = (offs_hw < HW)[:, None] & c_mask[None, :]
-    n64 = n.to(tl.int64)
-    x = tl.load(x_ptr + n64 * stride_xn + offs_c[None, :] * stride_xc + offs_hw[:, None] * stride_xhw,
-                mask=mask, other=0.0).to(tl.float32)
-    dz = tl.load(dy_ptr + n64 * stride_dyn + offs_c[None, :] * stride_dyc + offs_hw[:, None] * stride_dyhw,
-                 mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(mean_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :]
-    rstd = tl.load(rstd_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :]
+    mean, m2, count = _moments(x_ptr, g, 0, ROWS, HW, offs_c, c_mask, stride_xn, stride_xc, stride_xhw,
+                               BLOCK_HW, BLOCK_C)
+    rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask,
+                         C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    for r0 in range(0, ROWS, BLOCK_HW):
+        _apply_tile(x_ptr, y_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
+                    offs_c, c_mask, C, HW, ROWS, stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+
+
+@triton.jit
+def _grad_tile(
+    x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p,
+    HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """Load one tile and return (xhat, dz, mask): dz is dL/dz with z the affine output, 0 outside the tile."""
+    mask = (rows < ROWS)[:, None] & c_mask[None, :]
+    x = tl.load(x_ptr + _row_offsets(g, rows, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
+                mask=mask, other=0.0).to(tl.float32)
+    dz = tl.load(dy_ptr + _row_offsets(g, rows, HW, stride_dyn, stride_dyhw)[:, None] + offs_c[None, :] * stride_dyc,
+                 mask=mask, other=0.0).to(tl.float32)
     xhat, z = _pre_activation(x, mean, rstd, weight, bias)
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed_ptr, n, offs_hw, offs_c, C, HW, dropout_p)
+        keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
         dz = tl.where(keep, dz / (1.0 - dropout_p), 0.0)
     if HAS_ACT:
         dz = tl.where(z > 0, dz, dz * negative_slope)
-    return xhat, tl.where(mask, dz, 0.0), rstd, weight, mask
+    return xhat, tl.where(mask, dz, 0.0), mask
+
+
+@triton.jit
+def _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
+              stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS: tl.constexpr):
+    """dx = (dz - mean(dz) - xhat mean(dz xhat)) weight rstd with batch statistics, dz weight rstd without."""
+    if BATCH_STATS:
+        dz = dz - mean_dz - xhat * mean_dzx
+    tl.store(dx_ptr + _row_offsets(g, rows, HW, stride_dxn, stride_dxhw)[:, None] + offs_c[None, :] * stride_dxc,
+             (dz * weight * rstd).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _backward_partial_kernel(
     x_ptr, dy_ptr,  # [N, C, HW] through their own strides
-    mean_ptr, rstd_ptr,  # [N, C] or [C] fp32 (see stats_stride_n)
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
-    part_dz_ptr,  # [N, SPLITS, C] fp32, out: sum of dz over each chunk
-    part_dzx_ptr,  # [N, SPLITS, C] fp32, out: sum of dz * xhat over each chunk
-    C, HW, CHUNK, SPLITS,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
+    part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
+    part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz * xhat over each chunk
+    C, HW, ROWS, CHUNK, SPLITS,
+    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
+    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
     start = split * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
+    end = tl.minimum(start + CHUNK, ROWS)
     acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)  # reduced across the tile once, after the loop
     acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
-    for hw0 in range(start, end, BLOCK_HW):
-        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        offs_hw = tl.where(offs_hw < end, offs_hw, HW)  # past the chunk reads as padding
-        xhat, dz, _, _, _ = _grad_pre_activation(
-            x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, seed_ptr, n, offs_hw, offs_c, C, HW,
-            stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
-            negative_slope, dropout_p, HAS_AFFINE, HAS_ACT, HAS_DROPOUT)
+    for r0 in range(start, end, BLOCK_HW):
+        rows = r0 + tl.arange(0, BLOCK_HW)
+        rows = tl.where(rows < end, rows, ROWS)  # past the chunk reads as padding
+        xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
+                                 ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
         acc_dz += dz
         acc_dzx += dz * xhat
-    sum_dz = tl.sum(acc_dz, axis=0)
-    sum_dzx = tl.sum(acc_dzx, axis=0)
-    out = (n * SPLITS + split) * C + offs_c
-    tl.store(part_dz_ptr + out, sum_dz, mask=offs_c < C)
-    tl.store(part_dzx_ptr + out, sum_dzx, mask=offs_c < C)
+    out = (g * SPLITS + split) * C + offs_c
+    tl.store(part_dz_ptr + out, tl.sum(acc_dz, axis=0), mask=c_mask)
+    tl.store(part_dzx_ptr + out, tl.sum(acc_dzx, axis=0), mask=c_mask)
+
+
+@triton.jit
+def _backward_combine_kernel(
+    part_dz_ptr, part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32 chunk sums
+    sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out
+    C, SPLITS,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_c, g = tl.program_id(0), tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    acc_dz = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    acc_dzx = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for r0 in range(0, SPLITS, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask = (offs_r < SPLITS)[:, None] & c_mask[None, :]
+        idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
+        acc_dz += tl.load(part_dz_ptr + idx, mask=mask, other=0.0)
+        acc_dzx += tl.load(part_dzx_ptr + idx, mask=mask, other=0.0)
+    tl.store(sum_dz_ptr + g * C + offs_c, tl.sum(acc_dz, axis=0), mask=c_mask)
+    tl.store(sum_dzx_ptr + g * C + offs_c, tl.sum(acc_dzx, axis=0), mask=c_mask)
 
 
 @triton.jit
 def _backward_apply_kernel(
     x_ptr, dy_ptr,  # [N, C, HW] through their own strides
-    dx_ptr,  # [N, C, HW] through the strides of x (same layout as x)
-    mean_ptr, rstd_ptr,  # [N, C] or [C] fp32 (see stats_stride_n)
+    dx_ptr,  # [N, C, HW] through its own strides
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
-    sum_dz_ptr, sum_dzx_ptr,  # [N, C] or [C] fp32 group sums, read only when BATCH_STATS
-    C, HW,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
-    negative_slope, dropout_p, inv_count,
+    sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32 group sums, read only when BATCH_STATS
+    C, HW, ROWS,
+    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
+    negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, n, pid_hw = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    xhat, dz, rstd, weight, mask = _grad_pre_activation(
-        x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, seed_ptr, n, offs_hw, offs_c, C, HW,
-        stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stats_stride_n,
-        negative_slope, dropout_p, HAS_AFFINE, HAS_ACT, HAS_DROPOUT)
+    c_mask = offs_c < C
+    rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
+    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
+                                ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+    mean_dz = mean  # placeholders, unused without batch statistics
+    mean_dzx = mean
     if BATCH_STATS:
-        c_mask = offs_c < C
-        mean_dz = tl.load(sum_dz_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :] * inv_count
-        mean_dzx = tl.load(sum_dzx_ptr + n * stats_stride_n + offs_c, mask=c_mask, other=0.0)[None, :] * inv_count
-        dz = dz - mean_dz - xhat * mean_dzx
-    dx = dz * weight * rstd
-    tl.store(dx_ptr + n.to(tl.int64) * stride_xn + offs_c[None, :] * stride_xc + offs_hw[:, None] * stride_xhw,
-             dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        mean_dz = _group_values(sum_dz_ptr, g, offs_c, c_mask, C) / ROWS
+        mean_dzx = _group_values(sum_dzx_ptr, g, offs_c, c_mask, C) / ROWS
+    _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
+              stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS)
+
+
+@triton.jit
+def _backward_group_kernel(
+    x_ptr, dy_ptr, dx_ptr,  # [N, C, HW] through their own strides; dx written only when INPUT_GRAD
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
+    w_ptr, b_ptr, seed_ptr,
+    sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)
+    C, HW, ROWS,
+    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
+    negative_slope, dropout_p,
+    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
+    INPUT_GRAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The whole backward in one launch, for groups one program per channel block covers: sums, then dx."""
+    pid_c, g = tl.program_id(0), tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
+    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+    acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+    for r0 in range(0, ROWS, BLOCK_HW):
+        xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
+                                 offs_c, c_mask, C, HW, ROWS, stride_xn, stride_xc, stride_xhw,
+                                 stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+        acc_dz += dz
+        acc_dzx += dz * xhat
+    sum_dz, sum_dzx = tl.sum(acc_dz, axis=0), tl.sum(acc_dzx, axis=0)
+    tl.store(sum_dz_ptr + g * C + offs_c, sum_dz, mask=c_mask)
+    tl.store(sum_dzx_ptr + g * C + offs_c, sum_dzx, mask=c_mask)
+    if INPUT_GRAD:
+        mean_dz, mean_dzx = sum_dz[None, :] / ROWS, sum_dzx[None, :] / ROWS
+        for r0 in range(0, ROWS, BLOCK_HW):
+            rows = r0 + tl.arange(0, BLOCK_HW)
+            xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask,
+                                        C, HW, ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc,
+                                        stride_dyhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+            _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
+                      stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS)
 
 
 def _hw_stride(t):
@@ -281,29 +423,45 @@ def _strides(t):
     return t.stride(0), t.stride(1), _hw_stride(t)
 
 
-def _tiling(x):
-    """BLOCK_C x BLOCK_HW tile and warps: channels inner when C is the unit-stride axis, H*W inner otherwise."""
+def _groups(x, per_sample):
+    """(GROUPS, ROWS): statistics per sample over H*W (InstanceNorm), or over the whole batch (BatchNorm)."""
     N, C, H, W = x.shape
-    hw_pow2, c_pow2 = triton.next_power_of_2(H * W), triton.next_power_of_2(C)
+    return (N, H * W) if per_sample else (1, N * H * W)
+
+
+def _tiling(x, rows):
+    """BLOCK_C x BLOCK_HW tile and warps: channels inner when C is the unit-stride axis, rows inner otherwise."""
+    C = x.shape[1]
+    rows_pow2, c_pow2 = triton.next_power_of_2(rows), triton.next_power_of_2(C)
     tile = 2048
     if x.stride(1) == 1 and C > 1:
-        block_c = min(c_pow2, max(64, tile // hw_pow2))
-        block_hw = min(hw_pow2, max(16, tile // block_c))
+        block_c = min(c_pow2, max(64, tile // rows_pow2))
+        block_hw = min(rows_pow2, max(16, tile // block_c))
     else:
-        block_hw = min(hw_pow2, tile)
+        block_hw = min(rows_pow2, tile)
         block_c = min(c_pow2, tile // block_hw)
     num_warps = 8 if block_c * block_hw >= 2048 else 4
     return block_c, block_hw, num_warps
 
 
-def _split_plan(x, block_c, block_hw):
-    """Split each H*W reduction into SPLITS chunks of CHUNK elements (a multiple of BLOCK_HW) to fill the GPU."""
-    N, C, H, W = x.shape
-    HW = H * W
-    base_programs = triton.cdiv(C, block_c) * N
-    splits = max(1, min(triton.cdiv(target_programs(x.device), base_programs), triton.cdiv(HW, block_hw)))
-    chunk = triton.cdiv(triton.cdiv(HW, splits), block_hw) * block_hw
-    return triton.cdiv(HW, chunk), chunk
+def _split_plan(x, groups, rows, block_c, block_hw):
+    """Split each group's rows into SPLITS chunks of CHUNK rows (a multiple of BLOCK_HW) to fill the GPU.
+
+    One split means one program per channel block covers its whole group: the one-launch kernels then do the
+    work of partial, combine and apply kernels, which at small layers (the U-Net's inner levels, batch 1)
+    saves the launches that dominate their cost.
+    """
+    base_programs = triton.cdiv(x.shape[1], block_c) * groups
+    splits = max(1, min(triton.cdiv(target_programs(x.device), base_programs), triton.cdiv(rows, block_hw)))
+    chunk = triton.cdiv(triton.cdiv(rows, splits), block_hw) * block_hw
+    return triton.cdiv(rows, chunk), chunk
+
+
+def _combine_tiling(splits, channels):
+    """[BLOCK_R, BLOCK_C] of a combine kernel: all chunks in one tile when they fit (no serial loop), and
+    narrow channel blocks so that even a few groups make several programs."""
+    block_r = min(triton.next_power_of_2(splits), 128)
+    return block_r, min(triton.next_power_of_2(channels), max(8, 4096 // block_r))
 
 
 def _check_batch_stats_size(x, per_sample):
@@ -323,42 +481,48 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         Otherwise running_mean/running_var are used (BatchNorm eval).
     negative_slope: None for identity, 0.0 for ReLU, 0.2 for the reference's LeakyReLU.
     rng_state: int64 device tensor [1], the Philox key when dropout_p > 0; the caller advances it.
-    Returns (y, mean, rstd) with y in x's layout and dtype, mean/rstd fp32 [N, C] or [C] for backward.
+    Returns (y, mean, rstd) with y in x's layout and dtype, mean/rstd fp32 [GROUPS, C] for backward
+    (GROUPS = N per sample, else 1).
     """
-    N, C, H, W = x.shape
-    HW = H * W
-    block_c, block_hw, num_warps = _tiling(x)
-    stats_shape = (N, C) if per_sample else (C,)
-    if use_batch_stats:
-        _check_batch_stats_size(x, per_sample)
-        splits, chunk = _split_plan(x, block_c, block_hw)
-        part_mean = torch.empty((N, splits, C), device=x.device, dtype=torch.float32)
-        part_m2 = torch.empty_like(part_mean)
-        _stats_partial_kernel[(triton.cdiv(C, block_c), N, splits)](
-            x, part_mean, part_m2, C, HW, chunk, splits, *_strides(x),
-            BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
-        mean = torch.empty(stats_shape, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        update_running = running_mean is not None
-        groups, rows = (N, splits) if per_sample else (1, N * splits)
-        combine_c = min(triton.next_power_of_2(C), 128)
-        _stats_combine_kernel[(triton.cdiv(C, combine_c), groups)](
-            part_mean, part_m2, mean, rstd,
-            running_mean if update_running else mean, running_var if update_running else rstd,
-            C, HW, chunk, splits, rows, eps, momentum,
-            UPDATE_RUNNING=update_running, BLOCK_R=min(triton.next_power_of_2(rows), 16), BLOCK_C=combine_c)
-    else:
-        mean = running_mean.to(torch.float32, copy=True)
-        rstd = torch.rsqrt(running_var.float() + eps)
+    C = x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    groups, rows = _groups(x, per_sample)
+    block_c, block_hw, num_warps = _tiling(x, rows)
+    c_blocks = triton.cdiv(C, block_c)
     y = torch.empty_like(x)
     has_affine = weight is not None
-    _forward_apply_kernel[(triton.cdiv(C, block_c), N, triton.cdiv(HW, block_hw))](
-        x, y, mean, rstd, weight if has_affine else mean, bias if has_affine else mean,
-        rng_state if dropout_p > 0 else mean,
-        C, HW, *_strides(x), *_strides(y), C if per_sample else 0,
-        0.0 if negative_slope is None else negative_slope, dropout_p,
-        HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-        BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+    dummy = y  # stands in for pointers a specialization never reads
+    pointers = (weight if has_affine else dummy, bias if has_affine else dummy, rng_state if dropout_p > 0 else dummy)
+    strides = (*_strides(x), *_strides(y))
+    scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
+    flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
+                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+    if not use_batch_stats:
+        mean = running_mean.to(torch.float32, copy=True)[None]
+        rstd = torch.rsqrt(running_var.float() + eps)[None]
+    else:
+        _check_batch_stats_size(x, per_sample)
+        mean = torch.empty((groups, C), device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        update_running = running_mean is not None
+        running = (running_mean, running_var) if update_running else (mean, rstd)
+        splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
+        if splits == 1:
+            _forward_group_kernel[(c_blocks, groups)](
+                x, y, mean, rstd, *running, *pointers, C, HW, rows, *strides, eps, momentum, *scalars,
+                UPDATE_RUNNING=update_running, **flags)
+            return y, mean, rstd
+        part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
+        part_m2 = torch.empty_like(part_mean)
+        _stats_partial_kernel[(c_blocks, groups, splits)](
+            x, part_mean, part_m2, C, HW, rows, chunk, splits, *_strides(x),
+            BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+        block_r, combine_c = _combine_tiling(splits, C)
+        _stats_combine_kernel[(triton.cdiv(C, combine_c), groups)](
+            part_mean, part_m2, mean, rstd, *running, C, rows, chunk, splits, eps, momentum,
+            UPDATE_RUNNING=update_running, BLOCK_R=block_r, BLOCK_C=combine_c)
+    _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(rows, block_hw))](
+        x, y, mean, rstd, *pointers, C, HW, rows, *strides, *scalars, **flags)
     return y, mean, rstd
 
 
@@ -368,37 +532,51 @@ def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample,
 
     dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad.
     """
-    N, C, H, W = x.shape
-    HW = H * W
-    block_c, block_hw, num_warps = _tiling(x)
+    C = x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    groups, rows = _groups(x, per_sample)
+    block_c, block_hw, num_warps = _tiling(x, rows)
+    c_blocks = triton.cdiv(C, block_c)
     has_affine = weight is not None
-    dummy = mean
-    common = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                  BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+    dx = torch.empty_like(x) if need_input_grad else None
+    dummy = mean  # stands in for pointers a specialization never reads
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(dy), C if per_sample else 0)
+    strides = (*_strides(x), *_strides(dy), *_strides(dx if need_input_grad else x))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
-    need_sums = (need_input_grad and use_batch_stats) or (need_affine_grad and has_affine)
-    sum_dz = sum_dzx = dweight = dbias = dx = None
-    if need_sums:
-        splits, chunk = _split_plan(x, block_c, block_hw)
-        part_dz = torch.empty((N, splits, C), device=x.device, dtype=torch.float32)
+    flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
+                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+    need_affine_grad = need_affine_grad and has_affine
+    if not (need_input_grad or need_affine_grad):
+        return None, None, None
+    stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
+    if not ((need_input_grad and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradient only
+        _backward_apply_kernel[(c_blocks, stats_groups, triton.cdiv(rows, block_hw))](
+            x, dy, dx, *pointers, dummy, dummy, C, HW, rows, *strides, *scalars, BATCH_STATS=False, **flags)
+        return dx, None, None
+    sum_dz = torch.empty((groups, C), device=x.device, dtype=torch.float32)
+    sum_dzx = torch.empty_like(sum_dz)
+    splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
+    if splits == 1:
+        _backward_group_kernel[(c_blocks, groups)](
+            x, dy, dx if need_input_grad else dummy, *pointers, sum_dz, sum_dzx, C, HW, rows, *strides, *scalars,
+            BATCH_STATS=use_batch_stats, INPUT_GRAD=need_input_grad, **flags)
+    else:
+        part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_dzx = torch.empty_like(part_dz)
-        _backward_partial_kernel[(triton.cdiv(C, block_c), N, splits)](
-            x, dy, *pointers, part_dz, part_dzx, C, HW, chunk, splits, *strides, *scalars, **common)
-        group_dims = 1 if per_sample else (0, 1)
-        sum_dz, sum_dzx = part_dz.sum(group_dims), part_dzx.sum(group_dims)
-        if has_affine and need_affine_grad:
-            dweight = (sum_dzx.sum(0) if per_sample else sum_dzx).to(weight.dtype)
-            dbias = (sum_dz.sum(0) if per_sample else sum_dz).to(bias.dtype)
-    if need_input_grad:
-        dx = torch.empty_like(x)
-        batch_stats = use_batch_stats
-        inv_count = 1.0 / (HW if per_sample else N * HW)
-        _backward_apply_kernel[(triton.cdiv(C, block_c), N, triton.cdiv(HW, block_hw))](
-            x, dy, dx, *pointers, sum_dz if batch_stats else dummy, sum_dzx if batch_stats else dummy,
-            C, HW, *strides, *scalars, inv_count, BATCH_STATS=batch_stats, **common)
+        _backward_partial_kernel[(c_blocks, groups, splits)](
+            x, dy, *pointers, part_dz, part_dzx, C, HW, rows, chunk, splits, *strides[:6], *scalars, **flags)
+        block_r, combine_c = _combine_tiling(splits, C)
+        _backward_combine_kernel[(triton.cdiv(C, combine_c), groups)](
+            part_dz, part_dzx, sum_dz, sum_dzx, C, splits, BLOCK_R=block_r, BLOCK_C=combine_c)
+        if need_input_grad:
+            _backward_apply_kernel[(c_blocks, groups, triton.cdiv(rows, block_hw))](
+                x, dy, dx, *pointers, sum_dz, sum_dzx, C, HW, rows, *strides, *scalars,
+                BATCH_STATS=use_batch_stats, **flags)
+    dweight = dbias = None
+    if need_affine_grad:  # BatchNorm has one group (no extra launch); an affine InstanceNorm sums its N groups
+        dweight = (sum_dzx[0] if groups == 1 else sum_dzx.sum(0)).to(weight.dtype)
+        dbias = (sum_dz[0] if groups == 1 else sum_dz.sum(0)).to(bias.dtype)
     return dx, dweight, dbias
 
 

@@ -124,6 +124,37 @@ def test_real_layer_shapes_on_cuda(shape, dtype, channels_last, mode):
     check_against_reference(shape, dtype, channels_last, mode, "relu")
 
 
+@pytest.mark.parametrize("programs, expected", [(1, {"_forward_group_kernel", "_backward_group_kernel"}),
+                                                 (64, {"_stats_partial_kernel", "_backward_partial_kernel"})],
+                         ids=["one-kernel", "split"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_both_reduction_paths_match_reference(programs, expected, mode, channels_last, monkeypatch):
+    """A group is reduced by one program per channel block (one launch per pass) when that already fills the
+    GPU, else in chunks (partial sums, combine, apply). Force each path by the GPU size the plan assumes; the
+    groups (2304 rows per sample) are longer than one tile, and BatchNorm's span both samples."""
+    from fastp2p.kernels import norm_act
+
+    launched = set()
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(norm_act, name)
+
+        def __getitem__(self, grid):
+            launched.add(self.name)
+            return self.kernel[grid]
+
+    for name in ("_forward_group_kernel", "_backward_group_kernel", "_stats_partial_kernel",
+                 "_backward_partial_kernel"):
+        monkeypatch.setattr(norm_act, name, Spy(name))
+    monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
+    check_against_reference((2, 4, 48, 48), torch.float32, channels_last, mode, "leaky_relu")
+    if mode == "batch_eval":  # running statistics: only the backward's affine-gradient sums reduce
+        expected = {name for name in expected if "backward" in name}
+    assert launched == expected
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_constant_input_has_zero_variance(mode, channels_last):

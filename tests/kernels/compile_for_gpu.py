@@ -1,0 +1,87 @@
+"""Compile every Triton kernel specialization fastp2p launches to an sm_90 cubin, without a GPU.
+
+Triton's interpreter, which runs the kernel tests on a CPU, accepts code that the compiler rejects (it runs the
+Python, it does not type it). This script runs the real compiler (Python AST -> TTIR -> TTGIR -> LLVM -> PTX ->
+ptxas, all bundled with Triton) for an H100 target, so such errors show up in CI. It must run without
+TRITON_INTERPRET, hence a separate process: ``python tests/kernels/compile_for_gpu.py``.
+"""
+
+import os
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("run without TRITON_INTERPRET=1: the interpreter's kernels cannot be compiled")
+
+from fastp2p.kernels import losses, norm_act, pad  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "inv_numel"}
+NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp32 statistics and affine parameters
+
+
+def signature(fn, data_type, constexprs):
+    """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed, i32 sizes."""
+    data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name == "seed_ptr":
+            types[name] = "*i64"
+        elif name.endswith("_ptr"):
+            types[name] = "*" + (data_type if name in data else "fp32")
+        else:
+            types[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    return types
+
+
+def compile_kernel(fn, data_type, constexprs):
+    source = ASTSource(fn=fn, signature=signature(fn, data_type, constexprs),
+                       constexprs={(fn.arg_names.index(name),): value for name, value in constexprs.items()})
+    return triton.compile(source, target=TARGET)
+
+
+def specializations():
+    """(kernel, constexprs) covering both sides of every constexpr branch (flags all off, all on)."""
+    flags = [dict(HAS_AFFINE=on, HAS_ACT=on, HAS_DROPOUT=on) for on in (False, True)]
+    tile = dict(BLOCK_HW=32, BLOCK_C=64)
+    for update in (False, True):
+        yield norm_act._stats_combine_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, BLOCK_C=32)
+        for flag in flags:
+            yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **flag, **tile)
+    yield norm_act._stats_partial_kernel, tile
+    yield norm_act._backward_combine_kernel, dict(BLOCK_R=64, BLOCK_C=32)
+    for flag in flags:
+        yield norm_act._forward_apply_kernel, dict(**flag, **tile)
+        yield norm_act._backward_partial_kernel, dict(**flag, **tile)
+        for batch_stats in (False, True):
+            yield norm_act._backward_apply_kernel, dict(**flag, BATCH_STATS=batch_stats, **tile)
+            for input_grad in (False, True):
+                yield norm_act._backward_group_kernel, dict(**flag, BATCH_STATS=batch_stats, INPUT_GRAD=input_grad,
+                                                            **tile)
+    yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
+    yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
+    for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
+        for write_grad in (False, True):
+            yield losses._loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
+
+
+def main():
+    failures = 0
+    for data_type in ("fp32", "bf16"):
+        for fn, constexprs in specializations():
+            try:
+                compile_kernel(fn, data_type, constexprs)
+            except Exception as error:  # report every failing specialization, not just the first
+                failures += 1
+                print(f"FAILED {fn.__name__} {data_type} {constexprs}: {type(error).__name__}: {error}")
+    print(f"compiled for {TARGET}: {failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
