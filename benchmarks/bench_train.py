@@ -11,7 +11,8 @@ real loader (create_fast_loader) and timing the wait for each batch.
     python benchmarks/bench_train.py --device cpu --small --out benchmarks/results  # CPU, ~3 min
 
 Rows (cumulative; --rows picks among them by name):
-    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +cuda_graph, and apart:
+    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +batch_passes (CycleGAN, and
+         any model with per-sample norms), +cuda_graph, and apart:
          compile = bf16 + channels_last + --compile (CUDA graphs off: --compile brings its own).
     CPU: reference, +channels_last, +fused_adam, +amp (bf16); fused kernels would run in Triton's
          interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
@@ -60,9 +61,9 @@ from fastp2p.options import parse_options
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
-GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "cuda_graph")
+GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
 CPU_CHAIN = ("channels_last", "fused_adam", "amp")
-TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "cuda_graph")
+TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
 ROW_NAMES = ("reference",) + TECHNIQUES + ("compile", "auto")
 
 # Train GFLOP per image (one A/B pair) at 256^2 with the models' defaults, from spec performance.md (c):
@@ -153,8 +154,17 @@ def row_flags(name, chain):
     on = {"amp", "channels_last"} if name == "compile" else set(chain[:chain.index(name) + 1])
     flags = ["--amp", "bf16" if "amp" in on else "off"]
     for technique in TECHNIQUES[1:]:
-        flags += [f"--{technique}", "on" if technique in on else "off"]
+        # batch_passes 'auto': on where the model's norms allow it (not pix2pix's default BatchNorm)
+        flags += [f"--{technique}", ("auto" if technique == "batch_passes" else "on") if technique in on else "off"]
     return flags + (["--compile"] if name == "compile" else [])
+
+
+def row_applies(args, model_name, batch_size, name):
+    """False for the batch_passes row of a model whose norms rule batching out: it would repeat the row before."""
+    if name != "batch_passes":
+        return True
+    opt = parse_options(model_flags(args, model_name, batch_size) + row_flags(name, args.chain), is_train=True)
+    return resolve_engine(opt, args.device).batch_passes
 
 
 def display_name(name):
@@ -427,6 +437,9 @@ def run_config(args, model_name, batch_size, names, reference_rates, rows, save,
     """The rows ``names`` for one model and batch size; then, unless skipped, the loader share of the fastest."""
     key, batches, fastest = (model_name, batch_size), {}, None
     for name in names:
+        if not row_applies(args, model_name, batch_size, name):
+            log(start, f"{model_name} bs{batch_size} {display_name(name):>15}: does not apply, skipped")
+            continue
         if args.budget_s and time.perf_counter() - start > args.budget_s:
             row = dict(model=model_name, batch_size=batch_size, row=display_name(name),
                        flags=row_flags(name, args.chain), engine=None,

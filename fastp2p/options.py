@@ -137,6 +137,9 @@ def add_engine_options(parser):
     for name, what in (("channels_last", "channels-last memory format for nets and inputs"),
                        ("fused_kernels", "Triton fused norm + activation and fused GAN/L1 losses"),
                        ("fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate"),
+                       ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
+                                        "generator and identity passes, D's real and fake passes); needs per-sample "
+                                        "norms (--norm instance or none)"),
                        ("cuda_graph", "replay each training iteration as one CUDA graph")):
         p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"), help=what)
     p.add_argument("--compile", action="store_true", help="torch.compile every network (instead of CUDA graphs)")

@@ -91,6 +91,7 @@ def prepare_model(model, config):
             net.compile()
     if not model.isTrain:
         return model
+    model.batch_passes = config.batch_passes
     if config.fused_adam or config.cuda_graph:
         rebuild_optimizers(model, config)
     step = model.optimize_parameters

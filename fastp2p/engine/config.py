@@ -23,6 +23,8 @@ class EngineConfig:
     fused_kernels: bool = False
     """Triton fused norm + activation and fused GAN/L1 losses"""
     fused_adam: bool = False
+    batch_passes: bool = False
+    """one forward for a network's independent passes of a step (same math with per-sample norms)"""
     cuda_graph: bool = False
     compile: bool = False
     ddp: bool = False
@@ -30,7 +32,8 @@ class EngineConfig:
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
-        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "cuda_graph", "compile", "ddp")
+        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph", "compile",
+                                "ddp")
               if getattr(self, name)]
         plain = self.amp_dtype is None and not on
         return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
@@ -65,6 +68,13 @@ def resolve_engine(opt, device):
         raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
                           "set TRITON_INTERPRET=1 before starting")
 
+    per_sample_norms = opt.norm in ("instance", "none")
+    batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
+    if batch_passes and not per_sample_norms:
+        raise OptionError(f"--batch_passes on would change the results of --norm {opt.norm}: BatchNorm normalizes "
+                          "over the batch, so one pass over two batches differs from two passes; use --norm "
+                          "instance or --batch_passes off")
+
     graph_blockers = [reason for reason, blocked in (
         ("it needs a GPU", not cuda),
         ("fp16 needs a GradScaler, whose inf checks sync with the host", amp_dtype == torch.float16),
@@ -76,4 +86,4 @@ def resolve_engine(opt, device):
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
-                        cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)
+                        batch_passes=batch_passes, cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)

@@ -34,6 +34,7 @@ class BaseModel:
         self.metric = 0  # what the plateau policy watches; the reference never changes it either
         self.input_memory_format = torch.contiguous_format  # the engine sets channels_last
         self.grad_scaler = None  # the engine sets a GradScaler for fp16 mixed precision
+        self.batch_passes = False  # the engine sets it: see run_passes
 
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
@@ -66,6 +67,14 @@ class BaseModel:
 
     def optimize_parameters(self):
         raise NotImplementedError
+
+    def run_passes(self, net, *inputs):
+        """net applied to each of ``inputs``, in order. With batch_passes, as one forward over their
+        concatenation: the same math when every layer treats samples independently (the engine allows it
+        for per-sample norms only), in fewer and larger kernels, which is what small batches need."""
+        if self.batch_passes and len(inputs) > 1:
+            return net(torch.cat(inputs)).split([x.shape[0] for x in inputs])
+        return tuple(net(x) for x in inputs)
 
     def backward(self, loss):
         """loss.backward(), scaled when fp16 mixed precision needs a GradScaler."""

@@ -48,7 +48,18 @@ class CycleGANModel(BaseModel):
             self.optimizer_D = self.build_optimizer(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()))
             self.optimizers = [self.optimizer_G, self.optimizer_D]
 
+    def identity_in_forward(self):
+        """With batched passes the identity images join each generator's first pass; the reference (and
+        this model otherwise) computes them in backward_G, after the cycle passes."""
+        return self.batch_passes and self.isTrain and self.opt.lambda_identity > 0
+
     def forward(self):
+        if self.identity_in_forward():
+            self.fake_B, self.idt_A = self.run_passes(self.netG_A, self.real_A, self.real_B)
+            self.fake_A, self.idt_B = self.run_passes(self.netG_B, self.real_B, self.real_A)
+            self.rec_A = self.netG_B(self.fake_B)
+            self.rec_B = self.netG_A(self.fake_A)
+            return
         self.fake_B = self.netG_A(self.real_A)
         self.rec_A = self.netG_B(self.fake_B)
         self.fake_A = self.netG_B(self.real_B)
@@ -56,8 +67,9 @@ class CycleGANModel(BaseModel):
 
     def backward_D_basic(self, netD, real, fake):
         """Half the sum of D's real and (detached) fake losses, backpropagated into D only."""
-        loss_D_real = self.criterionGAN(netD(real), True)
-        loss_D_fake = self.criterionGAN(netD(fake.detach()), False)
+        pred_real, pred_fake = self.run_passes(netD, real, fake.detach())
+        loss_D_real = self.criterionGAN(pred_real, True)
+        loss_D_fake = self.criterionGAN(pred_fake, False)
         loss_D = (loss_D_real + loss_D_fake) * 0.5
         self.backward(loss_D)
         return loss_D
@@ -74,9 +86,10 @@ class CycleGANModel(BaseModel):
         opt = self.opt
         if opt.lambda_identity > 0:
             # G_A should leave an image that already looks like B unchanged, and G_B likewise for A
-            self.idt_A = self.netG_A(self.real_B)
+            if not self.identity_in_forward():
+                self.idt_A = self.netG_A(self.real_B)
+                self.idt_B = self.netG_B(self.real_A)
             self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * opt.lambda_B * opt.lambda_identity
-            self.idt_B = self.netG_B(self.real_A)
             self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * opt.lambda_A * opt.lambda_identity
         else:
             self.loss_idt_A = 0

@@ -32,8 +32,9 @@ class Pix2PixModel(BaseModel):
 
     def backward_D(self):
         fake_AB = torch.cat((self.real_A, self.fake_B), 1).detach()  # no gradient into G from D's step
-        self.loss_D_fake = self.criterionGAN(self.netD(fake_AB), False)
-        self.loss_D_real = self.criterionGAN(self.netD(torch.cat((self.real_A, self.real_B), 1)), True)
+        pred_fake, pred_real = self.run_passes(self.netD, fake_AB, torch.cat((self.real_A, self.real_B), 1))
+        self.loss_D_fake = self.criterionGAN(pred_fake, False)
+        self.loss_D_real = self.criterionGAN(pred_real, True)
         self.loss_D = (self.loss_D_fake + self.loss_D_real) * 0.5
         self.backward(self.loss_D)
 
