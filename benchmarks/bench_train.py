@@ -14,7 +14,7 @@ Rows (cumulative; --rows picks among them by name):
     GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +batch_passes (CycleGAN, and
          any model with per-sample norms), +cuda_graph, and apart:
          compile = bf16 + channels_last + --compile (CUDA graphs off: --compile brings its own).
-    CPU: reference, +channels_last, +fused_adam, +amp (bf16); fused kernels would run in Triton's
+    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16); fused kernels would run in Triton's
          interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
     auto: no switch given, what `python -m fastp2p.train` runs on the device (default on the CPU only:
          on a GPU it is the +cuda_graph row).
@@ -55,6 +55,7 @@ import torch
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.engine.config import PER_SAMPLE_NORMS
 from fastp2p.models import create_model
 from fastp2p.options import parse_options
 
@@ -62,7 +63,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
-CPU_CHAIN = ("channels_last", "fused_adam", "amp")
+CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp")
 TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
 ROW_NAMES = ("reference",) + TECHNIQUES + ("compile", "auto")
 
@@ -145,8 +146,9 @@ def parse_args(argv=None):
     return args
 
 
-def row_flags(name, chain):
-    """Engine switches of a row: the chain's techniques up to ``name`` on, every other one off."""
+def row_flags(name, chain, batch_ok):
+    """Engine switches of a row: the chain's techniques up to ``name`` on, every other one off; batch_passes
+    stays off unless ``batch_ok`` (see batchable())."""
     if name == "reference":
         return ["--reference"]
     if name == "auto":
@@ -154,17 +156,19 @@ def row_flags(name, chain):
     on = {"amp", "channels_last"} if name == "compile" else set(chain[:chain.index(name) + 1])
     flags = ["--amp", "bf16" if "amp" in on else "off"]
     for technique in TECHNIQUES[1:]:
-        # batch_passes 'auto': on where the model's norms allow it (not pix2pix's default BatchNorm)
-        flags += [f"--{technique}", ("auto" if technique == "batch_passes" else "on") if technique in on else "off"]
+        enabled = technique in on and (technique != "batch_passes" or batch_ok)
+        flags += [f"--{technique}", "on" if enabled else "off"]
     return flags + (["--compile"] if name == "compile" else [])
 
 
-def row_applies(args, model_name, batch_size, name):
-    """False for the batch_passes row of a model whose norms rule batching out: it would repeat the row before."""
-    if name != "batch_passes":
-        return True
-    opt = parse_options(model_flags(args, model_name, batch_size) + row_flags(name, args.chain), is_train=True)
-    return resolve_engine(opt, args.device).batch_passes
+def batchable(args, model_name):
+    """Whether the model's norms let --batch_passes keep the math (per-sample norms: CycleGAN's default
+    InstanceNorm, not pix2pix's BatchNorm). Where they do not, its row is skipped: it would repeat the one before."""
+    return parse_options(model_flags(args, model_name, 1), is_train=True).norm in PER_SAMPLE_NORMS
+
+
+def model_row_flags(args, model_name, name):
+    return row_flags(name, args.chain, batchable(args, model_name))
 
 
 def display_name(name):
@@ -261,7 +265,7 @@ def loader_root(args, model):
 def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
     """Images/s of the fastest row fed by the real loader, and the share of time spent waiting for batches."""
     root, note = loader_root(args, model_name)
-    argv = model_flags(args, model_name, batch_size, root) + row_flags(row_name, args.chain)
+    argv = model_flags(args, model_name, batch_size, root) + model_row_flags(args, model_name, row_name)
     opt, model, _ = build(argv, args.device, args.seed)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -305,8 +309,8 @@ def free(device):
 
 
 def bench_row(args, model_name, batch_size, name, reference_rate, batches):
-    row = dict(model=model_name, batch_size=batch_size, row=display_name(name), flags=row_flags(name, args.chain),
-               engine=None, error=None)
+    row = dict(model=model_name, batch_size=batch_size, row=display_name(name),
+               flags=model_row_flags(args, model_name, name), engine=None, error=None)
     device = args.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -437,12 +441,12 @@ def run_config(args, model_name, batch_size, names, reference_rates, rows, save,
     """The rows ``names`` for one model and batch size; then, unless skipped, the loader share of the fastest."""
     key, batches, fastest = (model_name, batch_size), {}, None
     for name in names:
-        if not row_applies(args, model_name, batch_size, name):
+        if name == "batch_passes" and not batchable(args, model_name):
             log(start, f"{model_name} bs{batch_size} {display_name(name):>15}: does not apply, skipped")
             continue
         if args.budget_s and time.perf_counter() - start > args.budget_s:
             row = dict(model=model_name, batch_size=batch_size, row=display_name(name),
-                       flags=row_flags(name, args.chain), engine=None,
+                       flags=model_row_flags(args, model_name, name), engine=None,
                        error=f"skipped: --budget_s {args.budget_s:g} reached before this row")
         else:
             if name == "compile":

@@ -14,11 +14,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, build, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
+from bench_train import GPU_CHAIN, batchable, build, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
 
 
 def profile_config(args, model_name, batch_size, row):
-    argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN)
+    argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
     opt, model, engine = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device)
     run_steps(model, batches, args.warmup)

@@ -39,6 +39,10 @@ class EngineConfig:
         return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
 
 
+PER_SAMPLE_NORMS = ("instance", "none")
+"""norms under which a network treats the samples of a batch independently (so passes can be batched)"""
+
+
 def switch(value, auto):
     return auto if value == "auto" else value == "on"
 
@@ -68,7 +72,7 @@ def resolve_engine(opt, device):
         raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
                           "set TRITON_INTERPRET=1 before starting")
 
-    per_sample_norms = opt.norm in ("instance", "none")
+    per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
     if batch_passes and not per_sample_norms:
         raise OptionError(f"--batch_passes on would change the results of --norm {opt.norm}: BatchNorm normalizes "
