@@ -14,8 +14,8 @@ Rows (cumulative; --rows picks among them by name):
     GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +batch_passes (CycleGAN, and
          any model with per-sample norms), +cuda_graph, and apart:
          compile = bf16 + channels_last + --compile (CUDA graphs off: --compile brings its own).
-    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16); fused kernels would run in Triton's
-         interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
+    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16); fused kernels would
+         run in Triton's interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
     auto: no switch given, what `python -m fastp2p.train` runs on the device (default on the CPU only:
          on a GPU it is the +cuda_graph row).
 
