@@ -23,6 +23,16 @@ def _reflect(i, size):
 
 
 @triton.jit
+def _row_tile(rows_per_sample, width, C, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile: sample n, row r of it, BLOCK_W columns x BLOCK_C channels, and their mask."""
+    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * rows_per_sample + r
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (offs_w < width)[:, None] & (offs_c < C)[None, :]
+    return (row // rows_per_sample).to(tl.int64), row % rows_per_sample, offs_w, offs_c, mask
+
+
+@triton.jit
 def _pad_forward_kernel(
     x_ptr,  # [N, C, H, W] through strides
     y_ptr,  # [N, C, H + top + bottom, W + left + right] through its own strides
@@ -30,16 +40,11 @@ def _pad_forward_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw, stride_yn, stride_yc, stride_yh, stride_yw,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * H_out + oh
-    n, oh = row // H_out, row % H_out
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask = (offs_w < W_out)[:, None] & (offs_c < C)[None, :]
+    n, oh, offs_w, offs_c, mask = _row_tile(H_out, W_out, C, BLOCK_W, BLOCK_C)
     ih = _reflect(oh - top, H)
     iw = _reflect(offs_w - left, W)
-    n64 = n.to(tl.int64)
-    src = x_ptr + n64 * stride_xn + ih * stride_xh + iw[:, None] * stride_xw + offs_c[None, :] * stride_xc
-    dst = y_ptr + n64 * stride_yn + oh * stride_yh + offs_w[:, None] * stride_yw + offs_c[None, :] * stride_yc
+    src = x_ptr + n * stride_xn + ih * stride_xh + iw[:, None] * stride_xw + offs_c[None, :] * stride_xc
+    dst = y_ptr + n * stride_yn + oh * stride_yh + offs_w[:, None] * stride_yw + offs_c[None, :] * stride_yc
     tl.store(dst, tl.load(src, mask=mask), mask=mask)
 
 
@@ -63,26 +68,21 @@ def _pad_backward_kernel(
     stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * H + h
-    n, h = row // H, row % H
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask = (offs_w < W)[:, None] & (offs_c < C)[None, :]
+    n, h, offs_w, offs_c, mask = _row_tile(H, W, C, BLOCK_W, BLOCK_C)
     # An element at i of an axis padded by (before, after) is read at i + before, at its mirror image across
     # the leading border (before - i, for 1 <= i <= before) and across the trailing one (before + 2 (size-1) - i,
     # for size-1-after <= i <= size-2). Both mirrors can apply when the axis is short.
     ow_low, ow_high = left - offs_w, left + 2 * (W - 1) - offs_w
     low_ok = (offs_w >= 1) & (offs_w <= left)
     high_ok = (offs_w >= W - 1 - right) & (offs_w <= W - 2)
-    base = dy_ptr + n.to(tl.int64) * stride_dyn
+    base = dy_ptr + n * stride_dyn
     total = _padded_row_sum(base + (h + top) * stride_dyh, True, offs_w + left, ow_low, low_ok, ow_high, high_ok,
                             offs_c, stride_dyw, stride_dyc, mask)
     total += _padded_row_sum(base + (top - h) * stride_dyh, (h >= 1) & (h <= top), offs_w + left, ow_low, low_ok,
                              ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
     total += _padded_row_sum(base + (top + 2 * (H - 1) - h) * stride_dyh, (h >= H - 1 - bottom) & (h <= H - 2),
                              offs_w + left, ow_low, low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
-    dst = (dx_ptr + n.to(tl.int64) * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw
-           + offs_c[None, :] * stride_dxc)
+    dst = dx_ptr + n * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw + offs_c[None, :] * stride_dxc
     tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
