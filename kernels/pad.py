@@ -49,11 +49,11 @@ def _pad_forward_kernel(
 
 
 @triton.jit
-def _padded_row_sum(row_ptr, valid_row, ow_direct, ow_low, low_ok, ow_high, high_ok, offs_c, stride_w, stride_c,
-                    mask):
-    """Sum, in fp32, of the gradient at the (up to 3) padded columns of one padded row that read each element."""
+def _padded_row_sum(row_ptr, row_ok, ow_direct, ow_low, low_ok, ow_high, high_ok, offs_c, stride_w, stride_c, mask):
+    """Sum, in fp32, of the gradient at the (up to 3) padded columns of one padded row that read each element;
+    row_ok says whether the row reads this one at all ([BLOCK_W] like the column masks)."""
     cols = row_ptr + offs_c[None, :] * stride_c
-    m = mask & valid_row
+    m = mask & row_ok[:, None]
     total = tl.load(cols + ow_direct[:, None] * stride_w, mask=m, other=0.0).to(tl.float32)
     total += tl.load(cols + ow_low[:, None] * stride_w, mask=m & low_ok[:, None], other=0.0).to(tl.float32)
     total += tl.load(cols + ow_high[:, None] * stride_w, mask=m & high_ok[:, None], other=0.0).to(tl.float32)
@@ -75,12 +75,14 @@ def _pad_backward_kernel(
     ow_low, ow_high = left - offs_w, left + 2 * (W - 1) - offs_w
     low_ok = (offs_w >= 1) & (offs_w <= left)
     high_ok = (offs_w >= W - 1 - right) & (offs_w <= W - 2)
+    # the row conditions as vectors: Triton 3.9's interpreter rejects a mask combined with a scalar condition
+    h_vec = offs_w * 0 + h
     base = dy_ptr + n * stride_dyn
-    total = _padded_row_sum(base + (h + top) * stride_dyh, True, offs_w + left, ow_low, low_ok, ow_high, high_ok,
-                            offs_c, stride_dyw, stride_dyc, mask)
-    total += _padded_row_sum(base + (top - h) * stride_dyh, (h >= 1) & (h <= top), offs_w + left, ow_low, low_ok,
-                             ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
-    total += _padded_row_sum(base + (top + 2 * (H - 1) - h) * stride_dyh, (h >= H - 1 - bottom) & (h <= H - 2),
+    total = _padded_row_sum(base + (h + top) * stride_dyh, h_vec >= 0, offs_w + left, ow_low, low_ok, ow_high,
+                            high_ok, offs_c, stride_dyw, stride_dyc, mask)
+    total += _padded_row_sum(base + (top - h) * stride_dyh, (h_vec >= 1) & (h_vec <= top), offs_w + left, ow_low,
+                             low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
+    total += _padded_row_sum(base + (top + 2 * (H - 1) - h) * stride_dyh, (h_vec >= H - 1 - bottom) & (h_vec <= H - 2),
                              offs_w + left, ow_low, low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
     dst = dx_ptr + n * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw + offs_c[None, :] * stride_dxc
     tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
