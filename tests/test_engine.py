@@ -14,7 +14,8 @@ from torch import nn
 from fastp2p import networks
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool
-from fastp2p.engine.fusion import fuse_network
+from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm,
+                                   drop_cancelled_conv_biases, fuse_network)
 from fastp2p.image_pool import ImagePool
 from fastp2p.models import create_model
 from fastp2p.options import OptionError, parse_options
@@ -85,6 +86,35 @@ def test_fused_network_matches_reference_forward_backward_and_keys(name, channel
     for key, buffer in fused.state_dict().items():
         if key in buffers_ref:
             assert_close(buffer, buffers_ref[key], 1e-4, 1e-5, key)
+
+
+@pytest.mark.parametrize("name, expected", [("resnet_6blocks_instance", 17), ("unet_128_instance", 11),
+                                            ("unet_128_batch", 0)])
+def test_conv_biases_cancelled_by_instance_norm_get_zero_gradient(name, expected):
+    """Each biased conv (or ConvT) right before an InstanceNorm runs without its bias, whose gradient is then
+    exactly 0 (the reference's is rounding noise) and whose value Adam leaves alone; outputs stay the same."""
+    torch.manual_seed(0)
+    reference = NETS[name]().to(DEVICE)
+    networks.init_weights(reference, "normal", 0.02)
+    with torch.no_grad():  # non-zero biases: dropping them must still leave the outputs unchanged
+        for module in reference.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
+                module.bias.uniform_(-1, 1)
+    fused = copy.deepcopy(reference)
+    assert drop_cancelled_conv_biases(fused) == expected
+    bias_free = (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm)
+    cancelled = [m for m in fused.modules() if isinstance(m, bias_free)]
+    assert len(cancelled) == expected and list(fused.state_dict()) == list(reference.state_dict())
+    x = torch.randn(2, 3, 128 if name.startswith("unet") else 32, 128 if name.startswith("unet") else 32)
+    out, out_ref = fused(x.to(DEVICE)), reference(x.to(DEVICE))
+    assert_close(out, out_ref, 1e-4, 1e-4, "output")
+    out.square().mean().backward()
+    before = [m.bias.detach().clone() for m in cancelled]
+    optimizer = torch.optim.Adam(fused.parameters(), lr=0.1)
+    optimizer.step()
+    for module, value in zip(cancelled, before):
+        assert torch.equal(module.bias.grad, torch.zeros_like(module.bias)) and torch.equal(module.bias, value)
+    assert all(p.grad.abs().sum() > 0 for n, p in fused.named_parameters() if n.endswith("weight"))
 
 
 def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():

@@ -1,5 +1,5 @@
-"""Swap the reference's (norm, activation[, dropout]) layers and reflection pads for Triton modules, keeping
-checkpoint keys.
+"""Swap the reference's (norm, activation[, dropout]) layers and reflection pads for Triton modules, and stop
+computing the conv biases that InstanceNorm cancels, keeping checkpoint keys.
 
 The fused module takes the norm's index in its nn.Sequential and shares its Parameter and buffer
 objects; the activation (and dropout) it absorbs becomes an nn.Identity, which has no state. So the
@@ -15,6 +15,8 @@ Patterns, as the reference builds them (spec 3.1-3.3):
   the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation.
 """
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
@@ -82,9 +84,63 @@ def fuse_reflection_pads(net):
     return count
 
 
+class CancelledBiasGrad(torch.autograd.Function):
+    """Identity on a conv's output (computed without its bias) that gives the bias its exact gradient, zero."""
+
+    @staticmethod
+    def forward(ctx, out, bias):
+        ctx.bias_shape, ctx.bias_dtype = bias.shape, bias.dtype
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, torch.zeros(ctx.bias_shape, dtype=ctx.bias_dtype, device=grad.device)
+
+
+class Conv2dBeforeInstanceNorm(nn.Conv2d):
+    """A Conv2d whose bias the InstanceNorm after it cancels (each (n, c) plane loses its mean, bias included).
+
+    The output is computed without the bias, so no bias-add kernel runs forward and no bias-gradient reduction
+    backward (one of each per conv, on tensors of the conv's output size). The bias gets its exact gradient,
+    zero, where the reference's is rounding noise that Adam turns into a walk of up to lr per step, without
+    effect on any output; so on this path such biases keep their initial value. Keys are unchanged.
+    """
+
+    def forward(self, x):
+        return CancelledBiasGrad.apply(self._conv_forward(x, self.weight, None), self.bias)
+
+
+class ConvTranspose2dBeforeInstanceNorm(nn.ConvTranspose2d):
+    """ConvTranspose2d counterpart of Conv2dBeforeInstanceNorm."""
+
+    def forward(self, x, output_size=None):
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        out = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, output_padding, self.groups,
+                                 self.dilation)
+        return CancelledBiasGrad.apply(out, self.bias)
+
+
+BIAS_CANCELLING_CONVS = {nn.Conv2d: Conv2dBeforeInstanceNorm, nn.ConvTranspose2d: ConvTranspose2dBeforeInstanceNorm}
+
+
+def drop_cancelled_conv_biases(net):
+    """Turn each biased conv followed by an InstanceNorm2d into its ...BeforeInstanceNorm class, in place
+    (the same object, parameters and keys); returns how many."""
+    count = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            for conv, norm in zip(module, list(module)[1:]):
+                cls = BIAS_CANCELLING_CONVS.get(type(conv))
+                if cls is not None and conv.bias is not None and type(norm) is nn.InstanceNorm2d:
+                    conv.__class__ = cls
+                    count += 1
+    return count
+
+
 def fuse_network(net):
     """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
-    return fuse_norm_activations(net) + fuse_reflection_pads(net)
+    return drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_reflection_pads(net)
 
 
 class FusedGANLoss(nn.Module):
