@@ -132,7 +132,8 @@ def drop_cancelled_conv_biases(net):
         if isinstance(module, nn.Sequential):
             for conv, norm in zip(module, list(module)[1:]):
                 cls = BIAS_CANCELLING_CONVS.get(type(conv))
-                if cls is not None and conv.bias is not None and type(norm) is nn.InstanceNorm2d:
+                cancels = type(norm) is nn.InstanceNorm2d and not norm.track_running_stats  # (running stats would not)
+                if cls is not None and conv.bias is not None and cancels:
                     conv.__class__ = cls
                     count += 1
     return count
