@@ -73,6 +73,14 @@ def _group_values(ptr, g, offs_c, c_mask, C):
 
 
 @triton.jit
+def _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE: tl.constexpr):
+    """Group g's mean and rstd and the affine weight and bias of the tile's channels, each [1, BLOCK_C] fp32."""
+    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    return (_group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C),
+            weight, bias)
+
+
+@triton.jit
 def _moments(x_ptr, g, start, end, HW, offs_c, c_mask, stride_n, stride_c, stride_hw,
              BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Mean and sum of squared deviations per channel of rows [start, end) of group g, and the row count.
@@ -212,9 +220,8 @@ def _forward_apply_kernel(
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
-    _apply_tile(x_ptr, y_ptr, _group_values(mean_ptr, g, offs_c, c_mask, C),
-                _group_values(rstd_ptr, g, offs_c, c_mask, C), weight, bias, seed_ptr, g,
+    mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
+    _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g,
                 pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, ROWS,
                 stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
                 HAS_ACT, HAS_DROPOUT)
@@ -295,8 +302,7 @@ def _backward_partial_kernel(
     pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
-    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, ROWS)
     acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)  # reduced across the tile once, after the loop
@@ -353,8 +359,7 @@ def _backward_apply_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
-    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
                                 ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
@@ -383,8 +388,7 @@ def _backward_group_kernel(
     pid_c, g = tl.program_id(0), tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    mean, rstd = _group_values(mean_ptr, g, offs_c, c_mask, C), _group_values(rstd_ptr, g, offs_c, c_mask, C)
-    weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
+    mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for r0 in range(0, ROWS, BLOCK_HW):
