@@ -3,8 +3,9 @@
 Times, at the real layer shapes of unet_256 (BatchNorm) and resnet_9blocks (InstanceNorm, reflection pads) and for
 the PatchGAN losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and fp32, NCHW and NHWC, with
 triton.testing.do_bench (median and 20/80 % quantiles). Bandwidth counts the bytes an ideal kernel must move
-(forward: read x, write y; backward: read x and dy, write dx; pads: read one side, write the other; losses: read the inputs, write the gradients) and
-is compared with the measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
+(forward: read x, write y; backward: read x and dy, write dx, with y and dy padded where the norm writes the pad;
+pads: read one side, write the other; losses: read the inputs, write the gradients) and is compared with the
+measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
 
     python benchmarks/bench_kernels.py --out benchmarks/results     # on a CUDA machine
     python benchmarks/bench_kernels.py --smoke --out /tmp/bench      # one tiny shape, CPU interpreter or GPU
@@ -35,9 +36,10 @@ UNET_NORMS = [
     (256, 32, 32, "relu", 0.0), (128, 64, 64, "relu", 0.0), (64, 128, 128, "relu", 0.0),
 ]
 # resnet_9blocks (ngf 64) at 256^2: InstanceNorm + ReLU at the stem, downsampling and first conv of each block;
-# the second norm of each block has no activation.
-RESNET_NORMS = [(64, 256, 256, "relu", 0.0), (128, 128, 128, "relu", 0.0), (256, 64, 64, "relu", 0.0),
-                (256, 64, 64, "identity", 0.0)]
+# the second norm of each block has no activation. Last field: the reflection pad the fused path writes with the
+# norm (each block's first norm feeds a pad of 1, the last upsampling norm the output layer's pad of 3).
+RESNET_NORMS = [(64, 256, 256, "relu", 0.0, 0), (128, 128, 128, "relu", 0.0, 0), (256, 64, 64, "relu", 0.0, 0),
+                (256, 64, 64, "identity", 0.0, 0), (256, 64, 64, "relu", 0.0, 1), (64, 256, 256, "relu", 0.0, 3)]
 # resnet_9blocks (ngf 64) at 256^2: (C, H, W, pad) of each ReflectionPad2d: the input image, the 18 block
 # pads, and the pad before the last 7x7 conv
 RESNET_PADS = [(3, 256, 256, 3), (256, 64, 64, 1), (64, 256, 256, 3)]
@@ -102,7 +104,7 @@ def copy_bandwidth(device, timer, nbytes):
     return 2 * nbytes / (median_ms * 1e-3) / 1e9
 
 
-def torch_norm_sequence(norm, activation, dropout):
+def torch_norm_sequence(norm, activation, dropout, pad):
     layers = [norm]
     if activation == "relu":
         layers.append(torch.nn.ReLU())
@@ -110,19 +112,21 @@ def torch_norm_sequence(norm, activation, dropout):
         layers.append(torch.nn.LeakyReLU(0.2))
     if dropout:
         layers.append(torch.nn.Dropout(dropout))
+    if pad:
+        layers.append(torch.nn.ReflectionPad2d(pad))
     return torch.nn.Sequential(*layers)
 
 
 def norm_cases(args, smoke):
     if smoke:
-        yield "smoke", "batch", (2, 8, 4, 4), "leaky_relu", 0.5
-        yield "smoke", "instance", (2, 8, 4, 4), "relu", 0.0
+        yield "smoke", "batch", (2, 8, 4, 4), "leaky_relu", 0.5, 0
+        yield "smoke", "instance", (2, 8, 4, 4), "relu", 0.0, 1
         return
     for batch in args.batches:
         for channels, height, width, activation, dropout in UNET_NORMS:
-            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout
-        for channels, height, width, activation, dropout in RESNET_NORMS:
-            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout
+            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout, 0
+        for channels, height, width, activation, dropout, pad in RESNET_NORMS:
+            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout, pad
 
 
 def bench_pair(timer, torch_fn, fused_fn, grad_to_none, graph_timer=None):
@@ -176,14 +180,15 @@ def progress(rows):
 
 def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
     rows = []
-    for model, kind, shape, activation, dropout in norm_cases(args, args.smoke):
+    for model, kind, shape, activation, dropout, pad in norm_cases(args, args.smoke):
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for layout in ("nhwc", "nchw"):
                 norm = (torch.nn.BatchNorm2d(shape[1]) if kind == "batch" else torch.nn.InstanceNorm2d(shape[1]))
                 norm = norm.to(device).train()
-                reference = torch_norm_sequence(norm, activation, dropout)
+                reference = torch_norm_sequence(norm, activation, dropout, pad)
                 fused = fused_norm_act.from_norm(copy.deepcopy(norm), activation, dropout=dropout)
+                fused.padding = (pad,) * 4 if pad else None
                 x = torch.randn(shape, device=device, dtype=dtype)
                 if layout == "nhwc":
                     x = x.to(memory_format=torch.channels_last)
@@ -191,9 +196,11 @@ def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
                 params = [x, *norm.parameters(), *fused.parameters()]
                 results = bench_pair(timer, lambda: reference(x), lambda: fused(x), params, graph_timer)
                 nbytes = x.numel() * x.element_size()
-                variant = f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
+                out_bytes = nbytes * (shape[2] + 2 * pad) * (shape[3] + 2 * pad) // (shape[2] * shape[3])
+                variant = (f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
+                           + (f"+pad{pad}" if pad else ""))
                 rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
-                                 2 * nbytes, 3 * nbytes, roof)
+                                 nbytes + out_bytes, 2 * nbytes + out_bytes, roof)
                 progress(rows[-2:])
     return rows
 

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch import nn
 
 from .launch import target_programs
+from .pad import _reflect, _reflected_grad, check_padding, memory_format_of
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu")
 
@@ -37,6 +38,15 @@ def _row_offsets(g, rows, HW, stride_n, stride_hw):
     An InstanceNorm group is one sample (g = n and r < HW); a BatchNorm group is the whole batch (g = 0).
     """
     return (g + rows // HW).to(tl.int64) * stride_n + (rows % HW) * stride_hw
+
+
+@triton.jit
+def _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r):
+    """The row of x that each row of the reflection-padded output copies (both flattened per sample the same way)."""
+    W_out = W + pad_l + pad_r
+    HW_out = (H + pad_t + pad_b) * W_out
+    pos = rows % HW_out
+    return (rows // HW_out) * HW + _reflect(pos // W_out - pad_t, H) * W + _reflect(pos % W_out - pad_l, W)
 
 
 @triton.jit
@@ -127,20 +137,28 @@ def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running
 
 
 @triton.jit
-def _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+def _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, OUT_ROWS,
+                H, W, pad_t, pad_b, pad_l, pad_r,
                 stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
-                HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-    """y = dropout(act(xhat * weight + bias)) for one [BLOCK_HW, BLOCK_C] tile of group g."""
-    mask = (rows < ROWS)[:, None] & c_mask[None, :]
-    x = tl.load(x_ptr + _row_offsets(g, rows, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
+                HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr):
+    """y = pad(dropout(act(xhat * weight + bias))) for one [BLOCK_HW, BLOCK_C] tile of rows of y in group g.
+
+    With PAD, y is x reflection-padded: each row of y reads the row of x it mirrors (the same dropout draw).
+    """
+    mask = (rows < OUT_ROWS)[:, None] & c_mask[None, :]
+    src, HW_out = rows, HW
+    if PAD:
+        src = _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r)
+        HW_out = (H + pad_t + pad_b) * (W + pad_l + pad_r)
+    x = tl.load(x_ptr + _row_offsets(g, src, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
                 mask=mask, other=0.0).to(tl.float32)
     _, y = _pre_activation(x, mean, rstd, weight, bias)
     if HAS_ACT:
         y = tl.where(y > 0, y, y * negative_slope)
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
+        keep = _dropout_keep(seed_ptr, g, src, offs_c, C, HW, dropout_p)
         y = tl.where(keep, y / (1.0 - dropout_p), 0.0)
-    tl.store(y_ptr + _row_offsets(g, rows, HW, stride_yn, stride_yhw)[:, None] + offs_c[None, :] * stride_yc,
+    tl.store(y_ptr + _row_offsets(g, rows, HW_out, stride_yn, stride_yhw)[:, None] + offs_c[None, :] * stride_yc,
              y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -211,10 +229,11 @@ def _forward_apply_kernel(
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr,  # [C] affine parameters, read only when HAS_AFFINE
     seed_ptr,  # [1] int64 Philox key, read only when HAS_DROPOUT
-    C, HW, ROWS,
+    C, HW, OUT_ROWS,  # OUT_ROWS: rows of y per group (more than x's with PAD)
+    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and y's reflection padding, read only when PAD
     stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
     negative_slope, dropout_p,
-    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -222,9 +241,10 @@ def _forward_apply_kernel(
     c_mask = offs_c < C
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g,
-                pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, ROWS,
+                pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, OUT_ROWS,
+                H, W, pad_t, pad_b, pad_l, pad_r,
                 stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
-                HAS_ACT, HAS_DROPOUT)
+                HAS_ACT, HAS_DROPOUT, PAD)
 
 
 @triton.jit
@@ -233,11 +253,12 @@ def _forward_group_kernel(
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
     running_mean_ptr, running_var_ptr,  # [C], updated in place when UPDATE_RUNNING
     w_ptr, b_ptr, seed_ptr,
-    C, HW, ROWS,
+    C, HW, ROWS, OUT_ROWS,
+    H, W, pad_t, pad_b, pad_l, pad_r,
     stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
     eps, momentum, negative_slope, dropout_p,
     UPDATE_RUNNING: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole forward in one launch, for groups one program per channel block covers: statistics, then apply
     (the second read of the group is mostly served from cache)."""
@@ -249,24 +270,35 @@ def _forward_group_kernel(
     rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask,
                          C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
-    for r0 in range(0, ROWS, BLOCK_HW):
+    for r0 in range(0, OUT_ROWS, BLOCK_HW):
         _apply_tile(x_ptr, y_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
-                    offs_c, c_mask, C, HW, ROWS, stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
-                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+                    offs_c, c_mask, C, HW, OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
 
 
 @triton.jit
 def _grad_tile(
     x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+    H, W, pad_t, pad_b, pad_l, pad_r,
     stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p,
-    HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
 ):
-    """Load one tile and return (xhat, dz, mask): dz is dL/dz with z the affine output, 0 outside the tile."""
+    """Load one tile and return (xhat, dz, mask): dz is dL/dz with z the affine output, 0 outside the tile.
+
+    With PAD, dy is the gradient of the padded output: each row gathers it from every padded position it fills.
+    """
     mask = (rows < ROWS)[:, None] & c_mask[None, :]
     x = tl.load(x_ptr + _row_offsets(g, rows, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
                 mask=mask, other=0.0).to(tl.float32)
-    dz = tl.load(dy_ptr + _row_offsets(g, rows, HW, stride_dyn, stride_dyhw)[:, None] + offs_c[None, :] * stride_dyc,
-                 mask=mask, other=0.0).to(tl.float32)
+    if PAD:
+        pos = rows % HW
+        sample_ptr = dy_ptr + (g + rows // HW).to(tl.int64) * stride_dyn
+        dz = _reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
+                             (W + pad_l + pad_r) * stride_dyhw, stride_dyhw, stride_dyc, mask)
+    else:
+        dz = tl.load(dy_ptr + _row_offsets(g, rows, HW, stride_dyn, stride_dyhw)[:, None]
+                     + offs_c[None, :] * stride_dyc, mask=mask, other=0.0).to(tl.float32)
     xhat, z = _pre_activation(x, mean, rstd, weight, bias)
     if HAS_DROPOUT:
         keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
@@ -294,9 +326,10 @@ def _backward_partial_kernel(
     part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
     part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz * xhat over each chunk
     C, HW, ROWS, CHUNK, SPLITS,
+    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dy belongs to, read only when PAD
     stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
     negative_slope, dropout_p,
-    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -311,8 +344,9 @@ def _backward_partial_kernel(
         rows = r0 + tl.arange(0, BLOCK_HW)
         rows = tl.where(rows < end, rows, ROWS)  # past the chunk reads as padding
         xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
-                                 ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
-                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+                                 ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                                 stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
         acc_dz += dz
         acc_dzx += dz * xhat
     out = (g * SPLITS + split) * C + offs_c
@@ -350,9 +384,11 @@ def _backward_apply_kernel(
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32 group sums, read only when BATCH_STATS
     C, HW, ROWS,
+    H, W, pad_t, pad_b, pad_l, pad_r,
     stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
+    PAD: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -361,8 +397,9 @@ def _backward_apply_kernel(
     rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
-                                ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
-                                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+                                ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                                stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
     mean_dz = mean  # placeholders, unused without batch statistics
     mean_dzx = mean
     if BATCH_STATS:
@@ -379,9 +416,11 @@ def _backward_group_kernel(
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)
     C, HW, ROWS,
+    H, W, pad_t, pad_b, pad_l, pad_r,
     stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
+    PAD: tl.constexpr,
     INPUT_GRAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole backward in one launch, for groups one program per channel block covers: sums, then dx."""
@@ -393,8 +432,9 @@ def _backward_group_kernel(
     acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for r0 in range(0, ROWS, BLOCK_HW):
         xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
-                                 offs_c, c_mask, C, HW, ROWS, stride_xn, stride_xc, stride_xhw,
-                                 stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+                                 offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                                 stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
         acc_dz += dz
         acc_dzx += dz * xhat
     sum_dz, sum_dzx = tl.sum(acc_dz, axis=0), tl.sum(acc_dzx, axis=0)
@@ -405,8 +445,9 @@ def _backward_group_kernel(
         for r0 in range(0, ROWS, BLOCK_HW):
             rows = r0 + tl.arange(0, BLOCK_HW)
             xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask,
-                                        C, HW, ROWS, stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc,
-                                        stride_dyhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT)
+                                        C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_xn, stride_xc,
+                                        stride_xhw, stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p,
+                                        HAS_ACT, HAS_DROPOUT, PAD)
             _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
                       stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS)
 
@@ -476,8 +517,18 @@ def _check_batch_stats_size(x, per_sample):
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
 
 
+def _pad_geometry(x, padding):
+    """Kernel arguments (H, W, pad_t, pad_b, pad_l, pad_r) of x's plane and its output's padding
+    (left, right, top, bottom), None for none."""
+    if padding is None:
+        return (x.shape[2], x.shape[3], 0, 0, 0, 0)
+    check_padding(x, padding)
+    left, right, top, bottom = padding
+    return (x.shape[2], x.shape[3], top, bottom, left, right)
+
+
 def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, per_sample, use_batch_stats,
-                     momentum, eps, negative_slope, dropout_p):
+                     momentum, eps, negative_slope, dropout_p, padding=None):
     """Normalize x [N, C, H, W] (NCHW or channels-last), apply affine, LeakyReLU/ReLU and dropout.
 
     per_sample: statistics per (n, c) (InstanceNorm) instead of per c (BatchNorm).
@@ -485,22 +536,31 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         Otherwise running_mean/running_var are used (BatchNorm eval).
     negative_slope: None for identity, 0.0 for ReLU, 0.2 for the reference's LeakyReLU.
     rng_state: int64 device tensor [1], the Philox key when dropout_p > 0; the caller advances it.
+    padding: (left, right, top, bottom) to write y reflection-padded, as nn.ReflectionPad2d after this layer
+        would, without a pass of its own; None for none.
     Returns (y, mean, rstd) with y in x's layout and dtype, mean/rstd fp32 [GROUPS, C] for backward
     (GROUPS = N per sample, else 1).
     """
-    C = x.shape[1]
-    HW = x.shape[2] * x.shape[3]
+    N, C, H, W = x.shape
+    HW = H * W
     groups, rows = _groups(x, per_sample)
     block_c, block_hw, num_warps = _tiling(x, rows)
     c_blocks = triton.cdiv(C, block_c)
-    y = torch.empty_like(x)
+    geometry = _pad_geometry(x, padding)
+    if padding is None:
+        y = torch.empty_like(x)
+    else:
+        _, _, top, bottom, left, right = geometry
+        y = torch.empty((N, C, H + top + bottom, W + left + right), device=x.device, dtype=x.dtype,
+                        memory_format=memory_format_of(x))
+    out_rows = rows // HW * y.shape[2] * y.shape[3]
     has_affine = weight is not None
     dummy = y  # stands in for pointers a specialization never reads
     pointers = (weight if has_affine else dummy, bias if has_affine else dummy, rng_state if dropout_p > 0 else dummy)
     strides = (*_strides(x), *_strides(y))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                 PAD=padding is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     if not use_batch_stats:
         mean = running_mean.to(torch.float32, copy=True)[None]
         rstd = torch.rsqrt(running_var.float() + eps)[None]
@@ -513,8 +573,8 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
         if splits == 1:
             _forward_group_kernel[(c_blocks, groups)](
-                x, y, mean, rstd, *running, *pointers, C, HW, rows, *strides, eps, momentum, *scalars,
-                UPDATE_RUNNING=update_running, **flags)
+                x, y, mean, rstd, *running, *pointers, C, HW, rows, out_rows, *geometry, *strides, eps, momentum,
+                *scalars, UPDATE_RUNNING=update_running, **flags)
             return y, mean, rstd
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
@@ -525,14 +585,15 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         _stats_combine_kernel[(triton.cdiv(C, combine_c), groups)](
             part_mean, part_m2, mean, rstd, *running, C, rows, chunk, splits, eps, momentum,
             UPDATE_RUNNING=update_running, BLOCK_R=block_r, BLOCK_C=combine_c)
-    _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(rows, block_hw))](
-        x, y, mean, rstd, *pointers, C, HW, rows, *strides, *scalars, **flags)
+    _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(out_rows, block_hw))](
+        x, y, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
     return y, mean, rstd
 
 
 def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample, use_batch_stats,
-                      negative_slope, dropout_p, need_input_grad=True, need_affine_grad=True):
-    """Gradients (dx, dweight, dbias) of norm_act_forward; rng_state must hold the key the forward used.
+                      negative_slope, dropout_p, padding=None, need_input_grad=True, need_affine_grad=True):
+    """Gradients (dx, dweight, dbias) of norm_act_forward; rng_state must hold the key the forward used, and
+    padding its padding (dy is then the padded output's gradient).
 
     dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad.
     """
@@ -546,36 +607,39 @@ def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample,
     dummy = mean  # stands in for pointers a specialization never reads
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
+    geometry = _pad_geometry(x, padding)
     strides = (*_strides(x), *_strides(dy), *_strides(dx if need_input_grad else x))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                 PAD=padding is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     need_affine_grad = need_affine_grad and has_affine
     if not (need_input_grad or need_affine_grad):
         return None, None, None
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
     if not ((need_input_grad and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradient only
         _backward_apply_kernel[(c_blocks, stats_groups, triton.cdiv(rows, block_hw))](
-            x, dy, dx, *pointers, dummy, dummy, C, HW, rows, *strides, *scalars, BATCH_STATS=False, **flags)
+            x, dy, dx, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars, BATCH_STATS=False,
+            **flags)
         return dx, None, None
     sum_dz = torch.empty((groups, C), device=x.device, dtype=torch.float32)
     sum_dzx = torch.empty_like(sum_dz)
     splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
     if splits == 1:
         _backward_group_kernel[(c_blocks, groups)](
-            x, dy, dx if need_input_grad else dummy, *pointers, sum_dz, sum_dzx, C, HW, rows, *strides, *scalars,
-            BATCH_STATS=use_batch_stats, INPUT_GRAD=need_input_grad, **flags)
+            x, dy, dx if need_input_grad else dummy, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides,
+            *scalars, BATCH_STATS=use_batch_stats, INPUT_GRAD=need_input_grad, **flags)
     else:
         part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_dzx = torch.empty_like(part_dz)
         _backward_partial_kernel[(c_blocks, groups, splits)](
-            x, dy, *pointers, part_dz, part_dzx, C, HW, rows, chunk, splits, *strides[:6], *scalars, **flags)
+            x, dy, *pointers, part_dz, part_dzx, C, HW, rows, chunk, splits, *geometry, *strides[:6], *scalars,
+            **flags)
         block_r, combine_c = _combine_tiling(splits, C)
         _backward_combine_kernel[(triton.cdiv(C, combine_c), groups)](
             part_dz, part_dzx, sum_dz, sum_dzx, C, splits, BLOCK_R=block_r, BLOCK_C=combine_c)
         if need_input_grad:
             _backward_apply_kernel[(c_blocks, groups, triton.cdiv(rows, block_hw))](
-                x, dy, dx, *pointers, sum_dz, sum_dzx, C, HW, rows, *strides, *scalars,
+                x, dy, dx, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
                 BATCH_STATS=use_batch_stats, **flags)
     dweight = dbias = None
     if need_affine_grad:  # BatchNorm has one group (no extra launch); an affine InstanceNorm sums its N groups
@@ -589,7 +653,7 @@ class NormActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, rng_state, per_sample, use_batch_stats,
-                momentum, eps, negative_slope, dropout_p):
+                momentum, eps, negative_slope, dropout_p, padding):
         seed = None
         if dropout_p > 0:
             seed = rng_state.clone()  # the key this call uses, kept for backward
@@ -597,10 +661,10 @@ class NormActFunction(torch.autograd.Function):
         y, mean, rstd = norm_act_forward(
             x, weight, bias, running_mean, running_var, seed, per_sample=per_sample,
             use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, negative_slope=negative_slope,
-            dropout_p=dropout_p)
+            dropout_p=dropout_p, padding=padding)
         ctx.save_for_backward(x, weight, bias, mean, rstd, seed)
         ctx.options = dict(per_sample=per_sample, use_batch_stats=use_batch_stats, negative_slope=negative_slope,
-                           dropout_p=dropout_p)
+                           dropout_p=dropout_p, padding=padding)
         return y
 
     @staticmethod
@@ -609,18 +673,19 @@ class NormActFunction(torch.autograd.Function):
         dx, dweight, dbias = norm_act_backward(
             dy, x, weight, bias, mean, rstd, seed, need_input_grad=ctx.needs_input_grad[0],
             need_affine_grad=ctx.needs_input_grad[1] or ctx.needs_input_grad[2], **ctx.options)
-        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None, None
 
 
 class FusedNormAct(nn.Module):
-    """BatchNorm2d / InstanceNorm2d followed by identity, ReLU or LeakyReLU and optional dropout, fused.
+    """BatchNorm2d / InstanceNorm2d followed by identity, ReLU or LeakyReLU, optional dropout and an optional
+    reflection pad (``padding``: (left, right, top, bottom), as nn.ReflectionPad2d.padding), fused.
 
     Parameters and buffers carry the names of the norm module it replaces, so state_dict keys (and
     checkpoints) are unchanged; the dropout key ``dropout_seed`` is a non-persistent buffer.
     """
 
     def __init__(self, num_features, norm="batch", activation="identity", negative_slope=0.2, dropout=0.0,
-                 eps=1e-5, momentum=0.1, device=None, dtype=None):
+                 eps=1e-5, momentum=0.1, padding=None, device=None, dtype=None):
         super().__init__()
         if norm not in ("batch", "instance"):
             raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
@@ -630,6 +695,7 @@ class FusedNormAct(nn.Module):
             raise NotImplementedError("cumulative moving average (momentum=None) is not supported")
         self.num_features, self.norm, self.activation = num_features, norm, activation
         self.negative_slope, self.dropout, self.eps, self.momentum = negative_slope, dropout, eps, momentum
+        self.padding = None if padding is None else tuple(padding)
         self.affine = self.track_running_stats = norm == "batch"
         factory = dict(device=device, dtype=dtype)
         if self.affine:
@@ -684,9 +750,9 @@ class FusedNormAct(nn.Module):
             x, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
             self.running_var if not use_batch_stats or update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,
-            self.dropout if self.training else 0.0)
+            self.dropout if self.training else 0.0, self.padding)
 
     def extra_repr(self):
         return (f"{self.num_features}, norm={self.norm}, activation={self.activation}, "
                 f"negative_slope={self.negative_slope}, dropout={self.dropout}, eps={self.eps}, "
-                f"momentum={self.momentum}")
+                f"momentum={self.momentum}" + ("" if self.padding is None else f", padding={self.padding}"))

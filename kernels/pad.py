@@ -50,13 +50,37 @@ def _pad_forward_kernel(
 
 @triton.jit
 def _padded_row_sum(row_ptr, row_ok, ow_direct, ow_low, low_ok, ow_high, high_ok, offs_c, stride_w, stride_c, mask):
-    """Sum, in fp32, of the gradient at the (up to 3) padded columns of one padded row that read each element;
-    row_ok says whether the row reads this one at all ([BLOCK_W] like the column masks)."""
-    cols = row_ptr + offs_c[None, :] * stride_c
+    """Sum, in fp32, of the gradient at the (up to 3) padded columns of one padded row that read each element.
+
+    row_ptr: [BLOCK] pointers to each element's padded row; row_ok: [BLOCK], whether that row reads it at all.
+    """
+    cols = row_ptr[:, None] + offs_c[None, :] * stride_c
     m = mask & row_ok[:, None]
     total = tl.load(cols + ow_direct[:, None] * stride_w, mask=m, other=0.0).to(tl.float32)
     total += tl.load(cols + ow_low[:, None] * stride_w, mask=m & low_ok[:, None], other=0.0).to(tl.float32)
     total += tl.load(cols + ow_high[:, None] * stride_w, mask=m & high_ok[:, None], other=0.0).to(tl.float32)
+    return total
+
+
+@triton.jit
+def _reflected_grad(dy_ptr, h, w, H, W, top, bottom, left, right, offs_c, stride_h, stride_w, stride_c, mask):
+    """fp32 gradient of input elements (h, w) ([BLOCK] each) of an [H, W] plane padded by (left, right, top,
+    bottom): the sum of dy over the (at most 3 x 3) padded positions that read each of them.
+
+    dy_ptr points to each element's padded sample (a pointer, or [BLOCK] of them); mask is [BLOCK, BLOCK_C].
+    An element at i of an axis padded by (before, after) is read at i + before, at its mirror image across the
+    leading border (before - i, for 1 <= i <= before) and across the trailing one (before + 2 (size-1) - i, for
+    size-1-after <= i <= size-2). Both mirrors can apply when the axis is short.
+    """
+    ow_low, ow_high = left - w, left + 2 * (W - 1) - w
+    low_ok = (w >= 1) & (w <= left)
+    high_ok = (w >= W - 1 - right) & (w <= W - 2)
+    total = _padded_row_sum(dy_ptr + (h + top) * stride_h, h >= 0, w + left, ow_low, low_ok, ow_high, high_ok,
+                            offs_c, stride_w, stride_c, mask)
+    total += _padded_row_sum(dy_ptr + (top - h) * stride_h, (h >= 1) & (h <= top), w + left, ow_low, low_ok,
+                             ow_high, high_ok, offs_c, stride_w, stride_c, mask)
+    total += _padded_row_sum(dy_ptr + (top + 2 * (H - 1) - h) * stride_h, (h >= H - 1 - bottom) & (h <= H - 2),
+                             w + left, ow_low, low_ok, ow_high, high_ok, offs_c, stride_w, stride_c, mask)
     return total
 
 
@@ -69,21 +93,9 @@ def _pad_backward_kernel(
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n, h, offs_w, offs_c, mask = _row_tile(H, W, C, BLOCK_W, BLOCK_C)
-    # An element at i of an axis padded by (before, after) is read at i + before, at its mirror image across
-    # the leading border (before - i, for 1 <= i <= before) and across the trailing one (before + 2 (size-1) - i,
-    # for size-1-after <= i <= size-2). Both mirrors can apply when the axis is short.
-    ow_low, ow_high = left - offs_w, left + 2 * (W - 1) - offs_w
-    low_ok = (offs_w >= 1) & (offs_w <= left)
-    high_ok = (offs_w >= W - 1 - right) & (offs_w <= W - 2)
-    # the row conditions as vectors: Triton 3.9's interpreter rejects a mask combined with a scalar condition
-    h_vec = offs_w * 0 + h
-    base = dy_ptr + n * stride_dyn
-    total = _padded_row_sum(base + (h + top) * stride_dyh, h_vec >= 0, offs_w + left, ow_low, low_ok, ow_high,
-                            high_ok, offs_c, stride_dyw, stride_dyc, mask)
-    total += _padded_row_sum(base + (top - h) * stride_dyh, (h_vec >= 1) & (h_vec <= top), offs_w + left, ow_low,
-                             low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
-    total += _padded_row_sum(base + (top + 2 * (H - 1) - h) * stride_dyh, (h_vec >= H - 1 - bottom) & (h_vec <= H - 2),
-                             offs_w + left, ow_low, low_ok, ow_high, high_ok, offs_c, stride_dyw, stride_dyc, mask)
+    # the row as a vector: Triton 3.9's interpreter rejects a mask combined with a scalar condition
+    total = _reflected_grad(dy_ptr + n * stride_dyn, offs_w * 0 + h, offs_w, H, W, top, bottom, left, right, offs_c,
+                            stride_dyh, stride_dyw, stride_dyc, mask)
     dst = dx_ptr + n * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw + offs_c[None, :] * stride_dxc
     tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -101,7 +113,8 @@ def _tiling(t, width):
     return block_w, block_c, 8 if block_w * block_c >= 2048 else 4
 
 
-def _check(x, padding):
+def check_padding(x, padding):
+    """Reject what F.pad(x, padding, mode='reflect') rejects, with the reason."""
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D [N, C, H, W] input, got shape {tuple(x.shape)}")
     left, right, top, bottom = padding
@@ -111,7 +124,7 @@ def _check(x, padding):
                          f"smaller than the input's width and height, got input shape {tuple(x.shape)}")
 
 
-def _memory_format(x):
+def memory_format_of(x):
     """channels_last for a channels-last input, else contiguous: the layout the output and dx are given."""
     nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if nhwc else torch.contiguous_format
@@ -119,11 +132,11 @@ def _memory_format(x):
 
 def reflection_pad_forward(x, padding):
     """F.pad(x, padding, mode='reflect') for 4-D x, padding = (left, right, top, bottom), in x's memory format."""
-    _check(x, padding)
+    check_padding(x, padding)
     left, right, top, bottom = padding
     N, C, H, W = x.shape
     H_out, W_out = H + top + bottom, W + left + right
-    y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
+    y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
     block_w, block_c, num_warps = _tiling(y, W_out)
     _pad_forward_kernel[(triton.cdiv(C, block_c), N * H_out, triton.cdiv(W_out, block_w))](
         x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
@@ -148,7 +161,7 @@ class ReflectionPadFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, padding):
-        ctx.padding, ctx.input_shape, ctx.memory_format = padding, x.shape, _memory_format(x)
+        ctx.padding, ctx.input_shape, ctx.memory_format = padding, x.shape, memory_format_of(x)
         return reflection_pad_forward(x, padding)
 
     @staticmethod

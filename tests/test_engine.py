@@ -131,6 +131,24 @@ def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():
     assert_close(fused(x), reference(x), 1e-4, 1e-4, "eval output")
 
 
+@pytest.mark.parametrize("use_dropout", [False, True], ids=["no_dropout", "dropout"])
+def test_reflection_pads_after_a_norm_are_written_by_the_norm(use_dropout):
+    """resnet_6blocks has 14 pads. Each block's second pad and the output layer's follow a (norm, ReLU[, Dropout])
+    and are absorbed by it; the others follow the input or a residual add and become pad kernels of their own."""
+    from fastp2p.kernels import FusedNormAct, FusedReflectionPad2d
+
+    torch.manual_seed(0)
+    reference = networks.define_G(3, 3, 4, "resnet_6blocks", "instance", use_dropout=use_dropout).to(DEVICE)
+    fused = copy.deepcopy(reference)
+    fuse_network(fused)
+    padded = [m.padding for m in fused.modules() if isinstance(m, FusedNormAct) and m.padding is not None]
+    assert padded == [(1, 1, 1, 1)] * 6 + [(3, 3, 3, 3)]
+    assert sum(isinstance(m, FusedReflectionPad2d) for m in fused.modules()) == 7
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    assert_close(fused.eval()(x), reference.eval()(x), 1e-4, 1e-4, "eval output")
+
+
 def make_opt(model, *flags):
     common = ["--gpu_ids", "0" if DEVICE.type == "cuda" else "-1", "--ngf", "4", "--ndf", "4",
               "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32", "--seed", "0",

@@ -1,8 +1,8 @@
-"""Swap the reference's (norm, activation[, dropout]) layers and reflection pads for Triton modules, and stop
-computing the conv biases that InstanceNorm cancels, keeping checkpoint keys.
+"""Swap the reference's (norm, activation[, dropout][, reflection pad]) layers and the other reflection pads for
+Triton modules, and stop computing the conv biases that InstanceNorm cancels, keeping checkpoint keys.
 
 The fused module takes the norm's index in its nn.Sequential and shares its Parameter and buffer
-objects; the activation (and dropout) it absorbs becomes an nn.Identity, which has no state. So the
+objects; the activation (and dropout, and pad) it absorbs becomes an nn.Identity, which has no state. So the
 state_dict keys, the optimizers' parameters and the checkpoints stay exactly the reference's.
 
 Patterns, as the reference builds them (spec 3.1-3.3):
@@ -12,7 +12,9 @@ Patterns, as the reference builds them (spec 3.1-3.3):
 - the U-Net ``downnorm`` followed by the inner block, whose first layer is ``LeakyReLU``: fused with that
   LeakyReLU, which becomes an Identity. The inner block then sees LeakyReLU(x) both as its input and
   in its skip connection, which is what the reference computes too: its in-place LeakyReLU overwrites
-  the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation.
+  the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation;
+- a ``ReflectionPad2d`` right after any of these (the ResnetBlock's second pad, the ResNet output layer's):
+  the norm writes its output padded.
 """
 
 import torch
@@ -70,8 +72,30 @@ def fuse_norm_activations(net):
                if isinstance(module, nn.Sequential))
 
 
+def fuse_pads_into_norms(net):
+    """Hand each nn.ReflectionPad2d that directly follows a fused norm in its nn.Sequential (past the Identity
+    layers fusion left) to that norm, which then writes its output padded, and make the pad an Identity
+    (it has no state); returns how many. In the ResNet generator that is each block's second pad and the
+    output layer's pad, half of its pads: each saves a pass over the activation forward and backward."""
+    from fastp2p.kernels import FusedNormAct
+
+    count = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            layers = list(module)
+            for i, norm in enumerate(layers):
+                j = i + 1
+                while j < len(layers) and type(layers[j]) is nn.Identity:
+                    j += 1
+                if isinstance(norm, FusedNormAct) and j < len(layers) and type(layers[j]) is nn.ReflectionPad2d:
+                    norm.padding = tuple(layers[j].padding)
+                    module[j] = nn.Identity()
+                    count += 1
+    return count
+
+
 def fuse_reflection_pads(net):
-    """Replace every nn.ReflectionPad2d (stateless) by one that keeps channels-last; returns how many."""
+    """Replace every remaining nn.ReflectionPad2d by one that keeps channels-last; returns how many."""
     from fastp2p.kernels import FusedReflectionPad2d
 
     count = 0
@@ -141,7 +165,8 @@ def drop_cancelled_conv_biases(net):
 
 def fuse_network(net):
     """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
-    return drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_reflection_pads(net)
+    return (drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_pads_into_norms(net)
+            + fuse_reflection_pads(net))
 
 
 class FusedGANLoss(nn.Module):

@@ -47,7 +47,7 @@ def compile_kernel(fn, data_type, constexprs):
 
 def specializations():
     """(kernel, constexprs) covering both sides of every constexpr branch (flags all off, all on)."""
-    flags = [dict(HAS_AFFINE=on, HAS_ACT=on, HAS_DROPOUT=on) for on in (False, True)]
+    flags = [dict(HAS_AFFINE=on, HAS_ACT=on, HAS_DROPOUT=on, PAD=on) for on in (False, True)]
     tile = dict(BLOCK_HW=32, BLOCK_C=64)
     for update in (False, True):
         yield norm_act._stats_combine_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, BLOCK_C=32)

@@ -1,5 +1,5 @@
-"""FusedNormAct against nn.BatchNorm2d / nn.InstanceNorm2d + activation (+ dropout): outputs, every gradient,
-running statistics, memory format, state_dict keys, edge cases. Without CUDA it runs in Triton's interpreter,
+"""FusedNormAct against nn.BatchNorm2d / nn.InstanceNorm2d + activation (+ dropout) (+ reflection pad): outputs,
+every gradient, running statistics, memory format, state_dict keys, edge cases. Without CUDA it runs in Triton's interpreter,
 so CPU shapes stay tiny; the real layer shapes run only on a GPU."""
 
 import copy
@@ -47,8 +47,9 @@ def layout(x, channels_last):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
-def check_against_reference(shape, dtype, channels_last, mode, activation, x=None, tolerance=None):
-    """Run reference (in fp64) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats."""
+def check_against_reference(shape, dtype, channels_last, mode, activation, x=None, tolerance=None, padding=None):
+    """Run reference (in fp64) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats.
+    With padding, the reference is followed by F.pad(mode="reflect") and the fused module pads its output."""
     if mode == "instance" and shape[2] * shape[3] == 1:
         pytest.skip("InstanceNorm needs more than one spatial element (tested in test_too_few_values_raise)")
     atol, rtol = tolerance or TOLERANCES[dtype]
@@ -59,6 +60,8 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
         atol, rtol = 1e-4, 1e-3
     reference = reference_norm(mode, shape[1])
     fused = FusedNormAct.from_norm(copy.deepcopy(reference), activation)
+    fused.padding = padding
+    pad = (lambda t: F.pad(t, padding, mode="reflect")) if padding else (lambda t: t)
     # fp64 reference: the exact result for the rounded input. It also decides ties at the activation's kink
     # (z exactly 0, common with bf16 inputs and 4-element groups) the way exact fp32 arithmetic does.
     reference.double()
@@ -69,10 +72,10 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     # input with a channels-last gradient (dx off by O(1)), and the layout under test is the fused one's.
     x_ref = x.detach().double().contiguous().requires_grad_()
     x_fused = x.detach().clone().requires_grad_()
-    z_ref = reference(x_ref)
+    z_ref = pad(reference(x_ref))
     y_ref = reference_activation(z_ref, activation)
     y_fused = fused(x_fused)
-    grad = torch.randn(shape, device=DEVICE)
+    grad = torch.randn(y_ref.shape, device=DEVICE)
     if activation != "identity":
         # At the kink (|z| within fp32 rounding of 0) the fused kernel's fp32 z and the fp64 reference's may fall
         # on opposite sides and pick different slopes, both valid subgradients; seen on CUDA at the real shapes
@@ -87,7 +90,8 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     y_fused.backward(grad)
 
     assert y_fused.dtype == dtype
-    assert y_fused.stride() == x.stride(), "output must keep the input's memory format"
+    assert y_fused.stride() == layout(torch.empty(y_ref.shape), channels_last).stride(), \
+        "output must keep the input's memory format"
     assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
     assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
     assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
@@ -129,7 +133,8 @@ def test_real_layer_shapes_on_cuda(shape, dtype, channels_last, mode):
                          ids=["one-kernel", "split"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_both_reduction_paths_match_reference(programs, expected, mode, channels_last, monkeypatch):
+@pytest.mark.parametrize("padding", [None, (1, 1, 1, 1)], ids=["unpadded", "padded"])
+def test_both_reduction_paths_match_reference(programs, expected, mode, channels_last, padding, monkeypatch):
     """A group is reduced by one program per channel block (one launch per pass) when that already fills the
     GPU, else in chunks (partial sums, combine, apply). Force each path by the GPU size the plan assumes; the
     groups (2304 rows per sample) are longer than one tile, and BatchNorm's span both samples."""
@@ -149,10 +154,47 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
                  "_backward_partial_kernel"):
         monkeypatch.setattr(norm_act, name, Spy(name))
     monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
-    check_against_reference((2, 4, 48, 48), torch.float32, channels_last, mode, "leaky_relu")
+    check_against_reference((2, 4, 48, 48), torch.float32, channels_last, mode, "leaky_relu", padding=padding)
     if mode == "batch_eval":  # running statistics: only the backward's affine-gradient sums reduce
         expected = {name for name in expected if "backward" in name}
     assert launched == expected
+
+
+# (shape, padding (left, right, top, bottom)): the ResNet's pads of 1 and 3, one as wide as its axis allows (both
+# mirrors read the same element), and an asymmetric one with a side left unpadded
+PAD_CASES = [((2, 3, 5, 7), (1, 1, 1, 1)), ((1, 8, 4, 4), (3, 3, 3, 3)), ((2, 4, 3, 6), (2, 1, 0, 2))]
+
+
+@pytest.mark.parametrize("shape, padding", PAD_CASES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_reflection_padded_output_matches_reference(shape, padding, channels_last, mode):
+    """(norm, ReLU, ReflectionPad2d) as one module: the output is written padded, and each element's gradient
+    gathers dy from every padded position that copies it."""
+    check_against_reference(shape, torch.float32, channels_last, mode, "relu", padding=padding)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_reflection_padded_low_precision_matches_reference(dtype, channels_last, mode):
+    check_against_reference((2, 3, 5, 7), dtype, channels_last, mode, "relu", padding=(1, 1, 1, 1))
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape, padding", [((1, 256, 64, 64), (1, 1, 1, 1)), ((4, 64, 256, 256), (3, 3, 3, 3))],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_resnet_padded_layers_on_cuda(shape, padding, dtype, channels_last):
+    """The ResNet generator's padded layers at 256^2: a block's (IN, ReLU, pad 1), the output layer's pad 3."""
+    check_against_reference(shape, dtype, channels_last, "instance", "relu", padding=padding)
+
+
+def test_reflection_padding_wider_than_the_input_raises():
+    fused = FusedNormAct(4, "instance", "relu", padding=(4, 4, 4, 4))
+    with pytest.raises(ValueError, match="reflection padding"):
+        fused(torch.randn(1, 4, 4, 4, device=DEVICE))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -251,6 +293,24 @@ def test_dropout_seed_reproduces_and_advances():
     assert torch.equal(other_layout == 0, first == 0), "mask is layout independent"
     atol, rtol = TOLERANCES[torch.float32]
     assert_close_verbose(other_layout, first, atol, rtol, "y in the other layout")
+
+
+def test_dropout_mask_is_padded_with_the_values():
+    """The padded copies of an element carry its dropout draw, as when nn.Dropout runs before the pad: with the
+    same key, the padded output is F.pad of the unpadded one, and the gradients agree."""
+    padding = (1, 2, 2, 1)
+    plain, padded = dropout_module(activation="relu", seed=5), dropout_module(activation="relu", seed=5)
+    padded.padding = padding
+    x = torch.randn(2, 16, 6, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    x_plain, x_padded = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_plain, y_padded = F.pad(plain(x_plain), padding, mode="reflect"), padded(x_padded)
+    assert torch.equal(y_padded == 0, y_plain == 0)
+    grad = torch.randn_like(y_plain)
+    y_plain.backward(grad)
+    y_padded.backward(grad)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(y_padded, y_plain, atol, rtol, "y")
+    assert_close_verbose(x_padded.grad, x_plain.grad, atol, rtol, "dx")
 
 
 def test_dropout_is_off_in_eval():
