@@ -17,7 +17,6 @@ Patterns, as the reference builds them (spec 3.1-3.3):
   the norm writes its output padded.
 """
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -108,30 +107,17 @@ def fuse_reflection_pads(net):
     return count
 
 
-class CancelledBiasGrad(torch.autograd.Function):
-    """Identity on a conv's output (computed without its bias) that gives the bias its exact gradient, zero."""
-
-    @staticmethod
-    def forward(ctx, out, bias):
-        ctx.bias_shape, ctx.bias_dtype = bias.shape, bias.dtype
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, torch.zeros(ctx.bias_shape, dtype=ctx.bias_dtype, device=grad.device)
-
-
 class Conv2dBeforeInstanceNorm(nn.Conv2d):
     """A Conv2d whose bias the InstanceNorm after it cancels (each (n, c) plane loses its mean, bias included).
 
     The output is computed without the bias, so no bias-add kernel runs forward and no bias-gradient reduction
-    backward (one of each per conv, on tensors of the conv's output size). The bias gets its exact gradient,
-    zero, where the reference's is rounding noise that Adam turns into a walk of up to lr per step, without
-    effect on any output; so on this path such biases keep their initial value. Keys are unchanged.
+    backward (one of each per conv, on tensors of the conv's output size). The bias's true gradient is zero;
+    the reference's is rounding noise that Adam turns into a walk of up to lr per step, without effect on any
+    output. Here the bias is frozen instead (see drop_cancelled_conv_biases): it keeps its value and its key.
     """
 
     def forward(self, x):
-        return CancelledBiasGrad.apply(self._conv_forward(x, self.weight, None), self.bias)
+        return self._conv_forward(x, self.weight, None)
 
 
 class ConvTranspose2dBeforeInstanceNorm(nn.ConvTranspose2d):
@@ -140,9 +126,8 @@ class ConvTranspose2dBeforeInstanceNorm(nn.ConvTranspose2d):
     def forward(self, x, output_size=None):
         output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
                                               self.dilation)
-        out = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, output_padding, self.groups,
-                                 self.dilation)
-        return CancelledBiasGrad.apply(out, self.bias)
+        return F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, output_padding, self.groups,
+                                  self.dilation)
 
 
 BIAS_CANCELLING_CONVS = {nn.Conv2d: Conv2dBeforeInstanceNorm, nn.ConvTranspose2d: ConvTranspose2dBeforeInstanceNorm}
@@ -150,7 +135,13 @@ BIAS_CANCELLING_CONVS = {nn.Conv2d: Conv2dBeforeInstanceNorm, nn.ConvTranspose2d
 
 def drop_cancelled_conv_biases(net):
     """Turn each biased conv followed by an InstanceNorm2d into its ...BeforeInstanceNorm class, in place
-    (the same object, parameters and keys); returns how many."""
+    (the same object, parameters and keys), and freeze its bias; returns how many.
+
+    Frozen (requires_grad False) rather than given zero gradients: no kernel fills or accumulates them, the
+    optimizers skip them, and DDP, wrapped after this, leaves them out of its buckets instead of waiting for a
+    gradient. A discriminator's biases are switched back on by set_requires_grad in each D step; being outside
+    the graph, they still get no gradient.
+    """
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
@@ -159,6 +150,7 @@ def drop_cancelled_conv_biases(net):
                 cancels = type(norm) is nn.InstanceNorm2d and not norm.track_running_stats  # (running stats would not)
                 if cls is not None and conv.bias is not None and cancels:
                     conv.__class__ = cls
+                    conv.bias.requires_grad_(False)
                     count += 1
     return count
 

@@ -1,0 +1,148 @@
+"""Kernels per training iteration, row by row: a count that needs no GPU (spec performance.md (c), launch counts).
+
+At batch 1 both models are launch-bound: each kernel costs a few microseconds of GPU time even inside a CUDA
+graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations
+that launch work (views and metadata excluded) and the Triton launches, for the rows of bench_train.py up to
++batch_passes (+cuda_graph replays the same kernels). The nets run at their real sizes on the CPU; Triton
+kernels are counted, not run (a count needs no values), with the launch plan of an H100 (132 SMs), so the
+norm layers choose the kernels they choose there.
+
+What it does not see: the work an aten kernel does inside (a cuDNN convolution backward is one op here and
+two or three GPU kernels, PyTorch's CUDA reflection pad also copies its input to NCHW), and CPU autocast,
+whose op lists are close to but not exactly CUDA's.
+
+    python benchmarks/count_ops.py --out benchmarks/results      # a few minutes on 2 CPU cores
+
+Writes ops_<yyyymmdd>.json (per row: totals and every op's count) and .md into --out.
+"""
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import GPU_CHAIN, batchable, build, display_name, git_commit, model_flags  # noqa: E402
+from bench_train import random_batches, row_flags, run_steps  # noqa: E402
+
+H100_PROGRAMS = 4 * 132  # launch.target_programs on an H100: 4 waves of 132 SMs
+ROWS = ("reference",) + GPU_CHAIN[:GPU_CHAIN.index("batch_passes") + 1]
+# aten ops that only make views or read metadata, or allocate without writing: no kernel on a GPU
+NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice", "select",
+             "unsqueeze", "squeeze", "alias", "detach", "_reshape_alias", "reshape", "split", "split_with_sizes",
+             "unbind", "view_as", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+             "is_same_size", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "lift_fresh", "set_"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that launch work, and Triton launches (as ``triton:<kernel>``), without running those."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NO_KERNEL:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def counting_triton(self):
+        """Replace every Triton kernel's launch by a count (the interpreter's and the compiler's alike)."""
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+
+        from fastp2p.kernels import norm_act
+
+        def launch(kernel, *args, **kwargs):
+            self.counts["triton:" + kernel.__name__] += 1
+
+        saved = {cls: cls.run for cls in (InterpretedFunction, JITFunction)}
+        plan = norm_act.target_programs
+        try:
+            for cls in saved:
+                cls.run = launch
+            norm_act.target_programs = lambda device: H100_PROGRAMS
+            yield
+        finally:
+            for cls, run in saved.items():
+                cls.run = run
+            norm_act.target_programs = plan
+
+
+def count_row(args, model_name, row):
+    argv = model_flags(args, model_name, 1) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
+    argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
+    opt, model, engine = build(argv, args.device, args.seed)
+    batches = random_batches(opt, args.device, count=2)
+    counter = OpCounter()
+    with counter.counting_triton():
+        run_steps(model, batches, args.warmup)  # the optimizers' state is created in the first step
+        counter.counts.clear()
+        with counter:
+            run_steps(model, batches, 1, start=args.warmup)
+    counts = counter.counts
+    triton = sum(n for name, n in counts.items() if name.startswith("triton:"))
+    return dict(model=model_name, batch_size=1, row=display_name(row), engine=engine.describe(),
+                total=sum(counts.values()), aten=sum(counts.values()) - triton, triton=triton,
+                counts=dict(counts.most_common()))
+
+
+def markdown(meta, rows, top):
+    lines = [f"# Kernels per training iteration (counted on {meta['device']}, H100 launch plan)", "",
+             f"commit {meta['commit']}, torch {meta['torch']}, command `{meta['command']}`", "",
+             "| model | row | engine | total | aten ops | Triton launches | largest counts |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        largest = ", ".join(f"{name} {n}" for name, n in list(row["counts"].items())[:top])
+        lines.append(f"| {row['model']} bs{row['batch_size']} | {row['row']} | {row['engine']} | {row['total']} | "
+                     f"{row['aten']} | {row['triton']} | {largest} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["pix2pix", "cycle_gan"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=8, help="op counts shown per row in the markdown table")
+    p.add_argument("--out", default=None, help="folder for ops_<yyyymmdd>.json and .md")
+    args = p.parse_args()
+    # bench_train's model flags: real sizes, no image pool (its decisions would depend on the skipped values)
+    args.device, args.small, args.pool_size = torch.device("cpu"), False, 0
+    os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
+    commit, dirty = git_commit()
+    meta = dict(device=f"{platform.processor() or platform.machine()} CPU", python=platform.python_version(),
+                torch=torch.__version__, commit=commit, dirty=dirty, launch_plan_programs=H100_PROGRAMS,
+                command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    rows = []
+    for model_name in args.models:
+        for row in args.rows:
+            if row == "batch_passes" and not batchable(args, model_name):
+                continue  # it would repeat the row before (bench_train.py skips it too)
+            rows.append(count_row(args, model_name, row))
+            print(f"{model_name} {rows[-1]['row']}: {rows[-1]['total']} ({rows[-1]['aten']} aten, "
+                  f"{rows[-1]['triton']} Triton)", flush=True)
+    text = markdown(meta, rows, args.top)
+    print(text)
+    if args.out:
+        stem = os.path.join(args.out, f"ops_{datetime.date.today():%Y%m%d}")
+        with open(stem + ".json", "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
