@@ -1,4 +1,5 @@
-"""Fused InstanceNorm2d / BatchNorm2d + identity/ReLU/LeakyReLU (+ dropout), forward and backward.
+"""Fused InstanceNorm2d / BatchNorm2d + identity/ReLU/LeakyReLU (+ dropout) (+ reflection pad), forward and
+backward.
 
 Every conv of the pix2pix U-Net and the CycleGAN ResNet generator is followed by (norm, activation[, dropout]).
 Eager PyTorch runs these as separate kernels, and InstanceNorm copies channels-last inputs to NCHW
@@ -10,10 +11,14 @@ Where one program per channel block can reduce a whole group without starving th
 tile, as in the U-Net's inner levels at batch 1, or enough channel blocks and groups to fill the SMs), forward
 and backward are one launch each: the program reduces its group, then applies. Inside a CUDA graph a small
 layer costs about one launch latency per kernel, so the launch count matters more than bandwidth there.
-Otherwise each group's rows are split into chunks: forward is a partial-statistics kernel (shifted sums per
-chunk), a combine kernel (statistics per group, running-stat update) and an apply kernel (normalize, affine,
-activation, dropout); backward a partial-sum kernel (sum dz and sum dz*xhat, dz being the gradient before the
-activation), a combine kernel and an apply kernel for dx. Statistics and sums are fp32 whatever the input dtype.
+Otherwise each group's rows are split into chunks, and each pass is two launches: forward a partial-statistics
+kernel (shifted sums per chunk, which the last chunk program of each group and channel block to finish combines
+into the group's statistics and the running-stat update) and an apply kernel (normalize, affine, activation,
+dropout); backward a partial-sum kernel (sum dz and sum dz*xhat, dz being the gradient before the activation,
+combined the same way) and an apply kernel for dx. The last program is found with an atomic ticket counter,
+so the combine order, and the result, are deterministic. Statistics and sums are fp32 whatever the input dtype.
+When a reflection pad follows the layer, the apply kernel writes the padded output and the backward gathers the
+padded gradient, so the pad makes no pass of its own.
 
 Dropout draws Philox numbers with ``tl.rand`` keyed by a seed read from a device tensor, indexed by the logical
 NCHW position, so the mask does not depend on the layout and backward recomputes it instead of storing it.
@@ -163,14 +168,36 @@ def _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_
 
 
 @triton.jit
+def _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+    """Whether this program is the last of the SPLITS chunk programs of (group g, channel block pid_c) to finish.
+
+    Each takes a ticket after storing its partial results; the barrier orders the whole program's stores before
+    the atomic, whose acquire-release semantics publish them to the program that draws the last ticket. That one
+    resets the counter for the next launch, so the tickets are zero between launches without a memset.
+    """
+    tl.debug_barrier()
+    ticket = tl.atomic_add(tickets_ptr + g * tl.num_programs(0) + pid_c, 1)
+    last = ticket == SPLITS - 1
+    if last:
+        tl.store(tickets_ptr + g * tl.num_programs(0) + pid_c, 0)
+    return last
+
+
+@triton.jit
 def _stats_partial_kernel(
     x_ptr,  # [N, C, HW] through strides, any float dtype
     part_mean_ptr,  # [GROUPS, SPLITS, C] fp32, out: mean of each chunk of a group's rows
     part_m2_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of squared deviations of each chunk
+    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see _last_to_finish
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out: the group's statistics, from the chunks
+    running_mean_ptr,  # [C], updated in place when UPDATE_RUNNING
+    running_var_ptr,  # [C], updated in place with the unbiased variance when UPDATE_RUNNING
     C, HW, ROWS, CHUNK, SPLITS,
     stride_n, stride_c, stride_hw,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    eps, momentum,
+    UPDATE_RUNNING: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    """Moments of one chunk of a group's rows; the last chunk of a (group, channel block) to finish combines them."""
     pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
@@ -180,46 +207,30 @@ def _stats_partial_kernel(
     out = (g * SPLITS + split) * C + offs_c
     tl.store(part_mean_ptr + out, mean, mask=c_mask)
     tl.store(part_m2_ptr + out, m2, mask=c_mask)
-
-
-@triton.jit
-def _stats_combine_kernel(
-    part_mean_ptr,  # [GROUPS, SPLITS, C] fp32: chunk means
-    part_m2_ptr,  # [GROUPS, SPLITS, C] fp32: chunk sums of squared deviations
-    mean_ptr,  # [GROUPS, C] fp32, out
-    rstd_ptr,  # [GROUPS, C] fp32, out
-    running_mean_ptr,  # [C], updated in place when UPDATE_RUNNING
-    running_var_ptr,  # [C], updated in place with the unbiased variance when UPDATE_RUNNING
-    C, ROWS, CHUNK, SPLITS,
-    eps, momentum,
-    UPDATE_RUNNING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_c, g = tl.program_id(0), tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    pivot = tl.load(part_mean_ptr + g * SPLITS * C + offs_c, mask=c_mask, other=0.0)  # as in the partials
-    count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
-    mean = tl.zeros([BLOCK_C], tl.float32)
-    m2 = tl.zeros([BLOCK_C], tl.float32)
-    for r0 in range(0, SPLITS, BLOCK_R):  # one iteration when BLOCK_R covers all chunks: no serial chain
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        r_mask = offs_r < SPLITS
-        row_count = tl.where(r_mask, tl.minimum(ROWS - offs_r * CHUNK, CHUNK), 0).to(tl.float32)
-        mask = r_mask[:, None] & c_mask[None, :]
-        idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
-        row_mean = tl.where(mask, tl.load(part_mean_ptr + idx, mask=mask, other=0.0) - pivot[None, :], 0.0)
-        row_m2 = tl.load(part_m2_ptr + idx, mask=mask, other=0.0)
-        block_count = tl.sum(row_count, axis=0)
-        block_mean = tl.sum(row_count[:, None] * row_mean, axis=0) / block_count
-        deviation = row_mean - block_mean[None, :]
-        block_m2 = tl.sum(row_m2 + row_count[:, None] * deviation * deviation, axis=0)
-        new_count = count + block_count
-        delta = block_mean - mean
-        mean += delta * (block_count / new_count)
-        m2 += block_m2 + delta * delta * (count * block_count / new_count)
-        count = new_count
-    _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask,
-                  C, eps, momentum, UPDATE_RUNNING)
+    if _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+        pivot = tl.load(part_mean_ptr + g * SPLITS * C + offs_c, mask=c_mask, other=0.0)  # as in the chunks
+        count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
+        mean = tl.zeros([BLOCK_C], tl.float32)
+        m2 = tl.zeros([BLOCK_C], tl.float32)
+        for r0 in range(0, SPLITS, BLOCK_R):  # one iteration when BLOCK_R covers all chunks: no serial chain
+            offs_r = r0 + tl.arange(0, BLOCK_R)
+            r_mask = offs_r < SPLITS
+            row_count = tl.where(r_mask, tl.minimum(ROWS - offs_r * CHUNK, CHUNK), 0).to(tl.float32)
+            mask = r_mask[:, None] & c_mask[None, :]
+            idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
+            row_mean = tl.where(mask, tl.load(part_mean_ptr + idx, mask=mask, other=0.0) - pivot[None, :], 0.0)
+            row_m2 = tl.load(part_m2_ptr + idx, mask=mask, other=0.0)
+            block_count = tl.sum(row_count, axis=0)
+            block_mean = tl.sum(row_count[:, None] * row_mean, axis=0) / block_count
+            deviation = row_mean - block_mean[None, :]
+            block_m2 = tl.sum(row_m2 + row_count[:, None] * deviation * deviation, axis=0)
+            new_count = count + block_count
+            delta = block_mean - mean
+            mean += delta * (block_count / new_count)
+            m2 += block_m2 + delta * delta * (count * block_count / new_count)
+            count = new_count
+        _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c,
+                      c_mask, C, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
@@ -325,13 +336,17 @@ def _backward_partial_kernel(
     w_ptr, b_ptr, seed_ptr,
     part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
     part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz * xhat over each chunk
+    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see _last_to_finish
+    sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: the group's sums, from the chunks
     C, HW, ROWS, CHUNK, SPLITS,
     H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dy belongs to, read only when PAD
     stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    """Sums of dz and dz * xhat over one chunk of a group's rows; the last chunk of a (group, channel block) to
+    finish adds them up."""
     pid_c, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
@@ -352,28 +367,17 @@ def _backward_partial_kernel(
     out = (g * SPLITS + split) * C + offs_c
     tl.store(part_dz_ptr + out, tl.sum(acc_dz, axis=0), mask=c_mask)
     tl.store(part_dzx_ptr + out, tl.sum(acc_dzx, axis=0), mask=c_mask)
-
-
-@triton.jit
-def _backward_combine_kernel(
-    part_dz_ptr, part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32 chunk sums
-    sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out
-    C, SPLITS,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_c, g = tl.program_id(0), tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    acc_dz = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    acc_dzx = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    for r0 in range(0, SPLITS, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        mask = (offs_r < SPLITS)[:, None] & c_mask[None, :]
-        idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
-        acc_dz += tl.load(part_dz_ptr + idx, mask=mask, other=0.0)
-        acc_dzx += tl.load(part_dzx_ptr + idx, mask=mask, other=0.0)
-    tl.store(sum_dz_ptr + g * C + offs_c, tl.sum(acc_dz, axis=0), mask=c_mask)
-    tl.store(sum_dzx_ptr + g * C + offs_c, tl.sum(acc_dzx, axis=0), mask=c_mask)
+    if _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+        total_dz = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+        total_dzx = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+        for r0 in range(0, SPLITS, BLOCK_R):
+            offs_r = r0 + tl.arange(0, BLOCK_R)
+            mask = (offs_r < SPLITS)[:, None] & c_mask[None, :]
+            idx = (g * SPLITS + offs_r[:, None]) * C + offs_c[None, :]
+            total_dz += tl.load(part_dz_ptr + idx, mask=mask, other=0.0)
+            total_dzx += tl.load(part_dzx_ptr + idx, mask=mask, other=0.0)
+        tl.store(sum_dz_ptr + g * C + offs_c, tl.sum(total_dz, axis=0), mask=c_mask)
+        tl.store(sum_dzx_ptr + g * C + offs_c, tl.sum(total_dzx, axis=0), mask=c_mask)
 
 
 @triton.jit
@@ -502,11 +506,22 @@ def _split_plan(x, groups, rows, block_c, block_hw):
     return triton.cdiv(rows, chunk), chunk
 
 
-def _combine_tiling(splits, channels):
-    """[BLOCK_R, BLOCK_C] of a combine kernel: all chunks in one tile when they fit (no serial loop), and
-    narrow channel blocks so that even a few groups make several programs."""
-    block_r = min(triton.next_power_of_2(splits), 128)
-    return block_r, min(triton.next_power_of_2(channels), max(8, 4096 // block_r))
+def _combine_rows(splits, block_c):
+    """BLOCK_R of a last-program combine: all chunks in one [BLOCK_R, BLOCK_C] tile when they fit (no serial loop)."""
+    return min(triton.next_power_of_2(splits), max(16, 8192 // block_c))
+
+
+_TICKETS = {}
+
+
+def _tickets(device, count):
+    """At least `count` zeroed int32 counters for _last_to_finish on `device`, shared by every launch: each
+    launch leaves them zero, and launches run in stream order. A larger buffer is added when one is needed;
+    the smaller ones stay alive, since a CUDA graph captured with them keeps using them."""
+    buffers = _TICKETS.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < count:
+        buffers.append(torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
+    return buffers[-1]
 
 
 def _check_batch_stats_size(x, per_sample):
@@ -579,12 +594,9 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
         _stats_partial_kernel[(c_blocks, groups, splits)](
-            x, part_mean, part_m2, C, HW, rows, chunk, splits, *_strides(x),
-            BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
-        block_r, combine_c = _combine_tiling(splits, C)
-        _stats_combine_kernel[(triton.cdiv(C, combine_c), groups)](
-            part_mean, part_m2, mean, rstd, *running, C, rows, chunk, splits, eps, momentum,
-            UPDATE_RUNNING=update_running, BLOCK_R=block_r, BLOCK_C=combine_c)
+            x, part_mean, part_m2, _tickets(x.device, groups * c_blocks), mean, rstd, *running,
+            C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
+            BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
     _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(out_rows, block_hw))](
         x, y, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
     return y, mean, rstd
@@ -632,11 +644,9 @@ def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample,
         part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_dzx = torch.empty_like(part_dz)
         _backward_partial_kernel[(c_blocks, groups, splits)](
-            x, dy, *pointers, part_dz, part_dzx, C, HW, rows, chunk, splits, *geometry, *strides[:6], *scalars,
+            x, dy, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
+            C, HW, rows, chunk, splits, *geometry, *strides[:6], *scalars, BLOCK_R=_combine_rows(splits, block_c),
             **flags)
-        block_r, combine_c = _combine_tiling(splits, C)
-        _backward_combine_kernel[(triton.cdiv(C, combine_c), groups)](
-            part_dz, part_dzx, sum_dz, sum_dzx, C, splits, BLOCK_R=block_r, BLOCK_C=combine_c)
         if need_input_grad:
             _backward_apply_kernel[(c_blocks, groups, triton.cdiv(rows, block_hw))](
                 x, dy, dx, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,

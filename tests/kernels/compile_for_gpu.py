@@ -32,6 +32,8 @@ def signature(fn, data_type, constexprs):
             types[name] = "constexpr"
         elif name == "seed_ptr":
             types[name] = "*i64"
+        elif name == "tickets_ptr":
+            types[name] = "*i32"
         elif name.endswith("_ptr"):
             types[name] = "*" + (data_type if name in data else "fp32")
         else:
@@ -50,14 +52,12 @@ def specializations():
     flags = [dict(HAS_AFFINE=on, HAS_ACT=on, HAS_DROPOUT=on, PAD=on) for on in (False, True)]
     tile = dict(BLOCK_HW=32, BLOCK_C=64)
     for update in (False, True):
-        yield norm_act._stats_combine_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, BLOCK_C=32)
+        yield norm_act._stats_partial_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, **tile)
         for flag in flags:
             yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **flag, **tile)
-    yield norm_act._stats_partial_kernel, tile
-    yield norm_act._backward_combine_kernel, dict(BLOCK_R=64, BLOCK_C=32)
     for flag in flags:
         yield norm_act._forward_apply_kernel, dict(**flag, **tile)
-        yield norm_act._backward_partial_kernel, dict(**flag, **tile)
+        yield norm_act._backward_partial_kernel, dict(**flag, BLOCK_R=64, **tile)
         for batch_stats in (False, True):
             yield norm_act._backward_apply_kernel, dict(**flag, BATCH_STATS=batch_stats, **tile)
             for input_grad in (False, True):

@@ -128,6 +128,26 @@ def test_real_layer_shapes_on_cuda(shape, dtype, channels_last, mode):
     check_against_reference(shape, dtype, channels_last, mode, "relu")
 
 
+class NanFilledEmpty:
+    """torch, except that empty and empty_like return NaN-filled floats: a kernel that reads a buffer before it is
+    written (a combine that runs before every chunk is in) or leaves an output element unwritten fails the test."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return NanFilledEmpty.poison(torch.empty(*args, **kwargs))
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        return NanFilledEmpty.poison(torch.empty_like(*args, **kwargs))
+
+    @staticmethod
+    def poison(tensor):
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+
 @pytest.mark.parametrize("programs, expected", [(1, {"_forward_group_kernel", "_backward_group_kernel"}),
                                                  (64, {"_stats_partial_kernel", "_backward_partial_kernel"})],
                          ids=["one-kernel", "split"])
@@ -136,8 +156,9 @@ def test_real_layer_shapes_on_cuda(shape, dtype, channels_last, mode):
 @pytest.mark.parametrize("padding", [None, (1, 1, 1, 1)], ids=["unpadded", "padded"])
 def test_both_reduction_paths_match_reference(programs, expected, mode, channels_last, padding, monkeypatch):
     """A group is reduced by one program per channel block (one launch per pass) when that already fills the
-    GPU, else in chunks (partial sums, combine, apply). Force each path by the GPU size the plan assumes; the
-    groups (2304 rows per sample) are longer than one tile, and BatchNorm's span both samples."""
+    GPU, else in chunks (partial sums that the last chunk to finish combines, then apply). Force each path by
+    the GPU size the plan assumes; the groups (2304 rows per sample) are longer than one tile, and BatchNorm's
+    span both samples."""
     from fastp2p.kernels import norm_act
 
     launched = set()
@@ -154,10 +175,13 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
                  "_backward_partial_kernel"):
         monkeypatch.setattr(norm_act, name, Spy(name))
     monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
+    monkeypatch.setattr(norm_act, "torch", NanFilledEmpty())
     check_against_reference((2, 4, 48, 48), torch.float32, channels_last, mode, "leaky_relu", padding=padding)
     if mode == "batch_eval":  # running statistics: only the backward's affine-gradient sums reduce
         expected = {name for name in expected if "backward" in name}
     assert launched == expected
+    # each split launch's last program resets the tickets it counted with, for the next launch
+    assert not any(tickets.any() for buffers in norm_act._TICKETS.values() for tickets in buffers)
 
 
 # (shape, padding (left, right, top, bottom)): the ResNet's pads of 1 and 3, one as wide as its axis allows (both
