@@ -125,9 +125,10 @@ def _moments(x_ptr, g, start, end, HW, offs_c, c_mask, stride_n, stride_c, strid
 
 
 @triton.jit
-def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask, C,
-                  eps, momentum, UPDATE_RUNNING: tl.constexpr):
-    """Store a group's mean and 1/std (biased variance), update the running statistics; returns rstd."""
+def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
+                  offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING: tl.constexpr):
+    """Store a group's mean and 1/std (biased variance), update the running statistics (and, from channel block 0,
+    the batch count: BatchNorm's num_batches_tracked, without a kernel of its own); returns rstd."""
     var = tl.maximum(m2 / count, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(mean_ptr + g * C + offs_c, mean, mask=c_mask)
@@ -138,6 +139,8 @@ def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running
         unbiased = tl.maximum(m2 / (count - 1.0), 0.0)
         tl.store(running_mean_ptr + offs_c, running_mean + momentum * (mean - running_mean), mask=c_mask)
         tl.store(running_var_ptr + offs_c, running_var + momentum * (unbiased - running_var), mask=c_mask)
+        if pid_c == 0:
+            tl.store(batches_ptr, tl.load(batches_ptr) + 1)
     return rstd
 
 
@@ -192,6 +195,7 @@ def _stats_partial_kernel(
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out: the group's statistics, from the chunks
     running_mean_ptr,  # [C], updated in place when UPDATE_RUNNING
     running_var_ptr,  # [C], updated in place with the unbiased variance when UPDATE_RUNNING
+    batches_ptr,  # [] int64, incremented when UPDATE_RUNNING
     C, HW, ROWS, CHUNK, SPLITS,
     stride_n, stride_c, stride_hw,
     eps, momentum,
@@ -229,8 +233,8 @@ def _stats_partial_kernel(
             mean += delta * (block_count / new_count)
             m2 += block_m2 + delta * delta * (count * block_count / new_count)
             count = new_count
-        _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c,
-                      c_mask, C, eps, momentum, UPDATE_RUNNING)
+        _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+                      g, pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
@@ -262,7 +266,7 @@ def _forward_apply_kernel(
 def _forward_group_kernel(
     x_ptr, y_ptr,  # [N, C, HW] through their own strides
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
-    running_mean_ptr, running_var_ptr,  # [C], updated in place when UPDATE_RUNNING
+    running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64, updated in place when UPDATE_RUNNING
     w_ptr, b_ptr, seed_ptr,
     C, HW, ROWS, OUT_ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
@@ -278,8 +282,8 @@ def _forward_group_kernel(
     c_mask = offs_c < C
     mean, m2, count = _moments(x_ptr, g, 0, ROWS, HW, offs_c, c_mask, stride_xn, stride_xc, stride_xhw,
                                BLOCK_HW, BLOCK_C)
-    rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, g, offs_c, c_mask,
-                         C, eps, momentum, UPDATE_RUNNING)
+    rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g,
+                         pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
     for r0 in range(0, OUT_ROWS, BLOCK_HW):
         _apply_tile(x_ptr, y_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
@@ -543,7 +547,7 @@ def _pad_geometry(x, padding):
 
 
 def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, per_sample, use_batch_stats,
-                     momentum, eps, negative_slope, dropout_p, padding=None):
+                     momentum, eps, negative_slope, dropout_p, padding=None, batches_tracked=None):
     """Normalize x [N, C, H, W] (NCHW or channels-last), apply affine, LeakyReLU/ReLU and dropout.
 
     per_sample: statistics per (n, c) (InstanceNorm) instead of per c (BatchNorm).
@@ -553,6 +557,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     rng_state: int64 device tensor [1], the Philox key when dropout_p > 0; the caller advances it.
     padding: (left, right, top, bottom) to write y reflection-padded, as nn.ReflectionPad2d after this layer
         would, without a pass of its own; None for none.
+    batches_tracked: int64 [] device tensor incremented with the running statistics (num_batches_tracked).
     Returns (y, mean, rstd) with y in x's layout and dtype, mean/rstd fp32 [GROUPS, C] for backward
     (GROUPS = N per sample, else 1).
     """
@@ -584,7 +589,9 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         mean = torch.empty((groups, C), device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         update_running = running_mean is not None
-        running = (running_mean, running_var) if update_running else (mean, rstd)
+        if update_running and batches_tracked is None:
+            batches_tracked = torch.zeros((), dtype=torch.int64, device=x.device)  # a count nobody reads
+        running = (running_mean, running_var, batches_tracked) if update_running else (mean, rstd, mean)
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
         if splits == 1:
             _forward_group_kernel[(c_blocks, groups)](
@@ -662,8 +669,8 @@ class NormActFunction(torch.autograd.Function):
     """Autograd wrapper of norm_act_forward/norm_act_backward (x, weight, bias get gradients)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, rng_state, per_sample, use_batch_stats,
-                momentum, eps, negative_slope, dropout_p, padding):
+    def forward(ctx, x, weight, bias, running_mean, running_var, batches_tracked, rng_state, per_sample,
+                use_batch_stats, momentum, eps, negative_slope, dropout_p, padding):
         seed = None
         if dropout_p > 0:
             seed = rng_state.clone()  # the key this call uses, kept for backward
@@ -671,7 +678,7 @@ class NormActFunction(torch.autograd.Function):
         y, mean, rstd = norm_act_forward(
             x, weight, bias, running_mean, running_var, seed, per_sample=per_sample,
             use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, negative_slope=negative_slope,
-            dropout_p=dropout_p, padding=padding)
+            dropout_p=dropout_p, padding=padding, batches_tracked=batches_tracked)
         ctx.save_for_backward(x, weight, bias, mean, rstd, seed)
         ctx.options = dict(per_sample=per_sample, use_batch_stats=use_batch_stats, negative_slope=negative_slope,
                            dropout_p=dropout_p, padding=padding)
@@ -683,7 +690,7 @@ class NormActFunction(torch.autograd.Function):
         dx, dweight, dbias = norm_act_backward(
             dy, x, weight, bias, mean, rstd, seed, need_input_grad=ctx.needs_input_grad[0],
             need_affine_grad=ctx.needs_input_grad[1] or ctx.needs_input_grad[2], **ctx.options)
-        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None, None, None
 
 
 class FusedNormAct(nn.Module):
@@ -751,14 +758,13 @@ class FusedNormAct(nn.Module):
             raise ValueError(f"expected [N, {self.num_features}, H, W], got {tuple(x.shape)}")
         use_batch_stats = self.training or not self.track_running_stats
         update_running = self.training and self.track_running_stats
-        if update_running:
-            self.num_batches_tracked.add_(1)
         if self.dropout_seed.device != x.device:  # e.g. built from a buffer-less InstanceNorm2d on the CPU
             self.dropout_seed = self.dropout_seed.to(x.device)
         slope = {"identity": None, "relu": 0.0, "leaky_relu": self.negative_slope}[self.activation]
         return NormActFunction.apply(
             x, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
-            self.running_var if not use_batch_stats or update_running else None, self.dropout_seed,
+            self.running_var if not use_batch_stats or update_running else None,
+            self.num_batches_tracked if update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,
             self.dropout if self.training else 0.0, self.padding)
 

@@ -24,13 +24,14 @@ NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp3
 
 
 def signature(fn, data_type, constexprs):
-    """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed, i32 sizes."""
+    """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed and batch count,
+    int32 tickets and sizes."""
     data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
             types[name] = "constexpr"
-        elif name == "seed_ptr":
+        elif name in ("seed_ptr", "batches_ptr"):
             types[name] = "*i64"
         elif name == "tickets_ptr":
             types[name] = "*i32"
