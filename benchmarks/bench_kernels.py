@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 # unet_256 (ngf 64) at 256^2: (C, H, W, activation, dropout) of each BatchNorm; encoder norms feed a LeakyReLU,
 # decoder norms a ReLU, and the three innermost decoder levels carry dropout.
@@ -36,10 +37,14 @@ UNET_NORMS = [
     (256, 32, 32, "relu", 0.0), (128, 64, 64, "relu", 0.0), (64, 128, 128, "relu", 0.0),
 ]
 # resnet_9blocks (ngf 64) at 256^2: InstanceNorm + ReLU at the stem, downsampling and first conv of each block;
-# the second norm of each block has no activation. Last field: the reflection pad the fused path writes with the
-# norm (each block's first norm feeds a pad of 1, the last upsampling norm the output layer's pad of 3).
-RESNET_NORMS = [(64, 256, 256, "relu", 0.0, 0), (128, 128, 128, "relu", 0.0, 0), (256, 64, 64, "relu", 0.0, 0),
-                (256, 64, 64, "identity", 0.0, 0), (256, 64, 64, "relu", 0.0, 1), (64, 256, 256, "relu", 0.0, 3)]
+# the second norm of each block has no activation. Last fields: the reflection pad the fused path writes with the
+# norm (each block's first norm feeds a pad of 1, the last upsampling norm the output layer's pad of 3), and
+# whether the norm also adds the block's skip and writes its output both plain and padded (a block's last norm
+# feeding the next block), against torch's norm, add and pad.
+RESNET_NORMS = [(64, 256, 256, "relu", 0.0, 0, False), (128, 128, 128, "relu", 0.0, 0, False),
+                (256, 64, 64, "relu", 0.0, 0, False), (256, 64, 64, "identity", 0.0, 0, False),
+                (256, 64, 64, "relu", 0.0, 1, False), (64, 256, 256, "relu", 0.0, 3, False),
+                (256, 64, 64, "identity", 0.0, 1, True)]
 # resnet_9blocks (ngf 64) at 256^2: (C, H, W, pad) of each ReflectionPad2d: the input image, the 18 block
 # pads, and the pad before the last 7x7 conv
 RESNET_PADS = [(3, 256, 256, 3), (256, 64, 64, 1), (64, 256, 256, 3)]
@@ -119,14 +124,15 @@ def torch_norm_sequence(norm, activation, dropout, pad):
 
 def norm_cases(args, smoke):
     if smoke:
-        yield "smoke", "batch", (2, 8, 4, 4), "leaky_relu", 0.5, 0
-        yield "smoke", "instance", (2, 8, 4, 4), "relu", 0.0, 1
+        yield "smoke", "batch", (2, 8, 4, 4), "leaky_relu", 0.5, 0, False
+        yield "smoke", "instance", (2, 8, 4, 4), "relu", 0.0, 1, False
+        yield "smoke", "instance", (2, 8, 4, 4), "identity", 0.0, 1, True
         return
     for batch in args.batches:
         for channels, height, width, activation, dropout in UNET_NORMS:
-            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout, 0
-        for channels, height, width, activation, dropout, pad in RESNET_NORMS:
-            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout, pad
+            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout, 0, False
+        for channels, height, width, activation, dropout, pad, skip in RESNET_NORMS:
+            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout, pad, skip
 
 
 def bench_pair(timer, torch_fn, fused_fn, grad_to_none, graph_timer=None):
@@ -178,29 +184,37 @@ def progress(rows):
                   if "fused_graph_ms" in row else ""), flush=True)
 
 
-def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
+def bench_norms(args, device, timer, roof, fused_norm_act, fused_pad_cls, graph_timer=None):
     rows = []
-    for model, kind, shape, activation, dropout, pad in norm_cases(args, args.smoke):
+    for model, kind, shape, activation, dropout, pad, skip in norm_cases(args, args.smoke):
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for layout in ("nhwc", "nchw"):
                 norm = (torch.nn.BatchNorm2d(shape[1]) if kind == "batch" else torch.nn.InstanceNorm2d(shape[1]))
                 norm = norm.to(device).train()
-                reference = torch_norm_sequence(norm, activation, dropout, pad)
+                reference = torch_norm_sequence(norm, activation, dropout, 0 if skip else pad)
                 fused = fused_norm_act.from_norm(copy.deepcopy(norm), activation, dropout=dropout)
-                fused.padding = (pad,) * 4 if pad else None
-                x = torch.randn(shape, device=device, dtype=dtype)
+                fused.padding, fused.keep_unpadded = ((pad,) * 4 if pad else None), skip
+                x, residual = (torch.randn(shape, device=device, dtype=dtype) for _ in range(2))
                 if layout == "nhwc":
-                    x = x.to(memory_format=torch.channels_last)
+                    x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
                 x.requires_grad_()
-                params = [x, *norm.parameters(), *fused.parameters()]
-                results = bench_pair(timer, lambda: reference(x), lambda: fused(x), params, graph_timer)
+                residual.requires_grad_(skip)
+                params = [x, residual, *norm.parameters(), *fused.parameters()]
+                if skip:  # both return the padded output; the fused one writes the plain one too
+                    padder = fused_pad_cls(pad)
+                    torch_fn = lambda: F.pad(reference(x) + residual, (pad,) * 4, mode="reflect")  # noqa: E731
+                    fused_fn = lambda: padder(fused(x, residual=residual))  # noqa: E731
+                else:
+                    torch_fn, fused_fn = (lambda: reference(x)), (lambda: fused(x))
+                results = bench_pair(timer, torch_fn, fused_fn, params, graph_timer)
                 nbytes = x.numel() * x.element_size()
                 out_bytes = nbytes * (shape[2] + 2 * pad) * (shape[3] + 2 * pad) // (shape[2] * shape[3])
                 variant = (f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
-                           + (f"+pad{pad}" if pad else ""))
+                           + ("+skip+plain" if skip else "") + (f"+pad{pad}" if pad else ""))
+                skip_bytes = 2 * nbytes if skip else 0  # forward: read the skip, write y; backward: write its grad
                 rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
-                                 nbytes + out_bytes, 2 * nbytes + out_bytes, roof)
+                                 nbytes + out_bytes + skip_bytes, 2 * nbytes + out_bytes + skip_bytes // 2, roof)
                 progress(rows[-2:])
     return rows
 
@@ -317,7 +331,7 @@ def main():
     meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
-    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
+    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, FusedReflectionPad2d, graph_timer)
     rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
     rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
 

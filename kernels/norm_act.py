@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import nn
 
 from .launch import target_programs
-from .pad import _reflect, _reflected_grad, check_padding, memory_format_of
+from .pad import _reflect, _reflected_grad, check_padding, memory_format_of, with_padded_twin
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu")
 
@@ -47,11 +47,14 @@ def _row_offsets(g, rows, HW, stride_n, stride_hw):
 
 @triton.jit
 def _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r):
-    """The row of x that each row of the reflection-padded output copies (both flattened per sample the same way)."""
+    """The row of x that each row of the reflection-padded output copies (both flattened per sample the same way),
+    and whether that row is outside the border (where the unpadded output has it too)."""
     W_out = W + pad_l + pad_r
     HW_out = (H + pad_t + pad_b) * W_out
     pos = rows % HW_out
-    return (rows // HW_out) * HW + _reflect(pos // W_out - pad_t, H) * W + _reflect(pos % W_out - pad_l, W)
+    h, w = pos // W_out - pad_t, pos % W_out - pad_l
+    inner = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    return (rows // HW_out) * HW + _reflect(h, H) * W + _reflect(w, W), inner
 
 
 @triton.jit
@@ -145,29 +148,38 @@ def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running
 
 
 @triton.jit
-def _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, OUT_ROWS,
-                H, W, pad_t, pad_b, pad_l, pad_r,
-                stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
-                HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr):
-    """y = pad(dropout(act(xhat * weight + bias))) for one [BLOCK_HW, BLOCK_C] tile of rows of y in group g.
+def _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
+                OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc,
+                stride_phw, negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr):
+    """out = dropout(act(xhat * weight + bias)) (+ residual) for one [BLOCK_HW, BLOCK_C] tile of group g, stored
+    to y (WRITE_Y; x's strides, as the residual's) and/or reflection-padded to yp (PAD; strides stride_p*).
 
-    With PAD, y is x reflection-padded: each row of y reads the row of x it mirrors (the same dropout draw).
+    With PAD the rows are yp's: each reads the row of x it mirrors (the same dropout draw and residual), and
+    stores to y too where it is not in the border.
     """
     mask = (rows < OUT_ROWS)[:, None] & c_mask[None, :]
-    src, HW_out = rows, HW
+    src = rows
     if PAD:
-        src = _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r)
-        HW_out = (H + pad_t + pad_b) * (W + pad_l + pad_r)
-    x = tl.load(x_ptr + _row_offsets(g, src, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
-                mask=mask, other=0.0).to(tl.float32)
-    _, y = _pre_activation(x, mean, rstd, weight, bias)
+        src, inner = _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r)
+    offsets = _row_offsets(g, src, HW, stride_n, stride_hw)[:, None] + offs_c[None, :] * stride_c
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    _, out = _pre_activation(x, mean, rstd, weight, bias)
     if HAS_ACT:
-        y = tl.where(y > 0, y, y * negative_slope)
+        out = tl.where(out > 0, out, out * negative_slope)
     if HAS_DROPOUT:
         keep = _dropout_keep(seed_ptr, g, src, offs_c, C, HW, dropout_p)
-        y = tl.where(keep, y / (1.0 - dropout_p), 0.0)
-    tl.store(y_ptr + _row_offsets(g, rows, HW_out, stride_yn, stride_yhw)[:, None] + offs_c[None, :] * stride_yc,
-             y.to(y_ptr.dtype.element_ty), mask=mask)
+        out = tl.where(keep, out / (1.0 - dropout_p), 0.0)
+    if RESIDUAL:
+        out += tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if PAD:
+        HW_out = (H + pad_t + pad_b) * (W + pad_l + pad_r)
+        tl.store(yp_ptr + _row_offsets(g, rows, HW_out, stride_pn, stride_phw)[:, None] + offs_c[None, :] * stride_pc,
+                 out.to(yp_ptr.dtype.element_ty), mask=mask)
+        if WRITE_Y:
+            tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask & inner[:, None])
+    else:
+        tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -239,103 +251,108 @@ def _stats_partial_kernel(
 
 @triton.jit
 def _forward_apply_kernel(
-    x_ptr,  # [N, C, HW] through strides
-    y_ptr,  # [N, C, HW] through its own strides, dtype of x
+    x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw, any float dtype
+    y_ptr,  # [N, C, HW] with x's strides and dtype, out when WRITE_Y
+    yp_ptr,  # [N, C, HW_out] through strides stride_p*, dtype of x: the padded output, out when PAD
+    r_ptr,  # [N, C, HW] with x's strides: the residual added to the output, read when RESIDUAL
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr,  # [C] affine parameters, read only when HAS_AFFINE
     seed_ptr,  # [1] int64 Philox key, read only when HAS_DROPOUT
-    C, HW, OUT_ROWS,  # OUT_ROWS: rows of y per group (more than x's with PAD)
-    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and y's reflection padding, read only when PAD
-    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+    C, HW, OUT_ROWS,  # OUT_ROWS: rows per group of the output the tiles walk (yp's with PAD)
+    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and yp's reflection padding, read only when PAD
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
     negative_slope, dropout_p,
-    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, RESIDUAL: tl.constexpr,
+    WRITE_Y: tl.constexpr, PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
-    _apply_tile(x_ptr, y_ptr, mean, rstd, weight, bias, seed_ptr, g,
+    _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean, rstd, weight, bias, seed_ptr, g,
                 pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, OUT_ROWS,
-                H, W, pad_t, pad_b, pad_l, pad_r,
-                stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw, negative_slope, dropout_p,
-                HAS_ACT, HAS_DROPOUT, PAD)
+                H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y, PAD)
 
 
 @triton.jit
 def _forward_group_kernel(
-    x_ptr, y_ptr,  # [N, C, HW] through their own strides
+    x_ptr, y_ptr, yp_ptr, r_ptr,  # as in _forward_apply_kernel
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
     running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64, updated in place when UPDATE_RUNNING
     w_ptr, b_ptr, seed_ptr,
     C, HW, ROWS, OUT_ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
     eps, momentum, negative_slope, dropout_p,
     UPDATE_RUNNING: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole forward in one launch, for groups one program per channel block covers: statistics, then apply
     (the second read of the group is mostly served from cache)."""
     pid_c, g = tl.program_id(0), tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    mean, m2, count = _moments(x_ptr, g, 0, ROWS, HW, offs_c, c_mask, stride_xn, stride_xc, stride_xhw,
+    mean, m2, count = _moments(x_ptr, g, 0, ROWS, HW, offs_c, c_mask, stride_n, stride_c, stride_hw,
                                BLOCK_HW, BLOCK_C)
     rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g,
                          pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
     for r0 in range(0, OUT_ROWS, BLOCK_HW):
-        _apply_tile(x_ptr, y_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
-                    offs_c, c_mask, C, HW, OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                    stride_xn, stride_xc, stride_xhw, stride_yn, stride_yc, stride_yhw,
-                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
+        _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g,
+                    r0 + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y, PAD)
 
 
 @triton.jit
 def _grad_tile(
-    x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
-    H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p,
-    HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
+    x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+    H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DY: tl.constexpr,
+    PAD: tl.constexpr,
 ):
-    """Load one tile and return (xhat, dz, mask): dz is dL/dz with z the affine output, 0 outside the tile.
-
-    With PAD, dy is the gradient of the padded output: each row gathers it from every padded position it fills.
-    """
+    """Load one tile; return (xhat, dz, dout, mask, offsets), 0 outside the tile: dout is the gradient of the
+    layer's output (dy's, if HAS_DY, plus, if PAD, the padded output's dyp gathered from every padded position
+    each row fills), dz the gradient of z, the affine output; offsets locate the tile in x's strides."""
     mask = (rows < ROWS)[:, None] & c_mask[None, :]
-    x = tl.load(x_ptr + _row_offsets(g, rows, HW, stride_xn, stride_xhw)[:, None] + offs_c[None, :] * stride_xc,
-                mask=mask, other=0.0).to(tl.float32)
+    offsets = _row_offsets(g, rows, HW, stride_n, stride_hw)[:, None] + offs_c[None, :] * stride_c
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    dout = tl.zeros_like(x)
+    if HAS_DY:
+        dout += tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if PAD:
         pos = rows % HW
-        sample_ptr = dy_ptr + (g + rows // HW).to(tl.int64) * stride_dyn
-        dz = _reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
-                             (W + pad_l + pad_r) * stride_dyhw, stride_dyhw, stride_dyc, mask)
-    else:
-        dz = tl.load(dy_ptr + _row_offsets(g, rows, HW, stride_dyn, stride_dyhw)[:, None]
-                     + offs_c[None, :] * stride_dyc, mask=mask, other=0.0).to(tl.float32)
+        sample_ptr = dyp_ptr + (g + rows // HW).to(tl.int64) * stride_pn
+        dout += _reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
+                                (W + pad_l + pad_r) * stride_phw, stride_phw, stride_pc, mask)
     xhat, z = _pre_activation(x, mean, rstd, weight, bias)
+    dz = dout
     if HAS_DROPOUT:
         keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
         dz = tl.where(keep, dz / (1.0 - dropout_p), 0.0)
     if HAS_ACT:
         dz = tl.where(z > 0, dz, dz * negative_slope)
-    return xhat, tl.where(mask, dz, 0.0), mask
+    return xhat, tl.where(mask, dz, 0.0), dout, mask, offsets
 
 
 @triton.jit
-def _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
-              stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS: tl.constexpr):
-    """dx = (dz - mean(dz) - xhat mean(dz xhat)) weight rstd with batch statistics, dz weight rstd without."""
+def _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_dz, mean_dzx,
+              BATCH_STATS: tl.constexpr, RESIDUAL: tl.constexpr):
+    """dx = (dz - mean(dz) - xhat mean(dz xhat)) weight rstd with batch statistics, dz weight rstd without; the
+    residual's gradient is the output's, dout."""
     if BATCH_STATS:
         dz = dz - mean_dz - xhat * mean_dzx
-    tl.store(dx_ptr + _row_offsets(g, rows, HW, stride_dxn, stride_dxhw)[:, None] + offs_c[None, :] * stride_dxc,
-             (dz * weight * rstd).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offsets, (dz * weight * rstd).to(dx_ptr.dtype.element_ty), mask=mask)
+    if RESIDUAL:
+        tl.store(dr_ptr + offsets, dout.to(dr_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _backward_partial_kernel(
-    x_ptr, dy_ptr,  # [N, C, HW] through their own strides
+    x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw
+    dy_ptr,  # [N, C, HW] with x's strides: the output's gradient, read when HAS_DY
+    dyp_ptr,  # [N, C, HW_out] through strides stride_p*: the padded output's gradient, read when PAD
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
@@ -343,11 +360,11 @@ def _backward_partial_kernel(
     tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see _last_to_finish
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: the group's sums, from the chunks
     C, HW, ROWS, CHUNK, SPLITS,
-    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dy belongs to, read only when PAD
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
+    H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dyp belongs to, read when PAD
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
     negative_slope, dropout_p,
-    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, PAD: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DY: tl.constexpr,
+    PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """Sums of dz and dz * xhat over one chunk of a group's rows; the last chunk of a (group, channel block) to
     finish adds them up."""
@@ -362,10 +379,10 @@ def _backward_partial_kernel(
     for r0 in range(start, end, BLOCK_HW):
         rows = r0 + tl.arange(0, BLOCK_HW)
         rows = tl.where(rows < end, rows, ROWS)  # past the chunk reads as padding
-        xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
-                                 ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                                 stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
-                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
+        xhat, dz, _, _, _ = _grad_tile(x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c,
+                                       c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+                                       stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+                                       negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
         acc_dz += dz
         acc_dzx += dz * xhat
     out = (g * SPLITS + split) * C + offs_c
@@ -386,50 +403,48 @@ def _backward_partial_kernel(
 
 @triton.jit
 def _backward_apply_kernel(
-    x_ptr, dy_ptr,  # [N, C, HW] through their own strides
-    dx_ptr,  # [N, C, HW] through its own strides
+    x_ptr, dy_ptr, dyp_ptr,  # as in _backward_partial_kernel
+    dx_ptr, dr_ptr,  # [N, C, HW] with x's strides, out: the input's gradient, and the residual's when RESIDUAL
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32 group sums, read only when BATCH_STATS
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-    PAD: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
-    xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
-                                ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                                stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
-                                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
+    xhat, dz, dout, mask, offsets = _grad_tile(
+        x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+        H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+        negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
     mean_dz = mean  # placeholders, unused without batch statistics
     mean_dzx = mean
     if BATCH_STATS:
         mean_dz = _group_values(sum_dz_ptr, g, offs_c, c_mask, C) / ROWS
         mean_dzx = _group_values(sum_dzx_ptr, g, offs_c, c_mask, C) / ROWS
-    _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
-              stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS)
+    _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_dz, mean_dzx, BATCH_STATS, RESIDUAL)
 
 
 @triton.jit
 def _backward_group_kernel(
-    x_ptr, dy_ptr, dx_ptr,  # [N, C, HW] through their own strides; dx written only when INPUT_GRAD
+    x_ptr, dy_ptr, dyp_ptr, dx_ptr, dr_ptr,  # as in _backward_apply_kernel; dx, dr written only when INPUT_GRAD
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw, stride_dxn, stride_dxc, stride_dxhw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-    PAD: tl.constexpr,
-    INPUT_GRAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, INPUT_GRAD: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole backward in one launch, for groups one program per channel block covers: sums, then dx."""
     pid_c, g = tl.program_id(0), tl.program_id(1)
@@ -439,10 +454,10 @@ def _backward_group_kernel(
     acc_dz = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for r0 in range(0, ROWS, BLOCK_HW):
-        xhat, dz, _ = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
-                                 offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                                 stride_xn, stride_xc, stride_xhw, stride_dyn, stride_dyc, stride_dyhw,
-                                 negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, PAD)
+        xhat, dz, _, _, _ = _grad_tile(
+            x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW), offs_c,
+            c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
+            stride_pn, stride_pc, stride_phw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
         acc_dz += dz
         acc_dzx += dz * xhat
     sum_dz, sum_dzx = tl.sum(acc_dz, axis=0), tl.sum(acc_dzx, axis=0)
@@ -451,13 +466,12 @@ def _backward_group_kernel(
     if INPUT_GRAD:
         mean_dz, mean_dzx = sum_dz[None, :] / ROWS, sum_dzx[None, :] / ROWS
         for r0 in range(0, ROWS, BLOCK_HW):
-            rows = r0 + tl.arange(0, BLOCK_HW)
-            xhat, dz, mask = _grad_tile(x_ptr, dy_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask,
-                                        C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_xn, stride_xc,
-                                        stride_xhw, stride_dyn, stride_dyc, stride_dyhw, negative_slope, dropout_p,
-                                        HAS_ACT, HAS_DROPOUT, PAD)
-            _store_dx(dx_ptr, xhat, dz, mask, rstd, weight, mean_dz, mean_dzx, g, rows, offs_c, HW,
-                      stride_dxn, stride_dxc, stride_dxhw, BATCH_STATS)
+            xhat, dz, dout, mask, offsets = _grad_tile(
+                x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW), offs_c,
+                c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
+                stride_pn, stride_pc, stride_phw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
+            _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_dz, mean_dzx, BATCH_STATS,
+                      RESIDUAL)
 
 
 def _hw_stride(t):
@@ -546,8 +560,24 @@ def _pad_geometry(x, padding):
     return (x.shape[2], x.shape[3], top, bottom, left, right)
 
 
+def _padded_empty(x, geometry):
+    """An empty tensor of x's reflection-padded shape, in x's memory format and dtype."""
+    N, C, H, W = x.shape
+    _, _, top, bottom, left, right = geometry
+    return torch.empty((N, C, H + top + bottom, W + left + right), device=x.device, dtype=x.dtype,
+                       memory_format=memory_format_of(x))
+
+
+def _with_strides_of(t, like):
+    """t with `like`'s strides (t itself when it has them, a copy otherwise): the kernels walk both with one set."""
+    if t is None or t.stride() == like.stride():
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
 def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, per_sample, use_batch_stats,
-                     momentum, eps, negative_slope, dropout_p, padding=None, batches_tracked=None):
+                     momentum, eps, negative_slope, dropout_p, padding=None, keep_unpadded=False, residual=None,
+                     batches_tracked=None):
     """Normalize x [N, C, H, W] (NCHW or channels-last), apply affine, LeakyReLU/ReLU and dropout.
 
     per_sample: statistics per (n, c) (InstanceNorm) instead of per c (BatchNorm).
@@ -555,10 +585,12 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         Otherwise running_mean/running_var are used (BatchNorm eval).
     negative_slope: None for identity, 0.0 for ReLU, 0.2 for the reference's LeakyReLU.
     rng_state: int64 device tensor [1], the Philox key when dropout_p > 0; the caller advances it.
-    padding: (left, right, top, bottom) to write y reflection-padded, as nn.ReflectionPad2d after this layer
-        would, without a pass of its own; None for none.
+    padding: (left, right, top, bottom) to write the output reflection-padded, as nn.ReflectionPad2d after this
+        layer would, without a pass of its own: instead of the plain output, or besides it with keep_unpadded.
+    residual: a tensor of x's shape added to the output (a ResnetBlock's skip), None for none.
     batches_tracked: int64 [] device tensor incremented with the running statistics (num_batches_tracked).
-    Returns (y, mean, rstd) with y in x's layout and dtype, mean/rstd fp32 [GROUPS, C] for backward
+    Returns (y, y_padded, mean, rstd): the output and its padded form in x's layout and dtype (y is None when
+    only the padded form is asked for, y_padded without padding), mean/rstd fp32 [GROUPS, C] for backward
     (GROUPS = N per sample, else 1).
     """
     N, C, H, W = x.shape
@@ -567,20 +599,21 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     block_c, block_hw, num_warps = _tiling(x, rows)
     c_blocks = triton.cdiv(C, block_c)
     geometry = _pad_geometry(x, padding)
-    if padding is None:
-        y = torch.empty_like(x)
-    else:
-        _, _, top, bottom, left, right = geometry
-        y = torch.empty((N, C, H + top + bottom, W + left + right), device=x.device, dtype=x.dtype,
-                        memory_format=memory_format_of(x))
-    out_rows = rows // HW * y.shape[2] * y.shape[3]
+    y = torch.empty_like(x) if padding is None or keep_unpadded else None
+    y_padded = None if padding is None else _padded_empty(x, geometry)
+    residual = _with_strides_of(residual, x)
+    walked = x if padding is None else y_padded  # the output the apply tiles walk
+    out_rows = rows // HW * walked.shape[2] * walked.shape[3]
     has_affine = weight is not None
-    dummy = y  # stands in for pointers a specialization never reads
+    dummy = walked  # stands in for pointers a specialization never reads
+    tensors = (x, dummy if y is None else y, dummy if y_padded is None else y_padded,
+               dummy if residual is None else residual)
     pointers = (weight if has_affine else dummy, bias if has_affine else dummy, rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(y))
+    strides = (*_strides(x), *_strides(walked))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                 PAD=padding is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                 RESIDUAL=residual is not None, WRITE_Y=y is not None, PAD=padding is not None,
+                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     if not use_batch_stats:
         mean = running_mean.to(torch.float32, copy=True)[None]
         rstd = torch.rsqrt(running_var.float() + eps)[None]
@@ -595,9 +628,9 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
         if splits == 1:
             _forward_group_kernel[(c_blocks, groups)](
-                x, y, mean, rstd, *running, *pointers, C, HW, rows, out_rows, *geometry, *strides, eps, momentum,
+                *tensors, mean, rstd, *running, *pointers, C, HW, rows, out_rows, *geometry, *strides, eps, momentum,
                 *scalars, UPDATE_RUNNING=update_running, **flags)
-            return y, mean, rstd
+            return y, y_padded, mean, rstd
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
         _stats_partial_kernel[(c_blocks, groups, splits)](
@@ -605,16 +638,19 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
             C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
             BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
     _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(out_rows, block_hw))](
-        x, y, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
-    return y, mean, rstd
+        *tensors, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
+    return y, y_padded, mean, rstd
 
 
-def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample, use_batch_stats,
-                      negative_slope, dropout_p, padding=None, need_input_grad=True, need_affine_grad=True):
-    """Gradients (dx, dweight, dbias) of norm_act_forward; rng_state must hold the key the forward used, and
-    padding its padding (dy is then the padded output's gradient).
+def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, per_sample, use_batch_stats,
+                      negative_slope, dropout_p, padding=None, need_input_grad=True, need_affine_grad=True,
+                      need_residual_grad=False):
+    """Gradients (dx, dweight, dbias, dresidual) of norm_act_forward from those of its outputs, dy of y and
+    dy_padded of y_padded (None for an output without one); rng_state must hold the key the forward used, and
+    padding its padding.
 
-    dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad.
+    dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad; dresidual, the
+    output's whole gradient, is None unless need_residual_grad.
     """
     C = x.shape[1]
     HW = x.shape[2] * x.shape[3]
@@ -622,87 +658,107 @@ def norm_act_backward(dy, x, weight, bias, mean, rstd, rng_state, *, per_sample,
     block_c, block_hw, num_warps = _tiling(x, rows)
     c_blocks = triton.cdiv(C, block_c)
     has_affine = weight is not None
-    dx = torch.empty_like(x) if need_input_grad else None
+    need_affine_grad = need_affine_grad and has_affine
+    input_pass = need_input_grad or need_residual_grad
+    if not (input_pass or need_affine_grad) or (dy is None and dy_padded is None):
+        return None, None, None, None
+    geometry = _pad_geometry(x, padding)
+    dy = _with_strides_of(dy, x)  # dy_padded is walked with strides of its own
+    dx = torch.empty_like(x) if input_pass else None
+    dresidual = torch.empty_like(x) if need_residual_grad else None
     dummy = mean  # stands in for pointers a specialization never reads
+    grads = (dummy if dy is None else dy, dummy if dy_padded is None else dy_padded)
+    outs = (dummy if dx is None else dx, dummy if dresidual is None else dresidual)
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
-    geometry = _pad_geometry(x, padding)
-    strides = (*_strides(x), *_strides(dy), *_strides(dx if need_input_grad else x))
+    strides = (*_strides(x), *_strides(x if dy_padded is None else dy_padded))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                 PAD=padding is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
-    need_affine_grad = need_affine_grad and has_affine
-    if not (need_input_grad or need_affine_grad):
-        return None, None, None
+                 HAS_DY=dy is not None, PAD=dy_padded is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
+                 num_warps=num_warps)
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
-    if not ((need_input_grad and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradient only
+    if not ((input_pass and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradients only
         _backward_apply_kernel[(c_blocks, stats_groups, triton.cdiv(rows, block_hw))](
-            x, dy, dx, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars, BATCH_STATS=False,
-            **flags)
-        return dx, None, None
+            x, *grads, *outs, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars,
+            BATCH_STATS=False, RESIDUAL=need_residual_grad, **flags)
+        return (dx if need_input_grad else None), None, None, dresidual
     sum_dz = torch.empty((groups, C), device=x.device, dtype=torch.float32)
     sum_dzx = torch.empty_like(sum_dz)
     splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
     if splits == 1:
         _backward_group_kernel[(c_blocks, groups)](
-            x, dy, dx if need_input_grad else dummy, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides,
-            *scalars, BATCH_STATS=use_batch_stats, INPUT_GRAD=need_input_grad, **flags)
+            x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
+            BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, INPUT_GRAD=input_pass, **flags)
     else:
         part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_dzx = torch.empty_like(part_dz)
         _backward_partial_kernel[(c_blocks, groups, splits)](
-            x, dy, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
-            C, HW, rows, chunk, splits, *geometry, *strides[:6], *scalars, BLOCK_R=_combine_rows(splits, block_c),
+            x, *grads, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
+            C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
             **flags)
-        if need_input_grad:
+        if input_pass:
             _backward_apply_kernel[(c_blocks, groups, triton.cdiv(rows, block_hw))](
-                x, dy, dx, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
-                BATCH_STATS=use_batch_stats, **flags)
+                x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
+                BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, **flags)
     dweight = dbias = None
     if need_affine_grad:  # BatchNorm has one group (no extra launch); an affine InstanceNorm sums its N groups
         dweight = (sum_dzx[0] if groups == 1 else sum_dzx.sum(0)).to(weight.dtype)
         dbias = (sum_dz[0] if groups == 1 else sum_dz.sum(0)).to(bias.dtype)
-    return dx, dweight, dbias
+    return (dx if need_input_grad else None), dweight, dbias, dresidual
 
 
 class NormActFunction(torch.autograd.Function):
-    """Autograd wrapper of norm_act_forward/norm_act_backward (x, weight, bias get gradients)."""
+    """Autograd wrapper of norm_act_forward/norm_act_backward (x, residual, weight, bias get gradients).
+
+    Returns y, or y_padded, or both (padding with keep_unpadded), as norm_act_forward writes them.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, batches_tracked, rng_state, per_sample,
-                use_batch_stats, momentum, eps, negative_slope, dropout_p, padding):
+    def forward(ctx, x, residual, weight, bias, running_mean, running_var, batches_tracked, rng_state, per_sample,
+                use_batch_stats, momentum, eps, negative_slope, dropout_p, padding, keep_unpadded):
         seed = None
         if dropout_p > 0:
             seed = rng_state.clone()  # the key this call uses, kept for backward
             rng_state.add_(1)  # advanced on device: no host sync, so it can run inside a CUDA graph
-        y, mean, rstd = norm_act_forward(
+        y, y_padded, mean, rstd = norm_act_forward(
             x, weight, bias, running_mean, running_var, seed, per_sample=per_sample,
             use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, negative_slope=negative_slope,
-            dropout_p=dropout_p, padding=padding, batches_tracked=batches_tracked)
+            dropout_p=dropout_p, padding=padding, keep_unpadded=keep_unpadded, residual=residual,
+            batches_tracked=batches_tracked)
         ctx.save_for_backward(x, weight, bias, mean, rstd, seed)
         ctx.options = dict(per_sample=per_sample, use_batch_stats=use_batch_stats, negative_slope=negative_slope,
                            dropout_p=dropout_p, padding=padding)
-        return y
+        ctx.outputs = (y is not None, y_padded is not None)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero-filled tensor
+        outputs = tuple(t for t in (y, y_padded) if t is not None)
+        return outputs if len(outputs) > 1 else outputs[0]
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, *grads):
+        grads = iter(grads)
+        dy, dy_padded = (next(grads) if present else None for present in ctx.outputs)
         x, weight, bias, mean, rstd, seed = ctx.saved_tensors
-        dx, dweight, dbias = norm_act_backward(
-            dy, x, weight, bias, mean, rstd, seed, need_input_grad=ctx.needs_input_grad[0],
-            need_affine_grad=ctx.needs_input_grad[1] or ctx.needs_input_grad[2], **ctx.options)
-        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None, None, None
+        dx, dweight, dbias, dresidual = norm_act_backward(
+            dy, dy_padded, x, weight, bias, mean, rstd, seed, need_input_grad=ctx.needs_input_grad[0],
+            need_residual_grad=ctx.needs_input_grad[1],
+            need_affine_grad=ctx.needs_input_grad[2] or ctx.needs_input_grad[3], **ctx.options)
+        return (dx, dresidual, dweight, dbias) + (None,) * 12
 
 
 class FusedNormAct(nn.Module):
     """BatchNorm2d / InstanceNorm2d followed by identity, ReLU or LeakyReLU, optional dropout and an optional
     reflection pad (``padding``: (left, right, top, bottom), as nn.ReflectionPad2d.padding), fused.
 
+    With ``keep_unpadded`` the module returns the plain output, carrying the padded one for the
+    FusedReflectionPad2d that pads it next (see pad.with_padded_twin): a ResNet layer whose output feeds both a
+    ResnetBlock's skip and its padded conv. ``forward(x, residual)`` adds a ResnetBlock's skip to the output.
+
     Parameters and buffers carry the names of the norm module it replaces, so state_dict keys (and
     checkpoints) are unchanged; the dropout key ``dropout_seed`` is a non-persistent buffer.
     """
 
     def __init__(self, num_features, norm="batch", activation="identity", negative_slope=0.2, dropout=0.0,
-                 eps=1e-5, momentum=0.1, padding=None, device=None, dtype=None):
+                 eps=1e-5, momentum=0.1, padding=None, keep_unpadded=False, device=None, dtype=None):
         super().__init__()
         if norm not in ("batch", "instance"):
             raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
@@ -713,6 +769,7 @@ class FusedNormAct(nn.Module):
         self.num_features, self.norm, self.activation = num_features, norm, activation
         self.negative_slope, self.dropout, self.eps, self.momentum = negative_slope, dropout, eps, momentum
         self.padding = None if padding is None else tuple(padding)
+        self.keep_unpadded = keep_unpadded
         self.affine = self.track_running_stats = norm == "batch"
         factory = dict(device=device, dtype=dtype)
         if self.affine:
@@ -753,7 +810,7 @@ class FusedNormAct(nn.Module):
         fused.train(norm_module.training)
         return fused
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"expected [N, {self.num_features}, H, W], got {tuple(x.shape)}")
         use_batch_stats = self.training or not self.track_running_stats
@@ -761,14 +818,19 @@ class FusedNormAct(nn.Module):
         if self.dropout_seed.device != x.device:  # e.g. built from a buffer-less InstanceNorm2d on the CPU
             self.dropout_seed = self.dropout_seed.to(x.device)
         slope = {"identity": None, "relu": 0.0, "leaky_relu": self.negative_slope}[self.activation]
-        return NormActFunction.apply(
-            x, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
+        out = NormActFunction.apply(
+            x, residual, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
             self.running_var if not use_batch_stats or update_running else None,
             self.num_batches_tracked if update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,
-            self.dropout if self.training else 0.0, self.padding)
+            self.dropout if self.training else 0.0, self.padding, self.keep_unpadded)
+        if self.padding is not None and self.keep_unpadded:
+            y, y_padded = out
+            return with_padded_twin(y, self.padding, y_padded)
+        return out
 
     def extra_repr(self):
         return (f"{self.num_features}, norm={self.norm}, activation={self.activation}, "
                 f"negative_slope={self.negative_slope}, dropout={self.dropout}, eps={self.eps}, "
-                f"momentum={self.momentum}" + ("" if self.padding is None else f", padding={self.padding}"))
+                f"momentum={self.momentum}" + ("" if self.padding is None else f", padding={self.padding}")
+                + (", keep_unpadded=True" if self.keep_unpadded else ""))

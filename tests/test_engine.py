@@ -139,21 +139,29 @@ def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():
 
 
 @pytest.mark.parametrize("use_dropout", [False, True], ids=["no_dropout", "dropout"])
-def test_reflection_pads_after_a_norm_are_written_by_the_norm(use_dropout):
+def test_resnet_pads_and_skips_are_written_by_the_norms(use_dropout, monkeypatch):
     """resnet_6blocks has 14 pads. Each block's second pad and the output layer's follow a (norm, ReLU[, Dropout])
-    and are absorbed by it; the others follow the input or a residual add and become pad kernels of their own."""
-    from fastp2p.kernels import FusedNormAct, FusedReflectionPad2d
+    and are written by it. Each block's first pad takes the padded twin that the norm before the block writes
+    besides its plain output (the skip), and each block's last norm adds the skip. So one pad kernel runs per
+    forward, on the input image."""
+    from fastp2p.engine.fusion import FusedResnetBlock
+    from fastp2p.kernels import FusedNormAct, pad
 
     torch.manual_seed(0)
     reference = networks.define_G(3, 3, 4, "resnet_6blocks", "instance", use_dropout=use_dropout).to(DEVICE)
     fused = copy.deepcopy(reference)
     fuse_network(fused)
-    padded = [m.padding for m in fused.modules() if isinstance(m, FusedNormAct) and m.padding is not None]
-    assert padded == [(1, 1, 1, 1)] * 6 + [(3, 3, 3, 3)]
-    assert sum(isinstance(m, FusedReflectionPad2d) for m in fused.modules()) == 7
+    norms = [m for m in fused.modules() if isinstance(m, FusedNormAct)]
+    assert [m.padding for m in norms if m.padding is not None and not m.keep_unpadded] == [(1, 1, 1, 1)] * 6 + [
+        (3, 3, 3, 3)]
+    assert sum(m.keep_unpadded for m in norms) == 6  # the downsampling's last norm and blocks 1-5's last norms
+    assert sum(isinstance(m, FusedResnetBlock) for m in fused.modules()) == 6
     assert list(fused.state_dict()) == list(reference.state_dict())
+    pads, pad_apply = [], pad.ReflectionPadFunction.apply
+    monkeypatch.setattr(pad.ReflectionPadFunction, "apply", lambda *args: pads.append(args) or pad_apply(*args))
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
     assert_close(fused.eval()(x), reference.eval()(x), 1e-4, 1e-4, "eval output")
+    assert len(pads) == 1 and pads[0][0] is x
 
 
 def make_opt(model, *flags):

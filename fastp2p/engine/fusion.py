@@ -14,11 +14,15 @@ Patterns, as the reference builds them (spec 3.1-3.3):
   in its skip connection, which is what the reference computes too: its in-place LeakyReLU overwrites
   the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation;
 - a ``ReflectionPad2d`` right after any of these (the ResnetBlock's second pad, the ResNet output layer's):
-  the norm writes its output padded.
+  the norm writes its output padded;
+- a ``ResnetBlock``: its last norm adds the skip, and the norm before it (the previous block's last, or the
+  downsampling's) writes its output both plain, for the skip, and padded, for the block's first conv.
 """
 
 import torch.nn.functional as F
 from torch import nn
+
+from fastp2p.networks import ResnetBlock
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
 
@@ -93,6 +97,42 @@ def fuse_pads_into_norms(net):
     return count
 
 
+class FusedResnetBlock(ResnetBlock):
+    """A ResnetBlock whose last norm adds the skip as it writes its output: ``x + conv_block(x)`` without an add
+    kernel forward, and x's gradient without a sum of the two paths' backward (the norm writes it whole)."""
+
+    def forward(self, x):
+        *body, last_norm = self.conv_block
+        h = x
+        for layer in body:
+            h = layer(h)
+        return last_norm(h, residual=x)
+
+
+def fuse_resnet_blocks(net):
+    """Make each ResnetBlock that ends with a fused norm a FusedResnetBlock, and have the fused norm whose output
+    enters a block with a reflection pad (the previous block's last norm, or the downsampling's) also write that
+    output padded (keep_unpadded): the block's pad then takes it, and the skip the plain one. Returns how many
+    blocks; with the norms' own pads this leaves the ResNet generator one pad kernel, on the input image."""
+    from fastp2p.kernels import FusedNormAct
+
+    count = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            feeding = None  # the fused norm whose output the next layer receives
+            for layer in module:
+                if type(layer) is ResnetBlock and isinstance(layer.conv_block[-1], FusedNormAct):
+                    layer.__class__ = FusedResnetBlock
+                    pad = layer.conv_block[0]
+                    if feeding is not None and feeding.padding is None and type(pad) is nn.ReflectionPad2d:
+                        feeding.padding, feeding.keep_unpadded = tuple(pad.padding), True
+                    feeding = layer.conv_block[-1]
+                    count += 1
+                elif type(layer) is not nn.Identity:
+                    feeding = layer if isinstance(layer, FusedNormAct) else None
+    return count
+
+
 def fuse_reflection_pads(net):
     """Replace every remaining nn.ReflectionPad2d by one that keeps channels-last; returns how many."""
     from fastp2p.kernels import FusedReflectionPad2d
@@ -158,7 +198,7 @@ def drop_cancelled_conv_biases(net):
 def fuse_network(net):
     """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
     return (drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_pads_into_norms(net)
-            + fuse_reflection_pads(net))
+            + fuse_resnet_blocks(net) + fuse_reflection_pads(net))
 
 
 class FusedGANLoss(nn.Module):

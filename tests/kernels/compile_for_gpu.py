@@ -54,16 +54,19 @@ def specializations():
     tile = dict(BLOCK_HW=32, BLOCK_C=64)
     for update in (False, True):
         yield norm_act._stats_partial_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, **tile)
-        for flag in flags:
-            yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **flag, **tile)
     for flag in flags:
-        yield norm_act._forward_apply_kernel, dict(**flag, **tile)
-        yield norm_act._backward_partial_kernel, dict(**flag, BLOCK_R=64, **tile)
+        on = flag["PAD"]
+        forward = dict(**flag, RESIDUAL=on, WRITE_Y=on, **tile)
+        backward = dict(**flag, HAS_DY=on, **tile)
+        for update in (False, True):
+            yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **forward)
+        yield norm_act._forward_apply_kernel, forward
+        yield norm_act._backward_partial_kernel, dict(**backward, BLOCK_R=64)
         for batch_stats in (False, True):
-            yield norm_act._backward_apply_kernel, dict(**flag, BATCH_STATS=batch_stats, **tile)
+            yield norm_act._backward_apply_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on)
             for input_grad in (False, True):
-                yield norm_act._backward_group_kernel, dict(**flag, BATCH_STATS=batch_stats, INPUT_GRAD=input_grad,
-                                                            **tile)
+                yield norm_act._backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
+                                                            INPUT_GRAD=input_grad)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):

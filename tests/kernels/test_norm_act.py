@@ -215,6 +215,53 @@ def test_resnet_padded_layers_on_cuda(shape, padding, dtype, channels_last):
     check_against_reference(shape, dtype, channels_last, "instance", "relu", padding=padding)
 
 
+@pytest.mark.parametrize("use", ["both", "plain", "padded"])
+@pytest.mark.parametrize("programs", [1, 64], ids=["one-kernel", "split"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_residual_and_padded_twin_match_reference(mode, channels_last, programs, use, monkeypatch):
+    """A ResNet layer's fused form: out = act(norm(x)) + residual, written plain (for the next skip) and padded
+    (for the next conv, handed to the FusedReflectionPad2d that pads it); the gradients of x and the residual
+    come from either output's gradient or from both."""
+    from fastp2p.kernels import FusedReflectionPad2d, norm_act
+
+    monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
+    monkeypatch.setattr(norm_act, "torch", NanFilledEmpty())
+    padding = (1, 2, 2, 1)
+    reference = reference_norm(mode, 4)
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference), "relu")
+    fused.padding, fused.keep_unpadded = padding, True
+    reference.double()
+    x, residual = (layout(torch.randn(2, 4, 24, 24, device=DEVICE), channels_last) for _ in range(2))
+    x_ref, r_ref = (t.detach().double().contiguous().requires_grad_() for t in (x, residual))
+    x_fused, r_fused = (t.detach().clone().requires_grad_() for t in (x, residual))
+    z_ref = reference(x_ref)
+    out_ref = F.relu(z_ref) + r_ref
+    out = fused(x_fused, residual=r_fused)
+    padded = FusedReflectionPad2d(padding)(out)
+    assert padded is out.fastp2p_padded_twin[1], "the pad must take the twin the norm wrote"
+    kink = z_ref.detach().abs() < 1e-5  # either slope is right there (see check_against_reference)
+    grad = torch.randn(out.shape, device=DEVICE).masked_fill(kink, 0.0)
+    kink_padded = F.pad(kink.double(), padding, mode="reflect") > 0
+    grad_padded = torch.randn(padded.shape, device=DEVICE).masked_fill(kink_padded, 0.0)
+    loss_ref = loss = 0
+    if use != "padded":
+        loss_ref, loss = loss_ref + (out_ref * grad.double()).sum(), loss + (out * grad).sum()
+    if use != "plain":
+        loss_ref = loss_ref + (F.pad(out_ref, padding, mode="reflect") * grad_padded.double()).sum()
+        loss = loss + (padded * grad_padded).sum()
+    loss_ref.backward()
+    loss.backward()
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(out, out_ref, atol, rtol, "out")
+    assert_close_verbose(padded, F.pad(out_ref, padding, mode="reflect"), atol, rtol, "padded out")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    assert_close_verbose(r_fused.grad, r_ref.grad, atol, rtol, "dresidual")
+    if mode != "instance":
+        assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
+        assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
+
+
 def test_reflection_padding_wider_than_the_input_raises():
     fused = FusedNormAct(4, "instance", "relu", padding=(4, 4, 4, 4))
     with pytest.raises(ValueError, match="reflection padding"):
