@@ -164,7 +164,8 @@ def make_row(op, model, shape, dtype, layout, variant, results, fwd_bytes, bwd_b
             fused_ms=fused_ms[0], fused_ms_p20=fused_ms[1], fused_ms_p80=fused_ms[2],
             speedup=torch_ms[0] / fused_ms[0], fused_gbps=fused_gbps,
             torch_gbps=nbytes / (torch_ms[0] * 1e-3) / 1e9, fused_fraction_of_copy=fused_gbps / roof))
-        graph_torch, graph_fused = results.get(("torch", direction + "_graph")), results.get(("fused", direction + "_graph"))
+        graph_torch = results.get(("torch", direction + "_graph"))
+        graph_fused = results.get(("fused", direction + "_graph"))
         if graph_torch and graph_fused:
             rows[-1].update(torch_graph_ms=graph_torch[0], fused_graph_ms=graph_fused[0],
                             graph_speedup=graph_torch[0] / graph_fused[0],

@@ -12,6 +12,7 @@ two or three GPU kernels, PyTorch's CUDA reflection pad also copies its input to
 whose op lists are close to but not exactly CUDA's.
 
     python benchmarks/count_ops.py --out benchmarks/results      # a few minutes on 2 CPU cores
+    python benchmarks/count_ops.py --small                         # bench_train's small nets, seconds
 
 Writes ops_<yyyymmdd>.json (per row: totals and every op's count) and .md into --out.
 """
@@ -116,14 +117,16 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=8, help="op counts shown per row in the markdown table")
+    p.add_argument("--small", action="store_true", help="bench_train's small nets (fewer layers, other counts)")
     p.add_argument("--out", default=None, help="folder for ops_<yyyymmdd>.json and .md")
     args = p.parse_args()
-    # bench_train's model flags: real sizes, no image pool (its decisions would depend on the skipped values)
-    args.device, args.small, args.pool_size = torch.device("cpu"), False, 0
+    # bench_train's model flags, with no image pool (its decisions would depend on the values not computed)
+    args.device, args.pool_size = torch.device("cpu"), 0
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
     commit, dirty = git_commit()
     meta = dict(device=f"{platform.processor() or platform.machine()} CPU", python=platform.python_version(),
-                torch=torch.__version__, commit=commit, dirty=dirty, launch_plan_programs=H100_PROGRAMS,
+                torch=torch.__version__, commit=commit, dirty=dirty, small=args.small,
+                launch_plan_programs=H100_PROGRAMS,
                 command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     rows = []

@@ -1,6 +1,6 @@
-"""FusedNormAct against nn.BatchNorm2d / nn.InstanceNorm2d + activation (+ dropout) (+ reflection pad): outputs,
-every gradient, running statistics, memory format, state_dict keys, edge cases. Without CUDA it runs in Triton's interpreter,
-so CPU shapes stay tiny; the real layer shapes run only on a GPU."""
+"""FusedNormAct against nn.BatchNorm2d / nn.InstanceNorm2d + activation (+ dropout) (+ reflection pad) (+ skip):
+outputs, every gradient, running statistics, memory format, state_dict keys, edge cases. Without CUDA it runs in
+Triton's interpreter, so CPU shapes stay tiny; the real layer shapes run only on a GPU."""
 
 import copy
 
