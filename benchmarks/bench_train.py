@@ -11,11 +11,11 @@ real loader (create_fast_loader) and timing the wait for each batch.
     python benchmarks/bench_train.py --device cpu --small --out benchmarks/results  # CPU, ~3 min
 
 Rows (cumulative; --rows picks among them by name):
-    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +batch_passes (CycleGAN, and
-         any model with per-sample norms), +cuda_graph, and apart:
+    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +batch_passes
+         (CycleGAN, and any model with per-sample norms), +cuda_graph, and apart:
          compile = bf16 + channels_last + --compile (CUDA graphs off: --compile brings its own).
-    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16); fused kernels would
-         run in Triton's interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
+    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16), +foreach_cast; fused
+         kernels would run in Triton's interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
     auto: no switch given, what `python -m fastp2p.train` runs on the device (default on the CPU only:
          on a GPU it is the +cuda_graph row).
 
@@ -62,9 +62,9 @@ from fastp2p.options import parse_options
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
-GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
-CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp")
-TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph")
+GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes", "cuda_graph")
+CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast")
+TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes", "cuda_graph")
 ROW_NAMES = ("reference",) + TECHNIQUES + ("compile", "auto")
 
 # Train GFLOP per image (one A/B pair) at 256^2 with the models' defaults, from spec performance.md (c):

@@ -137,6 +137,8 @@ def add_engine_options(parser):
     for name, what in (("channels_last", "channels-last memory format for nets and inputs"),
                        ("fused_kernels", "Triton fused norm + activation and fused GAN/L1 losses"),
                        ("fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate"),
+                       ("foreach_cast", "with --amp, cast each network's conv weights in one multi-tensor kernel per "
+                                        "forward (and their gradients back in one) instead of a kernel per weight"),
                        ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),

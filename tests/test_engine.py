@@ -24,7 +24,7 @@ from tests.conftest import requires_cuda
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 OFF = ["--amp", "off", "--channels_last", "off", "--fused_kernels", "off", "--fused_adam", "off",
-       "--batch_passes", "off", "--cuda_graph", "off"]
+       "--foreach_cast", "off", "--batch_passes", "off", "--cuda_graph", "off"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -164,6 +164,52 @@ def test_resnet_pads_and_skips_are_written_by_the_norms(use_dropout, monkeypatch
     assert len(pads) == 1 and pads[0][0] is x
 
 
+def test_foreach_cast_gives_autocast_values_with_two_cast_kernels(monkeypatch):
+    """Under autocast the conv weights are cast by one multi-tensor copy per forward and their gradients back by
+    one: the output and, for one call, every gradient are autocast's own bits; the modules get their fp32
+    Parameters back after the forward, also when it raises."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
+
+    torch.manual_seed(0)
+    reference = NETS["resnet_6blocks_instance"]().to(DEVICE)
+    networks.init_weights(reference, "normal", 0.02)
+    parameter_shapes = {p.shape for p in reference.parameters()}  # activations are [1, C, H, W]: none of these
+
+    class CastCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.casts = self.foreach = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            self.casts += name == "_to_copy" and args[0].shape in parameter_shapes
+            self.foreach += name == "_foreach_copy_"
+            return func(*args, **(kwargs or {}))
+
+    net = copy.deepcopy(reference)
+    assert cast_conv_parameters_per_forward(net, DEVICE.type) == 2 * 18  # 18 convs, biased under InstanceNorm
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    runs = {}
+    for name, model in (("autocast", reference), ("foreach", net)):
+        counter = CastCounter()
+        with counter, torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            out = model(x)
+            out.float().square().mean().backward()
+        runs[name] = out, {key: p.grad for key, p in model.named_parameters()}, counter
+    (out_ref, grads_ref, autocast_counts), (out, grads, counts) = runs["autocast"], runs["foreach"]
+    assert autocast_counts.casts >= 2 * 36 and counts.casts == 0 and counts.foreach == 2
+    assert torch.equal(out, out_ref)
+    for key, grad in grads.items():
+        assert grad.dtype == torch.float32 and torch.equal(grad, grads_ref[key]), key
+    assert all(type(p) is nn.Parameter and p.dtype == torch.float32 for p in net.parameters())
+    monkeypatch.setattr(net.model[1], "forward", lambda x: 1 / 0)
+    with pytest.raises(ZeroDivisionError), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        net(x)
+    assert all(type(p) is nn.Parameter and p.dtype == torch.float32 for p in net.parameters())
+
+
 def make_opt(model, *flags):
     common = ["--gpu_ids", "0" if DEVICE.type == "cuda" else "-1", "--ngf", "4", "--ndf", "4",
               "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32", "--seed", "0",
@@ -235,8 +281,9 @@ CPU_PATHS = {
     "fused_kernels": (["--fused_kernels", "on"], 1e-3, 1e-4, 1e-4),
     "batch_passes": (["--batch_passes", "on"], 1e-4, 1e-5, 5e-5),  # CycleGAN only: pix2pix here has BatchNorm
     "bf16": (["--amp", "bf16"], 5e-2, 5e-2, 5e-3),
-    "all": (["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on", "--fused_adam", "on"],
-            5e-2, 5e-2, 5e-3),
+    "bf16_foreach_cast": (["--amp", "bf16", "--foreach_cast", "on"], 5e-2, 5e-2, 5e-3),
+    "all": (["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on", "--fused_adam", "on",
+             "--foreach_cast", "on"], 5e-2, 5e-2, 5e-3),
 }
 STEPS = 4
 
@@ -333,8 +380,8 @@ def engine_for(*flags):
 
 def test_auto_switches_keep_the_reference_path_on_cpu():
     config = engine_for()
-    assert (config.amp_dtype, config.channels_last, config.fused_kernels, config.fused_adam, config.batch_passes,
-            config.cuda_graph) == (None, False, False, False, False, False)
+    assert (config.amp_dtype, config.channels_last, config.fused_kernels, config.fused_adam, config.foreach_cast,
+            config.batch_passes, config.cuda_graph) == (None, False, False, False, False, False, False)
     assert "reference path" in config.describe()
 
 
@@ -342,6 +389,7 @@ def test_auto_switches_keep_the_reference_path_on_cpu():
     (["--cuda_graph", "on"], "needs a GPU"),
     (["--amp", "fp16"], "needs a GPU"),
     (["--batch_passes", "on"], "BatchNorm normalizes over the batch"),
+    (["--foreach_cast", "on"], "needs --amp bf16 or fp16"),
 ])
 def test_impossible_switches_say_why(flags, message):
     with pytest.raises(OptionError, match=message):

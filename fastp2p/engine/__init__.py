@@ -2,6 +2,7 @@
 
 Each path is applied to the same model objects, in an order where each step keeps what the earlier
 ones set up: fusing layers shares the norms' parameters, channels-last converts parameters in place,
+the one-kernel weight casts are hooked onto each network (after the conversion, so they copy its layout),
 the optimizers are rebuilt over the same parameters, DDP and CUDA graphs wrap what is left. Nothing
 here changes a network's state_dict keys, so checkpoints stay the reference's.
 """
@@ -15,6 +16,7 @@ from torch import nn
 from fastp2p.engine.config import EngineConfig, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
+from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
 from fastp2p.networks import get_scheduler
 
 __all__ = ["EngineConfig", "resolve_engine", "prepare_model"]
@@ -86,6 +88,9 @@ def prepare_model(model, config):
         for net in nets:
             net.to(memory_format=torch.channels_last)
         model.input_memory_format = torch.channels_last
+    if config.foreach_cast:
+        for net in nets:
+            cast_conv_parameters_per_forward(net, model.device.type)
     if config.compile:
         for net in nets:
             net.compile()

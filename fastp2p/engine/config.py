@@ -23,6 +23,8 @@ class EngineConfig:
     fused_kernels: bool = False
     """Triton fused norm + activation and fused GAN/L1 losses"""
     fused_adam: bool = False
+    foreach_cast: bool = False
+    """autocast's conv weight casts as one multi-tensor kernel per forward (see weight_cast)"""
     batch_passes: bool = False
     """one forward for a network's independent passes of a step (same math with per-sample norms)"""
     cuda_graph: bool = False
@@ -32,8 +34,8 @@ class EngineConfig:
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
-        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "batch_passes", "cuda_graph", "compile",
-                                "ddp")
+        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes",
+                                "cuda_graph", "compile", "ddp")
               if getattr(self, name)]
         plain = self.amp_dtype is None and not on
         return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
@@ -72,6 +74,11 @@ def resolve_engine(opt, device):
         raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
                           "set TRITON_INTERPRET=1 before starting")
 
+    foreach_cast = switch(opt.foreach_cast, cuda and amp_dtype is not None and not opt.compile)
+    if foreach_cast and (amp_dtype is None or opt.compile):
+        raise OptionError("--foreach_cast on needs --amp bf16 or fp16 (it casts for autocast) and no --compile "
+                          "(which traces the networks itself)")
+
     per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
     if batch_passes and not per_sample_norms:
@@ -90,4 +97,4 @@ def resolve_engine(opt, device):
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
-                        batch_passes=batch_passes, cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)
+                        foreach_cast=foreach_cast, batch_passes=batch_passes, cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)

@@ -328,6 +328,18 @@ def dropout_module(channels_last=False, mode="instance", activation="identity", 
     return fused
 
 
+def backward_and_compare(y_fused, y_ref, x_fused, x_ref):
+    """Backpropagate one random gradient through both outputs, compare the outputs and the inputs' gradients at
+    fp32 tolerances, and return those."""
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_fused.backward(grad)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    return atol, rtol
+
+
 def test_dropout_mask_semantics_and_gradient():
     """Each output is 0 or 2 * (normalized activation); about half are 0; backward uses the same mask."""
     reference = reference_norm("batch_train", 16)
@@ -338,12 +350,7 @@ def test_dropout_mask_semantics_and_gradient():
     keep = y_fused.detach() != 0
     assert abs(keep.float().mean().item() - 0.5) < 0.02
     y_ref = F.leaky_relu(reference(x_ref), 0.2) * keep * 2.0
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y_fused.backward(grad)
-    atol, rtol = TOLERANCES[torch.float32]
-    assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
-    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    atol, rtol = backward_and_compare(y_fused, y_ref, x_fused, x_ref)
     assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
     assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
 
@@ -376,12 +383,7 @@ def test_dropout_mask_is_padded_with_the_values():
     x_plain, x_padded = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_plain, y_padded = F.pad(plain(x_plain), padding, mode="reflect"), padded(x_padded)
     assert torch.equal(y_padded == 0, y_plain == 0)
-    grad = torch.randn_like(y_plain)
-    y_plain.backward(grad)
-    y_padded.backward(grad)
-    atol, rtol = TOLERANCES[torch.float32]
-    assert_close_verbose(y_padded, y_plain, atol, rtol, "y")
-    assert_close_verbose(x_padded.grad, x_plain.grad, atol, rtol, "dx")
+    backward_and_compare(y_padded, y_plain, x_padded, x_plain)
 
 
 def test_dropout_is_off_in_eval():
