@@ -22,14 +22,16 @@ class CastParameters(torch.autograd.Function):
     def forward(ctx, dtype, *tensors):
         copies = [torch.empty_like(t, dtype=dtype) for t in tensors]
         torch._foreach_copy_(copies, list(tensors))
-        ctx.dtypes = [t.dtype for t in tensors]
+        ctx.layouts = [(t.shape, t.stride(), t.dtype) for t in tensors]
         ctx.set_materialize_grads(False)  # a parameter the forward did not reach gets None, not a zero tensor
         return tuple(copies)
 
     @staticmethod
     def backward(ctx, *grads):
         present = [i for i, grad in enumerate(grads) if grad is not None]
-        full = [torch.empty_like(grads[i], dtype=ctx.dtypes[i]) for i in present]
+        # in the parameters' own layouts, which AccumulateGrad would otherwise copy them into
+        full = [torch.empty_strided(*ctx.layouts[i][:2], dtype=ctx.layouts[i][2], device=grads[i].device)
+                for i in present]
         if full:
             torch._foreach_copy_(full, [grads[i] for i in present])
         result = [None] * len(grads)
