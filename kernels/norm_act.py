@@ -515,8 +515,8 @@ def _split_plan(x, groups, rows, block_c, block_hw):
     """Split each group's rows into SPLITS chunks of CHUNK rows (a multiple of BLOCK_HW) to fill the GPU.
 
     One split means one program per channel block covers its whole group: the one-launch kernels then do the
-    work of partial, combine and apply kernels, which at small layers (the U-Net's inner levels, batch 1)
-    saves the launches that dominate their cost.
+    work of the partial (and its combine) and apply kernels, which at small layers (the U-Net's inner levels,
+    batch 1) saves a launch per pass, the cost that dominates there.
     """
     base_programs = triton.cdiv(x.shape[1], block_c) * groups
     splits = max(1, min(triton.cdiv(target_programs(x.device), base_programs), triton.cdiv(rows, block_hw)))
