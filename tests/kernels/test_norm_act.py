@@ -184,6 +184,34 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
     assert not any(tickets.any() for buffers in norm_act._TICKETS.values() for tickets in buffers)
 
 
+@requires_cuda
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_split_path_combine_reads_every_chunk_on_cuda(norm, monkeypatch):
+    """On a GPU the chunk programs of a split layer run concurrently; the last to take a ticket combines. Were the
+    partials not published before the ticket (barrier, release, acquire), a combine would read a chunk still
+    unwritten: NaN here, since every fresh buffer is NaN-filled, or a value that changes from run to run. So
+    20 runs must all match the reference and each other bit for bit, forward and backward."""
+    from fastp2p.kernels import norm_act
+
+    monkeypatch.setattr(norm_act, "torch", NanFilledEmpty())
+    reference = reference_norm("instance" if norm == "instance" else "batch_train", 256)
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference), "relu")
+    x = layout(torch.randn(16, 256, 64, 64, device=DEVICE), True).requires_grad_()
+    grad = layout(torch.randn(x.shape, device=DEVICE), True)
+    first = None
+    for _ in range(20):
+        y = fused(x)
+        (dx,) = torch.autograd.grad(y, x, grad)
+        if first is None:
+            first = y, dx
+            y_ref = F.relu(reference(x))
+            (dx_ref,) = torch.autograd.grad(y_ref, x, grad)
+            atol, rtol = TOLERANCES[torch.float32]
+            assert_close_verbose(y, y_ref, atol, rtol, "y")
+            assert_close_verbose(dx, dx_ref, 1e-4, 1e-3, "dx")  # fp32 sums over 65536 rows in another order
+        assert torch.equal(y, first[0]) and torch.equal(dx, first[1]), "split-path results changed between runs"
+
+
 # (shape, padding (left, right, top, bottom)): the ResNet's pads of 1 and 3, one as wide as its axis allows (both
 # mirrors read the same element), and an asymmetric one with a side left unpadded
 PAD_CASES = [((2, 3, 5, 7), (1, 1, 1, 1)), ((1, 8, 4, 4), (3, 3, 3, 3)), ((2, 4, 3, 6), (2, 1, 0, 2))]
