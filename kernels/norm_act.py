@@ -568,6 +568,15 @@ def _padded_empty(x, geometry):
                        memory_format=memory_format_of(x))
 
 
+def _dense(x):
+    """x itself when it is NCHW- or channels-last-contiguous, else a contiguous copy: the kernels walk x, its
+    output, the residual and the gradients with x's strides, and empty_like(x) has them only for a dense x (a
+    channel slice, say, is not)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
 def _with_strides_of(t, like):
     """t with `like`'s strides (t itself when it has them, a copy otherwise): the kernels walk both with one set."""
     if t is None or t.stride() == like.stride():
@@ -593,6 +602,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     only the padded form is asked for, y_padded without padding), mean/rstd fp32 [GROUPS, C] for backward
     (GROUPS = N per sample, else 1).
     """
+    x = _dense(x)
     N, C, H, W = x.shape
     HW = H * W
     groups, rows = _groups(x, per_sample)
@@ -652,6 +662,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad; dresidual, the
     output's whole gradient, is None unless need_residual_grad.
     """
+    x = _dense(x)
     C = x.shape[1]
     HW = x.shape[2] * x.shape[3]
     groups, rows = _groups(x, per_sample)

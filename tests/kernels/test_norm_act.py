@@ -290,6 +290,27 @@ def test_residual_and_padded_twin_match_reference(mode, channels_last, programs,
         assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_channel_slice_input_matches_reference(mode, channels_last):
+    """An input whose H and W flatten but which is not dense (a channel slice of a larger tensor). The kernels
+    walk the output and the gradients with the input's strides, so such an input must be made dense first,
+    not written past the end of its output."""
+    reference = reference_norm(mode, 4)
+    fused = FusedNormAct.from_norm(copy.deepcopy(reference), "relu")
+    big = layout(torch.randn(2, 8, 5, 6, device=DEVICE), channels_last)
+    big_ref, big_fused = big.double().requires_grad_(), big.clone().requires_grad_()
+    y_ref, y = F.relu(reference.double()(big_ref[:, 2:6])), fused(big_fused[:, 2:6])
+    assert not big_fused[:, 2:6].is_contiguous() and not big_fused[:, 2:6].is_contiguous(
+        memory_format=torch.channels_last)
+    grad = torch.randn(y.shape, device=DEVICE)
+    y_ref.backward(grad.double())
+    y.backward(grad)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close_verbose(y, y_ref, atol, rtol, "y")
+    assert_close_verbose(big_fused.grad, big_ref.grad, atol, rtol, "dx")
+
+
 def test_reflection_padding_wider_than_the_input_raises():
     fused = FusedNormAct(4, "instance", "relu", padding=(4, 4, 4, 4))
     with pytest.raises(ValueError, match="reflection padding"):
