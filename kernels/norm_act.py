@@ -18,7 +18,9 @@ dropout); backward a partial-sum kernel (sum dz and sum dz*xhat, dz being the gr
 combined the same way) and an apply kernel for dx. The last program is found with an atomic ticket counter,
 so the combine order, and the result, are deterministic. Statistics and sums are fp32 whatever the input dtype.
 When a reflection pad follows the layer, the apply kernel writes the padded output and the backward gathers the
-padded gradient, so the pad makes no pass of its own.
+padded gradient, so the pad makes no pass of its own. The apply kernel can also add a residual (a ResnetBlock's
+skip) and write relu(output) into a channel slice of a U-Net skip concatenation; backward then sums the
+gradients of every output it wrote.
 
 Dropout draws Philox numbers with ``tl.rand`` keyed by a seed read from a device tensor, indexed by the logical
 NCHW position, so the mask does not depend on the layout and backward recomputes it instead of storing it.
@@ -148,12 +150,14 @@ def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running
 
 
 @triton.jit
-def _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW,
-                OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc,
-                stride_phw, negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr):
+def _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C,
+                HW, OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc,
+                stride_phw, stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT: tl.constexpr,
+                HAS_DROPOUT: tl.constexpr, RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr,
+                RELU_OUT: tl.constexpr):
     """out = dropout(act(xhat * weight + bias)) (+ residual) for one [BLOCK_HW, BLOCK_C] tile of group g, stored
-    to y (WRITE_Y; x's strides, as the residual's) and/or reflection-padded to yp (PAD; strides stride_p*).
+    to y (WRITE_Y; x's strides, as the residual's), reflection-padded to yp (PAD; strides stride_p*) and/or as
+    relu(out) to yr (RELU_OUT; strides stride_r*: a channel slice of a U-Net skip concatenation).
 
     With PAD the rows are yp's: each reads the row of x it mirrors (the same dropout draw and residual), and
     stores to y too where it is not in the border.
@@ -172,13 +176,16 @@ def _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean, rstd, weight, bias, seed_ptr,
         out = tl.where(keep, out / (1.0 - dropout_p), 0.0)
     if RESIDUAL:
         out += tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if RELU_OUT:
+        tl.store(yr_ptr + _row_offsets(g, src, HW, stride_rn, stride_rhw)[:, None] + offs_c[None, :] * stride_rc,
+                 tl.maximum(out, 0.0).to(yr_ptr.dtype.element_ty), mask=mask)
     if PAD:
         HW_out = (H + pad_t + pad_b) * (W + pad_l + pad_r)
         tl.store(yp_ptr + _row_offsets(g, rows, HW_out, stride_pn, stride_phw)[:, None] + offs_c[None, :] * stride_pc,
                  out.to(yp_ptr.dtype.element_ty), mask=mask)
         if WRITE_Y:
             tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask & inner[:, None])
-    else:
+    elif WRITE_Y:
         tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -255,38 +262,41 @@ def _forward_apply_kernel(
     y_ptr,  # [N, C, HW] with x's strides and dtype, out when WRITE_Y
     yp_ptr,  # [N, C, HW_out] through strides stride_p*, dtype of x: the padded output, out when PAD
     r_ptr,  # [N, C, HW] with x's strides: the residual added to the output, read when RESIDUAL
+    yr_ptr,  # [N, C, HW] through strides stride_r*: relu(output), out when RELU_OUT
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr,  # [C] affine parameters, read only when HAS_AFFINE
     seed_ptr,  # [1] int64 Philox key, read only when HAS_DROPOUT
     C, HW, OUT_ROWS,  # OUT_ROWS: rows per group of the output the tiles walk (yp's with PAD)
     H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and yp's reflection padding, read only when PAD
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, RESIDUAL: tl.constexpr,
-    WRITE_Y: tl.constexpr, PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    WRITE_Y: tl.constexpr, PAD: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
-    _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean, rstd, weight, bias, seed_ptr, g,
+    _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr, mean, rstd, weight, bias, seed_ptr, g,
                 pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, OUT_ROWS,
                 H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
-                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y, PAD)
+                stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y,
+                PAD, RELU_OUT)
 
 
 @triton.jit
 def _forward_group_kernel(
-    x_ptr, y_ptr, yp_ptr, r_ptr,  # as in _forward_apply_kernel
+    x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr,  # as in _forward_apply_kernel
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
     running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64, updated in place when UPDATE_RUNNING
     w_ptr, b_ptr, seed_ptr,
     C, HW, ROWS, OUT_ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     eps, momentum, negative_slope, dropout_p,
     UPDATE_RUNNING: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    RESIDUAL: tl.constexpr, WRITE_Y: tl.constexpr, PAD: tl.constexpr, RELU_OUT: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole forward in one launch, for groups one program per channel block covers: statistics, then apply
     (the second read of the group is mostly served from cache)."""
@@ -299,25 +309,29 @@ def _forward_group_kernel(
                          pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
     for r0 in range(0, OUT_ROWS, BLOCK_HW):
-        _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g,
+        _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr, mean[None, :], rstd[None, :], weight, bias, seed_ptr, g,
                     r0 + tl.arange(0, BLOCK_HW), offs_c, c_mask, C, HW, OUT_ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
-                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y, PAD)
+                    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+                    negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, RESIDUAL, WRITE_Y, PAD, RELU_OUT)
 
 
 @triton.jit
 def _grad_tile(
-    x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+    x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
-    negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DY: tl.constexpr,
-    PAD: tl.constexpr,
+    stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RELU_OUT: tl.constexpr,
 ):
     """Load one tile; return (xhat, dz, dout, mask, offsets), 0 outside the tile: dout is the gradient of the
     layer's output (dy's, if HAS_DY, plus, if PAD, the padded output's dyp gathered from every padded position
-    each row fills), dz the gradient of z, the affine output; offsets locate the tile in x's strides."""
+    each row fills, plus, if RELU_OUT, relu(output)'s dyr where the output is positive), dz the gradient of z,
+    the affine output; offsets locate the tile in x's strides."""
     mask = (rows < ROWS)[:, None] & c_mask[None, :]
     offsets = _row_offsets(g, rows, HW, stride_n, stride_hw)[:, None] + offs_c[None, :] * stride_c
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    xhat, z = _pre_activation(x, mean, rstd, weight, bias)
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
     dout = tl.zeros_like(x)
     if HAS_DY:
         dout += tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -326,10 +340,13 @@ def _grad_tile(
         sample_ptr = dyp_ptr + (g + rows // HW).to(tl.int64) * stride_pn
         dout += _reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
                                 (W + pad_l + pad_r) * stride_phw, stride_phw, stride_pc, mask)
-    xhat, z = _pre_activation(x, mean, rstd, weight, bias)
+    if RELU_OUT:
+        # where the output is positive: z > 0, whatever the activation (dropped elements get no gradient anyway)
+        dyr = tl.load(dyr_ptr + _row_offsets(g, rows, HW, stride_rn, stride_rhw)[:, None] + offs_c[None, :] * stride_rc,
+                      mask=mask, other=0.0).to(tl.float32)
+        dout += tl.where(z > 0, dyr, 0.0)
     dz = dout
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
         dz = tl.where(keep, dz / (1.0 - dropout_p), 0.0)
     if HAS_ACT:
         dz = tl.where(z > 0, dz, dz * negative_slope)
@@ -353,6 +370,7 @@ def _backward_partial_kernel(
     x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw
     dy_ptr,  # [N, C, HW] with x's strides: the output's gradient, read when HAS_DY
     dyp_ptr,  # [N, C, HW_out] through strides stride_p*: the padded output's gradient, read when PAD
+    dyr_ptr,  # [N, C, HW] through strides stride_r*: relu(output)'s gradient, read when RELU_OUT
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
@@ -361,10 +379,10 @@ def _backward_partial_kernel(
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: the group's sums, from the chunks
     C, HW, ROWS, CHUNK, SPLITS,
     H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dyp belongs to, read when PAD
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DY: tl.constexpr,
-    PAD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    PAD: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """Sums of dz and dz * xhat over one chunk of a group's rows; the last chunk of a (group, channel block) to
     finish adds them up."""
@@ -379,10 +397,11 @@ def _backward_partial_kernel(
     for r0 in range(start, end, BLOCK_HW):
         rows = r0 + tl.arange(0, BLOCK_HW)
         rows = tl.where(rows < end, rows, ROWS)  # past the chunk reads as padding
-        xhat, dz, _, _, _ = _grad_tile(x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c,
-                                       c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
+        xhat, dz, _, _, _ = _grad_tile(x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows,
+                                       offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
                                        stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
-                                       negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
+                                       stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT,
+                                       HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
         acc_dz += dz
         acc_dzx += dz * xhat
     out = (g * SPLITS + split) * C + offs_c
@@ -403,17 +422,17 @@ def _backward_partial_kernel(
 
 @triton.jit
 def _backward_apply_kernel(
-    x_ptr, dy_ptr, dyp_ptr,  # as in _backward_partial_kernel
+    x_ptr, dy_ptr, dyp_ptr, dyr_ptr,  # as in _backward_partial_kernel
     dx_ptr, dr_ptr,  # [N, C, HW] with x's strides, out: the input's gradient, and the residual's when RESIDUAL
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32 group sums, read only when BATCH_STATS
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -421,9 +440,9 @@ def _backward_apply_kernel(
     rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     xhat, dz, dout, mask, offsets = _grad_tile(
-        x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
+        x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
         H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
-        negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
+        stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
     mean_dz = mean  # placeholders, unused without batch statistics
     mean_dzx = mean
     if BATCH_STATS:
@@ -434,16 +453,16 @@ def _backward_apply_kernel(
 
 @triton.jit
 def _backward_group_kernel(
-    x_ptr, dy_ptr, dyp_ptr, dx_ptr, dr_ptr,  # as in _backward_apply_kernel; dx, dr written only when INPUT_GRAD
+    x_ptr, dy_ptr, dyp_ptr, dyr_ptr, dx_ptr, dr_ptr,  # as in _backward_apply_kernel; dx, dr only when INPUT_GRAD
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, INPUT_GRAD: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr, INPUT_GRAD: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The whole backward in one launch, for groups one program per channel block covers: sums, then dx."""
@@ -455,9 +474,10 @@ def _backward_group_kernel(
     acc_dzx = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
     for r0 in range(0, ROWS, BLOCK_HW):
         xhat, dz, _, _, _ = _grad_tile(
-            x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW), offs_c,
-            c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
-            stride_pn, stride_pc, stride_phw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
+            x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
+            offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
+            stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT,
+            HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
         acc_dz += dz
         acc_dzx += dz * xhat
     sum_dz, sum_dzx = tl.sum(acc_dz, axis=0), tl.sum(acc_dzx, axis=0)
@@ -467,9 +487,10 @@ def _backward_group_kernel(
         mean_dz, mean_dzx = sum_dz[None, :] / ROWS, sum_dzx[None, :] / ROWS
         for r0 in range(0, ROWS, BLOCK_HW):
             xhat, dz, dout, mask, offsets = _grad_tile(
-                x_ptr, dy_ptr, dyp_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW), offs_c,
-                c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
-                stride_pn, stride_pc, stride_phw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD)
+                x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
+                offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
+                stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p,
+                HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
             _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_dz, mean_dzx, BATCH_STATS,
                       RESIDUAL)
 
@@ -586,7 +607,7 @@ def _with_strides_of(t, like):
 
 def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, per_sample, use_batch_stats,
                      momentum, eps, negative_slope, dropout_p, padding=None, keep_unpadded=False, residual=None,
-                     batches_tracked=None):
+                     relu_out=None, plain=True, batches_tracked=None):
     """Normalize x [N, C, H, W] (NCHW or channels-last), apply affine, LeakyReLU/ReLU and dropout.
 
     per_sample: statistics per (n, c) (InstanceNorm) instead of per c (BatchNorm).
@@ -597,6 +618,9 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     padding: (left, right, top, bottom) to write the output reflection-padded, as nn.ReflectionPad2d after this
         layer would, without a pass of its own: instead of the plain output, or besides it with keep_unpadded.
     residual: a tensor of x's shape added to the output (a ResnetBlock's skip), None for none.
+    relu_out: a tensor of x's shape (any strides whose H and W flatten: a channel slice of a U-Net skip
+        concatenation) that receives relu(output), None for none; not with residual.
+    plain: whether to write the plain output at all (False when relu_out is all the caller needs).
     batches_tracked: int64 [] device tensor incremented with the running statistics (num_batches_tracked).
     Returns (y, y_padded, mean, rstd): the output and its padded form in x's layout and dtype (y is None when
     only the padded form is asked for, y_padded without padding), mean/rstd fp32 [GROUPS, C] for backward
@@ -609,7 +633,9 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     block_c, block_hw, num_warps = _tiling(x, rows)
     c_blocks = triton.cdiv(C, block_c)
     geometry = _pad_geometry(x, padding)
-    y = torch.empty_like(x) if padding is None or keep_unpadded else None
+    if relu_out is not None and residual is not None:
+        raise ValueError("relu_out takes the sign of the output before the residual: not both")
+    y = torch.empty_like(x) if (padding is None and plain) or keep_unpadded else None
     y_padded = None if padding is None else _padded_empty(x, geometry)
     residual = _with_strides_of(residual, x)
     walked = x if padding is None else y_padded  # the output the apply tiles walk
@@ -617,13 +643,13 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     has_affine = weight is not None
     dummy = walked  # stands in for pointers a specialization never reads
     tensors = (x, dummy if y is None else y, dummy if y_padded is None else y_padded,
-               dummy if residual is None else residual)
+               dummy if residual is None else residual, dummy if relu_out is None else relu_out)
     pointers = (weight if has_affine else dummy, bias if has_affine else dummy, rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(walked))
+    strides = (*_strides(x), *_strides(walked), *_strides(x if relu_out is None else relu_out))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
                  RESIDUAL=residual is not None, WRITE_Y=y is not None, PAD=padding is not None,
-                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                 RELU_OUT=relu_out is not None, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     if not use_batch_stats:
         mean = running_mean.to(torch.float32, copy=True)[None]
         rstd = torch.rsqrt(running_var.float() + eps)[None]
@@ -653,11 +679,11 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
 
 
 def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, per_sample, use_batch_stats,
-                      negative_slope, dropout_p, padding=None, need_input_grad=True, need_affine_grad=True,
-                      need_residual_grad=False):
-    """Gradients (dx, dweight, dbias, dresidual) of norm_act_forward from those of its outputs, dy of y and
-    dy_padded of y_padded (None for an output without one); rng_state must hold the key the forward used, and
-    padding its padding.
+                      negative_slope, dropout_p, padding=None, dy_relu=None, need_input_grad=True,
+                      need_affine_grad=True, need_residual_grad=False):
+    """Gradients (dx, dweight, dbias, dresidual) of norm_act_forward from those of its outputs, dy of y,
+    dy_padded of y_padded and dy_relu of relu_out (None for an output without one); rng_state must hold the key
+    the forward used, and padding its padding.
 
     dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad; dresidual, the
     output's whole gradient, is None unless need_residual_grad.
@@ -671,22 +697,24 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     has_affine = weight is not None
     need_affine_grad = need_affine_grad and has_affine
     input_pass = need_input_grad or need_residual_grad
-    if not (input_pass or need_affine_grad) or (dy is None and dy_padded is None):
+    if not (input_pass or need_affine_grad) or (dy is None and dy_padded is None and dy_relu is None):
         return None, None, None, None
     geometry = _pad_geometry(x, padding)
     dy = _with_strides_of(dy, x)  # dy_padded is walked with strides of its own
     dx = torch.empty_like(x) if input_pass else None
     dresidual = torch.empty_like(x) if need_residual_grad else None
     dummy = mean  # stands in for pointers a specialization never reads
-    grads = (dummy if dy is None else dy, dummy if dy_padded is None else dy_padded)
+    grads = (dummy if dy is None else dy, dummy if dy_padded is None else dy_padded,
+             dummy if dy_relu is None else dy_relu)
     outs = (dummy if dx is None else dx, dummy if dresidual is None else dresidual)
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(x if dy_padded is None else dy_padded))
+    strides = (*_strides(x), *_strides(x if dy_padded is None else dy_padded),
+               *_strides(x if dy_relu is None else dy_relu))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
-                 HAS_DY=dy is not None, PAD=dy_padded is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
-                 num_warps=num_warps)
+                 HAS_DY=dy is not None, PAD=dy_padded is not None, RELU_OUT=dy_relu is not None,
+                 BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
     if not ((input_pass and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradients only
         _backward_apply_kernel[(c_blocks, stats_groups, triton.cdiv(rows, block_hw))](
@@ -719,41 +747,58 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
 
 
 class NormActFunction(torch.autograd.Function):
-    """Autograd wrapper of norm_act_forward/norm_act_backward (x, residual, weight, bias get gradients).
+    """Autograd wrapper of norm_act_forward/norm_act_backward (x, residual, skip, weight, bias get gradients).
 
-    Returns y, or y_padded, or both (padding with keep_unpadded), as norm_act_forward writes them.
+    Returns, in this order, those of y, y_padded (padding; both with keep_unpadded) and a U-Net skip
+    concatenation that it writes:
+    - skip_width > 0 opens one: a new [N, C + skip_width, H, W] tensor whose first C channels get relu(output)
+      (the parent level's ReLU applied to the skip half), the rest left for the inner level to fill;
+    - skip, such a tensor, is closed: its last C channels get relu(output) in place (the parent's ReLU applied
+      to this level's output) and it is returned, with no plain output. Its gradient passes back whole to the
+      layer that opened it, which reads only its own channels.
     """
 
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, running_mean, running_var, batches_tracked, rng_state, per_sample,
-                use_batch_stats, momentum, eps, negative_slope, dropout_p, padding, keep_unpadded):
+    def forward(ctx, x, residual, skip, weight, bias, running_mean, running_var, batches_tracked, rng_state,
+                per_sample, use_batch_stats, momentum, eps, negative_slope, dropout_p, padding, keep_unpadded,
+                skip_width):
         seed = None
         if dropout_p > 0:
             seed = rng_state.clone()  # the key this call uses, kept for backward
             rng_state.add_(1)  # advanced on device: no host sync, so it can run inside a CUDA graph
+        channels, closing = x.shape[1], skip is not None
+        if closing:
+            ctx.mark_dirty(skip)
+            ctx.skip_channels = slice(skip.shape[1] - channels, None)
+        elif skip_width:
+            skip = torch.empty((x.shape[0], channels + skip_width, *x.shape[2:]), device=x.device, dtype=x.dtype,
+                               memory_format=memory_format_of(x))
+            ctx.skip_channels = slice(0, channels)
         y, y_padded, mean, rstd = norm_act_forward(
             x, weight, bias, running_mean, running_var, seed, per_sample=per_sample,
             use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, negative_slope=negative_slope,
             dropout_p=dropout_p, padding=padding, keep_unpadded=keep_unpadded, residual=residual,
+            relu_out=None if skip is None else skip[:, ctx.skip_channels], plain=not closing,
             batches_tracked=batches_tracked)
         ctx.save_for_backward(x, weight, bias, mean, rstd, seed)
         ctx.options = dict(per_sample=per_sample, use_batch_stats=use_batch_stats, negative_slope=negative_slope,
                            dropout_p=dropout_p, padding=padding)
-        ctx.outputs = (y is not None, y_padded is not None)
+        ctx.outputs = (y is not None, y_padded is not None, skip is not None)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero-filled tensor
-        outputs = tuple(t for t in (y, y_padded) if t is not None)
+        outputs = tuple(t for t in (y, y_padded, skip) if t is not None)
         return outputs if len(outputs) > 1 else outputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
         grads = iter(grads)
-        dy, dy_padded = (next(grads) if present else None for present in ctx.outputs)
+        dy, dy_padded, dskip = (next(grads) if present else None for present in ctx.outputs)
         x, weight, bias, mean, rstd, seed = ctx.saved_tensors
         dx, dweight, dbias, dresidual = norm_act_backward(
-            dy, dy_padded, x, weight, bias, mean, rstd, seed, need_input_grad=ctx.needs_input_grad[0],
+            dy, dy_padded, x, weight, bias, mean, rstd, seed,
+            dy_relu=None if dskip is None else dskip[:, ctx.skip_channels], need_input_grad=ctx.needs_input_grad[0],
             need_residual_grad=ctx.needs_input_grad[1],
-            need_affine_grad=ctx.needs_input_grad[2] or ctx.needs_input_grad[3], **ctx.options)
-        return (dx, dresidual, dweight, dbias) + (None,) * 12
+            need_affine_grad=ctx.needs_input_grad[3] or ctx.needs_input_grad[4], **ctx.options)
+        return (dx, dresidual, dskip if ctx.needs_input_grad[2] else None, dweight, dbias) + (None,) * 13
 
 
 class FusedNormAct(nn.Module):
@@ -763,13 +808,17 @@ class FusedNormAct(nn.Module):
     With ``keep_unpadded`` the module returns the plain output, carrying the padded one for the
     FusedReflectionPad2d that pads it next (see pad.with_padded_twin): a ResNet layer whose output feeds both a
     ResnetBlock's skip and its padded conv. ``forward(x, residual)`` adds a ResnetBlock's skip to the output.
+    U-Net skips (see NormActFunction): with ``skip_width`` the module opens the concatenation its inner level
+    returns, carried by its plain output as ``fastp2p_skip``; with ``closes_skip``, ``forward(x, skip=...)``
+    fills it and returns it.
 
     Parameters and buffers carry the names of the norm module it replaces, so state_dict keys (and
     checkpoints) are unchanged; the dropout key ``dropout_seed`` is a non-persistent buffer.
     """
 
     def __init__(self, num_features, norm="batch", activation="identity", negative_slope=0.2, dropout=0.0,
-                 eps=1e-5, momentum=0.1, padding=None, keep_unpadded=False, device=None, dtype=None):
+                 eps=1e-5, momentum=0.1, padding=None, keep_unpadded=False, skip_width=0, closes_skip=False,
+                 device=None, dtype=None):
         super().__init__()
         if norm not in ("batch", "instance"):
             raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
@@ -781,6 +830,7 @@ class FusedNormAct(nn.Module):
         self.negative_slope, self.dropout, self.eps, self.momentum = negative_slope, dropout, eps, momentum
         self.padding = None if padding is None else tuple(padding)
         self.keep_unpadded = keep_unpadded
+        self.skip_width, self.closes_skip = skip_width, closes_skip
         self.affine = self.track_running_stats = norm == "batch"
         factory = dict(device=device, dtype=dtype)
         if self.affine:
@@ -821,7 +871,7 @@ class FusedNormAct(nn.Module):
         fused.train(norm_module.training)
         return fused
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, skip=None):
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"expected [N, {self.num_features}, H, W], got {tuple(x.shape)}")
         use_batch_stats = self.training or not self.track_running_stats
@@ -829,19 +879,28 @@ class FusedNormAct(nn.Module):
         if self.dropout_seed.device != x.device:  # e.g. built from a buffer-less InstanceNorm2d on the CPU
             self.dropout_seed = self.dropout_seed.to(x.device)
         slope = {"identity": None, "relu": 0.0, "leaky_relu": self.negative_slope}[self.activation]
+        if self.closes_skip != (skip is not None):
+            raise ValueError("a layer that closes a U-Net skip needs the skip tensor its outer level opened, "
+                             "and only such a layer takes one")
         out = NormActFunction.apply(
-            x, residual, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
+            x, residual, skip, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
             self.running_var if not use_batch_stats or update_running else None,
             self.num_batches_tracked if update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,
-            self.dropout if self.training else 0.0, self.padding, self.keep_unpadded)
+            self.dropout if self.training else 0.0, self.padding, self.keep_unpadded, self.skip_width)
         if self.padding is not None and self.keep_unpadded:
             y, y_padded = out
             return with_padded_twin(y, self.padding, y_padded)
+        if self.skip_width:
+            y, opened = out
+            y.fastp2p_skip = opened
+            return y
         return out
 
     def extra_repr(self):
         return (f"{self.num_features}, norm={self.norm}, activation={self.activation}, "
                 f"negative_slope={self.negative_slope}, dropout={self.dropout}, eps={self.eps}, "
                 f"momentum={self.momentum}" + ("" if self.padding is None else f", padding={self.padding}")
-                + (", keep_unpadded=True" if self.keep_unpadded else ""))
+                + (", keep_unpadded=True" if self.keep_unpadded else "")
+                + (f", skip_width={self.skip_width}" if self.skip_width else "")
+                + (", closes_skip=True" if self.closes_skip else ""))

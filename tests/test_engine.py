@@ -164,6 +164,29 @@ def test_resnet_pads_and_skips_are_written_by_the_norms(use_dropout, monkeypatch
     assert len(pads) == 1 and pads[0][0] is x
 
 
+def test_unet_skips_are_written_by_the_norms(monkeypatch):
+    """unet_128 has 7 levels. Below the outermost two, each level's skip concatenation, with the ReLU its outer
+    level applies to it, is written by the outer level's down norm and the level's own last norm: 5 levels, so
+    one torch.cat runs per forward (the second level's) and two ReLUs (the outermost's, and the innermost's
+    after its norm-less down conv)."""
+    from fastp2p.engine.fusion import FusedUnetSkipBlock
+
+    torch.manual_seed(0)
+    reference = networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=True).to(DEVICE)
+    networks.init_weights(reference, "normal", 0.02)
+    fused = copy.deepcopy(reference)
+    fuse_network(fused)
+    assert sum(isinstance(m, FusedUnetSkipBlock) for m in fused.modules()) == 5
+    assert sum(type(m) is nn.ReLU for m in fused.modules()) == 2
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    cats, cat = [], torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *args, **kwargs: cats.append(1) or cat(*args, **kwargs))
+    x = torch.randn(1, 3, 128, 128, device=DEVICE)
+    out = fused.eval()(x)
+    assert len(cats) == 1
+    assert_close(out, reference.eval()(x), 1e-4, 1e-4, "eval output")
+
+
 def test_foreach_cast_gives_autocast_values_with_two_cast_kernels(monkeypatch):
     """Under autocast the conv weights are cast by one multi-tensor copy per forward and their gradients back by
     one: the output and, for one call, every gradient are autocast's own bits; the modules get their fp32

@@ -16,13 +16,15 @@ Patterns, as the reference builds them (spec 3.1-3.3):
 - a ``ReflectionPad2d`` right after any of these (the ResnetBlock's second pad, the ResNet output layer's):
   the norm writes its output padded;
 - a ``ResnetBlock``: its last norm adds the skip, and the norm before it (the previous block's last, or the
-  downsampling's) writes its output both plain, for the skip, and padded, for the block's first conv.
+  downsampling's) writes its output both plain, for the skip, and padded, for the block's first conv;
+- a U-Net level below a fused down norm: that norm and the level's last norm write its skip concatenation,
+  with the outer level's ReLU applied, and the ReLU becomes an Identity.
 """
 
 import torch.nn.functional as F
 from torch import nn
 
-from fastp2p.networks import ResnetBlock
+from fastp2p.networks import ResnetBlock, UnetSkipConnectionBlock
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
 
@@ -133,6 +135,47 @@ def fuse_resnet_blocks(net):
     return count
 
 
+class FusedUnetSkipBlock(UnetSkipConnectionBlock):
+    """A U-Net level whose skip concatenation, and the ReLU its outer level applies to it, are written by norms:
+    the outer level's down norm writes relu(x) into a new tensor (carried by x), this level's last norm writes
+    relu(its output) into the rest of it, and that tensor is the level's output. No cat or ReLU kernel forward,
+    no ReLU backward, and x's gradient is not summed from two paths."""
+
+    def forward(self, x):
+        *body, last_norm = [layer for layer in self.model if type(layer) is not nn.Identity]
+        h = x
+        for layer in body:
+            h = layer(h)
+        return last_norm(h, skip=x.fastp2p_skip)
+
+
+def fuse_unet_skips(net):
+    """Make each U-Net level whose outer level has a fused down norm a FusedUnetSkipBlock: that norm opens the
+    skip concatenation, the level's last (fused) norm closes it, and the outer level's ReLU after it becomes an
+    Identity. Returns how many levels (all but the outermost and the one below it, whose input no norm
+    writes)."""
+    from fastp2p.kernels import FusedNormAct
+
+    count = 0
+    for outer in list(net.modules()):
+        if type(outer) not in (UnetSkipConnectionBlock, FusedUnetSkipBlock) or outer.outermost:
+            continue
+        layers = outer.model  # LeakyReLU, downconv, downnorm, inner level, ReLU, upconv, upnorm[, Dropout]
+        down_norm, inner, relu = layers[2], layers[3], layers[4]
+        if not (isinstance(down_norm, FusedNormAct) and type(inner) is UnetSkipConnectionBlock
+                and type(relu) is nn.ReLU):
+            continue
+        inner_norm = [layer for layer in inner.model if type(layer) is not nn.Identity][-1]
+        if not isinstance(inner_norm, FusedNormAct) or inner_norm.padding is not None or down_norm.padding is not None:
+            continue
+        down_norm.skip_width = inner_norm.num_features
+        inner_norm.closes_skip = True
+        layers[4] = nn.Identity()
+        inner.__class__ = FusedUnetSkipBlock
+        count += 1
+    return count
+
+
 def fuse_reflection_pads(net):
     """Replace every remaining nn.ReflectionPad2d by one that keeps channels-last; returns how many."""
     from fastp2p.kernels import FusedReflectionPad2d
@@ -198,7 +241,7 @@ def drop_cancelled_conv_biases(net):
 def fuse_network(net):
     """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
     return (drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_pads_into_norms(net)
-            + fuse_resnet_blocks(net) + fuse_reflection_pads(net))
+            + fuse_resnet_blocks(net) + fuse_unet_skips(net) + fuse_reflection_pads(net))
 
 
 class FusedGANLoss(nn.Module):

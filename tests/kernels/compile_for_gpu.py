@@ -56,8 +56,8 @@ def specializations():
         yield norm_act._stats_partial_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, **tile)
     for flag in flags:
         on = flag["PAD"]
-        forward = dict(**flag, RESIDUAL=on, WRITE_Y=on, **tile)
-        backward = dict(**flag, HAS_DY=on, **tile)
+        forward = dict(**flag, RESIDUAL=on, WRITE_Y=on, RELU_OUT=on, **tile)
+        backward = dict(**flag, HAS_DY=on, RELU_OUT=on, **tile)
         for update in (False, True):
             yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **forward)
         yield norm_act._forward_apply_kernel, forward

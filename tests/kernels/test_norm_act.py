@@ -311,6 +311,44 @@ def test_channel_slice_input_matches_reference(mode, channels_last):
     assert_close_verbose(big_fused.grad, big_ref.grad, atol, rtol, "dx")
 
 
+@pytest.mark.parametrize("programs", [1, 64], ids=["one-kernel", "split"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("mode", MODES)
+def test_unet_skip_opened_and_closed_like_relu_of_cat(mode, channels_last, programs, monkeypatch):
+    """A U-Net level's skip concatenation written by norms: the outer down norm (LeakyReLU) opens it with
+    relu(its output) in the first channels, the level's last norm (with dropout) closes it with relu(its
+    output) in the rest. Against the same modules' plain outputs (same dropout keys) through F.relu and
+    torch.cat, values and gradients."""
+    from fastp2p.kernels import norm_act
+
+    monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
+    monkeypatch.setattr(norm_act, "torch", NanFilledEmpty())
+    down, up = reference_norm(mode, 4), reference_norm(mode, 6)
+    plain_down, plain_up = FusedNormAct.from_norm(down, "leaky_relu"), FusedNormAct.from_norm(up, dropout=0.5)
+    opening, closing = copy.deepcopy(plain_down), copy.deepcopy(plain_up)
+    opening.skip_width, closing.closes_skip = 6, True
+    for a, b in ((plain_down, opening), (plain_up, closing)):
+        a.dropout_seed.fill_(7), b.dropout_seed.fill_(7)
+    x, h = (layout(torch.randn(2, c, 24, 24, device=DEVICE), channels_last) for c in (4, 6))
+    x_plain, h_plain, x_fused, h_fused = (t.clone().requires_grad_() for t in (x, h, x, h))
+    y_plain = plain_down(x_plain)
+    cat = torch.cat([F.relu(y_plain), F.relu(plain_up(h_plain))], 1)
+    y = opening(x_fused)
+    skip = closing(h_fused, skip=y.fastp2p_skip)
+    assert skip is y.fastp2p_skip and skip.shape == cat.shape
+    grad_y, grad_cat = torch.randn_like(y_plain), torch.randn_like(cat)
+    ((y_plain * grad_y).sum() + (cat * grad_cat).sum()).backward()
+    ((y * grad_y).sum() + (skip * grad_cat).sum()).backward()
+    atol, rtol = TOLERANCES[torch.float32]
+    for actual, expected, name in ((y, y_plain, "y"), (skip, cat, "skip"), (x_fused.grad, x_plain.grad, "dx"),
+                                   (h_fused.grad, h_plain.grad, "dh")):
+        assert_close_verbose(actual, expected, atol, rtol, name)
+    if mode != "instance":
+        for fused, plain in ((opening, plain_down), (closing, plain_up)):
+            assert_close_verbose(fused.weight.grad, plain.weight.grad, atol, rtol, "dweight")
+            assert_close_verbose(fused.bias.grad, plain.bias.grad, atol, rtol, "dbias")
+
+
 def test_reflection_padding_wider_than_the_input_raises():
     fused = FusedNormAct(4, "instance", "relu", padding=(4, 4, 4, 4))
     with pytest.raises(ValueError, match="reflection padding"):
