@@ -40,7 +40,8 @@ ROWS = ("reference",) + GPU_CHAIN[:GPU_CHAIN.index("batch_passes") + 1]
 NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice", "select",
              "unsqueeze", "squeeze", "alias", "detach", "_reshape_alias", "reshape", "split", "split_with_sizes",
              "unbind", "view_as", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-             "is_same_size", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "lift_fresh", "set_"}
+             "is_same_size", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "lift_fresh", "set_",
+             "_record_function_enter_new", "_record_function_exit"}  # the last two: profiler marks (optimizer steps)
 
 
 class OpCounter(TorchDispatchMode):
