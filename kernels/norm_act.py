@@ -318,7 +318,8 @@ def _forward_group_kernel(
 @triton.jit
 def _grad_tile(
     x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
-    H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+    H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+    stride_pn, stride_pc, stride_phw,
     stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     HAS_DY: tl.constexpr, PAD: tl.constexpr, RELU_OUT: tl.constexpr,
 ):
@@ -334,7 +335,8 @@ def _grad_tile(
         keep = _dropout_keep(seed_ptr, g, rows, offs_c, C, HW, dropout_p)
     dout = tl.zeros_like(x)
     if HAS_DY:
-        dout += tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        dy_offsets = _row_offsets(g, rows, HW, stride_dn, stride_dhw)[:, None] + offs_c[None, :] * stride_dc
+        dout += tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(tl.float32)
     if PAD:
         pos = rows % HW
         sample_ptr = dyp_ptr + (g + rows // HW).to(tl.int64) * stride_pn
@@ -368,7 +370,7 @@ def _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_
 @triton.jit
 def _backward_partial_kernel(
     x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw
-    dy_ptr,  # [N, C, HW] with x's strides: the output's gradient, read when HAS_DY
+    dy_ptr,  # [N, C, HW] through strides stride_d*: the output's gradient, read when HAS_DY
     dyp_ptr,  # [N, C, HW_out] through strides stride_p*: the padded output's gradient, read when PAD
     dyr_ptr,  # [N, C, HW] through strides stride_r*: relu(output)'s gradient, read when RELU_OUT
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
@@ -379,7 +381,8 @@ def _backward_partial_kernel(
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: the group's sums, from the chunks
     C, HW, ROWS, CHUNK, SPLITS,
     H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dyp belongs to, read when PAD
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+    stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+    stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DY: tl.constexpr,
     PAD: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -399,7 +402,8 @@ def _backward_partial_kernel(
         rows = tl.where(rows < end, rows, ROWS)  # past the chunk reads as padding
         xhat, dz, _, _, _ = _grad_tile(x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows,
                                        offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r,
-                                       stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+                                       stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+                                       stride_pn, stride_pc, stride_phw,
                                        stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT,
                                        HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
         acc_dz += dz
@@ -429,10 +433,12 @@ def _backward_apply_kernel(
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32 group sums, read only when BATCH_STATS
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+    stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+    stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -441,7 +447,8 @@ def _backward_apply_kernel(
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
     xhat, dz, dout, mask, offsets = _grad_tile(
         x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, rows, offs_c, c_mask, C, HW, ROWS,
-        H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw,
+        H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+        stride_pn, stride_pc, stride_phw,
         stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
     mean_dz = mean  # placeholders, unused without batch statistics
     mean_dzx = mean
@@ -459,7 +466,8 @@ def _backward_group_kernel(
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)
     C, HW, ROWS,
     H, W, pad_t, pad_b, pad_l, pad_r,
-    stride_n, stride_c, stride_hw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+    stride_n, stride_c, stride_hw, stride_dn, stride_dc, stride_dhw,
+    stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
     negative_slope, dropout_p,
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
     HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr, INPUT_GRAD: tl.constexpr,
@@ -476,8 +484,8 @@ def _backward_group_kernel(
         xhat, dz, _, _, _ = _grad_tile(
             x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
             offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
-            stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p, HAS_ACT,
-            HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
+            stride_dn, stride_dc, stride_dhw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+            negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
         acc_dz += dz
         acc_dzx += dz * xhat
     sum_dz, sum_dzx = tl.sum(acc_dz, axis=0), tl.sum(acc_dzx, axis=0)
@@ -489,8 +497,8 @@ def _backward_group_kernel(
             xhat, dz, dout, mask, offsets = _grad_tile(
                 x_ptr, dy_ptr, dyp_ptr, dyr_ptr, mean, rstd, weight, bias, seed_ptr, g, r0 + tl.arange(0, BLOCK_HW),
                 offs_c, c_mask, C, HW, ROWS, H, W, pad_t, pad_b, pad_l, pad_r, stride_n, stride_c, stride_hw,
-                stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw, negative_slope, dropout_p,
-                HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
+                stride_dn, stride_dc, stride_dhw, stride_pn, stride_pc, stride_phw, stride_rn, stride_rc, stride_rhw,
+                negative_slope, dropout_p, HAS_ACT, HAS_DROPOUT, HAS_DY, PAD, RELU_OUT)
             _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_dz, mean_dzx, BATCH_STATS,
                       RESIDUAL)
 
@@ -591,8 +599,8 @@ def _padded_empty(x, geometry):
 
 def _dense(x):
     """x itself when it is NCHW- or channels-last-contiguous, else a contiguous copy: the kernels walk x, its
-    output, the residual and the gradients with x's strides, and empty_like(x) has them only for a dense x (a
-    channel slice, say, is not)."""
+    output, the residual, dx and the residual's gradient with x's strides, and empty_like(x) has them only for a
+    dense x (a channel slice, say, is not)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
@@ -700,7 +708,6 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     if not (input_pass or need_affine_grad) or (dy is None and dy_padded is None and dy_relu is None):
         return None, None, None, None
     geometry = _pad_geometry(x, padding)
-    dy = _with_strides_of(dy, x)  # dy_padded is walked with strides of its own
     dx = torch.empty_like(x) if input_pass else None
     dresidual = torch.empty_like(x) if need_residual_grad else None
     dummy = mean  # stands in for pointers a specialization never reads
@@ -709,8 +716,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     outs = (dummy if dx is None else dx, dummy if dresidual is None else dresidual)
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(x if dy_padded is None else dy_padded),
-               *_strides(x if dy_relu is None else dy_relu))
+    strides = tuple(stride for t in (x, dy, dy_padded, dy_relu) for stride in _strides(x if t is None else t))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
                  HAS_DY=dy is not None, PAD=dy_padded is not None, RELU_OUT=dy_relu is not None,
@@ -883,7 +889,8 @@ class FusedNormAct(nn.Module):
             raise ValueError("a layer that closes a U-Net skip needs the skip tensor its outer level opened, "
                              "and only such a layer takes one")
         out = NormActFunction.apply(
-            x, residual, skip, self.weight, self.bias, self.running_mean if not use_batch_stats or update_running else None,
+            x, residual, skip, self.weight, self.bias,
+            self.running_mean if not use_batch_stats or update_running else None,
             self.running_var if not use_batch_stats or update_running else None,
             self.num_batches_tracked if update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,

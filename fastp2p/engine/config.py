@@ -97,4 +97,5 @@ def resolve_engine(opt, device):
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
-                        foreach_cast=foreach_cast, batch_passes=batch_passes, cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)
+                        foreach_cast=foreach_cast, batch_passes=batch_passes, cuda_graph=cuda_graph,
+                        compile=opt.compile, ddp=ddp)
