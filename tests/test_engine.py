@@ -6,14 +6,16 @@ reference run from the same seed and the same batches.
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from fastp2p import networks
+from fastp2p import distributed, networks
 from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.engine.cuda_graph import DeviceImagePool
+from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool
 from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm,
                                    drop_cancelled_conv_biases, fuse_network)
 from fastp2p.image_pool import ImagePool
@@ -246,15 +248,16 @@ def make_opt(model, *flags):
     return opt
 
 
-def train_steps(model_name, flags, steps, batch_size=2):
-    """Per-step losses and final weights of a run from seed 0 on fixed random batches."""
+def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
+    """Per-step losses and final weights of a run from seed 0 on fixed random batches; ``config_changes``
+    replace fields of the EngineConfig the flags resolve to."""
     opt = make_opt(model_name, *flags, "--batch_size", str(batch_size))
     torch.manual_seed(0)
     import random
     random.seed(0)
     model = create_model(opt)
     model.setup(opt)
-    prepare_model(model, resolve_engine(opt, DEVICE))
+    prepare_model(model, dataclasses.replace(resolve_engine(opt, DEVICE), **config_changes))
     gen = torch.Generator().manual_seed(1)
     history = []
     for _ in range(steps):
@@ -344,6 +347,28 @@ def test_cuda_graph_trains_like_eager(model_name):
     assert_same_training(run, eager, 5e-3, 1e-4, 1e-4)
 
 
+@pytest.fixture
+def one_rank_nccl_group():
+    """A process group of this process alone: DDP then runs its reducer and NCCL all-reduces as on many GPUs."""
+    if not dist.is_nccl_available():
+        pytest.skip("needs torch.distributed with NCCL")
+    device = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+    yield
+    dist.destroy_process_group()
+
+
+@requires_cuda
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_cuda_graph_under_ddp_trains_like_eager(model_name, one_rank_nccl_group):
+    """DDP built on the capture stream, 11 eager warm-up steps, then replays holding the all-reduces."""
+    steps = DDP_WARMUP_STEPS + 5
+    flags = OFF + NO_POOL + ["--fused_adam", "on"]
+    run = train_steps(model_name, flags, steps, ddp=True, cuda_graph=True)
+    eager = train_steps(model_name, flags, steps)
+    assert_same_training(run, eager, 5e-3, 1e-4, 1e-4)
+
+
 @requires_cuda
 @pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
 def test_full_fast_path_on_cuda_stays_near_the_reference(model_name):
@@ -417,6 +442,16 @@ def test_auto_switches_keep_the_reference_path_on_cpu():
 def test_impossible_switches_say_why(flags, message):
     with pytest.raises(OptionError, match=message):
         engine_for(*flags)
+
+
+def test_cuda_graphs_under_ddp_only_when_asked(monkeypatch):
+    """Resolved for a GPU without one: --amp bf16 avoids asking the device about bf16."""
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    opt = make_opt("pix2pix", "--amp", "bf16")
+    auto = resolve_engine(opt, torch.device("cuda"))
+    assert auto.ddp and auto.fused_kernels and not auto.cuda_graph
+    opt.cuda_graph = "on"
+    assert resolve_engine(opt, torch.device("cuda")).cuda_graph
 
 
 def test_reference_flag_turns_everything_off():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastp2p.engine.config import EngineConfig, resolve_engine
-from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
+from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
 from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
 from fastp2p.networks import get_scheduler
@@ -57,13 +57,15 @@ def autocast_step(step, device, dtype, scaler):
     return run
 
 
-def wrap_ddp(model):
+def wrap_ddp(model, capture_stream=None):
     """DistributedDataParallel for every network, set up for GAN training (spec performance.md b.6).
 
     No buffer sync in forward: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
     syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one
     step. Frozen discriminators are called unwrapped in the G step (see the models), so no reduction is
-    left pending. Gradients are views into the communication buckets (no copy).
+    left pending. Gradients are views into the communication buckets (no copy). A run captured as a CUDA
+    graph builds DDP on the capture stream and has DDP time none of its iterations after its first 10:
+    the timing events of an iteration sampled during capture would be read after a replay never recorded them.
     """
     device_ids = [model.device.index] if model.device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
@@ -71,9 +73,15 @@ def wrap_ddp(model):
     # with False also skips the buffer sync at construction. Either way buffers are synced once at init.
     new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
     no_forward_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
-    for name in model.model_names:
-        net = getattr(model, "net" + name)
-        setattr(model, "net" + name, ddp(net, device_ids=device_ids, gradient_as_bucket_view=True, **no_forward_sync))
+    with torch.cuda.stream(capture_stream):  # no-op without a stream
+        for name in model.model_names:
+            wrapped = ddp(getattr(model, "net" + name), device_ids=device_ids, gradient_as_bucket_view=True,
+                          **no_forward_sync)
+            if capture_stream is not None:
+                wrapped._set_ddp_runtime_logging_sample_rate(2**62)
+            setattr(model, "net" + name, wrapped)
+    if capture_stream is not None:
+        torch.cuda.current_stream().wait_stream(capture_stream)
 
 
 def prepare_model(model, config):
@@ -104,14 +112,15 @@ def prepare_model(model, config):
         if config.amp_dtype == torch.float16:
             model.grad_scaler = torch.amp.GradScaler(model.device.type)
         step = autocast_step(step, model.device, config.amp_dtype, model.grad_scaler)
+    capture_stream = torch.cuda.Stream(model.device) if config.cuda_graph else None
     if config.ddp:
-        wrap_ddp(model)
+        wrap_ddp(model, capture_stream)
     if config.cuda_graph:
         for name in model.pool_names:
             pool = getattr(model, name)
             device_pool = DeviceImagePool(pool.pool_size)
             device_pool.load_state_dict(pool.state_dict(), device=model.device)
             setattr(model, name, device_pool)
-        step = GraphedTrainStep(model, step)
+        step = GraphedTrainStep(model, step, capture_stream, DDP_WARMUP_STEPS if config.ddp else 3)
     model.optimize_parameters = step
     return model

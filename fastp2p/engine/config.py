@@ -90,9 +90,10 @@ def resolve_engine(opt, device):
         ("it needs a GPU", not cuda),
         ("fp16 needs a GradScaler, whose inf checks sync with the host", amp_dtype == torch.float16),
         ("--compile brings its own graphs", opt.compile),
-        ("multi-process DDP runs are not captured yet", ddp),
     ) if blocked]
-    cuda_graph = switch(opt.cuda_graph, not graph_blockers)
+    # Under DDP the captured step holds the gradient all-reduces (see cuda_graph); 'auto' waits for that to be
+    # measured on several GPUs, 'on' opts in.
+    cuda_graph = switch(opt.cuda_graph, not graph_blockers and not ddp)
     if cuda_graph and graph_blockers:
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),

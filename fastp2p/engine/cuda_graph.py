@@ -9,7 +9,11 @@ asks of the step, and how each is met:
   device-side Philox state, Adam is capturable with a tensor learning rate (the LR schedule writes it
   in place), and CycleGAN's image pool draws on the device (DeviceImagePool) once it is full;
 - state correct after warm-up: the warm-up iterations are real training steps, run eagerly on a side
-  stream, so BatchNorm running statistics and Adam moments are exactly those of an eager run.
+  stream, so BatchNorm running statistics and Adam moments are exactly those of an eager run;
+- under DDP (``--cuda_graph on`` only), the gradient all-reduces are captured with the step: DDP is built
+  on the capture stream, warm-up and capture share that stream, and warm-up runs the 11 eager iterations
+  DDP needs before capture (its bucket rebuild and its timed first 10 iterations), as torch's CUDA-graph
+  notes ask.
 """
 
 import torch
@@ -59,12 +63,20 @@ class DeviceImagePool(ImagePool):
         self.bank = None
 
 
-class GraphedTrainStep:
-    """Callable that runs ``step`` (the model's optimize_parameters) eagerly at first, then as a graph."""
+DDP_WARMUP_STEPS = 11
+"""eager DDP iterations before a capture (torch's notes on CUDA graphs with DistributedDataParallel)"""
 
-    def __init__(self, model, step, warmup_steps=3):
+
+class GraphedTrainStep:
+    """Callable that runs ``step`` (the model's optimize_parameters) eagerly at first, then as a graph.
+
+    ``stream`` is the side stream of the warm-up steps and of the capture; DDP must be built on it.
+    """
+
+    def __init__(self, model, step, stream, warmup_steps=3):
         self.model = model
         self.step = step
+        self.stream = stream
         self.warmup_left = warmup_steps
         self.graph = None
         self.static_inputs = None
@@ -78,11 +90,10 @@ class GraphedTrainStep:
 
     def run_on_side_stream(self):
         """Eager warm-up away from the default stream, as capture requires of lazily initialized state."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             self.step()
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.stream)
 
     def __call__(self):
         model = self.model
@@ -96,7 +107,7 @@ class GraphedTrainStep:
             model.real_A, model.real_B = self.static_inputs
             torch.cuda.synchronize()
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
                 self.step()
             print("Recorded CUDA graph of the training iteration")
         elif self.matches_graph(batch):
