@@ -1,11 +1,11 @@
 """Microbenchmark of the fastp2p Triton kernels against the PyTorch sequences they replace.
 
-Times, at the real layer shapes of unet_256 (BatchNorm) and resnet_9blocks (InstanceNorm, reflection pads) and for
-the PatchGAN losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and fp32, NCHW and NHWC, with
-triton.testing.do_bench (median and 20/80 % quantiles). Bandwidth counts the bytes an ideal kernel must move
-(forward: read x, write y; backward: read x and dy, write dx, with y and dy padded where the norm writes the pad;
-pads: read one side, write the other; losses: read the inputs, write the gradients) and is compared with the
-measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
+Times, at the real layer shapes of unet_256 (BatchNorm, skip concatenations) and resnet_9blocks (InstanceNorm,
+reflection pads) and for the PatchGAN losses: fused op vs torch, forward and backward, batch 1 and 16, bf16 and
+fp32, NCHW and NHWC, with triton.testing.do_bench (median and 20/80 % quantiles). Bandwidth counts the bytes an
+ideal kernel must move (forward: read x, write y; backward: read x and dy, write dx, with y and dy padded where
+the norm writes the pad; pads: read one side, write the other; losses: read the inputs, write the gradients) and
+is compared with the measured device-to-device copy bandwidth (copy_ of 1 GiB, read + write counted).
 
     python benchmarks/bench_kernels.py --out benchmarks/results     # on a CUDA machine
     python benchmarks/bench_kernels.py --smoke --out /tmp/bench      # one tiny shape, CPU interpreter or GPU
@@ -45,6 +45,10 @@ RESNET_NORMS = [(64, 256, 256, "relu", 0.0, 0, False), (128, 128, 128, "relu", 0
                 (256, 64, 64, "relu", 0.0, 0, False), (256, 64, 64, "identity", 0.0, 0, False),
                 (256, 64, 64, "relu", 0.0, 1, False), (64, 256, 256, "relu", 0.0, 3, False),
                 (256, 64, 64, "identity", 0.0, 1, True)]
+# unet_256 (ngf 64) at 256^2: (C, H, W, dropout) of the levels whose skip concatenation the norms write (see
+# fusion.fuse_unet_skips): the outer level's down norm (LeakyReLU) opens it, the level's last norm closes it, against
+# torch's two norms, LeakyReLU, cat and ReLU.
+UNET_SKIPS = [(128, 64, 64, 0.0), (256, 32, 32, 0.0), (512, 16, 16, 0.0), (512, 8, 8, 0.5), (512, 2, 2, 0.5)]
 # resnet_9blocks (ngf 64) at 256^2: (C, H, W, pad) of each ReflectionPad2d: the input image, the 18 block
 # pads, and the pad before the last 7x7 conv
 RESNET_PADS = [(3, 256, 256, 3), (256, 64, 64, 1), (64, 256, 256, 3)]
@@ -136,17 +140,19 @@ def norm_cases(args, smoke):
 
 
 def bench_pair(timer, torch_fn, fused_fn, grad_to_none, graph_timer=None):
-    """Forward and backward timings (median, p20, p80) of both providers; forward from a CUDA graph too."""
+    """Forward and backward timings (median, p20, p80) of both providers; forward from a CUDA graph too.
+    A provider may return a tuple of outputs: the backward then takes a gradient for each."""
     results = {}
     for provider, fn in (("torch", torch_fn), ("fused", fused_fn)):
         out = fn()
-        grad = torch.randn_like(out) if out.dim() else torch.ones_like(out)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = [torch.randn_like(o) if o.dim() else torch.ones_like(o) for o in outs]
         results[provider, "fwd"] = timer(fn)
 
         def backward():
             for tensor in grad_to_none:
                 tensor.grad = None
-            out.backward(grad, retain_graph=True)
+            torch.autograd.backward(outs, grads, retain_graph=True)
 
         results[provider, "bwd"] = timer(backward)
         results[provider, "fwd_graph"] = graph_timer(fn) if graph_timer else None  # after eager: compiled
@@ -216,6 +222,46 @@ def bench_norms(args, device, timer, roof, fused_norm_act, fused_pad_cls, graph_
                 skip_bytes = 2 * nbytes if skip else 0  # forward: read the skip, write y; backward: write its grad
                 rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
                                  nbytes + out_bytes + skip_bytes, 2 * nbytes + out_bytes + skip_bytes // 2, roof)
+                progress(rows[-2:])
+    return rows
+
+
+def bench_unet_skips(args, device, timer, roof, fused_norm_act, graph_timer=None):
+    """A U-Net level's two norms and its output relu(cat([d, up])), with the LeakyReLU the inner level applies to
+    d: torch's sequence vs the fused norms writing the concatenation (both return (lrelu(d), relu of the cat))."""
+    rows = []
+    cases = [(2, 8, 4, 4, 0.5)] if args.smoke else [(b, *shape) for b in args.batches for shape in UNET_SKIPS]
+    for batch, channels, height, width, dropout in cases:
+        shape = (batch, channels, height, width)
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for layout in ("nhwc", "nchw"):
+                down, up = (torch.nn.BatchNorm2d(channels).to(device).train() for _ in range(2))
+                up_tail = torch.nn.Dropout(dropout) if dropout else torch.nn.Identity()
+                opening = fused_norm_act.from_norm(copy.deepcopy(down), "leaky_relu")
+                closing = fused_norm_act.from_norm(copy.deepcopy(up), dropout=dropout)
+                opening.skip_width, closing.closes_skip = channels, True
+                x, h = (torch.randn(shape, device=device, dtype=dtype) for _ in range(2))
+                if layout == "nhwc":
+                    x, h = (t.to(memory_format=torch.channels_last) for t in (x, h))
+                x.requires_grad_(), h.requires_grad_()
+
+                def torch_fn():
+                    d = down(x)
+                    return F.leaky_relu(d, 0.2), F.relu(torch.cat([d, up_tail(up(h))], 1))
+
+                def fused_fn():
+                    y = opening(x)
+                    return y, closing(h, skip=y.fastp2p_skip)
+
+                params = [x, h, *down.parameters(), *up.parameters(), *opening.parameters(), *closing.parameters()]
+                results = bench_pair(timer, torch_fn, fused_fn, params, graph_timer)
+                nbytes = x.numel() * x.element_size()
+                variant = "batch_train+leaky_relu+opens_skip, closes_skip" + (f"+dropout{dropout}" if dropout else "")
+                # forward: read x and h, write lrelu(d) and the 2C-channel cat; backward: read x, h, dy and the
+                # cat's gradient, write dx and dh
+                rows += make_row("unet_skip", "unet_256", shape, dtype_name, layout, variant, results,
+                                 5 * nbytes, 7 * nbytes, roof)
                 progress(rows[-2:])
     return rows
 
@@ -333,6 +379,7 @@ def main():
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
     rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, FusedReflectionPad2d, graph_timer)
+    rows += bench_unet_skips(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
     rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
     rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
 

@@ -16,7 +16,7 @@ def test_smoke_mode_writes_json_and_markdown(tmp_path):
     (result,) = tmp_path.glob("kernels_*_smoke.json")
     data = json.loads(result.read_text())
     assert {"device", "torch", "triton", "commit", "command", "copy_gbps"} <= set(data)
-    assert {row["op"] for row in data["rows"]} == {"norm_act", "reflection_pad", "gan_loss", "l1_loss"}
+    assert {row["op"] for row in data["rows"]} == {"norm_act", "unet_skip", "reflection_pad", "gan_loss", "l1_loss"}
     assert all(row["fused_ms"] > 0 and row["torch_ms"] > 0 for row in data["rows"])
     assert result.with_suffix(".md").exists()
 
