@@ -54,11 +54,12 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
         pytest.skip("InstanceNorm needs more than one spatial element (tested in test_too_few_values_raise)")
     atol, rtol = tolerance or TOLERANCES[dtype]
     group_size = shape[2] * shape[3] * (1 if mode == "instance" else shape[0])
-    if tolerance is None and dtype == torch.float32 and mode != "batch_eval" and group_size <= 4:
-        # dx of a 2-4 value group cancels (for 2 values it is proportional to 1 - xhat^2 ~ eps / var), so
-        # fp32 loses digits: PyTorch's own fp32 BatchNorm misses the default tolerance by 1.7x on (2, 512, 1, 1).
-        atol, rtol = 1e-4, 1e-3
+    # dx of a 2-4 value group cancels (for 2 values it is proportional to 1 - xhat^2 = eps / (var + eps)), so fp32
+    # loses digits however it is computed: PyTorch's own fp32 norm is off by up to 2% on some channels of
+    # (2, 512, 1, 1). There the fused dx may be off by twice what PyTorch's fp32 module is on the same input.
+    ill_conditioned = tolerance is None and dtype == torch.float32 and mode != "batch_eval" and group_size <= 4
     reference = reference_norm(mode, shape[1])
+    torch_fp32 = copy.deepcopy(reference) if ill_conditioned else None
     fused = FusedNormAct.from_norm(copy.deepcopy(reference), activation)
     fused.padding = padding
     pad = (lambda t: F.pad(t, padding, mode="reflect")) if padding else (lambda t: t)
@@ -88,13 +89,18 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     grad = layout(grad.to(dtype), channels_last)
     y_ref.backward(grad.double().contiguous())
     y_fused.backward(grad)
+    dx_slack = None
+    if ill_conditioned:
+        x_fp32 = x.detach().contiguous().requires_grad_()
+        reference_activation(pad(torch_fp32(x_fp32)), activation).backward(grad.contiguous())
+        dx_slack = 2 * (x_fp32.grad.double() - x_ref.grad).abs()
 
     assert y_fused.dtype == dtype
     assert y_fused.stride() == layout(torch.empty(y_ref.shape), channels_last).stride(), \
         "output must keep the input's memory format"
     assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
     assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
-    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx", slack=dx_slack)
     if mode != "instance":
         assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
         assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
