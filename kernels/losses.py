@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import target_programs
+from .launch import cdiv, target_programs
 
 GAN_MODES = {"vanilla": 0, "lsgan": 1, "wgangp": 2}
 L1_MODE = 3
@@ -93,7 +93,7 @@ def _launch(a, b, mode, target, write_grad):
     a4, b4 = _as_4d(a), _as_4d(b)
     grad = torch.empty_like(a) if write_grad else None
     grad4 = _as_4d(grad) if write_grad else a4
-    programs = max(1, min(triton.cdiv(a.numel(), BLOCK), target_programs(a.device, waves=2)))
+    programs = max(1, min(cdiv(a.numel(), BLOCK), target_programs(a.device, waves=2)))
     partials = torch.empty(programs, device=a.device, dtype=torch.float32)
     _loss_kernel[(programs,)](
         a4, b4, grad4, partials, a.numel(), *a4.shape[1:], *a4.stride(), *b4.stride(), *grad4.stride(),

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .launch import target_programs
+from .launch import cdiv, next_power_of_2, target_programs
 from .pad import _reflect, _reflected_grad, check_padding, memory_format_of, with_padded_twin
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu")
@@ -528,7 +528,7 @@ def _groups(x, per_sample):
 def _tiling(x, rows):
     """BLOCK_C x BLOCK_HW tile and warps: channels inner when C is the unit-stride axis, rows inner otherwise."""
     C = x.shape[1]
-    rows_pow2, c_pow2 = triton.next_power_of_2(rows), triton.next_power_of_2(C)
+    rows_pow2, c_pow2 = next_power_of_2(rows), next_power_of_2(C)
     tile = 2048
     if x.stride(1) == 1 and C > 1:
         block_c = min(c_pow2, max(64, tile // rows_pow2))
@@ -547,15 +547,15 @@ def _split_plan(x, groups, rows, block_c, block_hw):
     work of the partial (and its combine) and apply kernels, which at small layers (the U-Net's inner levels,
     batch 1) saves a launch per pass, the cost that dominates there.
     """
-    base_programs = triton.cdiv(x.shape[1], block_c) * groups
-    splits = max(1, min(triton.cdiv(target_programs(x.device), base_programs), triton.cdiv(rows, block_hw)))
-    chunk = triton.cdiv(triton.cdiv(rows, splits), block_hw) * block_hw
-    return triton.cdiv(rows, chunk), chunk
+    base_programs = cdiv(x.shape[1], block_c) * groups
+    splits = max(1, min(cdiv(target_programs(x.device), base_programs), cdiv(rows, block_hw)))
+    chunk = cdiv(cdiv(rows, splits), block_hw) * block_hw
+    return cdiv(rows, chunk), chunk
 
 
 def _combine_rows(splits, block_c):
     """BLOCK_R of a last-program combine: all chunks in one [BLOCK_R, BLOCK_C] tile when they fit (no serial loop)."""
-    return min(triton.next_power_of_2(splits), max(16, 8192 // block_c))
+    return min(next_power_of_2(splits), max(16, 8192 // block_c))
 
 
 _TICKETS = {}
@@ -639,7 +639,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     HW = H * W
     groups, rows = _groups(x, per_sample)
     block_c, block_hw, num_warps = _tiling(x, rows)
-    c_blocks = triton.cdiv(C, block_c)
+    c_blocks = cdiv(C, block_c)
     geometry = _pad_geometry(x, padding)
     if relu_out is not None and residual is not None:
         raise ValueError("relu_out takes the sign of the output before the residual: not both")
@@ -681,7 +681,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
             x, part_mean, part_m2, _tickets(x.device, groups * c_blocks), mean, rstd, *running,
             C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
             BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
-    _forward_apply_kernel[(c_blocks, mean.shape[0], triton.cdiv(out_rows, block_hw))](
+    _forward_apply_kernel[(c_blocks, mean.shape[0], cdiv(out_rows, block_hw))](
         *tensors, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
     return y, y_padded, mean, rstd
 
@@ -701,7 +701,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     HW = x.shape[2] * x.shape[3]
     groups, rows = _groups(x, per_sample)
     block_c, block_hw, num_warps = _tiling(x, rows)
-    c_blocks = triton.cdiv(C, block_c)
+    c_blocks = cdiv(C, block_c)
     has_affine = weight is not None
     need_affine_grad = need_affine_grad and has_affine
     input_pass = need_input_grad or need_residual_grad
@@ -723,7 +723,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
                  BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
     if not ((input_pass and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradients only
-        _backward_apply_kernel[(c_blocks, stats_groups, triton.cdiv(rows, block_hw))](
+        _backward_apply_kernel[(c_blocks, stats_groups, cdiv(rows, block_hw))](
             x, *grads, *outs, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=False, RESIDUAL=need_residual_grad, **flags)
         return (dx if need_input_grad else None), None, None, dresidual
@@ -742,7 +742,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
             C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
             **flags)
         if input_pass:
-            _backward_apply_kernel[(c_blocks, groups, triton.cdiv(rows, block_hw))](
+            _backward_apply_kernel[(c_blocks, groups, cdiv(rows, block_hw))](
                 x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
                 BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, **flags)
     dweight = dbias = None

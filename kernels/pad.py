@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from .launch import cdiv, next_power_of_2
+
 
 @triton.jit
 def _reflect(i, size):
@@ -103,7 +105,7 @@ def _pad_backward_kernel(
 def _tiling(t, width):
     """[BLOCK_W, BLOCK_C] tile of about 2048 elements, wide along whichever axis is the unit-stride one."""
     C = t.shape[1]
-    w_pow2, c_pow2 = triton.next_power_of_2(width), triton.next_power_of_2(C)
+    w_pow2, c_pow2 = next_power_of_2(width), next_power_of_2(C)
     if t.stride(1) == 1 and C > 1:  # channels-last: channels inner
         block_c = min(c_pow2, 128)
         block_w = min(w_pow2, max(1, 2048 // block_c))
@@ -138,7 +140,7 @@ def reflection_pad_forward(x, padding):
     H_out, W_out = H + top + bottom, W + left + right
     y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
     block_w, block_c, num_warps = _tiling(y, W_out)
-    _pad_forward_kernel[(triton.cdiv(C, block_c), N * H_out, triton.cdiv(W_out, block_w))](
+    _pad_forward_kernel[(cdiv(C, block_c), N * H_out, cdiv(W_out, block_w))](
         x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return y
@@ -150,7 +152,7 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     N, C, H, W = input_shape
     dx = torch.empty(input_shape, device=dy.device, dtype=dy.dtype, memory_format=memory_format)
     block_w, block_c, num_warps = _tiling(dx, W)
-    _pad_backward_kernel[(triton.cdiv(C, block_c), N * H, triton.cdiv(W, block_w))](
+    _pad_backward_kernel[(cdiv(C, block_c), N * H, cdiv(W, block_w))](
         dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return dx

@@ -3,6 +3,7 @@ outputs, every gradient, running statistics, memory format, state_dict keys, edg
 Triton's interpreter, so CPU shapes stay tiny; the real layer shapes run only on a GPU."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -47,19 +48,33 @@ def layout(x, channels_last):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
+def random_input(shape, mode):
+    """randn * 2 + 0.5; where the statistics of a training norm come from groups of only 2-4 values, randn * 0.01
+    with any group whose std is under 0.002 drawn again.
+
+    In so small a group dx is proportional to eps / (var + eps) (for 2 values, to 1 - xhat^2): it has a size
+    worth testing only where var is near eps = 1e-5. And where |x| >> std, x - mean cancels: fp32 rounding
+    (~1e-7 |x|) divided by the spread moves y and dx beyond any fp32 tolerance, in PyTorch's own fp32 norm too.
+    Values of the order of sqrt(eps), with a floor on the spread, avoid both.
+    """
+    group_dims = (2, 3) if mode == "instance" else (0, 2, 3)
+    if mode == "batch_eval" or not 1 < math.prod(shape[d] for d in group_dims) <= 4:
+        return torch.randn(shape, device=DEVICE) * 2 + 0.5
+    x = torch.randn(shape, device=DEVICE) * 0.01
+    while True:
+        close = x.std(dim=group_dims, keepdim=True, unbiased=False) < 0.002
+        if not close.any():
+            return x
+        x = torch.where(close, torch.randn_like(x) * 0.01, x)
+
+
 def check_against_reference(shape, dtype, channels_last, mode, activation, x=None, tolerance=None, padding=None):
     """Run reference (in fp64) and fused (in dtype) on one input; compare y, dx, dweight, dbias, running stats.
     With padding, the reference is followed by F.pad(mode="reflect") and the fused module pads its output."""
     if mode == "instance" and shape[2] * shape[3] == 1:
         pytest.skip("InstanceNorm needs more than one spatial element (tested in test_too_few_values_raise)")
     atol, rtol = tolerance or TOLERANCES[dtype]
-    group_size = shape[2] * shape[3] * (1 if mode == "instance" else shape[0])
-    # dx of a 2-4 value group cancels (for 2 values it is proportional to 1 - xhat^2 = eps / (var + eps)), so fp32
-    # loses digits however it is computed: PyTorch's own fp32 norm is off by up to 2% on some channels of
-    # (2, 512, 1, 1). There the fused dx may be off by twice what PyTorch's fp32 module is on the same input.
-    ill_conditioned = tolerance is None and dtype == torch.float32 and mode != "batch_eval" and group_size <= 4
     reference = reference_norm(mode, shape[1])
-    torch_fp32 = copy.deepcopy(reference) if ill_conditioned else None
     fused = FusedNormAct.from_norm(copy.deepcopy(reference), activation)
     fused.padding = padding
     pad = (lambda t: F.pad(t, padding, mode="reflect")) if padding else (lambda t: t)
@@ -67,7 +82,7 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     # (z exactly 0, common with bf16 inputs and 4-element groups) the way exact fp32 arithmetic does.
     reference.double()
     if x is None:
-        x = torch.randn(shape, device=DEVICE) * 2 + 0.5
+        x = random_input(shape, mode)
     x = layout(x.to(dtype), channels_last)
     # The reference runs on NCHW copies: torch 2.13's CPU InstanceNorm backward is wrong for a channels-last
     # input with a channels-last gradient (dx off by O(1)), and the layout under test is the fused one's.
@@ -89,18 +104,13 @@ def check_against_reference(shape, dtype, channels_last, mode, activation, x=Non
     grad = layout(grad.to(dtype), channels_last)
     y_ref.backward(grad.double().contiguous())
     y_fused.backward(grad)
-    dx_slack = None
-    if ill_conditioned:
-        x_fp32 = x.detach().contiguous().requires_grad_()
-        reference_activation(pad(torch_fp32(x_fp32)), activation).backward(grad.contiguous())
-        dx_slack = 2 * (x_fp32.grad.double() - x_ref.grad).abs()
 
     assert y_fused.dtype == dtype
     assert y_fused.stride() == layout(torch.empty(y_ref.shape), channels_last).stride(), \
         "output must keep the input's memory format"
     assert x_fused.grad.stride() == x.stride(), "dx must keep the input's memory format"
     assert_close_verbose(y_fused, y_ref, atol, rtol, "y")
-    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx", slack=dx_slack)
+    assert_close_verbose(x_fused.grad, x_ref.grad, atol, rtol, "dx")
     if mode != "instance":
         assert_close_verbose(fused.weight.grad, reference.weight.grad, atol, rtol, "dweight")
         assert_close_verbose(fused.bias.grad, reference.bias.grad, atol, rtol, "dbias")
