@@ -64,8 +64,8 @@ def wrap_ddp(model, capture_stream=None):
     syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one
     step. Frozen discriminators are called unwrapped in the G step (see the models), so no reduction is
     left pending. Gradients are views into the communication buckets (no copy). A run captured as a CUDA
-    graph builds DDP on the capture stream and has DDP time none of its iterations after its first 10:
-    the timing events of an iteration sampled during capture would be read after a replay never recorded them.
+    graph builds DDP on the capture stream and stops DDP's runtime timing after its first 10 iterations: the
+    timing events of an iteration sampled during the capture would later be read, and no replay records them.
     """
     device_ids = [model.device.index] if model.device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
