@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fastp2p import distributed, networks
+from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool
 from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm,
@@ -267,7 +268,7 @@ def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
         model.set_input(batch)
         model.optimize_parameters()
         history.append(model.get_current_losses())
-    weights = {name: {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
+    weights = {name: {k: v.detach().float().cpu() for k, v in unwrap(net).state_dict().items()}
                for name, net in model.networks()}
     ignored = {name: bias_before_instance_norm(net) for name, net in model.networks()}
     return history, weights, ignored
@@ -348,25 +349,32 @@ def test_cuda_graph_trains_like_eager(model_name):
 
 
 @pytest.fixture
-def one_rank_nccl_group():
-    """A process group of this process alone: DDP then runs its reducer and NCCL all-reduces as on many GPUs."""
-    if not dist.is_nccl_available():
-        pytest.skip("needs torch.distributed with NCCL")
-    device = torch.device("cuda", torch.cuda.current_device())
-    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+def one_process_group():
+    """A process group of this process alone (NCCL on a GPU, gloo on the CPU): DDP then runs its reducer and
+    all-reduces as with many processes."""
+    if DEVICE.type == "cuda":
+        if not dist.is_nccl_available():
+            pytest.skip("needs torch.distributed with NCCL")
+        device = torch.device("cuda", torch.cuda.current_device())
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+    else:
+        if not dist.is_gloo_available():
+            pytest.skip("needs torch.distributed with gloo")
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 
 
-@requires_cuda
 @pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
-def test_cuda_graph_under_ddp_trains_like_eager(model_name, one_rank_nccl_group):
-    """DDP built on the capture stream, 11 eager warm-up steps, then replays holding the all-reduces."""
-    steps = DDP_WARMUP_STEPS + 5
-    flags = OFF + NO_POOL + ["--fused_adam", "on"]
-    run = train_steps(model_name, flags, steps, ddp=True, cuda_graph=True)
-    eager = train_steps(model_name, flags, steps)
-    assert_same_training(run, eager, 5e-3, 1e-4, 1e-4)
+def test_ddp_in_one_process_trains_like_no_ddp(model_name, one_process_group):
+    """On a GPU with the step as a CUDA graph: DDP built on the capture stream, 11 eager warm-up steps, then
+    replays holding the all-reduces (the eager DDP path is tested across processes in test_ddp.py)."""
+    cuda = DEVICE.type == "cuda"
+    steps = DDP_WARMUP_STEPS + 5 if cuda else STEPS
+    flags = OFF + NO_POOL + ["--fused_adam", "on" if cuda else "off"]
+    run = train_steps(model_name, flags, steps, ddp=True, cuda_graph=cuda)
+    plain = train_steps(model_name, flags, steps)
+    assert_same_training(run, plain, 5e-3, 1e-4, 1e-4)
 
 
 @requires_cuda
