@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastp2p.engine.config import EngineConfig, resolve_engine
-from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool, GraphedTrainStep
+from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
 from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
 from fastp2p.networks import get_scheduler
@@ -121,6 +121,6 @@ def prepare_model(model, config):
             device_pool = DeviceImagePool(pool.pool_size)
             device_pool.load_state_dict(pool.state_dict(), device=model.device)
             setattr(model, name, device_pool)
-        step = GraphedTrainStep(model, step, capture_stream, DDP_WARMUP_STEPS if config.ddp else 3)
+        step = GraphedTrainStep(model, step, capture_stream, ddp=config.ddp)
     model.optimize_parameters = step
     return model

@@ -63,6 +63,9 @@ class DeviceImagePool(ImagePool):
         self.bank = None
 
 
+WARMUP_STEPS = 3
+"""eager iterations before a capture, so that lazily created state (optimizer moments, cuDNN's algorithm choice)
+exists before it"""
 DDP_WARMUP_STEPS = 11
 """eager DDP iterations before a capture (torch's notes on CUDA graphs with DistributedDataParallel)"""
 
@@ -70,14 +73,14 @@ DDP_WARMUP_STEPS = 11
 class GraphedTrainStep:
     """Callable that runs ``step`` (the model's optimize_parameters) eagerly at first, then as a graph.
 
-    ``stream`` is the side stream of the warm-up steps and of the capture; DDP must be built on it.
+    ``stream`` is the side stream of the warm-up steps and of the capture; under ``ddp`` DDP must be built on it.
     """
 
-    def __init__(self, model, step, stream, warmup_steps=3):
+    def __init__(self, model, step, stream, ddp=False):
         self.model = model
         self.step = step
         self.stream = stream
-        self.warmup_left = warmup_steps
+        self.warmup_left = DDP_WARMUP_STEPS if ddp else WARMUP_STEPS
         self.graph = None
         self.static_inputs = None
 
