@@ -1,0 +1,34 @@
+"""A built wheel holds every module of the source tree, under the names the code imports."""
+
+import importlib.metadata
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCE_TO_INSTALLED = {"fastp2p": "fastp2p", "kernels": "fastp2p/kernels"}
+
+
+def setuptools_builds_wheels():
+    """setuptools builds wheels itself from 70.1 on; older ones need the separate wheel package."""
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1)
+
+
+@pytest.mark.skipif(not setuptools_builds_wheels(), reason="needs setuptools >= 70.1 to build a wheel offline")
+def test_wheel_contains_every_module(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("fastp2p-*.whl")
+    in_wheel = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"{installed}/{path.relative_to(ROOT / source).as_posix()}"
+                for source, installed in SOURCE_TO_INSTALLED.items()
+                for path in (ROOT / source).rglob("*.py") if "__pycache__" not in path.parts}
+    assert expected - in_wheel == set()
+    assert not any(name.startswith("kernels/") for name in in_wheel), "a top-level 'kernels' package was installed"
