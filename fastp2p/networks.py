@@ -23,6 +23,8 @@ GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
+UNET_DOWNS = {"unet_128": 7, "unet_256": 8}
+"""stride-2 levels of each U-Net"""
 
 
 def _unknown(kind, value, choices):
@@ -95,11 +97,28 @@ def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False):
         return ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=9)
     if netG == "resnet_6blocks":
         return ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=6)
-    if netG == "unet_128":
-        return UnetGenerator(input_nc, output_nc, 7, ngf, norm_layer, use_dropout)
-    if netG == "unet_256":
-        return UnetGenerator(input_nc, output_nc, 8, ngf, norm_layer, use_dropout)
+    if netG in UNET_DOWNS:
+        return UnetGenerator(input_nc, output_nc, UNET_DOWNS[netG], ngf, norm_layer, use_dropout)
     raise _unknown("netG", netG, GENERATORS)
+
+
+def image_size_problem(opt, height, width, discriminator):
+    """Why the networks of ``opt`` cannot take ``height`` x ``width`` images, or None.
+
+    A U-Net halves the image at each of its levels and concatenates every level with its upsampled inner
+    level, so both sides must be multiples of 2**levels; the ResNet generator halves twice and doubles twice
+    (multiples of 4), and its residual blocks' reflection pads need 2 pixels (so at least 8). The PatchGAN's
+    stride-2 layers and its two 4x4 stride-1 convs leave no logit below 3 * 2**n_layers. Without this check such
+    sizes fail deep inside a conv, a norm or the loss with a shape message that names no option.
+    """
+    multiple, smallest = (2 ** UNET_DOWNS[opt.netG],) * 2 if opt.netG in UNET_DOWNS else (4, 8)
+    if height % multiple or width % multiple or min(height, width) < smallest:
+        return f"--netG {opt.netG} needs a height and width that are multiples of {multiple}, at least {smallest}"
+    if discriminator and opt.netD != "pixel":
+        smallest = 3 * 2 ** (3 if opt.netD == "basic" else opt.n_layers_D)
+        if min(height, width) < smallest:
+            return f"--netD {opt.netD} needs a height and width of at least {smallest}"
+    return None
 
 
 def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch"):

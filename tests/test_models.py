@@ -23,7 +23,7 @@ def make_opt(tmp_path, model="pix2pix", **overrides):
                   checkpoints_dir=str(tmp_path), name="exp", verbose=False, device=torch.device("cpu"),
                   input_nc=3, output_nc=3, ngf=4, ndf=4, netD="basic", n_layers_D=3, init_type="normal",
                   init_gain=0.02, lr=0.0002, beta1=0.5, lr_policy="linear", n_epochs=100, n_epochs_decay=100,
-                  epoch_count=1, lr_decay_iters=50, direction="AtoB", model_suffix="")
+                  epoch_count=1, lr_decay_iters=50, direction="AtoB", model_suffix="", preprocess="resize_and_crop")
     if model == "cycle_gan":
         values.update(netG="resnet_6blocks", norm="instance", no_dropout=True, gan_mode="lsgan", pool_size=50,
                       lambda_A=10.0, lambda_B=10.0, lambda_identity=0.5, dataset_mode="unaligned")
@@ -218,7 +218,7 @@ def test_cycle_gan_steps_equal_the_hand_written_step(tmp_path, lambda_identity):
 
 def test_btoa_swaps_the_sides(tmp_path):
     model = create_model(make_opt(tmp_path, direction="BtoA"))
-    data = make_batches(1, 1, 8)[0]
+    data = make_batches(1, 1, 128)[0]
     model.set_input(data)
     assert model.real_A is data["B"] and model.real_B is data["A"] and model.image_paths == data["B_paths"]
 

@@ -1,6 +1,7 @@
 """Networks against the spec (section 3.8 counts, section 4 keys) and against tests/reference_networks.py."""
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -261,3 +262,33 @@ def test_init_leaves_syncbatchnorm_alone_like_the_reference():
 def test_unknown_names_list_the_choices(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def output_size(net, height, width):
+    """The spatial size of net's output on one height x width image, or None where the forward fails."""
+    try:
+        return tuple(net(torch.randn(1, 3, height, width)).shape[-2:])
+    except (RuntimeError, ValueError):  # what convs, norms, pads and torch.cat raise on sizes they cannot take
+        return None
+
+
+@pytest.mark.parametrize("netG, sizes", [
+    ("resnet_6blocks", [4, 6, 8, 10, 12, 30, 32]),
+    ("unet_128", [64, 96, 127, 128, 192, 256]),
+])
+def test_image_size_problem_matches_what_the_generator_takes(netG, sizes):
+    opt = types.SimpleNamespace(netG=netG, netD="basic", n_layers_D=3)
+    G = define_G(3, 3, 4, netG, "batch").train()
+    width = 128 if netG == "unet_128" else 32
+    for height in sizes:
+        problem = networks.image_size_problem(opt, height, width, discriminator=False)
+        assert (output_size(G, height, width) == (height, width)) == (problem is None), (height, problem)
+
+
+@pytest.mark.parametrize("netD, n_layers", [("basic", 3), ("n_layers", 2), ("n_layers", 4)])
+def test_image_size_problem_matches_what_the_discriminator_takes(netD, n_layers):
+    opt = types.SimpleNamespace(netG="resnet_6blocks", netD=netD, n_layers_D=n_layers)
+    D = define_D(3, 4, netD, n_layers, "batch").train()
+    for size in range(8, 84, 4):  # multiples of 4, so only the discriminator can object
+        problem = networks.image_size_problem(opt, size, size, discriminator=True)
+        assert (output_size(D, size, size) is not None) == (problem is None), (size, problem)

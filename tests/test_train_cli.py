@@ -214,3 +214,13 @@ def test_sigterm_to_the_process_group_saves_and_stops(tmp_path, aligned_root):
     assert process.returncode == 130, output
     assert "stopped; resume with --continue_train" in output
     assert (tmp_path / "checkpoints" / "term" / "latest_train_state.pth").is_file()
+
+
+def test_image_size_the_generator_cannot_take_names_the_options(tmp_path, capsys):
+    root = tmp_path / "odd"
+    write_images(root / "train", 2, (128, 64), seed=4)  # A|B halves of 64x64, which unet_128 halves 7 times
+    flags = pix2pix_flags(tmp_path, str(root)) + ["--preprocess", "none", "--netG", "unet_128"]
+    err = run_expecting_error(capsys, flags)
+    assert "0.jpg: images reach the networks as 64x64 (after --preprocess none)" in err, err
+    assert "--netG unet_128 needs a height and width that are multiples of 128" in err, err
+    assert not (tmp_path / "checkpoints" / "p2p" / "latest_net_G.pth").exists()

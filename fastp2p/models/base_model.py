@@ -12,8 +12,9 @@ from collections import OrderedDict
 import torch
 
 from fastp2p import checkpoint
+from fastp2p.data import DatasetError
 from fastp2p.distributed import is_main_process
-from fastp2p.networks import count_parameters, get_scheduler, init_weights
+from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_weights
 
 
 class BaseModel:
@@ -61,6 +62,16 @@ class BaseModel:
         self.real_A = data["A" if a_to_b else "B"].to(self.device, memory_format=layout, non_blocking=True)
         self.real_B = data["B" if a_to_b else "A"].to(self.device, memory_format=layout, non_blocking=True)
         self.image_paths = data["A_paths" if a_to_b else "B_paths"]
+        self.check_image_size(self.real_A)
+
+    def check_image_size(self, images):
+        """A DatasetError naming the options when the networks cannot take this batch's image size."""
+        height, width = images.shape[-2:]
+        problem = image_size_problem(self.opt, height, width, discriminator=self.isTrain)
+        if problem:
+            raise DatasetError(f"{self.image_paths[0]}: images reach the networks as {height}x{width} (after "
+                               f"--preprocess {self.opt.preprocess}), but {problem}; choose a --crop_size (or "
+                               f"--load_size with --preprocess scale_width) that fits, or another network")
 
     def forward(self):
         raise NotImplementedError

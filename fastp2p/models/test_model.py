@@ -26,6 +26,7 @@ class TestModel(BaseModel):
     def set_input(self, data):
         self.real = data["A"].to(self.device, non_blocking=True)
         self.image_paths = data["A_paths"]
+        self.check_image_size(self.real)
 
     def forward(self):
         self.fake = self.netG(self.real)
