@@ -1,7 +1,7 @@
 """Every fast path of the engine against the plain reference path: layers, losses, whole training steps.
 
-On the CPU this covers fused kernels (Triton interpreter), channels-last, fused Adam and bf16 autocast;
-on a GPU also CUDA graphs. Training runs compare each step's losses and the final weights with the
+On the CPU this covers fused kernels (Triton interpreter), channels-last, fused Adam, bf16 autocast and
+torch.compile; on a GPU also CUDA graphs. Training runs compare each step's losses and the final weights with the
 reference run from the same seed and the same batches.
 """
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._dynamo.utils import counters as dynamo_counters
 
 from fastp2p import distributed, networks
 from fastp2p.checkpoint import unwrap
@@ -331,6 +332,19 @@ def test_fast_path_trains_like_the_reference(model_name, path, reference_runs):
     flags, loss_rtol, loss_atol, weight_atol = CPU_PATHS[path]
     run = train_steps(model_name, OFF + flags, STEPS)
     assert_same_training(run, reference_runs[model_name], loss_rtol, loss_atol, weight_atol)
+
+
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_compiled_networks_train_like_the_reference(model_name, reference_runs):
+    """--compile (here with channels-last, as the benchmark's compile row): TorchDynamo must really capture the
+    networks (their graphs counted), and inductor's kernels train as the eager reference does. The first run on a
+    machine compiles for about a minute; inductor caches the result for the next."""
+    torch._dynamo.reset()
+    dynamo_counters.clear()
+    run = train_steps(model_name, OFF + ["--compile", "--channels_last", "on"], STEPS)
+    assert dynamo_counters["stats"]["unique_graphs"] > 0
+    assert_same_training(run, reference_runs[model_name], *CPU_PATHS["channels_last"][1:])
+    torch._dynamo.reset()
 
 
 # Under CUDA graphs CycleGAN's image pool draws on the device (DeviceImagePool, tested on its own
