@@ -23,6 +23,12 @@ def is_main_process():
     return rank() == 0
 
 
+def print_main(*args, **kwargs):
+    """print() on rank 0 only: every rank of a run would print the same line."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
 def init_distributed(use_cuda):
     """Join the torchrun process group when WORLD_SIZE > 1 and return this process's device.
 

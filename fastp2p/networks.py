@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import init
 from torch.optim import lr_scheduler
 
-from fastp2p.distributed import is_main_process
+from fastp2p.distributed import print_main
 
 NORM_TYPES = ("batch", "instance", "none", "syncbatch")
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
@@ -80,8 +80,7 @@ def init_weights(net, init_type="normal", init_gain=0.02):
             init.normal_(m.weight.data, 1.0, init_gain)
             init.constant_(m.bias.data, 0.0)
 
-    if is_main_process():
-        print(f"initialize network with {init_type}")
+    print_main(f"initialize network with {init_type}")
     net.apply(init_module)
     return net
 

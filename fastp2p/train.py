@@ -78,7 +78,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = opt.preprocess != "scale_width"  # as the reference
         if opt.dataroot is None:
             opt.dataroot = builtin_dataroot()
-            print(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
+            distributed.print_main(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
         self.resume_state = self.find_resume_state()
         opt.seed = self.resume_state["seed"] if self.resume_state else shared_seed(opt.seed)
         seed_everything(opt.seed + distributed.rank())
@@ -87,11 +87,11 @@ class Trainer:
         self.dataset = create_fast_loader(opt, opt.data_loader)
         if len(self.dataset) == 0:
             raise DatasetError(f"no training images found under {opt.dataroot}")
-        print(f"The number of training images = {len(self.dataset)}")
+        distributed.print_main(f"The number of training images = {len(self.dataset)}")
         self.model = create_model(opt)
         self.model.setup(opt)
         prepare_model(self.model, self.engine)
-        print(self.engine.describe())
+        distributed.print_main(self.engine.describe())
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process())
         self.epoch = opt.epoch_count
         self.epoch_iter = 0
@@ -107,19 +107,20 @@ class Trainer:
             return None
         path = training_state_path(self.opt, load_prefix(self.opt))
         if not os.path.isfile(path):
-            print(f"no training state at {path}: loading network weights only and starting at "
-                  f"--epoch_count {self.opt.epoch_count}, as the reference trainer does")
+            distributed.print_main(f"no training state at {path}: loading network weights only and starting at "
+                                   f"--epoch_count {self.opt.epoch_count}, as the reference trainer does")
             return None
         state = read_checkpoint(path)
-        print(f"resuming exactly from {path}: epoch {state['epoch']}, {state['epoch_iter']} images into it")
+        distributed.print_main(f"resuming exactly from {path}: epoch {state['epoch']}, "
+                               f"{state['epoch_iter']} images into it")
         return state
 
     def restore(self, state):
         self.model.load_training_state(state["model"])
         saved = state["rng"]
         if len(saved) != distributed.world_size():
-            print(f"the training state holds RNG states of {len(saved)} processes, this run has "
-                  f"{distributed.world_size()}: random draws will not continue exactly")
+            distributed.print_main(f"the training state holds RNG states of {len(saved)} processes, this run has "
+                                   f"{distributed.world_size()}: random draws will not continue exactly")
         set_rng_state(saved[distributed.rank() % len(saved)])
         self.epoch, self.epoch_iter, self.total_iters = state["epoch"], state["epoch_iter"], state["total_iters"]
 

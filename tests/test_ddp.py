@@ -76,6 +76,8 @@ def test_pix2pix_batchnorm_through_the_cli(tmp_path, aligned_root):
     # 6 images / 2 ranks / batch 2 = 2 steps per rank and epoch, counted as 4 images; --print_freq 2:
     # one rank's log has 2 lines an epoch, both ranks writing would double them.
     assert len(loss_lines(run_dir)) == 4
+    for line in ("engine: fp32, ddp", "The number of training images = 6", "learning rate 0.0002000 -> "):
+        assert result.stdout.count(line) == 1, f"{line!r} printed by other ranks too:\n{result.stdout}"
     assert {"1_net_G.pth", "2_net_D.pth", "latest_train_state.pth"} <= set(os.listdir(run_dir))
     rng = read_checkpoint(str(run_dir / "latest_train_state.pth"))["rng"]
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # each rank's own draws

@@ -115,6 +115,5 @@ def create_dataset(opt):
     if opt.dataset_mode not in DATASET_MODES:
         raise ValueError(f"--dataset_mode {opt.dataset_mode!r} is not one of {', '.join(DATASET_MODES)}")
     dataset = DATASET_MODES[opt.dataset_mode](opt)
-    if distributed.is_main_process():
-        print(f"dataset [{type(dataset).__name__}] was created")
+    distributed.print_main(f"dataset [{type(dataset).__name__}] was created")
     return DataLoaderWrapper(opt, dataset)

@@ -28,8 +28,7 @@ def _device(opt):
 
 
 def _say(text):
-    if distributed.is_main_process():
-        print(f"data loader: {text}")
+    distributed.print_main(f"data loader: {text}")
 
 
 def _gpu_decode(opt, device):

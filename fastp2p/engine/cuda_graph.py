@@ -18,6 +18,7 @@ asks of the step, and how each is met:
 
 import torch
 
+from fastp2p import distributed
 from fastp2p.image_pool import ImagePool
 
 
@@ -112,7 +113,7 @@ class GraphedTrainStep:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
                 self.step()
-            print("Recorded CUDA graph of the training iteration")
+            distributed.print_main("Recorded CUDA graph of the training iteration")
         elif self.matches_graph(batch):
             for static, fresh in zip(self.static_inputs, batch):
                 static.copy_(fresh, non_blocking=True)

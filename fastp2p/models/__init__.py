@@ -1,6 +1,6 @@
 """``--model`` name -> model class."""
 
-from fastp2p.distributed import is_main_process
+from fastp2p.distributed import print_main
 from fastp2p.models.base_model import BaseModel
 from fastp2p.models.cycle_gan_model import CycleGANModel
 from fastp2p.models.pix2pix_model import Pix2PixModel
@@ -16,6 +16,5 @@ def create_model(opt):
     if opt.model not in MODELS:
         raise ValueError(f"unknown model {opt.model!r}; choose one of: {', '.join(MODELS)}")
     model = MODELS[opt.model](opt)
-    if is_main_process():
-        print(f"model [{type(model).__name__}] was created")
+    print_main(f"model [{type(model).__name__}] was created")
     return model

@@ -13,7 +13,7 @@ import torch
 
 from fastp2p import checkpoint
 from fastp2p.data import DatasetError
-from fastp2p.distributed import is_main_process
+from fastp2p.distributed import is_main_process, print_main
 from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_weights
 
 
@@ -143,8 +143,7 @@ class BaseModel:
             else:
                 scheduler.step()
         lr = float(self.optimizers[0].param_groups[0]["lr"])
-        if is_main_process():
-            print(f"learning rate {old_lr:.7f} -> {lr:.7f}")
+        print_main(f"learning rate {old_lr:.7f} -> {lr:.7f}")
 
     def network_path(self, epoch, name):
         return os.path.join(self.save_dir, checkpoint.network_filename(epoch, name))
@@ -160,8 +159,7 @@ class BaseModel:
         """Load ``{epoch}_net_{name}.pth`` into every net; a mismatching file raises CheckpointError."""
         for name, net in self.networks():
             path = self.network_path(epoch, name)
-            if is_main_process():
-                print(f"loading the model from {path}")
+            print_main(f"loading the model from {path}")
             checkpoint.load_network(net, path, map_location=self.device)
 
     def print_networks(self, verbose):
