@@ -143,6 +143,16 @@ def test_bad_files_raise_dataset_error(tmp_path):
         list(loader)
 
 
+@needs_dali
+def test_a_batch_of_different_sizes_is_a_dataset_error(tmp_path):
+    root = write_pairs(tmp_path, 1)
+    Image.open(root / "train" / "0.png").crop((0, 0, 256, 100)).save(root / "train" / "1.png")  # another aspect
+    loader = dali_loader(make_opt(root, preprocess="scale_width", load_size=64, crop_size=32, batch_size=2,
+                                  serial_batches=True))
+    with pytest.raises(DatasetError, match="the images of one batch have different sizes"):
+        list(loader)
+
+
 def pil_decode(encoded, device):
     return [torch.from_numpy(np.asarray(Image.open(io.BytesIO(e.numpy().tobytes())).convert("RGB")).copy())
             .permute(2, 0, 1).to(device) for e in encoded]

@@ -312,6 +312,19 @@ def test_worker_errors_keep_a_clean_message(tmp_path):
     assert str(error.value).startswith("cannot read image ") and "Traceback" not in str(error.value)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_of_different_sizes_names_its_files(tmp_path, workers):
+    """--preprocess scale_width keeps each aspect ratio: a batch of two can hold two heights (the reference fails
+    inside torch's collate, and in a worker with a storage error)."""
+    save(coordinate_image(200, 80), str(tmp_path / "train" / "0.png"))
+    save(coordinate_image(200, 100), str(tmp_path / "train" / "1.png"))
+    loader = create_dataset(make_opt(tmp_path, preprocess="scale_width", load_size=64, crop_size=32,
+                                     serial_batches=True, num_threads=workers))
+    with pytest.raises(DatasetError, match=r"the images of one batch have different sizes \(.*0\.png: 51x64, "
+                                           r".*1\.png: 64x64\).*use --batch_size 1"):
+        list(loader)
+
+
 def test_cmyk_rgba_palette_and_grayscale_files_load_as_rgb(tmp_path):
     rgb = Image.fromarray(coordinate_image(200, 80))
     for name, image in (("cmyk.jpg", rgb.convert("CMYK")), ("rgba.png", rgb.convert("RGBA")),

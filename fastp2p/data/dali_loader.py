@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fastp2p.data.gpu_cache import PlannedLoader, crop_box, crop_flip_normalize, resized_size
-from fastp2p.data.image_folder import DatasetError
+from fastp2p.data.image_folder import DatasetError, mixed_sizes_error
 
 
 def dali_available():
@@ -187,8 +187,7 @@ class DALILoader(_FedLoader):
         try:
             dense = tensor_list.as_tensor()
         except RuntimeError as error:
-            raise DatasetError("the samples of a batch have different sizes (e.g. --preprocess scale_width or none "
-                               "on images of several sizes); use --batch_size 1") from error
+            raise mixed_sizes_error(str(error).splitlines()[0]) from error
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(dense, out, cuda_stream=stream)

@@ -25,6 +25,12 @@ class DatasetError(ValueError):
     """The dataset on disk cannot be used as asked: the message says what is wrong and where."""
 
 
+def mixed_sizes_error(detail):
+    """The DatasetError of a batch whose images came out of preprocessing at different sizes."""
+    return DatasetError(f"the images of one batch have different sizes ({detail}): --preprocess scale_width or none "
+                        "keeps each image's own size; use --batch_size 1, or a --preprocess that crops")
+
+
 def is_image_file(filename):
     return filename.endswith(IMG_EXTENSIONS)
 

@@ -16,7 +16,7 @@ import torch.utils.data
 
 from .. import distributed
 from .datasets import DATASET_MODES, mix_seed, seed_of
-from .image_folder import DatasetError
+from .image_folder import DatasetError, mixed_sizes_error
 
 
 def shard_indices(n, epoch, seed, shuffle, rank=0, world_size=1):
@@ -74,6 +74,7 @@ class DataLoaderWrapper:
             # resumed run's dropout/init draws would shift by one.
             generator=torch.Generator().manual_seed(mix_seed(seed_of(opt), "workers")),
             worker_init_fn=leave_stop_signals_to_the_trainer if workers > 0 else None,
+            collate_fn=collate_same_size,
         )
 
     def set_epoch(self, epoch, skip_batches=0):
@@ -94,6 +95,18 @@ class DataLoaderWrapper:
             yield from self.dataloader
         except DatasetError as error:
             raise DatasetError(worker_message(str(error))) from None
+
+
+def collate_same_size(samples):
+    """torch's default collate, after checking that the batch's images have one size: stacking them would fail
+    with a bare RuntimeError (or, in a worker, a storage resize error) that names neither file nor option."""
+    for key, value in samples[0].items():
+        if torch.is_tensor(value) and any(sample[key].shape != value.shape for sample in samples):
+            paths_key = f"{key}_paths" if f"{key}_paths" in samples[0] else "A_paths"
+            sizes = ", ".join(f"{sample[paths_key]}: {'x'.join(map(str, sample[key].shape[-2:]))}"
+                              for sample in samples)
+            raise mixed_sizes_error(sizes)
+    return torch.utils.data.default_collate(samples)
 
 
 def leave_stop_signals_to_the_trainer(worker_id):
