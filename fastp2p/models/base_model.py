@@ -70,8 +70,8 @@ class BaseModel:
         problem = image_size_problem(self.opt, height, width, discriminator=self.isTrain)
         if problem:
             raise DatasetError(f"{self.image_paths[0]}: images reach the networks as {height}x{width} (after "
-                               f"--preprocess {self.opt.preprocess}), but {problem}; choose a --crop_size (or "
-                               f"--load_size with --preprocess scale_width) that fits, or another network")
+                               f"--preprocess {self.opt.preprocess}), but {problem}; use a --crop_size that fits "
+                               f"(with a --preprocess that crops), or another network")
 
     def forward(self):
         raise NotImplementedError
