@@ -33,7 +33,7 @@ check)
     stage kernel_tests 200 $python -m pytest -v --durations=15 -p no:cacheprovider tests/kernels
     # without the --compile parity tests: inductor's cold compile would take most of the stage (they run on the
     # CPU in CI; on a GPU, bench_train.py's compile rows run it as far as their time budget goes)
-    stage engine_tests 130 $python -m pytest -v --durations=15 -p no:cacheprovider tests/test_engine.py \
+    stage engine_tests 150 $python -m pytest -v --durations=15 -p no:cacheprovider tests/test_engine.py \
         -k "not compiled"
     # the goals: the reference row and the default fast path (all rows before it included)
     stage train_goals 150 $python benchmarks/bench_train.py --out "$out/goals" --rows reference cuda_graph \
