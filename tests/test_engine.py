@@ -1,8 +1,8 @@
 """Every fast path of the engine against the plain reference path: layers, losses, whole training steps.
 
 On the CPU this covers fused kernels (Triton interpreter), channels-last, fused Adam, bf16 autocast, fp16
-autocast with its GradScaler and torch.compile; on a GPU also CUDA graphs. Training runs compare each step's losses and the final weights with the
-reference run from the same seed and the same batches.
+autocast with its GradScaler and torch.compile; on a GPU also CUDA graphs. Training runs compare each step's
+losses and the final weights with the reference run from the same seed and the same batches.
 """
 
 import copy
