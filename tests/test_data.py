@@ -2,7 +2,9 @@
 
 import argparse
 import os
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -346,3 +348,80 @@ def test_too_small_for_crop_names_file_and_sizes(tmp_path):
         dataset[1]
     with pytest.raises(DatasetError, match="--load_size 32 is smaller than --crop_size 64"):
         create_dataset(make_opt(tmp_path, preprocess="resize_and_crop", load_size=32))
+
+
+# ---------------------------------------------------------------- 16-bit, too narrow and too large images
+
+
+def all_16_bit_values():
+    return np.arange(65536, dtype=np.uint16).reshape(256, 256)
+
+
+@pytest.mark.parametrize("name, mode", [("png16.png", "I;16"), ("big_endian.tif", "I;16B"), ("int32.tif", "I")])
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path, name, mode):
+    values = all_16_bit_values()
+    image = Image.fromarray(values.astype(">u2") if mode == "I;16B" else values)
+    (image.convert("I") if mode == "I" else image).save(tmp_path / name)
+    with Image.open(tmp_path / name) as saved:
+        assert saved.mode == mode
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    loaded = SingleDataset(make_opt(tmp_path, dataset_mode="single", preprocess="none", no_flip=True))[0]["A"]
+    pixels = ((loaded + 1) * 127.5).round().to(torch.uint8).numpy()
+    for channel in pixels:
+        np.testing.assert_array_equal(channel, expected)
+    assert (pixels == 255).mean() < 0.01  # PIL's own convert('RGB') makes 99.6% of these pixels 255
+
+
+def test_aligned_image_one_pixel_wide_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    from fastp2p.data import datasets
+    from fastp2p.data.gpu_cache import GPUCacheLoader
+    monkeypatch.setattr(datasets, "_warned_odd_width", False)
+    save(coordinate_image(2, 64), str(tmp_path / "train" / "0.png"))  # two halves of one column each: fine
+    save(coordinate_image(1, 64), str(tmp_path / "train" / "1.png"))
+    opt = make_opt(tmp_path, preprocess="resize_and_crop", load_size=64, crop_size=64, serial_batches=True)
+    dataset = AlignedDataset(opt)
+    assert dataset[0]["A"].shape == (3, 64, 64)
+    message = r"1\.png is 1x64 pixels, too narrow to split into an A and a B half"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no odd-width warning first: the error is the whole story
+        with pytest.raises(DatasetError, match=message) as error:
+            dataset[1]
+    assert "\n" not in str(error.value)
+    with pytest.raises(DatasetError, match=message):
+        GPUCacheLoader(opt, "cpu")  # the fast loaders check every file's header before decoding
+    os.remove(tmp_path / "train" / "0.png")
+    with pytest.raises(DatasetError, match=message):
+        AlignedDataset(opt)
+
+
+def write_png_header(path, width, height):
+    """A PNG of the given size with no pixel data: enough for a header read, nothing allocated."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    from fastp2p.data.image_folder import image_size, load_rgb
+    write_png_header(tmp_path / "huge.png", 9500, 9500)  # 90,250,000 pixels: PIL itself only warns
+    message = r"huge\.png is 9500x9500 = 90,250,000 pixels, over the limit of 89,478,485 pixels per image"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for read in (image_size, load_rgb):
+            with pytest.raises(DatasetError, match=message) as error:
+                read(str(tmp_path / "huge.png"))
+            assert "\n" not in str(error.value)
+        with pytest.raises(DatasetError, match=message):
+            create_dataset(make_opt(tmp_path, dataset_mode="single"))
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_pixel_limit_is_the_named_constant_checked_before_decoding(tmp_path, monkeypatch):
+    from fastp2p.data import image_folder
+    monkeypatch.setattr(image_folder, "MAX_IMAGE_PIXELS", 100)
+    save(coordinate_image(10, 10), str(tmp_path / "at_limit.png"))
+    save(coordinate_image(11, 10), str(tmp_path / "over.png"))
+    assert image_folder.load_rgb(str(tmp_path / "at_limit.png")).size == (10, 10)
+    with pytest.raises(DatasetError, match=r"over\.png is 11x10 = 110 pixels, over the limit of 100 pixels"):
+        image_folder.load_rgb(str(tmp_path / "over.png"))

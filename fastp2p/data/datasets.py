@@ -13,7 +13,8 @@ exact replay when a run resumes mid-epoch. A plain integer index uses ``self.epo
 
 Aligned pairs share one crop/flip draw; unpaired A and B get independent draws, as in the reference.
 A file of odd width ``w`` is split as the reference splits it: A is the left ``int(w / 2)`` columns,
-B the rest (one column wider); a warning names the first such file.
+B the rest (one column wider); a warning names the first such file. A file 1 pixel wide, whose A half
+would be empty, is a DatasetError.
 
 Bad input raises :class:`DatasetError` when the dataset is built (missing or empty folders, the other
 mode's layout, images too small for ``--preprocess crop``) or, for a single file that turns out
@@ -134,22 +135,34 @@ class AlignedDataset(BaseDataset):
         self.dir_AB = os.path.join(self.root, opt.phase)
         self.AB_paths = self.image_paths(self.dir_AB)
         w, h = image_size(self.AB_paths[0])
-        self.check_fits_crop(self.AB_paths[0], (w // 2, h), what=AB_HALF)
+        self.check_fits_crop(self.AB_paths[0], (w // 2, h))
         self.gray_A, self.gray_B = self.grayscale_in_out()
 
     def __len__(self):
         return len(self.AB_paths)
+
+    def check_fits_crop(self, path, size, what=AB_HALF):
+        """Checks the A half's ``size``, also for the fast loaders; first that it is not empty.
+
+        The A half is ``int(w / 2)`` columns wide, so it is empty exactly when the file is 1 pixel wide; an empty
+        half would otherwise train as an all-black image.
+        """
+        half_w, h = size
+        if half_w == 0:
+            raise DatasetError(f"{path} is 1x{h} pixels, too narrow to split into an A and a B half: an A|B image "
+                               f"must be at least 2 pixels wide")
+        super().check_fits_crop(path, size, what)
 
     def get_item(self, index, rng):
         path = self.AB_paths[index]
         AB = load_rgb(path)
         w, h = AB.size
         half = int(w / 2)
+        self.check_fits_crop(path, (half, h))
         if w % 2:
             warn_odd_width(path, w)
         A = AB.crop((0, 0, half, h))
         B = AB.crop((half, 0, w, h))
-        self.check_fits_crop(path, (half, h), what=AB_HALF)
         params = get_params(self.opt, A.size, rng)
         return {"A": self.transform(A, params, self.gray_A), "B": self.transform(B, params, self.gray_B),
                 "A_paths": path, "B_paths": path}

@@ -2,12 +2,14 @@
 
 Every image is opened with ``.convert('RGB')`` as the reference does, so CMYK, RGBA, palette and
 grayscale files all load (alpha is dropped, CMYK is converted by PIL); grayscale *output* is a separate
-choice made by ``input_nc``/``output_nc`` in the transform. A file that PIL cannot decode (corrupt,
-truncated, not an image) raises :class:`DatasetError` naming the file, with PIL's error attached.
+choice made by ``input_nc``/``output_nc`` in the transform. 16-bit grayscale (PNG, TIFF) is scaled to 8 bits,
+where PIL's own conversion would clip every value above 255 to white. A file that PIL cannot decode (corrupt,
+truncated, not an image) or that is over :data:`MAX_IMAGE_PIXELS` raises :class:`DatasetError` naming the file.
 """
 
 import os
 
+import numpy as np
 from PIL import Image
 
 IMG_EXTENSIONS = (
@@ -17,8 +19,20 @@ IMG_EXTENSIONS = (
 
 
 # What PIL raises for a file it cannot decode: truncated data and I/O errors are OSError, a bad
-# header can be SyntaxError or ValueError, a gigantic image DecompressionBombError.
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# header can be SyntaxError or ValueError.
+_READ_ERRORS = (OSError, SyntaxError, ValueError)
+
+MAX_IMAGE_PIXELS = 89_478_485
+"""The most pixels (width x height) an image may have: 256 MiB decoded as RGB, PIL's own default threshold.
+
+Larger files are refused from their header, before decoding, with an error naming the file. PIL's own
+check is switched off below because it fires first, inside ``Image.open``, and only warns (without the
+file's name) up to twice its limit.
+"""
+Image.MAX_IMAGE_PIXELS = None
+
+# PIL modes of 16-bit grayscale: "I;16*" as decoded from PNG or TIFF, "I" as older Pillow decodes 16-bit PNG.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class DatasetError(ValueError):
@@ -47,19 +61,46 @@ def make_dataset(folder, max_dataset_size=float("inf")):
     return paths[: int(min(max_dataset_size, len(paths)))]
 
 
-def load_rgb(path):
-    """Decode ``path`` fully into an RGB PIL image, or raise DatasetError naming the file."""
+def check_pixel_limit(path, size):
+    """Refuse an image over MAX_IMAGE_PIXELS from its header size, before its pixels take any memory."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError(f"{path} is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                           f"per image (fastp2p.data.image_folder.MAX_IMAGE_PIXELS); shrink it first")
+
+
+def read_image(path, use):
+    """``use(image)`` on ``path`` opened by PIL (header read, pixels decoded only if ``use`` asks for them).
+
+    Every open goes through here: the size limit is checked first, and PIL's errors become a DatasetError
+    naming the file.
+    """
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            check_pixel_limit(path, image.size)
+            return use(image)
+    except DatasetError:
+        raise
     except _READ_ERRORS as error:
         raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
+def to_rgb(image):
+    """``image.convert('RGB')``, except that 16-bit grayscale is first scaled to 8 bits (value * 255 / 65535, rounded).
+
+    PIL converts 16-bit values to 8 bits by clipping at 255, which turns most of such an image white.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(((values * 255 + 65535 // 2) // 65535).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def load_rgb(path):
+    """Decode ``path`` fully into an RGB PIL image, or raise DatasetError naming the file."""
+    return read_image(path, to_rgb)
 
 
 def image_size(path):
     """(width, height) from the file header only, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except _READ_ERRORS as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+    return read_image(path, lambda image: image.size)
