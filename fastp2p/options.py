@@ -14,6 +14,7 @@ import os
 import torch
 
 from fastp2p.data.datasets import DATASET_MODES as DATASET_CLASSES
+from fastp2p.data.loader import WORKER_START_METHODS
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
 from fastp2p.losses import GAN_MODES
@@ -93,6 +94,10 @@ def add_base_options(parser):
                    help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
                         "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
                         "and torch on the CPU")
+    p.add_argument("--worker_start", default="spawn", choices=WORKER_START_METHODS,
+                   help="how the torch loader's --num_threads workers start (fastp2p): spawn inherits nothing from "
+                        "the trainer; fork (the reference's) starts faster but can hang in state inherited from "
+                        "the trainer's threads (DALI, Triton, TensorBoard, CUDA)")
     return p
 
 

@@ -51,19 +51,22 @@ def run(opt):
     page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")
     path_key = "B_paths" if opt.direction == "BtoA" and opt.dataset_mode != "single" else "A_paths"
     written = 0
-    for i, data in enumerate(dataset):
-        if i >= opt.num_test:
-            break
-        model.set_input(data)
-        model.test()
-        sample = os.path.splitext(os.path.basename(data[path_key][0]))[0]
-        visuals = model.get_current_visuals()
-        names = save_visuals(page, visuals, sample, opt.aspect_ratio)
-        page.add_header(sample)
-        page.add_images(names, list(visuals), opt.display_winsize)
-        written += 1
-        if i % 5 == 0:
-            print(f"processing ({i:04d})-th image... {data[path_key][0]}")
+    try:
+        for i, data in enumerate(dataset):
+            if i >= opt.num_test:
+                break
+            model.set_input(data)
+            model.test()
+            sample = os.path.splitext(os.path.basename(data[path_key][0]))[0]
+            visuals = model.get_current_visuals()
+            names = save_visuals(page, visuals, sample, opt.aspect_ratio)
+            page.add_header(sample)
+            page.add_images(names, list(visuals), opt.display_winsize)
+            written += 1
+            if i % 5 == 0:
+                print(f"processing ({i:04d})-th image... {data[path_key][0]}")
+    finally:
+        dataset.close()
     page.save()
     print(f"wrote {written} results to {os.path.join(folder, 'index.html')}")
     return 0

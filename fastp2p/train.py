@@ -243,6 +243,7 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.dataset.close()
             self.visualizer.close()
 
 

@@ -7,7 +7,14 @@ layout, epoch length with a partial last batch, the 2-rank split, and errors for
 torchvision-decode loader's logic runs here with a PIL decoder standing in for nvJPEG.
 """
 
+import gc
+import glob
 import io
+import os
+import signal
+import subprocess
+import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -22,10 +29,21 @@ from tests.test_gpu_cache import make_opt, write_pairs
 needs_dali = pytest.mark.skipif(not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda130)")
 
 
-def dali_loader(opt):
+@pytest.fixture
+def dali_loader():
+    """Builds DALI CPU loaders and closes them after the test: a pipeline left to the garbage collector can be
+    finalized in a forked process later in the suite and hang it (tests/loader_hazard.py)."""
     from fastp2p.data.dali_loader import DALILoader
 
-    return DALILoader(opt, device_id=None, num_threads=1)
+    built = []
+
+    def build(opt):
+        built.append(DALILoader(opt, device_id=None, num_threads=1))
+        return built[-1]
+
+    yield build
+    for loader in built:
+        loader.close()
 
 
 def pixel(value):
@@ -33,7 +51,7 @@ def pixel(value):
 
 
 @needs_dali
-def test_shared_crop_and_flip_read_back_exactly(tmp_path):
+def test_shared_crop_and_flip_read_back_exactly(tmp_path, dali_loader):
     opt = make_opt(write_pairs(tmp_path, 7), preprocess="crop", crop_size=64, batch_size=3)
     loader = dali_loader(opt)
     seen = 0
@@ -59,7 +77,7 @@ def edge_correlation(a, b):
 
 
 @needs_dali
-def test_real_facades_match_torch_path_statistically(shared_data):
+def test_real_facades_match_torch_path_statistically(shared_data, dali_loader):
     opt = make_opt(f"{shared_data}/facades", max_dataset_size=16, batch_size=8)
     fast, reference = dali_loader(opt), create_dataset(opt)
     fast.set_epoch(3)
@@ -77,7 +95,7 @@ def test_real_facades_match_torch_path_statistically(shared_data):
 
 @needs_dali
 @pytest.mark.parametrize("preprocess", ["resize_and_crop", "scale_width_and_crop", "crop"])
-def test_unaligned_draws_and_modes(shared_data, preprocess):
+def test_unaligned_draws_and_modes(shared_data, preprocess, dali_loader):
     opt = make_opt(f"{shared_data}/facades_unpaired", dataset_mode="unaligned", preprocess=preprocess,
                    crop_size=200, load_size=300, output_nc=1, max_dataset_size=6, batch_size=4)
     fast, reference = dali_loader(opt), create_dataset(opt)
@@ -89,7 +107,7 @@ def test_unaligned_draws_and_modes(shared_data, preprocess):
 
 
 @needs_dali
-def test_two_ranks_cover_every_file_once(tmp_path, monkeypatch):
+def test_two_ranks_cover_every_file_once(tmp_path, monkeypatch, dali_loader):
     opt = make_opt(write_pairs(tmp_path, 9), preprocess="crop", crop_size=64, batch_size=2)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     per_rank = []
@@ -105,7 +123,7 @@ def test_two_ranks_cover_every_file_once(tmp_path, monkeypatch):
 
 
 @needs_dali
-def test_stopping_mid_epoch_then_resuming(tmp_path):
+def test_stopping_mid_epoch_then_resuming(tmp_path, dali_loader):
     opt = make_opt(write_pairs(tmp_path, 8), preprocess="crop", crop_size=64, batch_size=2)
     loader = dali_loader(opt)
     loader.set_epoch(2)
@@ -116,7 +134,50 @@ def test_stopping_mid_epoch_then_resuming(tmp_path):
 
 
 @needs_dali
-def test_grayscale_and_png_files_decode_to_rgb(tmp_path):
+def test_close_shuts_the_pipeline_down_at_once(tmp_path, dali_loader):
+    loader = dali_loader(make_opt(write_pairs(tmp_path, 4), preprocess="crop", crop_size=64, batch_size=2))
+    suspended = iter(loader)
+    next(suspended)  # a pass left mid-epoch, as a stopped run leaves it
+    pipeline = weakref.ref(loader.pipe)
+    gc.disable()  # the pipeline must go with close(), not with a later collection
+    try:
+        loader.close()
+        assert pipeline() is None
+        suspended.close()  # the pass's cleanup finds no pipeline to drain, and says nothing
+    finally:
+        gc.enable()
+
+
+def children(pid):
+    """Child process ids of ``pid``, started from any of its threads (Linux's /proc)."""
+    found = []
+    for listing in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(listing) as ids:
+            found += [int(child) for child in ids.read().split()]
+    return found
+
+
+@needs_dali
+def test_a_leaked_pipeline_cannot_hang_a_loader_worker(tmp_path):
+    """tests/loader_hazard.py leaks a pipeline, then runs a failing worker that collects garbage: a forked worker
+    hangs in the pipeline's destructor (the suite hung that way); a spawned one reports the error."""
+    write_pairs(tmp_path, 2)
+    script = os.path.join(os.path.dirname(__file__), "loader_hazard.py")
+    process = subprocess.Popen([sys.executable, script, str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for pid in children(process.pid) + [process.pid]:  # a worker runs in a process group of its own
+            os.kill(pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("a loader worker hung on state inherited from the process that started it")
+    assert process.returncode == 0, output
+    assert "DatasetError: cannot read image 0.png" in output, output
+
+
+@needs_dali
+def test_grayscale_and_png_files_decode_to_rgb(tmp_path, dali_loader):
     (tmp_path / "train").mkdir()
     pattern = write_pairs(tmp_path / "src", 1).joinpath("train", "0.png")
     Image.open(pattern).convert("L").save(tmp_path / "train" / "gray.jpg", quality=95)
@@ -129,7 +190,7 @@ def test_grayscale_and_png_files_decode_to_rgb(tmp_path):
 
 
 @needs_dali
-def test_bad_files_raise_dataset_error(tmp_path):
+def test_bad_files_raise_dataset_error(tmp_path, dali_loader):
     root = write_pairs(tmp_path, 2)
     (root / "train" / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match="junk.jpg"):
@@ -144,7 +205,7 @@ def test_bad_files_raise_dataset_error(tmp_path):
 
 
 @needs_dali
-def test_a_batch_of_different_sizes_is_a_dataset_error(tmp_path):
+def test_a_batch_of_different_sizes_is_a_dataset_error(tmp_path, dali_loader):
     root = write_pairs(tmp_path, 1)
     Image.open(root / "train" / "0.png").crop((0, 0, 256, 100)).save(root / "train" / "1.png")  # another aspect
     loader = dali_loader(make_opt(root, preprocess="scale_width", load_size=64, crop_size=32, batch_size=2,

@@ -113,6 +113,12 @@ class DALILoader(_FedLoader):
         self.pipe = self._build(device_id, num_threads or max(1, int(opt.num_threads)), prefetch)
         self.set_epoch(0)  # the torch loader too starts at epoch 0 until told
 
+    def close(self):
+        """Shut DALI's threads down now. Left to the garbage collector (the pipeline's feed callback keeps the
+        loader in a reference cycle), the pipeline can be finalized in a forked child process that holds the
+        object but not the threads its destructor waits for, and that child hangs."""
+        self.pipe = None  # the only reference: DALI's destructor runs here
+
     def _fields(self):
         """The per-sample arguments the graph uses, as (side, name); an aligned pair's crop anchor and flip
         are side 0's, used by both halves: the shared draw."""
@@ -212,6 +218,8 @@ class DALILoader(_FedLoader):
                     batch[key + "_paths"] = side_paths
                 yield batch
         finally:
+            if self.pipe is None:  # closed while this pass was suspended
+                return
             if not finished:  # left mid-epoch: drain what DALI prefetched so the next pass starts clean
                 self._feed = iter(())
                 try:

@@ -243,6 +243,9 @@ class PlannedLoader:
         self.plan = plan_epoch(self.dataset, epoch, self.sizes)
         self.skip_batches = skip_batches
 
+    def close(self):
+        """Release what the loader holds beyond memory (worker threads or processes); none here."""
+
 
 class GPUCacheLoader(PlannedLoader):
     """The torch loader's interface (len, iter, set_epoch) over a set decoded once into device memory.

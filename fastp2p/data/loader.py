@@ -6,9 +6,16 @@ splits it (padded by wrapping around so every rank gets the same count). The sam
 dataset ``(epoch, index)`` so per-item randomness is seeded too (see datasets.py).
 ``set_epoch(epoch, skip_batches=k)`` starts the next pass at batch k of that epoch's order, which is how
 a run interrupted mid-epoch resumes on exactly the batches it had not yet seen.
+
+Workers start with ``spawn`` by default (``--worker_start``): a fresh interpreter inherits nothing of the
+trainer's, whereas a forked worker inherits every object and lock of a process that runs threads (DALI's
+executors, Triton, TensorBoard's writer, CUDA) without the threads that would release them, and can hang
+in a garbage-collected DALI pipeline or a half-held lock. The price is paid once per run, as the workers
+are persistent.
 """
 
 import math
+import multiprocessing
 import os
 
 import torch
@@ -17,6 +24,18 @@ import torch.utils.data
 from .. import distributed
 from .datasets import DATASET_MODES, mix_seed, seed_of
 from .image_folder import DatasetError, mixed_sizes_error
+
+
+WORKER_START_METHODS = ("spawn", "forkserver", "fork")
+
+
+def worker_context(method):
+    """The multiprocessing context the loader's workers start from (``--worker_start``)."""
+    if method not in WORKER_START_METHODS:
+        raise ValueError(f"--worker_start {method!r} is not one of {', '.join(WORKER_START_METHODS)}")
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"--worker_start {method} is not available on this platform; use spawn")
+    return multiprocessing.get_context(method)
 
 
 def shard_indices(n, epoch, seed, shuffle, rank=0, world_size=1):
@@ -69,6 +88,7 @@ class DataLoaderWrapper:
             num_workers=workers,
             pin_memory=device is not None and torch.device(device).type == "cuda",
             persistent_workers=workers > 0,
+            multiprocessing_context=worker_context(getattr(opt, "worker_start", "spawn")) if workers > 0 else None,
             drop_last=False,
             # A private generator: making an iterator must not consume the global torch RNG, or a
             # resumed run's dropout/init draws would shift by one.
@@ -95,6 +115,12 @@ class DataLoaderWrapper:
             yield from self.dataloader
         except DatasetError as error:
             raise DatasetError(worker_message(str(error))) from None
+
+    def close(self):
+        """Stop the persistent workers now, not whenever the garbage collector reaches their iterator."""
+        workers = self.dataloader._iterator  # where torch keeps the persistent workers' iterator
+        if workers is not None:
+            workers._shutdown_workers()  # what torch's own finalizer calls; safe to call twice
 
 
 def collate_same_size(samples):
