@@ -17,11 +17,16 @@ from PIL import Image
 
 
 def tensor2im(image_tensor):
-    """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB)."""
-    array = image_tensor[0].detach().float().cpu().nan_to_num(0.0).clamp(-1, 1).numpy()
+    """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB), the reference's bytes.
+
+    As the reference, ``(x + 1) / 2 * 255`` in float32 is truncated, not rounded. The reference does not
+    clamp, so a value outside [-1, 1] wraps around in its uint8 cast; here it is clamped first. NaN becomes
+    0, as the reference's cast gives.
+    """
+    array = image_tensor[0].detach().float().cpu().nan_to_num(nan=-1.0).clamp(-1, 1).numpy()
     if array.shape[0] == 1:
         array = np.tile(array, (3, 1, 1))
-    return ((np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0).round().astype(np.uint8)
+    return ((np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0).astype(np.uint8)
 
 
 def save_image(array, path, aspect_ratio=1.0):
