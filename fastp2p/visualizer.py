@@ -9,6 +9,7 @@ used only when the package is installed.
 import html
 import importlib.util
 import os
+import re
 import sys
 import time
 
@@ -84,6 +85,27 @@ def save_visuals(page, visuals, sample_name, aspect_ratio=1.0):
     return names
 
 
+WEB_IMAGE_NAME = re.compile(r"epoch(\d+)_(.+)\.png")
+
+
+def snapshots_on_disk(image_folder, labels):
+    """(epoch, file names, their labels) for each epoch with snapshots in ``image_folder``, newest first.
+
+    Read from the files rather than kept in memory, so the page of a resumed run keeps the epochs before
+    it. Labels come in the order of ``labels`` (the model's visuals), then any others by name.
+    """
+    snapshots = {}
+    for name in os.listdir(image_folder):
+        match = WEB_IMAGE_NAME.fullmatch(name)
+        if match:
+            snapshots.setdefault(int(match[1]), {})[match[2]] = name
+    rank = {label: i for i, label in enumerate(labels)}
+    for epoch in sorted(snapshots, reverse=True):
+        names = snapshots[epoch]
+        ordered = sorted(names, key=lambda label: (rank.get(label, len(rank)), label))
+        yield epoch, [names[label] for label in ordered], ordered
+
+
 class ProgressLine:
     """A one-line progress bar on a terminal; silent when output goes to a file or pipe."""
 
@@ -122,7 +144,7 @@ class Visualizer:
         self.web_folder = os.path.join(self.folder, "web")
         self.progress = ProgressLine()
         self.tensorboard = None
-        self.web_rows = []  # newest first: (header, image file names, labels)
+        self.saved = False  # whether this epoch has a web/ snapshot yet (see reset)
         if not enabled:
             return
         os.makedirs(self.folder, exist_ok=True)
@@ -160,21 +182,26 @@ class Visualizer:
         if images_per_s is not None:
             self.tensorboard.add_scalar("speed/images_per_s", images_per_s, total_iters)
 
+    def reset(self):
+        """Called at the start of each epoch: its first display is saved to web/ whatever save_result says."""
+        self.saved = False
+
     def display_current_results(self, visuals, epoch, total_iters, save_result):
-        """Save the current visuals to web/images and the page (reference: when save_result), TensorBoard too."""
+        """TensorBoard images; as the reference, web/images/epochNNN_<label>.png and web/index.html are written
+        when save_result or at the epoch's first display, so every epoch keeps a snapshot."""
         if not self.enabled:
             return
         if self.tensorboard is not None:
             for label, tensor in visuals.items():
                 self.tensorboard.add_image(label, tensor2im(tensor), total_iters, dataformats="HWC")
-        if not save_result or self.opt.no_html:
+        if self.opt.no_html or (self.saved and not save_result):
             return
+        self.saved = True
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
-        names = save_visuals(page, visuals, f"epoch{epoch:03d}_iter{total_iters}")
-        self.web_rows.insert(0, (f"epoch [{epoch}], iters [{total_iters}]", names, list(visuals)))
-        for header, row_names, labels in self.web_rows:
-            page.add_header(header)
-            page.add_images(row_names, labels, self.opt.display_winsize)
+        save_visuals(page, visuals, f"epoch{epoch:03d}")
+        for snapshot_epoch, names, labels in snapshots_on_disk(page.image_folder, list(visuals)):
+            page.add_header(f"epoch [{snapshot_epoch}]")
+            page.add_images(names, labels, self.opt.display_winsize)
         page.save()
 
     def close(self):

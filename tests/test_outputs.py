@@ -1,11 +1,14 @@
 """What a run writes for a person to look at: result PNGs with the reference's bytes, and the web/ snapshots."""
 
+import argparse
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fastp2p.visualizer import HTMLPage, save_visuals, tensor2im
+from fastp2p.visualizer import HTMLPage, Visualizer, save_visuals, tensor2im
 
 # ---------------------------------------------------------------- result bytes (fastp2p.test)
 
@@ -75,3 +78,70 @@ def test_result_files_have_the_reference_bytes(tmp_path, aspect_ratio):
         reference_path = tmp_path / f"reference_{name}"
         reference_save_image(reference_tensor2im(tensor), reference_path, aspect_ratio)
         assert (tmp_path / "fast" / "images" / name).read_bytes() == reference_path.read_bytes()
+
+
+# ---------------------------------------------------------------- web/ snapshots during training
+
+
+def make_opt(tmp_path, **overrides):
+    values = dict(checkpoints_dir=str(tmp_path), name="run", no_tensorboard=True, no_html=False, display_winsize=64)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+LABELS = ("real_A", "fake_B", "real_B")
+
+
+def visuals(value):
+    """Three constant images; the byte each one is saved as tells which call wrote it."""
+    return {label: torch.full((1, 3, 8, 8), value) for label in LABELS}
+
+
+def saved_byte(tmp_path, name):
+    return int(np.asarray(Image.open(tmp_path / "run" / "web" / "images" / name))[0, 0, 0])
+
+
+def page_sections(tmp_path):
+    """[(epoch, [image file names])] in the order web/index.html shows them."""
+    page = (tmp_path / "run" / "web" / "index.html").read_text()
+    return [(int(epoch), re.findall(r'<img src="images/([^"]+)"', body))
+            for epoch, body in re.findall(r"<h3>epoch \[(\d+)\]</h3>(.*?)(?=<h3>|$)", page, re.S)]
+
+
+def epoch_files(epoch):
+    return [f"epoch{epoch:03d}_{label}.png" for label in LABELS]
+
+
+def test_first_display_of_each_epoch_is_saved_and_the_page_lists_epochs_newest_first(tmp_path):
+    visualizer = Visualizer(make_opt(tmp_path))
+    visualizer.reset()
+    visualizer.display_current_results(visuals(-1.0), 1, 4, save_result=False)  # first of epoch 1: saved
+    assert saved_byte(tmp_path, "epoch001_real_A.png") == 0
+    visualizer.display_current_results(visuals(0.0), 1, 8, save_result=False)  # neither first nor save_result
+    assert saved_byte(tmp_path, "epoch001_real_A.png") == 0
+    visualizer.display_current_results(visuals(1.0), 1, 12, save_result=True)  # --update_html_freq: saved over
+    assert saved_byte(tmp_path, "epoch001_real_A.png") == 255
+    visualizer.reset()
+    visualizer.display_current_results(visuals(0.0), 2, 16, save_result=False)  # first of epoch 2
+    assert saved_byte(tmp_path, "epoch002_real_A.png") == 127
+    assert sorted(p.name for p in (tmp_path / "run" / "web" / "images").iterdir()) == sorted(
+        epoch_files(1) + epoch_files(2))
+    assert page_sections(tmp_path) == [(2, epoch_files(2)), (1, epoch_files(1))]
+
+
+def test_a_resumed_run_keeps_the_earlier_epochs_on_its_page(tmp_path):
+    first_run = Visualizer(make_opt(tmp_path))
+    for epoch in (1, 2):
+        first_run.reset()
+        first_run.display_current_results(visuals(0.0), epoch, 4 * epoch, save_result=False)
+    resumed = Visualizer(make_opt(tmp_path))  # --continue_train: a new process, nothing in memory
+    resumed.reset()
+    resumed.display_current_results(visuals(0.0), 3, 12, save_result=False)
+    assert page_sections(tmp_path) == [(3, epoch_files(3)), (2, epoch_files(2)), (1, epoch_files(1))]
+
+
+def test_no_html_writes_no_snapshot(tmp_path):
+    visualizer = Visualizer(make_opt(tmp_path, no_html=True))
+    visualizer.reset()
+    visualizer.display_current_results(visuals(0.0), 1, 4, save_result=True)
+    assert not (tmp_path / "run" / "web").exists()
