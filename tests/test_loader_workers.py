@@ -38,3 +38,16 @@ def test_close_ends_the_persistent_workers(tmp_path):
     loader.close()
     assert not set(multiprocessing.active_children()) - before
     loader.close()  # a second close is harmless
+
+
+def test_workers_of_the_trainers_options_start(tmp_path):
+    """The trainer's options carry their argparse parser, which cannot be pickled to a spawned worker."""
+    from fastp2p.options import parse_options
+
+    opt = parse_options(["--dataroot", str(aligned_root(tmp_path, count=2)), "--dataset_mode", "aligned",
+                         "--num_threads", "1", "--load_size", "72", "--crop_size", "64", "--seed", "1"])
+    loader = create_dataset(opt)
+    try:
+        assert [len(batch["A_paths"]) for batch in loader] == [1, 1]
+    finally:
+        loader.close()
