@@ -32,17 +32,13 @@ def print_main(*args, **kwargs):
 def init_distributed(use_cuda):
     """Join the torchrun process group when WORLD_SIZE > 1 and return this process's device.
 
-    NCCL on GPUs, gloo on CPUs. A single process (python -m, or torchrun with one process) stays
-    ungrouped, so no collective is ever paid for.
+    On a GPU that is the current CUDA device, which options.use_cuda chose from --gpu_ids. NCCL on GPUs,
+    gloo on CPUs. A single process (python -m, or torchrun with one process) stays ungrouped, so no
+    collective is ever paid for.
     """
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
 
 
 def barrier():

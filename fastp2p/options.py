@@ -10,6 +10,7 @@ module reads.
 import argparse
 import math
 import os
+import tempfile
 
 import torch
 
@@ -51,6 +52,27 @@ def non_negative_float(text):
     return value
 
 
+def finite_float(text, requirement, accepts):
+    """A float in a range: NaN or an infinity reaching an optimizer, a loss weight or a weight init would fail
+    deep inside torch, or silently turn every weight into NaN."""
+    value = float(text)
+    if not (math.isfinite(value) and accepts(value)):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    return value
+
+
+def finite_non_negative_float(text):
+    return finite_float(text, "a finite number >= 0", lambda value: value >= 0)
+
+
+def finite_positive_float(text):
+    return finite_float(text, "a finite number > 0", lambda value: value > 0)
+
+
+def adam_beta(text):
+    return finite_float(text, "a number in [0, 1), as Adam needs", lambda value: 0 <= value < 1)
+
+
 def add_base_options(parser):
     """Flags shared by training and inference (reference BaseOptions), plus --seed."""
     p = parser
@@ -69,7 +91,7 @@ def add_base_options(parser):
     p.add_argument("--n_layers_D", type=positive_int, default=3)
     p.add_argument("--norm", default="instance", choices=NORM_TYPES)
     p.add_argument("--init_type", default="normal", choices=INIT_TYPES)
-    p.add_argument("--init_gain", type=float, default=0.02)
+    p.add_argument("--init_gain", type=finite_non_negative_float, default=0.02)
     p.add_argument("--no_dropout", action="store_true")
     p.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES)
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
@@ -121,8 +143,8 @@ def add_train_options(parser):
     p.add_argument("--phase", default="train")
     p.add_argument("--n_epochs", type=non_negative_int, default=100)
     p.add_argument("--n_epochs_decay", type=non_negative_int, default=100)
-    p.add_argument("--beta1", type=float, default=0.5)
-    p.add_argument("--lr", type=float, default=0.0002)
+    p.add_argument("--beta1", type=adam_beta, default=0.5)
+    p.add_argument("--lr", type=finite_non_negative_float, default=0.0002)
     p.add_argument("--gan_mode", default="lsgan", choices=GAN_MODES)
     p.add_argument("--pool_size", type=non_negative_int, default=50)
     p.add_argument("--lr_policy", default="linear", choices=LR_POLICIES)
@@ -158,7 +180,7 @@ def add_test_options(parser):
     """Reference TestOptions; load_size defaults to crop_size, so the default test crop is a plain resize."""
     p = parser
     p.add_argument("--results_dir", default="./results/")
-    p.add_argument("--aspect_ratio", type=float, default=1.0)
+    p.add_argument("--aspect_ratio", type=finite_positive_float, default=1.0)
     p.add_argument("--phase", default="test")
     p.add_argument("--eval", action="store_true", help="eval mode: BatchNorm running stats, no dropout")
     p.add_argument("--num_test", type=positive_int, default=50)
@@ -172,13 +194,16 @@ def add_model_options(parser, model, is_train):
         parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
         if is_train:
             parser.set_defaults(pool_size=0, gan_mode="vanilla")
-            parser.add_argument("--lambda_L1", type=float, default=100.0, help="weight for L1 loss")
+            parser.add_argument("--lambda_L1", type=finite_non_negative_float, default=100.0,
+                                help="weight for L1 loss")
     elif model == "cycle_gan":
         parser.set_defaults(no_dropout=True)
         if is_train:
-            parser.add_argument("--lambda_A", type=float, default=10.0, help="weight for cycle loss (A -> B -> A)")
-            parser.add_argument("--lambda_B", type=float, default=10.0, help="weight for cycle loss (B -> A -> B)")
-            parser.add_argument("--lambda_identity", type=float, default=0.5,
+            parser.add_argument("--lambda_A", type=finite_non_negative_float, default=10.0,
+                                help="weight for cycle loss (A -> B -> A)")
+            parser.add_argument("--lambda_B", type=finite_non_negative_float, default=10.0,
+                                help="weight for cycle loss (B -> A -> B)")
+            parser.add_argument("--lambda_identity", type=finite_non_negative_float, default=0.5,
                                 help="identity loss weight, relative to lambda_A/lambda_B")
     elif model == "test":
         if is_train:
@@ -208,8 +233,36 @@ def parse_gpu_ids(text):
     return [i for i in ids if i >= 0]
 
 
+def apply_suffix(opt):
+    """The reference's name += '_' + suffix.format(**vars(opt)), with a bad field named instead of a KeyError."""
+    try:
+        opt.name = opt.name + "_" + opt.suffix.format(**vars(opt))
+    except KeyError as e:
+        raise OptionError(f"--suffix {opt.suffix!r} names no option {e.args[0]!r}; its fields are option names, "
+                          f"e.g. {{netG}}_bs{{batch_size}}") from None
+    except (IndexError, ValueError, AttributeError, TypeError) as e:
+        raise OptionError(f"--suffix {opt.suffix!r} is not a format string of option names: {e}") from None
+
+
+def check_name(opt):
+    """NAME is joined to --checkpoints_dir (and --results_dir): a path in it would write outside them."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    if (opt.name in ("", ".", "..") or any(sep in opt.name for sep in separators) or "\0" in opt.name
+            or os.path.splitdrive(opt.name)[0]):
+        given = " (with --suffix applied)" if opt.suffix else ""
+        parents = "--checkpoints_dir" if opt.isTrain else "--checkpoints_dir and --results_dir"
+        raise OptionError(f"--name {opt.name!r}{given} must be one plain folder name, without '/' and not "
+                          f"'.' or '..': it names the run's folder inside {parents}")
+
+
 def check_options(opt):
-    """Reject combinations that would only fail deep inside a run."""
+    """Reject combinations that would only fail deep inside a run, or that would do nothing."""
+    check_name(opt)
+    if opt.isTrain:
+        last_epoch = opt.n_epochs + opt.n_epochs_decay
+        if last_epoch < opt.epoch_count and (last_epoch == 0 or not opt.continue_train):
+            raise OptionError(f"nothing to train: epochs run from --epoch_count {opt.epoch_count} up to --n_epochs + "
+                              f"--n_epochs_decay = {opt.n_epochs} + {opt.n_epochs_decay} = {last_epoch}")
     if opt.preprocess in ("resize_and_crop", "scale_width_and_crop") and opt.crop_size > opt.load_size:
         raise OptionError(f"--crop_size {opt.crop_size} is larger than --load_size {opt.load_size}; "
                           f"the crop must fit in the resized image")
@@ -240,9 +293,9 @@ def parse_options(argv=None, is_train=True):
     if not is_train:
         # The reference's test script hard-codes these.
         opt.num_threads, opt.batch_size, opt.serial_batches, opt.no_flip, opt.display_id = 0, 1, True, True, -1
-    if opt.suffix:
-        opt.name = opt.name + "_" + opt.suffix.format(**vars(opt))
     try:
+        if opt.suffix:
+            apply_suffix(opt)
         opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
         check_options(opt)
     except OptionError as e:
@@ -267,22 +320,59 @@ def format_options(opt):
     return "\n".join(lines)
 
 
+def make_output_folder(flag, root, name):
+    """Create root/NAME and write a file there, so that an unwritable --checkpoints_dir or --results_dir stops
+    the run now with one line naming the folder and the reason, not with a traceback at its first output."""
+    folder = os.path.join(root, name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OptionError(f"{flag} {root}: cannot write to {folder}: {e.strerror or e}") from None
+    return folder
+
+
 def save_options(opt):
-    """Print the options and write them to checkpoints/NAME/{phase}_opt.txt, as the reference does."""
+    """Print the options and write them to checkpoints/NAME/{phase}_opt.txt, as the reference does; inference
+    also makes sure that results/NAME can be written before it loads anything."""
     text = format_options(opt)
     print(text)
-    folder = os.path.join(opt.checkpoints_dir, opt.name)
-    os.makedirs(folder, exist_ok=True)
+    folder = make_output_folder("--checkpoints_dir", opt.checkpoints_dir, opt.name)
     with open(os.path.join(folder, f"{opt.phase}_opt.txt"), "w") as f:
         f.write(text + "\n")
+    if not opt.isTrain:
+        make_output_folder("--results_dir", opt.results_dir, opt.name)
 
 
 def use_cuda(opt):
-    """True when the flags ask for a GPU and one is present; warns when asked for but missing."""
+    """Pick this process's device from --gpu_ids and say whether it is a GPU.
+
+    One process trains on the first listed id; under torchrun the process of local rank r on gpu_ids[r]. The
+    chosen GPU becomes torch's current device, which distributed.init_distributed hands out. Without CUDA a
+    request for a GPU warns and falls back to the CPU.
+    """
     if not opt.gpu_ids:
         return False
-    if torch.cuda.is_available():
-        return True
-    print(f"warning: --gpu_ids {','.join(map(str, opt.gpu_ids))} asks for a GPU but CUDA is not available; "
-          f"running on CPU (pass --gpu_ids -1 to say so)")
-    return False
+    listed = ",".join(map(str, opt.gpu_ids))
+    if not torch.cuda.is_available():
+        print(f"warning: --gpu_ids {listed} asks for a GPU but CUDA is not available; "
+              f"running on CPU (pass --gpu_ids -1 to say so)")
+        return False
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+    if len(opt.gpu_ids) < local_processes:
+        raise OptionError(f"--gpu_ids {listed} lists {len(opt.gpu_ids)} GPU(s) for the {local_processes} processes "
+                          f"on this machine: give one id per process, e.g. --gpu_ids "
+                          f"{','.join(map(str, range(local_processes)))}")
+    count = torch.cuda.device_count()
+    missing = [str(gpu) for gpu in opt.gpu_ids if gpu >= count]
+    if missing:
+        raise OptionError(f"--gpu_ids {listed}: no GPU {','.join(missing)} on this machine, which has {count} "
+                          f"visible GPU(s), numbered from 0")
+    if len(opt.gpu_ids) > local_processes and local_rank == 0:
+        print(f"warning: --gpu_ids {listed} lists {len(opt.gpu_ids)} GPUs for {local_processes} process(es), one GPU "
+              f"each: GPUs {','.join(map(str, opt.gpu_ids[local_processes:]))} stay idle (start one process per GPU "
+              f"with torchrun --nproc_per_node={len(opt.gpu_ids)})")
+    torch.cuda.set_device(opt.gpu_ids[local_rank])
+    return True

@@ -1,8 +1,13 @@
 """The CLI accepts the reference's flags verbatim, applies its model defaults and rejects bad input."""
 
+import errno
+import os
+
 import pytest
 
-from fastp2p.options import format_options, parse_options, save_options
+from fastp2p import test as test_cli
+from fastp2p import train as train_cli
+from fastp2p.options import OptionError, format_options, parse_options, save_options
 
 
 def parse(*args, is_train=True):
@@ -59,6 +64,24 @@ def test_suffix_extends_the_name():
     (["--gpu_ids", "a,b"], "--gpu_ids"),
     (["--dataroot", "/no/such/folder"], "not a folder"),
     (["--model", "test"], "fastp2p.test only"),
+    (["--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
+    (["--lr", "-1"], "argument --lr: must be a finite number >= 0, got -1"),
+    (["--lr", "inf"], "argument --lr: must be a finite number >= 0"),
+    (["--lr", "fast"], "argument --lr: invalid finite_non_negative_float value: 'fast'"),
+    (["--beta1", "2"], "argument --beta1: must be a number in [0, 1)"),
+    (["--beta1", "1"], "argument --beta1: must be a number in [0, 1)"),
+    (["--beta1", "-0.1"], "argument --beta1: must be a number in [0, 1)"),
+    (["--init_gain", "nan"], "argument --init_gain: must be a finite number >= 0"),
+    (["--model", "pix2pix", "--lambda_L1", "inf"], "argument --lambda_L1: must be a finite number >= 0"),
+    (["--lambda_A", "-10"], "argument --lambda_A: must be a finite number >= 0"),
+    (["--lambda_B", "nan"], "argument --lambda_B: must be a finite number >= 0"),
+    (["--lambda_identity", "-0.5"], "argument --lambda_identity: must be a finite number >= 0"),
+    (["--suffix", "{nonexistent}"], "--suffix '{nonexistent}' names no option 'nonexistent'"),
+    (["--suffix", "bs{batch_size"], "--suffix 'bs{batch_size' is not a format string"),
+    (["--suffix", "{0}"], "--suffix '{0}' is not a format string"),
+    (["--n_epochs", "0", "--n_epochs_decay", "0"], "nothing to train"),
+    (["--n_epochs", "0", "--n_epochs_decay", "0", "--continue_train"], "nothing to train"),
+    (["--n_epochs", "2", "--n_epochs_decay", "1", "--epoch_count", "4"], "nothing to train"),
 ])
 def test_bad_flags_are_rejected_with_a_clear_message(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -77,3 +100,81 @@ def test_options_file_is_written_like_the_reference(tmp_path):
     assert "               batch_size: 4                             \t[default: 1]" in lines
     assert any(line.startswith("                     norm: batch") and "[default" not in line for line in lines)
     assert text == format_options(opt) + "\n"
+
+
+def error_line(capsys):
+    """The last stderr line, the one that names the problem (argparse puts its usage lines before it)."""
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--lr", "0", "--beta1", "0", "--init_gain", "0"],
+    ["--lambda_identity", "0", "--lambda_A", "0.5"],
+    ["--model", "pix2pix", "--lambda_L1", "0"],
+    ["--n_epochs", "0", "--n_epochs_decay", "1"],
+    ["--n_epochs", "2", "--n_epochs_decay", "1", "--epoch_count", "4", "--continue_train"],  # resumes from a state
+    ["--name", "..hidden..", "--suffix", "{lr}"],
+])
+def test_values_at_the_edge_of_each_range_are_accepted(args):
+    parse(*args)
+
+
+@pytest.mark.parametrize("name, suffix", [
+    ("../../x", ""), ("/tmp/x", ""), ("runs/a", ""), ("..", ""), (".", ""), ("", ""), ("run", "../x"),
+    ("a\0b", ""),
+])
+@pytest.mark.parametrize("is_train", [True, False])
+def test_a_name_that_is_not_one_folder_name_is_rejected(name, suffix, is_train, capsys):
+    args = ["--name", name] + (["--suffix", suffix] if suffix else [])
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*args, is_train=is_train)
+    assert exit_info.value.code == 2
+    line = error_line(capsys)
+    assert line.startswith("fastp2p.") and "--name" in line and "must be one plain folder name" in line
+    assert ("(with --suffix applied)" in line) == bool(suffix)
+
+
+def test_an_os_separator_in_the_name_is_rejected(monkeypatch, capsys):
+    """The separator of the OS the run is on (Windows' backslash), not only '/'."""
+    monkeypatch.setattr(os, "sep", "\\")
+    with pytest.raises(SystemExit):
+        parse("--name", "..\\x")
+    assert "must be one plain folder name" in error_line(capsys)
+
+
+def test_an_unwritable_checkpoints_dir_is_one_line_naming_it(tmp_path, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert train_cli.main(["--name", "run", "--checkpoints_dir", str(not_a_folder), "--gpu_ids", "-1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastp2p.train: error: "), lines
+    assert f"{not_a_folder / 'run'}: Not a directory" in lines[0]
+
+
+def test_a_read_only_checkpoints_dir_is_an_option_error_with_the_os_reason(tmp_path, monkeypatch):
+    opt = parse("--name", "run", "--checkpoints_dir", str(tmp_path / "ro"))
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    with pytest.raises(OptionError, match=r"^--checkpoints_dir .*ro: cannot write to .*run: Read-only file system$"):
+        save_options(opt)
+
+
+def test_an_unwritable_results_dir_stops_the_test_script_in_one_line(tmp_path, capsys):
+    dataroot = tmp_path / "images"
+    dataroot.mkdir()
+    not_a_folder = tmp_path / "results"
+    not_a_folder.write_text("")
+    argv = ["--model", "test", "--name", "run", "--dataroot", str(dataroot), "--gpu_ids", "-1",
+            "--checkpoints_dir", str(tmp_path / "checkpoints"), "--results_dir", str(not_a_folder)]
+    assert test_cli.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fastp2p.test: error: --results_dir {not_a_folder}: cannot write to {not_a_folder / 'run'}: Not a directory"]
+
+
+def test_aspect_ratio_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        parse("--aspect_ratio", "0", is_train=False)
+    assert "argument --aspect_ratio: must be a finite number > 0, got 0" in error_line(capsys)
