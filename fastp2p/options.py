@@ -138,6 +138,10 @@ def add_train_options(parser):
     p.add_argument("--save_latest_freq", type=positive_int, default=5000)
     p.add_argument("--save_epoch_freq", type=positive_int, default=5)
     p.add_argument("--save_by_iter", action="store_true")
+    p.add_argument("--save_epoch_state", action="store_true",
+                   help="keep a training state (optimizer moments: twice the networks' size) with every epoch "
+                        "snapshot too, so --continue_train --epoch N resumes exactly (fastp2p; by default only "
+                        "latest and iter_* have one)")
     p.add_argument("--continue_train", action="store_true")
     p.add_argument("--epoch_count", type=positive_int, default=1)
     p.add_argument("--phase", default="train")

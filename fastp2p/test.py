@@ -45,6 +45,10 @@ def run(opt):
     dataset = create_dataset(opt)
     model = create_model(opt)
     model.setup(opt)
+    diverged = model.nonfinite_networks()
+    if diverged:
+        raise CheckpointError(f"the weights of {', '.join(diverged)} in {os.path.join(opt.checkpoints_dir, opt.name)} "
+                              f"(--epoch {opt.epoch}) are not finite: that run had diverged; use an earlier checkpoint")
     if opt.eval:
         model.eval()
     folder = results_folder(opt)

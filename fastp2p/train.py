@@ -18,7 +18,8 @@ import time
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import CheckpointError, atomic_save, load_prefix, read_checkpoint
+from fastp2p.checkpoint import (CheckpointError, CheckpointSet, FolderLock, file_digest, load_prefix, network_filename,
+                                read_checkpoint, recover_folder, training_state_filename)
 from fastp2p.data import DatasetError
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
@@ -28,12 +29,45 @@ from fastp2p.options import OptionError, parse_options, save_options, use_cuda
 from fastp2p.visualizer import Visualizer
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; no checkpoint is written from that state."""
+class NonFiniteError(RuntimeError):
+    """A loss or a weight became NaN or infinite; no checkpoint is written from that state."""
 
 
-def training_state_path(opt, prefix):
-    return os.path.join(opt.checkpoints_dir, opt.name, f"{prefix}_train_state.pth")
+STATE_KEYS = ("seed", "epoch", "epoch_iter", "total_iters", "model", "rng", "networks")
+STATE_SUFFIX = training_state_filename("")
+
+
+def read_training_state(folder, prefix):
+    """(state, None) for a complete checkpoint set ``prefix`` in ``folder``, or (None, what is wrong with it).
+
+    Complete: the training state reads, has every key, and each network file has the SHA-256 the state recorded
+    when the set was written (a file replaced since, by hand or by another program, breaks the set)."""
+    try:
+        state = read_checkpoint(os.path.join(folder, training_state_filename(prefix)))
+    except CheckpointError as error:
+        return None, str(error)
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        return None, f"its training state lacks {', '.join(missing)}"
+    for name, digest in state["networks"].items():
+        path = os.path.join(folder, network_filename(prefix, name))
+        if not os.path.isfile(path):
+            return None, f"{os.path.basename(path)} is missing"
+        if file_digest(path) != digest:
+            return None, f"{os.path.basename(path)} is not the file saved with its training state"
+    return state, None
+
+
+def newest_complete_set(folder, exclude):
+    """The complete set with a training state that has trained furthest, other than ``exclude``: (prefix, state)."""
+    found = []
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        prefix = entry[: -len(STATE_SUFFIX)] if entry.endswith(STATE_SUFFIX) and not entry.startswith(".") else None
+        if prefix and prefix != str(exclude):
+            state, _ = read_training_state(folder, prefix)
+            if state is not None:
+                found.append((state["total_iters"], prefix, state))
+    return max(found, key=lambda item: item[0])[1:] if found else (None, None)
 
 
 def seed_everything(seed):
@@ -72,7 +106,22 @@ class Trainer:
     def __init__(self, opt):
         self.opt = opt
         self.stop_requested = False
+        self.folder = os.path.join(opt.checkpoints_dir, opt.name)
+        self.lock = None
+        try:
+            self.start(opt)
+        except BaseException:
+            self.release()
+            raise
+
+    def start(self, opt):
         opt.device = distributed.init_distributed(use_cuda(opt))
+        if distributed.is_main_process():
+            self.lock = FolderLock(self.folder).acquire()
+            recovered = recover_folder(self.folder)
+            if recovered:
+                print(f"{self.folder}: {recovered}")
+        distributed.barrier()  # the other ranks read the checkpoints once rank 0 has recovered them
         self.engine = resolve_engine(opt, opt.device)
         if opt.device.type == "cuda":
             torch.backends.cudnn.benchmark = opt.preprocess != "scale_width"  # as the reference
@@ -94,6 +143,7 @@ class Trainer:
         distributed.print_main(self.engine.describe())
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process())
         self.epoch = opt.epoch_count
+        self.last_saved = "none (nothing saved yet)"
         self.epoch_iter = 0
         self.total_iters = 0
         if self.resume_state:
@@ -101,21 +151,53 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
+    def release(self):
+        """Close the loader's workers and give up the folder's run lock."""
+        if getattr(self, "dataset", None) is not None:
+            self.dataset.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def find_resume_state(self):
-        """With --continue_train, the training state saved beside the checkpoint to resume from, if any."""
-        if not self.opt.continue_train:
+        """With --continue_train, the complete checkpoint set to resume from exactly, if any.
+
+        The set --epoch/--load_iter name is used when complete; otherwise the complete set that has trained
+        furthest, said so, whose weights are then the ones loaded. Without any training state the weights alone
+        are loaded (the reference's --epoch_count rule)."""
+        opt = self.opt
+        if not opt.continue_train:
             return None
-        path = training_state_path(self.opt, load_prefix(self.opt))
+        wanted = load_prefix(opt)
+        path = os.path.join(self.folder, training_state_filename(wanted))
         if not os.path.isfile(path):
             distributed.print_main(f"no training state at {path}: loading network weights only and starting at "
-                                   f"--epoch_count {self.opt.epoch_count}, as the reference trainer does")
+                                   f"--epoch_count {opt.epoch_count}, as the reference trainer does")
             return None
-        state = read_checkpoint(path)
-        distributed.print_main(f"resuming exactly from {path}: epoch {state['epoch']}, "
+        state, problem = read_training_state(self.folder, wanted)
+        prefix = wanted
+        if problem:
+            prefix, state = newest_complete_set(self.folder, exclude=wanted)
+            if state is None:
+                raise CheckpointError(f"cannot resume from '{wanted}' in {self.folder}: {problem}, and no other "
+                                      f"complete checkpoint set with a training state is there")
+            distributed.print_main(f"'{wanted}' is not a complete checkpoint set ({problem}): resuming from "
+                                   f"'{prefix}' instead, the complete set that trained furthest")
+            opt.epoch, opt.load_iter = prefix, 0  # the weights loaded are this set's
+        distributed.print_main(f"resuming exactly from '{prefix}' in {self.folder}: epoch {state['epoch']}, "
                                f"{state['epoch_iter']} images into it")
         return state
 
     def restore(self, state):
+        """Continue where the saved run stood. The LR schedule is re-derived from the current flags for the epoch
+        reached (raising --n_epochs or --n_epochs_decay extends a run); --epoch_count applies to weights-only
+        resumes, as the saved run already says where it began."""
+        stepped = state["model"]["schedulers"][0]["last_epoch"] if state["model"]["schedulers"] else 0
+        began = state["epoch"] - stepped
+        if self.opt.epoch_count != began:
+            distributed.print_main(f"--epoch_count {self.opt.epoch_count} is not used: the training state says the "
+                                   f"run began at epoch {began}, and it resumes at epoch {state['epoch']}")
+            self.opt.epoch_count = began
         self.model.load_training_state(state["model"])
         saved = state["rng"]
         if len(saved) != distributed.world_size():
@@ -123,21 +205,26 @@ class Trainer:
                                    f"{distributed.world_size()}: random draws will not continue exactly")
         set_rng_state(saved[distributed.rank() % len(saved)])
         self.epoch, self.epoch_iter, self.total_iters = state["epoch"], state["epoch_iter"], state["total_iters"]
+        if self.epoch > self.last_epoch():
+            raise OptionError(f"nothing to train: the training state is at epoch {self.epoch}, past --n_epochs + "
+                              f"--n_epochs_decay = {self.last_epoch()}; raise either to extend the run")
+        self.last_saved = f"'{load_prefix(self.opt)}' (iteration {self.total_iters}), the one resumed from"
 
-    def save(self, prefix, epoch_finished):
-        """Network files as the reference writes them, then the training state that resumes from them."""
-        losses = self.model.get_current_losses()
-        bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
-        if bad:
-            raise NonFiniteLossError(f"not saving '{prefix}': non-finite losses {bad} at epoch {self.epoch}, "
-                                     f"iteration {self.total_iters}; earlier checkpoints are kept")
+    def save(self, prefix, epoch_finished, snapshot=None):
+        """One checkpoint set: the network files as the reference writes them, the training state that resumes
+        from them, and with ``snapshot`` (an epoch number) that epoch's network files, linked to the same bytes
+        (its training state too with --save_epoch_state). Weights that are not finite are never written."""
+        diverged = self.model.nonfinite_networks()
+        if diverged:
+            raise NonFiniteError(f"not saving '{prefix}' at epoch {self.epoch}, iteration {self.total_iters}: the "
+                                 f"weights of {', '.join(diverged)} are not finite (the run has diverged; try a lower "
+                                 f"--lr); the last good checkpoint is {self.last_saved}")
         rng = [rng_state()]
         if distributed.is_distributed():
             rng = [None] * distributed.world_size()
             torch.distributed.all_gather_object(rng, rng_state())
         if not distributed.is_main_process():
             return
-        self.model.save_networks(prefix)
         state = {
             "seed": self.opt.seed,
             "epoch": self.epoch + 1 if epoch_finished else self.epoch,
@@ -146,7 +233,21 @@ class Trainer:
             "model": self.model.training_state(),
             "rng": rng,
         }
-        atomic_save(state, training_state_path(self.opt, prefix))
+        names = [name for name, _ in self.model.networks()]
+        with CheckpointSet(self.folder, f"checkpoint '{prefix}'") as files:
+            state["networks"] = {name: files.save(filename, net_state)
+                                 for name, (filename, net_state) in zip(names, self.model.network_files(prefix))}
+            files.save(training_state_filename(prefix), state)
+            if snapshot is not None:
+                for name in names:
+                    files.link(network_filename(snapshot, name), network_filename(prefix, name))
+                if self.opt.save_epoch_state:
+                    files.link(training_state_filename(snapshot), training_state_filename(prefix))
+        if snapshot is not None and not self.opt.save_epoch_state:
+            stale_state = os.path.join(self.folder, training_state_filename(snapshot))
+            if os.path.isfile(stale_state):
+                os.remove(stale_state)  # an earlier save's, for networks that are no longer beside it
+        self.last_saved = f"'{prefix}' (iteration {self.total_iters})"
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -162,6 +263,7 @@ class Trainer:
 
     def train_epoch(self):
         opt, model, visualizer = self.opt, self.model, self.visualizer
+        visualizer.reset()
         epoch_start = time.perf_counter()
         images_this_run = 0
         data_wait = 0.0
@@ -194,9 +296,9 @@ class Trainer:
                 visualizer.plot_current_losses(self.total_iters, losses, images_this_run / elapsed)
                 bad = [name for name, value in losses.items() if not math.isfinite(value)]
                 if bad:
-                    raise NonFiniteLossError(f"losses {bad} are not finite at epoch {self.epoch}, iteration "
-                                             f"{self.total_iters}; try a lower --lr. Checkpoints already "
-                                             f"written are kept.")
+                    raise NonFiniteError(f"losses {bad} are not finite at epoch {self.epoch}, iteration "
+                                         f"{self.total_iters}; try a lower --lr. The last good checkpoint is "
+                                         f"{self.last_saved}.")
             visualizer.progress.update(self.epoch, self.epoch_iter, len(self.dataset),
                                        images_this_run / max(elapsed, 1e-9), data_wait / max(elapsed, 1e-9))
             if self.total_iters % opt.save_latest_freq == 0:
@@ -231,8 +333,7 @@ class Trainer:
                     return 130
                 if self.epoch % self.opt.save_epoch_freq == 0:
                     print(f"saving the model at the end of epoch {self.epoch}, iters {self.total_iters}")
-                    self.save("latest", epoch_finished=True)
-                    self.save(self.epoch, epoch_finished=True)
+                    self.save("latest", epoch_finished=True, snapshot=self.epoch)
                 elif self.epoch == self.last_epoch():
                     # The reference keeps nothing of a run whose last epoch is not a multiple of
                     # --save_epoch_freq; fastp2p always leaves 'latest' behind.
@@ -243,7 +344,7 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.dataset.close()
+            self.release()
             self.visualizer.close()
 
 
@@ -255,9 +356,13 @@ def main(argv=None):
         # tears its group down while a peer is still connected
         distributed.barrier()
         return code
-    except (DatasetError, CheckpointError, OptionError, NonFiniteLossError) as e:
+    except (DatasetError, CheckpointError, OptionError, NonFiniteError) as e:
         print(f"fastp2p.train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: a save under way was dropped or completed whole
+        print(f"fastp2p.train: interrupted; every checkpoint set in {os.path.join(opt.checkpoints_dir, opt.name)} "
+              f"is complete (a save under way is finished or dropped at the next start)", file=sys.stderr)
+        return 130
     finally:
         distributed.cleanup_distributed()
 

@@ -7,6 +7,8 @@ be captured in a CUDA graph.
 """
 
 import os
+import re
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -141,19 +143,34 @@ class BaseModel:
             if self.opt.lr_policy == "plateau":
                 scheduler.step(self.metric)
             else:
-                scheduler.step()
+                step_without_training(scheduler)
         lr = float(self.optimizers[0].param_groups[0]["lr"])
         print_main(f"learning rate {old_lr:.7f} -> {lr:.7f}")
 
     def network_path(self, epoch, name):
         return os.path.join(self.save_dir, checkpoint.network_filename(epoch, name))
 
+    def network_files(self, epoch):
+        """(file name, state_dict) of every net for prefix ``epoch``, in the reference's key layout."""
+        return [(checkpoint.network_filename(epoch, name), checkpoint.network_state_dict(net))
+                for name, net in self.networks()]
+
     def save_networks(self, epoch):
-        """``{epoch}_net_{name}.pth`` for every net, from rank 0 only, in the reference's key layout."""
+        """``{epoch}_net_{name}.pth`` for every net as one checkpoint set, from rank 0 only."""
         if not is_main_process():
             return
-        for name, net in self.networks():
-            checkpoint.save_network(net, self.network_path(epoch, name))
+        with checkpoint.CheckpointSet(self.save_dir, f"the '{epoch}' networks") as files:
+            for filename, state in self.network_files(epoch):
+                files.save(filename, state)
+
+    def nonfinite_networks(self):
+        """Names of the nets holding a parameter or buffer that is NaN, infinite, or so large that its square
+        overflows fp32 (a run that has diverged). One host sync for all nets."""
+        verdicts = []
+        for _, net in self.networks():
+            tensors = [t.detach() for t in net.parameters()] + [t.detach() for t in net.buffers() if t.is_floating_point()]
+            verdicts.append(torch.stack([t.float().square().sum() for t in tensors]).isfinite().all())
+        return [name for (name, _), finite in zip(self.networks(), torch.stack(verdicts).tolist()) if not finite]
 
     def load_networks(self, epoch):
         """Load ``{epoch}_net_{name}.pth`` into every net; a mismatching file raises CheckpointError."""
@@ -183,6 +200,20 @@ class BaseModel:
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
         }
 
+    def resume_schedule(self, saved_schedulers):
+        """Bring the LR schedule to where the saved run stood, re-derived from the current flags: the saved
+        schedulers count the epochs stepped, the schedulers built from the flags are stepped as many times, so
+        a raised --n_epochs or --n_epochs_decay extends the run. The plateau policy follows the losses, not the
+        epoch count: its saved state is taken as it is."""
+        for scheduler, saved in zip(self.schedulers, saved_schedulers):
+            if self.opt.lr_policy == "plateau":
+                scheduler.load_state_dict(saved)
+                continue
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                set_lr(group, base_lr)  # the step and cosine policies scale the rate they find
+            for _ in range(saved["last_epoch"]):
+                step_without_training(scheduler)
+
     def load_training_state(self, state):
         if len(state["optimizers"]) != len(self.optimizers) or set(state["image_pools"]) != set(self.pool_names):
             raise checkpoint.CheckpointError(
@@ -192,13 +223,27 @@ class BaseModel:
             current_lrs = [group["lr"] for group in optimizer.param_groups]
             optimizer.load_state_dict(saved)
             for group, lr in zip(optimizer.param_groups, current_lrs):
-                if torch.is_tensor(lr):  # keep the device tensor a CUDA graph reads; take the saved value
-                    lr.fill_(float(group["lr"]))
-                    group["lr"] = lr
-        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
-            scheduler.load_state_dict(saved)
+                saved_lr, group["lr"] = group["lr"], lr  # keep the device tensor a CUDA graph reads
+                set_lr(group, saved_lr)
+        self.resume_schedule(state["schedulers"])
         for name, saved in state["image_pools"].items():
             getattr(self, name).load_state_dict(saved, device=self.device)
         saved_scaler = state.get("grad_scaler")  # absent in states saved before it was kept
         if self.grad_scaler is not None and saved_scaler:
             self.grad_scaler.load_state_dict(saved_scaler)
+
+
+def set_lr(group, value):
+    """Set a param group's rate in place: under CUDA graphs it is a device tensor the captured step reads."""
+    if torch.is_tensor(group["lr"]):
+        group["lr"].fill_(float(value))
+    else:
+        group["lr"] = float(value)
+
+
+def step_without_training(scheduler):
+    """Step a scheduler where no optimizer step may have run in this process (a resume re-deriving the schedule,
+    or an epoch resumed at its end), without torch's warning that steps are out of order."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
