@@ -200,3 +200,29 @@ def test_inference_refuses_non_finite_weights(tmp_path, aligned_root, capsys):
     assert "the weights of G in " in capsys.readouterr().err
     assert not (tmp_path / "results" / "p2p" / "test_latest" / "images").exists() or \
         not os.listdir(tmp_path / "results" / "p2p" / "test_latest" / "images")
+
+
+def test_a_second_stop_during_a_save_exits_in_one_line_and_keeps_the_old_set(tmp_path, aligned_root, capsys,
+                                                                             monkeypatch):
+    """The second Ctrl-C or SIGTERM raises KeyboardInterrupt wherever the trainer is (request_stop): here inside
+    a save, after the networks and before the training state are staged."""
+    from fastp2p.checkpoint import CheckpointSet
+
+    flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0))
+    assert train_cli.main(flags) == 0
+    folder = tmp_path / "checkpoints" / "p2p"
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder) if name.endswith(".pth")}
+    stage = CheckpointSet.save
+
+    def interrupted(self, name, obj):
+        if name.endswith("_train_state.pth"):
+            raise KeyboardInterrupt
+        return stage(self, name, obj)
+
+    monkeypatch.setattr(CheckpointSet, "save", interrupted)
+    capsys.readouterr()
+    assert train_cli.main(flags + ["--continue_train", "--n_epochs", "2"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fastp2p.train: interrupted; every checkpoint set in "), err
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder) if name.endswith(".pth")} == before
+    assert not [name for name in os.listdir(folder) if name.startswith(".tmp_")]
