@@ -33,7 +33,7 @@ class NonFiniteError(RuntimeError):
     """A loss or a weight became NaN or infinite; no checkpoint is written from that state."""
 
 
-STATE_KEYS = ("seed", "epoch", "epoch_iter", "total_iters", "model", "rng", "networks")
+STATE_KEYS = ("seed", "epoch", "epoch_iter", "total_iters", "model", "rng")
 STATE_SUFFIX = training_state_filename("")
 
 
@@ -49,7 +49,7 @@ def read_training_state(folder, prefix):
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         return None, f"its training state lacks {', '.join(missing)}"
-    for name, digest in state["networks"].items():
+    for name, digest in state.get("networks", {}).items():  # absent in states of fastp2p before sets: unchecked
         path = os.path.join(folder, network_filename(prefix, name))
         if not os.path.isfile(path):
             return None, f"{os.path.basename(path)} is missing"
@@ -184,6 +184,9 @@ class Trainer:
             distributed.print_main(f"'{wanted}' is not a complete checkpoint set ({problem}): resuming from "
                                    f"'{prefix}' instead, the complete set that trained furthest")
             opt.epoch, opt.load_iter = prefix, 0  # the weights loaded are this set's
+        if "networks" not in state:
+            distributed.print_main(f"'{prefix}' was saved by an earlier fastp2p, without the digests that tie its "
+                                   f"network files to its training state: they are taken as they are")
         distributed.print_main(f"resuming exactly from '{prefix}' in {self.folder}: epoch {state['epoch']}, "
                                f"{state['epoch_iter']} images into it")
         return state

@@ -226,3 +226,18 @@ def test_a_second_stop_during_a_save_exits_in_one_line_and_keeps_the_old_set(tmp
     assert err.count("\n") == 1 and err.startswith("fastp2p.train: interrupted; every checkpoint set in "), err
     assert {name: (folder / name).read_bytes() for name in os.listdir(folder) if name.endswith(".pth")} == before
     assert not [name for name in os.listdir(folder) if name.startswith(".tmp_")]
+
+
+def test_a_training_state_of_an_earlier_fastp2p_still_resumes_and_says_it_is_unchecked(tmp_path, aligned_root,
+                                                                                        capsys):
+    flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0))
+    assert train_cli.main(flags) == 0
+    path = tmp_path / "checkpoints" / "p2p" / "latest_train_state.pth"
+    state = read_checkpoint(str(path))
+    del state["networks"]  # what fastp2p wrote before checkpoint sets
+    torch.save(state, path)
+    capsys.readouterr()
+    assert train_cli.main(flags + ["--continue_train", "--n_epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "'latest' was saved by an earlier fastp2p, without the digests" in out
+    assert "resuming exactly from 'latest'" in out
