@@ -26,8 +26,9 @@ import time
 import torch
 
 from fastp2p.data import create_dataset
-from fastp2p.data.dali_loader import DALILoader, TorchvisionDecodeLoader, dali_available, torchvision_available
+from fastp2p.data.dali_loader import DALILoader, dali_available
 from fastp2p.data.gpu_cache import GPUCacheLoader
+from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, torchvision_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))

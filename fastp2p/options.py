@@ -112,10 +112,6 @@ def add_base_options(parser):
     p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds every random draw; a run without it picks one and records it (fastp2p)")
-    p.add_argument("--data_loader", default="auto", choices=DATA_LOADERS,
-                   help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
-                        "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
-                        "and torch on the CPU")
     p.add_argument("--worker_start", default="spawn", choices=WORKER_START_METHODS,
                    help="how the torch loader's --num_threads workers start (fastp2p): spawn inherits nothing from "
                         "the trainer; fork (the reference's) starts faster but can hang in state inherited from "
@@ -155,6 +151,10 @@ def add_train_options(parser):
     p.add_argument("--lr_decay_iters", type=positive_int, default=50)
     p.add_argument("--no_tensorboard", action="store_true",
                    help="do not write TensorBoard logs even when tensorboard is installed (fastp2p)")
+    p.add_argument("--data_loader", default="auto", choices=DATA_LOADERS,
+                   help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
+                        "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
+                        "and torch on the CPU")
     add_engine_options(p)
     return p
 

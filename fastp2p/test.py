@@ -42,7 +42,7 @@ def run(opt):
     opt.seed = 0 if opt.seed is None else opt.seed
     torch.manual_seed(opt.seed)
     save_options(opt)
-    dataset = create_dataset(opt)
+    dataset = create_dataset(opt)  # no --data_loader: the reference's pixels, nothing decoded past --num_test
     model = create_model(opt)
     model.setup(opt)
     diverged = model.nonfinite_networks()

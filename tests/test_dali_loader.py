@@ -23,7 +23,8 @@ from PIL import Image
 
 from fastp2p import distributed
 from fastp2p.data import DatasetError, create_dataset
-from fastp2p.data.dali_loader import TorchvisionDecodeLoader, dali_available
+from fastp2p.data.dali_loader import dali_available
+from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader
 from tests.test_gpu_cache import make_opt, write_pairs
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda130)")

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from fastp2p.data import DatasetError, create_dataset, get_params, make_dataset, shard_indices
-from fastp2p.data.datasets import AlignedDataset, SingleDataset, UnalignedDataset, sample_rng
+from fastp2p.data.datasets import AlignedDataset, SingleDataset, UnalignedDataset
+from fastp2p.data.plan import sample_rng
 from fastp2p.data.transforms import to_tensor
 
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from fastp2p.data import create_dataset, transform_image
-from fastp2p.data.gpu_cache import CacheDoesNotFit, GPUCacheLoader, crop_flip_normalize, resized_size
+from fastp2p.data.gpu_cache import CacheDoesNotFit, GPUCacheLoader
+from fastp2p.data.plan import crop_flip_normalize, resized_size
 from fastp2p.data.select import create_fast_loader
 
 

@@ -6,7 +6,8 @@
 from .builtin import builtin_dataroot
 from .datasets import AlignedDataset, SingleDataset, UnalignedDataset
 from .image_folder import IMG_EXTENSIONS, DatasetError, load_rgb, make_dataset
-from .loader import DataLoaderWrapper, create_dataset, shard_indices
+from .loader import DataLoaderWrapper, create_dataset
+from .plan import shard_indices
 from .transforms import get_params, get_transform, transform_image
 
 __all__ = [

@@ -1,12 +1,12 @@
-"""GPU-decode loaders: NVIDIA DALI, or torchvision's nvJPEG decode where DALI is absent.
+"""GPU-decode loader: an NVIDIA DALI pipeline (torchvision_decode.py stands in where DALI is absent).
 
-Both decode every batch from the encoded files (no limit on the set's size, unlike the GPU cache)
-and run the reference's preprocessing on the device: split A|B, resize (every --preprocess mode:
+It decodes every batch from the encoded files (no limit on the set's size, unlike the GPU cache)
+and runs the reference's preprocessing on the device: split A|B, resize (every --preprocess mode:
 resize_and_crop, crop, scale_width, scale_width_and_crop, none), crop, flip, normalise to [-1, 1].
-Batches are NCHW float tensors stored channels-last, on the GPU (DALI with ``device_id=None``: CPU).
+Batches are NCHW float tensors stored channels-last, on the GPU (with ``device_id=None``: CPU).
 
 Sampling is the torch path's, not a DALI reader's. The order, the rank's shard and every crop/flip
-draw come from ``gpu_cache.plan_epoch`` (seeded per (seed, epoch) and per (seed, epoch, index), with
+draw come from ``plan.plan_epoch`` (seeded per (seed, epoch) and per (seed, epoch, index), with
 DistributedSampler's split), and the files of each batch are fed through ``fn.external_source``.
 ``fn.readers.file`` with ``shard_id``/``num_shards`` cannot reproduce the reference epoch: its shards
 differ in size by one (DistributedSampler pads them equal, which DDP needs for equal step counts),
@@ -19,9 +19,8 @@ Aligned pairs: one decode per file, the halves sliced from it, and ONE crop anch
 feeding both halves' crop and mirror. Unaligned: two decodes, independent draws (from the plan).
 
 Interpolation: the reference resizes with PIL bicubic (with PIL's antialiasing when shrinking).
-DALI's cubic resize with ``antialias=True`` and torch's ``interpolate(mode="bicubic", antialias=True)``
-are close but not bitwise equal (286^2 from 256^2 facades halves: mean |diff| about 0.2 grey levels,
-max 2-3). The crop and flip are exact.
+DALI's cubic resize with ``antialias=True`` is close but not bitwise equal (286^2 from 256^2 facades
+halves: mean |diff| about 0.2 grey levels, max 2-3). The crop and flip are exact.
 
 Errors: an unreadable file is reported by its header check (PIL) before it reaches DALI, as a
 DatasetError naming it; a file whose header reads but whose data is corrupt fails inside the DALI
@@ -34,8 +33,8 @@ import importlib.util
 import numpy as np
 import torch
 
-from fastp2p.data.gpu_cache import PlannedLoader, crop_box, crop_flip_normalize, resized_size
 from fastp2p.data.image_folder import DatasetError, mixed_sizes_error
+from fastp2p.data.plan import FedLoader
 
 
 def dali_available():
@@ -44,45 +43,6 @@ def dali_available():
         return importlib.util.find_spec("nvidia.dali") is not None
     except ModuleNotFoundError:
         return False
-
-
-def torchvision_available():
-    """torchvision is optional and must match torch's build; an import that fails counts as absent."""
-    try:
-        import torchvision.io  # noqa: F401
-    except Exception:  # a torchvision built for another torch raises more than ImportError
-        return False
-    return True
-
-
-def side_geometry(opt, full_size, half, params):
-    """Where one side of one sample comes from and what the reference does to it.
-
-    Returns (box, resized, crop, flip): box = (x0, w, h) of the side in the file, resized = (w, h)
-    after the deterministic resize, crop = (x, y, w, h) in the resized image, flip a bool.
-    """
-    w, h = full_size
-    x0 = 0
-    if half is not None:
-        x0 = int(w / 2) * half
-        w = int(w / 2) if half == 0 else w - int(w / 2)
-    resized = resized_size(opt, w, h)
-    crop = crop_box(opt, *resized, params["crop_pos"])
-    return (x0, w, h), resized, crop, bool(params["flip"]) and not opt.no_flip
-
-
-class _FedLoader(PlannedLoader):
-    """Builds each batch's per-sample geometry from the epoch plan; subclasses turn it into tensors."""
-
-    def batch_specs(self, start, stop):
-        """Per side: the paths of the batch and each sample's geometry."""
-        specs = []
-        for side, files, params in zip(self.sides, self.plan.files, self.plan.params):
-            paths = [side.paths[i] for i in files[start:stop]]
-            geometry = [side_geometry(self.opt, self.sizes.full(p), side.half, q)
-                        for p, q in zip(paths, params[start:stop])]
-            specs.append((paths, geometry))
-        return specs
 
 
 # (box, resized, crop, flip) of side_geometry -> the DALI argument; 2-D ones are (y, x) / (h, w), as HWC.
@@ -96,11 +56,7 @@ _FIELD = {
 }
 
 
-def _read_bytes(path):
-    return np.fromfile(path, dtype=np.uint8)
-
-
-class DALILoader(_FedLoader):
+class DALILoader(FedLoader):
     """DALI pipeline fed from the epoch plan: decode (``mixed`` on a GPU, ``cpu`` with device_id=None),
     split, resize, crop, flip and normalise, HWC float in [-1, 1]."""
 
@@ -172,7 +128,7 @@ class DALILoader(_FedLoader):
         start, stop = next(self._feed)
         specs = self.batch_specs(start, stop)
         self._paths.append([paths for paths, _ in specs])
-        feeds = [[_read_bytes(p) for p in paths] for paths, _ in (specs[:1] if self.aligned else specs)]
+        feeds = [[self.encoded(p) for p in paths] for paths, _ in (specs[:1] if self.aligned else specs)]
         for s, name in self.fields:
             feeds.append([_FIELD[name](g) for g in specs[s][1]])
         return tuple(feeds)
@@ -228,68 +184,3 @@ class DALILoader(_FedLoader):
                 except StopIteration:
                     pass
             self.pipe.reset()
-
-
-def decode_on_gpu(encoded, device):
-    """torchvision's batched nvJPEG decode for JPEGs; other formats decode on the CPU and move over."""
-    import torchvision.io as tvio
-
-    jpeg = [bool(len(e) > 2 and e[0] == 0xFF and e[1] == 0xD8) for e in encoded]
-    out = [None] * len(encoded)
-    jpegs = [e for e, j in zip(encoded, jpeg) if j]
-    if jpegs:
-        decoded = iter(tvio.decode_jpeg(jpegs, mode=tvio.ImageReadMode.RGB, device=device))
-        out = [next(decoded) if j else None for j in jpeg]
-    return [o if o is not None else tvio.decode_image(e, mode=tvio.ImageReadMode.RGB).to(device)
-            for o, e in zip(out, encoded)]
-
-
-class TorchvisionDecodeLoader(_FedLoader):
-    """Decode each batch with torchvision on the GPU, then split/resize/crop/flip there with torch ops.
-
-    ``decode(list of uint8 byte tensors, device) -> list of CHW uint8 RGB tensors`` is torchvision's
-    nvJPEG by default; the tests pass a PIL decoder to check the rest on CPU.
-    """
-
-    def __init__(self, opt, device, decode=decode_on_gpu):
-        super().__init__(opt)
-        self.device = torch.device(device)
-        self.decode = decode
-        self.set_epoch(0)  # the torch loader too starts at epoch 0 until told
-
-    def _side_batch(self, images, geometry, gray):
-        """Resize each sample (batched when the sizes agree), then one gather for all crops and flips."""
-        resized = []
-        for image, ((x0, w, h), (rw, rh), _, _) in zip(images, geometry):
-            image = image[:, :, x0:x0 + w]
-            if gray:  # PIL's 'L': ITU-R 601-2 luma
-                weights = torch.tensor([0.299, 0.587, 0.114], device=image.device)[:, None, None]
-                image = (image.float() * weights).sum(0, keepdim=True).round().to(torch.uint8)
-            resized.append(image if (rw, rh) == (w, h) else _resize(image, rh, rw))
-        store = torch.stack(resized).permute(0, 2, 3, 1)
-        crops = torch.tensor([g[2][:2] for g in geometry], device=self.device)
-        flips = torch.tensor([g[3] for g in geometry], device=self.device)
-        _, _, cw, ch = geometry[0][2]
-        index = torch.arange(len(images), device=self.device)
-        return crop_flip_normalize(store, index, crops[:, 0], crops[:, 1], flips, ch, cw)
-
-    def __iter__(self):
-        for start, stop in self.plan.batches(self.opt.batch_size, self.skip_batches):
-            specs = self.batch_specs(start, stop)
-            streams = specs[:1] if self.opt.dataset_mode == "aligned" else specs
-            decoded = [self.decode([torch.from_numpy(_read_bytes(p)) for p in paths], self.device)
-                       for paths, _ in streams]
-            batch = {}
-            for s, (key, side, (paths, geometry)) in enumerate(zip("AB", self.sides, specs)):
-                images = decoded[0 if len(streams) == 1 else s]
-                batch[key] = self._side_batch(images, geometry, side.gray)
-                batch[key + "_paths"] = paths
-            yield batch
-        self.skip_batches = 0
-
-
-def _resize(image, h, w):
-    """Bicubic with antialiasing, rounded back to uint8: torch's closest match to PIL's BICUBIC."""
-    out = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bicubic", antialias=True,
-                                          align_corners=False)
-    return out[0].round_().clamp_(0, 255).to(torch.uint8)

@@ -10,6 +10,7 @@ on the worker count and cannot be replayed. Here an item is asked for as ``(epoc
 draw for it (crop, flip, the unpaired B index) comes from a ``random.Random`` seeded from
 ``(opt.seed, epoch, index)``: the same distributions, but the same data for any ``num_threads`` and an
 exact replay when a run resumes mid-epoch. A plain integer index uses ``self.epoch`` (0 by default).
+The draws and the A|B split are the epoch plan's (plan.py), which the fast loaders use too.
 
 Aligned pairs share one crop/flip draw; unpaired A and B get independent draws, as in the reference.
 A file of odd width ``w`` is split as the reference splits it: A is the left ``int(w / 2)`` columns,
@@ -22,34 +23,16 @@ unreadable or too small, when that item is loaded.
 """
 
 import argparse
-import hashlib
 import os
-import random
 import warnings
 
 import torch.utils.data
 
 from .image_folder import DatasetError, image_size, is_image_file, load_rgb, make_dataset
-from .transforms import PREPROCESS_MODES, get_params, transform_image
+from .plan import ab_half, sample_draws, sample_rng
+from .transforms import PREPROCESS_MODES, transform_image
 
 _warned_odd_width = False
-
-
-def mix_seed(*parts):
-    """A 64-bit seed from several parts, so (seed, epoch, index) tuples never collide in practice."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def sample_rng(opt, epoch, index):
-    """The ``random.Random`` that makes every random choice for one item of one epoch."""
-    return random.Random(mix_seed(seed_of(opt), epoch, index))
-
-
-def seed_of(opt):
-    """``opt.seed``; a caller that never set one (a notebook, a script) gets 0, so runs still replay."""
-    seed = getattr(opt, "seed", None)
-    return 0 if seed is None else int(seed)
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -138,12 +121,13 @@ AB_HALF = "the A half of this A|B image"
 class AlignedDataset(BaseDataset):
     """Pairs stored as one A|B image; A and B get the same crop and flip."""
 
+    mode = "aligned"
+
     def __init__(self, opt):
         super().__init__(opt)
         self.dir_AB = os.path.join(self.root, opt.phase)
         self.AB_paths = self.image_paths(self.dir_AB)
-        w, h = image_size(self.AB_paths[0])
-        self.check_fits_crop(self.AB_paths[0], (w // 2, h))
+        self.check_fits_crop(self.AB_paths[0], ab_half(image_size(self.AB_paths[0]), 0)[1])
         self.gray_A, self.gray_B = self.grayscale_in_out()
 
     def __len__(self):
@@ -164,20 +148,20 @@ class AlignedDataset(BaseDataset):
     def get_item(self, index, rng):
         path = self.AB_paths[index]
         AB = load_rgb(path)
-        w, h = AB.size
-        half = int(w / 2)
-        self.check_fits_crop(path, (half, h))
-        if w % 2:
-            warn_odd_width(path, w)
-        A = AB.crop((0, 0, half, h))
-        B = AB.crop((half, 0, w, h))
-        params = get_params(self.opt, A.size, rng)
+        (box_A, size_A), (box_B, size_B) = ab_half(AB.size, 0), ab_half(AB.size, 1)
+        self.check_fits_crop(path, size_A)
+        if AB.width % 2:
+            warn_odd_width(path, size_A[0], size_B[0])
+        A, B = AB.crop(box_A), AB.crop(box_B)
+        (_, params), _ = sample_draws(self, index, rng, lambda _: A.size)
         return {"A": self.transform(A, params, self.gray_A), "B": self.transform(B, params, self.gray_B),
                 "A_paths": path, "B_paths": path}
 
 
 class UnalignedDataset(BaseDataset):
     """Two unpaired folders; B is drawn at random (or index % B_size with serial_batches)."""
+
+    mode = "unaligned"
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -194,22 +178,26 @@ class UnalignedDataset(BaseDataset):
         return max(self.A_size, self.B_size)
 
     def get_item(self, index, rng):
-        A_path = self.A_paths[index % self.A_size]
-        if self.opt.serial_batches:
-            B_path = self.B_paths[index % self.B_size]
-        else:
-            B_path = self.B_paths[rng.randint(0, self.B_size - 1)]
-        return {"A": self.load(A_path, rng, self.gray_A), "B": self.load(B_path, rng, self.gray_B),
-                "A_paths": A_path, "B_paths": B_path}
+        decoded = []
 
-    def load(self, path, rng, grayscale):
-        image = load_rgb(path)
-        self.check_fits_crop(path, image.size)
-        return self.transform(image, get_params(self.opt, image.size, rng), grayscale)
+        def decode(path):
+            image = load_rgb(path)
+            self.check_fits_crop(path, image.size)
+            decoded.append(image)
+            return image.size
+
+        draws = sample_draws(self, index, rng, decode)  # lazy: A is made before B is opened, as in the reference
+        a, params = next(draws)
+        A = self.transform(decoded[-1], params, self.gray_A)
+        b, params = next(draws)
+        B = self.transform(decoded[-1], params, self.gray_B)
+        return {"A": A, "B": B, "A_paths": self.A_paths[a], "B_paths": self.B_paths[b]}
 
 
 class SingleDataset(BaseDataset):
     """Every image below dataroot, one direction only (``--model test``)."""
+
+    mode = "single"
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -224,17 +212,17 @@ class SingleDataset(BaseDataset):
         path = self.A_paths[index]
         image = load_rgb(path)
         self.check_fits_crop(path, image.size)
-        return {"A": self.transform(image, get_params(self.opt, image.size, rng), self.gray_A),
-                "A_paths": path}
+        ((_, params),) = sample_draws(self, index, rng, lambda _: image.size)
+        return {"A": self.transform(image, params, self.gray_A), "A_paths": path}
 
 
-def warn_odd_width(path, width):
+def warn_odd_width(path, width_A, width_B):
     global _warned_odd_width
     if not _warned_odd_width:
-        warnings.warn(f"{path} is {width} pixels wide, not even: A is the left {width // 2} columns and "
-                      f"B the remaining {width - width // 2}, as the reference splits it (warned once)",
+        warnings.warn(f"{path} is {width_A + width_B} pixels wide, not even: A is the left {width_A} columns and "
+                      f"B the remaining {width_B}, as the reference splits it (warned once)",
                       stacklevel=2)
         _warned_odd_width = True
 
 
-DATASET_MODES = {"aligned": AlignedDataset, "unaligned": UnalignedDataset, "single": SingleDataset}
+DATASET_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}

@@ -2,8 +2,9 @@
 
 The epoch's order is a permutation from a ``torch.Generator`` seeded from ``(opt.seed, epoch)`` (or
 0..n-1 with ``--serial_batches``), split across torch.distributed ranks as ``DistributedSampler``
-splits it (padded by wrapping around so every rank gets the same count). The sampler hands the
-dataset ``(epoch, index)`` so per-item randomness is seeded too (see datasets.py).
+splits it (padded by wrapping around so every rank gets the same count): the epoch plan's order
+(plan.shard_indices), the fast loaders' too. The sampler hands the dataset ``(epoch, index)`` so
+per-item randomness is seeded too (see datasets.py).
 ``set_epoch(epoch, skip_batches=k)`` starts the next pass at batch k of that epoch's order, which is how
 a run interrupted mid-epoch resumes on exactly the batches it had not yet seen.
 
@@ -22,8 +23,9 @@ import torch
 import torch.utils.data
 
 from .. import distributed
-from .datasets import DATASET_MODES, mix_seed, seed_of
+from .datasets import DATASET_MODES
 from .image_folder import DatasetError, mixed_sizes_error
+from .plan import mix_seed, seed_of, shard_indices
 
 
 WORKER_START_METHODS = ("spawn", "forkserver", "fork")
@@ -36,18 +38,6 @@ def worker_context(method):
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"--worker_start {method} is not available on this platform; use spawn")
     return multiprocessing.get_context(method)
-
-
-def shard_indices(n, epoch, seed, shuffle, rank=0, world_size=1):
-    """This rank's share of the epoch's order of ``range(n)``, as ``DistributedSampler(drop_last=False)``."""
-    if shuffle:
-        generator = torch.Generator().manual_seed(mix_seed(seed, epoch, "order"))
-        order = torch.randperm(n, generator=generator).tolist()
-    else:
-        order = list(range(n))
-    total = math.ceil(n / world_size) * world_size
-    padded = (order * math.ceil(total / n))[:total] if n else order
-    return padded[rank:total:world_size]
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -2,7 +2,7 @@
 
 Every kind returns the torch loader's interface: ``len()`` (samples per epoch, the reference's),
 iteration yielding {'A', 'B', 'A_paths', 'B_paths'}, ``set_epoch(epoch, skip_batches=0)`` and
-``batches_per_epoch``, with the same order and crop/flip draws (see gpu_cache.plan_epoch).
+``batches_per_epoch``, with the same order and crop/flip draws (see plan.plan_epoch).
 
 auto: the GPU cache when CUDA is present and the set fits its budget; else DALI on CUDA when installed,
 else torchvision's GPU decode on CUDA when importable; else the torch path. 'dali' without DALI falls
@@ -13,9 +13,10 @@ prints why.
 import torch
 
 from fastp2p import distributed
-from fastp2p.data.dali_loader import DALILoader, TorchvisionDecodeLoader, dali_available, torchvision_available
+from fastp2p.data.dali_loader import DALILoader, dali_available
 from fastp2p.data.gpu_cache import CacheDoesNotFit, GPUCacheLoader
 from fastp2p.data.loader import create_dataset
+from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, torchvision_available
 
 KINDS = ("auto", "torch", "dali", "gpu_cache")
 
