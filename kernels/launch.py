@@ -26,3 +26,24 @@ def cdiv(a, b):
 def next_power_of_2(n):
     """The smallest power of 2 >= n (0 for n <= 0, as triton.next_power_of_2)."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+TILE = 2048  # elements a tile aims at: 8 warps from there, 4 below
+
+
+def tiling(t, length, *, min_channels=1, max_channels=TILE, min_length=1, max_length=TILE):
+    """(BLOCK, BLOCK_C, num_warps) of a [BLOCK, BLOCK_C] tile of about TILE elements over an axis of `length`
+    (the flattened H*W rows, a row's columns) and the channels (axis 1) of t.
+
+    The unit-stride axis is blocked first, within its bounds, and the other fills the rest of the tile: the
+    channels when t is channels-last, the `length` axis otherwise.
+    """
+    C = t.shape[1]
+    length_pow2, c_pow2 = next_power_of_2(length), next_power_of_2(C)
+    if t.stride(1) == 1 and C > 1:
+        block_c = min(c_pow2, max_channels, max(min_channels, TILE // length_pow2))
+        block = min(length_pow2, max(min_length, TILE // block_c))
+    else:
+        block = min(length_pow2, max_length)
+        block_c = min(c_pow2, max(1, TILE // block))
+    return block, block_c, 8 if block * block_c >= TILE else 4

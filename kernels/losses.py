@@ -1,15 +1,16 @@
 """PatchGAN loss reductions: GAN loss against a constant target, and L1, each in one pass, forward and backward.
 
 The reference builds ``ones_like``/``zeros_like`` targets and runs several small kernels per call (3 calls per
-pix2pix iteration, 6 per CycleGAN one; spec/performance.md b.2). Here one kernel reads the prediction once and
-writes both the per-program share of the mean loss and d(loss)/d(prediction); backward only scales that gradient
-by grad_output. Sums are fp32 whatever the input dtype, and inputs of any strides (NCHW, channels-last,
-mismatched between a and b) are indexed in place.
+pix2pix iteration, 6 per CycleGAN one). Here one kernel reads the prediction once and writes both the per-program
+share of the mean loss and d(loss)/d(prediction); backward only scales that gradient by grad_output. Sums are fp32
+whatever the input dtype, and inputs of any strides (NCHW, channels-last, mismatched between a and b) are indexed
+in place. FusedGANLoss and FusedL1Loss are the modules the fast engine puts in place of a model's criteria.
 """
 
 import torch
 import triton
 import triton.language as tl
+from torch import nn
 
 from .launch import cdiv, target_programs
 
@@ -154,3 +155,21 @@ def gan_loss(pred, target_is_real, mode="lsgan", real_label=1.0, fake_label=0.0)
 def l1_loss(a, b):
     """F.l1_loss(a, b) (mean) as one fused op: an fp32 scalar."""
     return L1LossFunction.apply(a, b)
+
+
+class FusedGANLoss(nn.Module):
+    """GANLoss(gan_mode)(prediction, target_is_real) as one Triton reduction that also writes the gradient."""
+
+    def __init__(self, gan_mode):
+        super().__init__()
+        self.gan_mode = gan_mode
+
+    def forward(self, prediction, target_is_real):
+        return gan_loss(prediction, target_is_real, mode=self.gan_mode)
+
+
+class FusedL1Loss(nn.Module):
+    """nn.L1Loss() (mean) as one Triton reduction."""
+
+    def forward(self, a, b):
+        return l1_loss(a, b)

@@ -14,7 +14,10 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .launch import cdiv, next_power_of_2
+from .launch import cdiv, tiling
+
+# launch.tiling's bounds for a row's [BLOCK_W, BLOCK_C] tile: 128 channels when they are inner, else up to 256 columns
+_TILE_BOUNDS = dict(min_channels=128, max_channels=128, max_length=256)
 
 
 @triton.jit
@@ -102,19 +105,6 @@ def _pad_backward_kernel(
     tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _tiling(t, width):
-    """[BLOCK_W, BLOCK_C] tile of about 2048 elements, wide along whichever axis is the unit-stride one."""
-    C = t.shape[1]
-    w_pow2, c_pow2 = next_power_of_2(width), next_power_of_2(C)
-    if t.stride(1) == 1 and C > 1:  # channels-last: channels inner
-        block_c = min(c_pow2, 128)
-        block_w = min(w_pow2, max(1, 2048 // block_c))
-    else:
-        block_w = min(w_pow2, 256)
-        block_c = min(c_pow2, max(1, 2048 // block_w))
-    return block_w, block_c, 8 if block_w * block_c >= 2048 else 4
-
-
 def check_padding(x, padding):
     """Reject what F.pad(x, padding, mode='reflect') rejects, with the reason."""
     if x.dim() != 4:
@@ -139,7 +129,7 @@ def reflection_pad_forward(x, padding):
     N, C, H, W = x.shape
     H_out, W_out = H + top + bottom, W + left + right
     y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
-    block_w, block_c, num_warps = _tiling(y, W_out)
+    block_w, block_c, num_warps = tiling(y, W_out, **_TILE_BOUNDS)
     _pad_forward_kernel[(cdiv(C, block_c), N * H_out, cdiv(W_out, block_w))](
         x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
@@ -151,7 +141,7 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     left, right, top, bottom = padding
     N, C, H, W = input_shape
     dx = torch.empty(input_shape, device=dy.device, dtype=dy.dtype, memory_format=memory_format)
-    block_w, block_c, num_warps = _tiling(dx, W)
+    block_w, block_c, num_warps = tiling(dx, W, **_TILE_BOUNDS)
     _pad_backward_kernel[(cdiv(C, block_c), N * H, cdiv(W, block_w))](
         dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)

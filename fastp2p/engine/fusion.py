@@ -24,6 +24,7 @@ Patterns, as the reference builds them (spec 3.1-3.3):
 import torch.nn.functional as F
 from torch import nn
 
+from fastp2p import kernels  # Triton is an optional extra: its modules load on first use (see kernels/__init__.py)
 from fastp2p.networks import ResnetBlock, UnetSkipConnectionBlock
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
@@ -71,9 +72,7 @@ def fuse_sequential(seq, fused_cls):
 
 def fuse_norm_activations(net):
     """Fuse every norm of ``net`` in place; returns how many were fused (0 under --norm none/syncbatch)."""
-    from fastp2p.kernels import FusedNormAct  # Triton is an optional extra: imported only when asked for
-
-    return sum(fuse_sequential(module, FusedNormAct) for module in list(net.modules())
+    return sum(fuse_sequential(module, kernels.FusedNormAct) for module in list(net.modules())
                if isinstance(module, nn.Sequential))
 
 
@@ -82,8 +81,6 @@ def fuse_pads_into_norms(net):
     layers fusion left) to that norm, which then writes its output padded, and make the pad an Identity
     (it has no state); returns how many. In the ResNet generator that is each block's second pad and the
     output layer's pad, half of its pads: each saves a pass over the activation forward and backward."""
-    from fastp2p.kernels import FusedNormAct
-
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
@@ -92,7 +89,7 @@ def fuse_pads_into_norms(net):
                 j = i + 1
                 while j < len(layers) and type(layers[j]) is nn.Identity:
                     j += 1
-                if isinstance(norm, FusedNormAct) and j < len(layers) and type(layers[j]) is nn.ReflectionPad2d:
+                if isinstance(norm, kernels.FusedNormAct) and j < len(layers) and type(layers[j]) is nn.ReflectionPad2d:
                     norm.padding = tuple(layers[j].padding)
                     module[j] = nn.Identity()
                     count += 1
@@ -116,14 +113,12 @@ def fuse_resnet_blocks(net):
     enters a block with a reflection pad (the previous block's last norm, or the downsampling's) also write that
     output padded (keep_unpadded): the block's pad then takes it, and the skip the plain one. Returns how many
     blocks; with the norms' own pads this leaves the ResNet generator one pad kernel, on the input image."""
-    from fastp2p.kernels import FusedNormAct
-
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
             feeding = None  # the fused norm whose output the next layer receives
             for layer in module:
-                if type(layer) is ResnetBlock and isinstance(layer.conv_block[-1], FusedNormAct):
+                if type(layer) is ResnetBlock and isinstance(layer.conv_block[-1], kernels.FusedNormAct):
                     layer.__class__ = FusedResnetBlock
                     pad = layer.conv_block[0]
                     if feeding is not None and feeding.padding is None and type(pad) is nn.ReflectionPad2d:
@@ -131,7 +126,7 @@ def fuse_resnet_blocks(net):
                     feeding = layer.conv_block[-1]
                     count += 1
                 elif type(layer) is not nn.Identity:
-                    feeding = layer if isinstance(layer, FusedNormAct) else None
+                    feeding = layer if isinstance(layer, kernels.FusedNormAct) else None
     return count
 
 
@@ -154,19 +149,18 @@ def fuse_unet_skips(net):
     skip concatenation, the level's last (fused) norm closes it, and the outer level's ReLU after it becomes an
     Identity. Returns how many levels (all but the outermost and the one below it, whose input no norm
     writes)."""
-    from fastp2p.kernels import FusedNormAct
-
     count = 0
     for outer in list(net.modules()):
         if type(outer) not in (UnetSkipConnectionBlock, FusedUnetSkipBlock) or outer.outermost:
             continue
         layers = outer.model  # LeakyReLU, downconv, downnorm, inner level, ReLU, upconv, upnorm[, Dropout]
         down_norm, inner, relu = layers[2], layers[3], layers[4]
-        if not (isinstance(down_norm, FusedNormAct) and type(inner) is UnetSkipConnectionBlock
+        if not (isinstance(down_norm, kernels.FusedNormAct) and type(inner) is UnetSkipConnectionBlock
                 and type(relu) is nn.ReLU):
             continue
         inner_norm = [layer for layer in inner.model if type(layer) is not nn.Identity][-1]
-        if not isinstance(inner_norm, FusedNormAct) or inner_norm.padding is not None or down_norm.padding is not None:
+        if (not isinstance(inner_norm, kernels.FusedNormAct) or inner_norm.padding is not None
+                or down_norm.padding is not None):
             continue
         down_norm.skip_width = inner_norm.num_features
         inner_norm.closes_skip = True
@@ -178,14 +172,12 @@ def fuse_unet_skips(net):
 
 def fuse_reflection_pads(net):
     """Replace every remaining nn.ReflectionPad2d by one that keeps channels-last; returns how many."""
-    from fastp2p.kernels import FusedReflectionPad2d
-
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
             for i, layer in enumerate(module):
                 if type(layer) is nn.ReflectionPad2d:
-                    module[i] = FusedReflectionPad2d.from_module(layer)
+                    module[i] = kernels.FusedReflectionPad2d.from_module(layer)
                     count += 1
     return count
 
@@ -244,32 +236,10 @@ def fuse_network(net):
             + fuse_resnet_blocks(net) + fuse_unet_skips(net) + fuse_reflection_pads(net))
 
 
-class FusedGANLoss(nn.Module):
-    """GANLoss(gan_mode)(prediction, target_is_real) as one Triton reduction that also writes the gradient."""
-
-    def __init__(self, gan_mode):
-        super().__init__()
-        self.gan_mode = gan_mode
-
-    def forward(self, prediction, target_is_real):
-        from fastp2p.kernels import gan_loss
-
-        return gan_loss(prediction, target_is_real, mode=self.gan_mode)
-
-
-class FusedL1Loss(nn.Module):
-    """nn.L1Loss() (mean) as one Triton reduction."""
-
-    def forward(self, a, b):
-        from fastp2p.kernels import l1_loss
-
-        return l1_loss(a, b)
-
-
 def use_fused_losses(model):
     """Replace the model's GAN and L1 criteria by the fused ones (same call signatures)."""
     if hasattr(model, "criterionGAN"):
-        model.criterionGAN = FusedGANLoss(model.opt.gan_mode)
+        model.criterionGAN = kernels.FusedGANLoss(model.opt.gan_mode)
     for name in ("criterionL1", "criterionCycle", "criterionIdt"):
         if hasattr(model, name):
-            setattr(model, name, FusedL1Loss())
+            setattr(model, name, kernels.FusedL1Loss())
