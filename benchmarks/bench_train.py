@@ -189,7 +189,7 @@ def model_flags(args, model, batch_size, dataroot=None):
 
 
 def build(argv, device, seed):
-    """A model exactly as the trainer builds it, from ``seed``; its set-up printout is kept quiet."""
+    """A model exactly as the trainer builds it, from ``seed``, with its training step; set-up printout kept quiet."""
     opt = parse_options(argv, is_train=True)
     opt.device = device
     torch.manual_seed(seed)
@@ -197,8 +197,8 @@ def build(argv, device, seed):
         model = create_model(opt)
         model.setup(opt)
         engine = resolve_engine(opt, device)
-        prepare_model(model, engine)
-    return opt, model, engine
+        step = prepare_model(model, engine)
+    return opt, model, engine, step
 
 
 def sync(device):
@@ -216,10 +216,10 @@ def random_batches(opt, device, count=4):
             for _ in range(count)]
 
 
-def run_steps(model, batches, count, start=0):
+def run_steps(model, step, batches, count, start=0):
     for i in range(start, start + count):
         model.set_input(batches[i % len(batches)])
-        model.optimize_parameters()
+        step()
 
 
 def warmup_count(args, opt):
@@ -228,16 +228,16 @@ def warmup_count(args, opt):
     return max(args.warmup, math.ceil(pool / opt.batch_size) + 5 if pool else 0)
 
 
-def measure(args, opt, model, batches):
+def measure(args, opt, model, step, batches):
     """Warm up, size N, then the median of --repeats synchronized runs of N iterations."""
     device = args.device
     start = time.perf_counter()
     warmup = warmup_count(args, opt)
-    run_steps(model, batches, warmup)
+    run_steps(model, step, batches, warmup)
     sync(device)
     probe = 3
     t0 = time.perf_counter()
-    run_steps(model, batches, probe, warmup)
+    run_steps(model, step, batches, probe, warmup)
     sync(device)
     per_iter = (time.perf_counter() - t0) / probe
     warmup_s = time.perf_counter() - start
@@ -246,7 +246,7 @@ def measure(args, opt, model, batches):
     for _ in range(args.repeats):
         sync(device)
         t0 = time.perf_counter()
-        run_steps(model, batches, iters)
+        run_steps(model, step, batches, iters)
         sync(device)
         rates.append(iters / (time.perf_counter() - t0))
     return dict(warmup_iters=warmup + probe, warmup_s=round(warmup_s, 2), iters=iters, repeats=args.repeats,
@@ -266,7 +266,7 @@ def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
     """Images/s of the fastest row fed by the real loader, and the share of time spent waiting for batches."""
     root, note = loader_root(args, model_name)
     argv = model_flags(args, model_name, batch_size, root) + model_row_flags(args, model_name, row_name)
-    opt, model, _ = build(argv, args.device, args.seed)
+    opt, model, _, step = build(argv, args.device, args.seed)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         loader = create_fast_loader(opt, args.data_loader)
@@ -282,7 +282,7 @@ def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
     stream = forever()
     for _ in range(warmup_count(args, opt) + 3):
         model.set_input(next(stream))
-        model.optimize_parameters()
+        step()
     iters = max(5, args.iters or 0, round(model_it_per_s * args.repeat_seconds * 2))
     wait = 0.0
     sync(args.device)
@@ -292,7 +292,7 @@ def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
         data = next(stream)
         wait += time.perf_counter() - before
         model.set_input(data)
-        model.optimize_parameters()
+        step()
     sync(args.device)
     total = time.perf_counter() - t0
     losses = model.get_current_losses()
@@ -316,11 +316,12 @@ def bench_row(args, model_name, batch_size, name, reference_rate, batches):
         torch.cuda.reset_peak_memory_stats(device)
     model = None
     try:
-        opt, model, engine = build(model_flags(args, model_name, batch_size) + row["flags"], device, args.seed)
+        argv = model_flags(args, model_name, batch_size) + row["flags"]
+        opt, model, engine, step = build(argv, device, args.seed)
         row["engine"] = engine.describe()
         if batches.get("data") is None:
             batches["data"] = random_batches(opt, device)
-        row.update(measure(args, opt, model, batches["data"]))
+        row.update(measure(args, opt, model, step, batches["data"]))
         losses = model.get_current_losses()
         row["losses"] = {k: round(v, 5) for k, v in losses.items()}
         row["losses_finite"] = all(math.isfinite(v) for v in losses.values())

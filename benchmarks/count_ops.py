@@ -84,14 +84,14 @@ class OpCounter(TorchDispatchMode):
 def count_row(args, model_name, row):
     argv = model_flags(args, model_name, 1) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
     argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
-    opt, model, engine = build(argv, args.device, args.seed)
+    opt, model, engine, step = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device, count=2)
     counter = OpCounter()
     with counter.counting_triton():
-        run_steps(model, batches, args.warmup)  # the optimizers' state is created in the first step
+        run_steps(model, step, batches, args.warmup)  # the optimizers' state is created in the first step
         counter.counts.clear()
         with counter:
-            run_steps(model, batches, 1, start=args.warmup)
+            run_steps(model, step, batches, 1, start=args.warmup)
     counts = counter.counts
     triton = sum(n for name, n in counts.items() if name.startswith("triton:"))
     return dict(model=model_name, batch_size=1, row=display_name(row), engine=engine.describe(),

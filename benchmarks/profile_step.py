@@ -19,12 +19,12 @@ from bench_train import GPU_CHAIN, batchable, build, model_flags, random_batches
 
 def profile_config(args, model_name, batch_size, row):
     argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
-    opt, model, engine = build(argv, args.device, args.seed)
+    opt, model, engine, step = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device)
-    run_steps(model, batches, args.warmup)
+    run_steps(model, step, batches, args.warmup)
     sync(args.device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_steps(model, batches, args.steps)
+        run_steps(model, step, batches, args.steps)
         sync(args.device)
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=70)
     title = f"{model_name} bs{batch_size} row {row} ({engine.describe()}), {args.steps} steps"

@@ -139,7 +139,7 @@ class Trainer:
         distributed.print_main(f"The number of training images = {len(self.dataset)}")
         self.model = create_model(opt)
         self.model.setup(opt)
-        prepare_model(self.model, self.engine)
+        self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process())
         self.epoch = opt.epoch_count
@@ -285,7 +285,7 @@ class Trainer:
             self.epoch_iter += opt.batch_size
             images_this_run += opt.batch_size
             model.set_input(data)
-            model.optimize_parameters()
+            self.train_step()
 
             if self.total_iters % opt.display_freq == 0:
                 model.compute_visuals()

@@ -52,13 +52,13 @@ def run_steps(out, steps, batch, argv):
     torch.manual_seed(opt.seed + rank)  # as the trainer seeds: DDP must make rank 0's init everyone's
     model = create_model(opt)
     model.setup(opt)
-    prepare_model(model, resolve_engine(opt, opt.device))
+    train_step = prepare_model(model, resolve_engine(opt, opt.device))
     losses, first_grads = [], None
     for step in range(steps):
         data = {name: images[rank::world] for name, images in global_batch(step, batch * world).items()}
         data["A_paths"] = data["B_paths"] = [""] * batch
         model.set_input(data)
-        model.optimize_parameters()
+        train_step()
         losses.append(model.get_current_losses())
         if first_grads is None:
             first_grads = {name: {key: p.grad.clone() for key, p in unwrap(net).named_parameters()}

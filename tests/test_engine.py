@@ -259,7 +259,7 @@ def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
     random.seed(0)
     model = create_model(opt)
     model.setup(opt)
-    prepare_model(model, dataclasses.replace(resolve_engine(opt, DEVICE), **config_changes))
+    train_step = prepare_model(model, dataclasses.replace(resolve_engine(opt, DEVICE), **config_changes))
     gen = torch.Generator().manual_seed(1)
     history = []
     for _ in range(steps):
@@ -267,7 +267,7 @@ def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
                  "B": torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1,
                  "A_paths": ["a"] * batch_size, "B_paths": ["b"] * batch_size}
         model.set_input(batch)
-        model.optimize_parameters()
+        train_step()
         history.append(model.get_current_losses())
     weights = {name: {k: v.detach().float().cpu() for k, v in unwrap(net).state_dict().items()}
                for name, net in model.networks()}
@@ -357,8 +357,8 @@ def test_fp16_with_grad_scaler_trains_like_the_reference(model_name, fused_adam,
     scalers = []
 
     class RecordingScaler(torch.amp.GradScaler):
-        def __init__(self, device):
-            super().__init__(device, init_scale=2.0**8, growth_interval=1)
+        def __init__(self, device, enabled=True):
+            super().__init__(device, init_scale=2.0**8, growth_interval=1, enabled=enabled)
             scalers.append(self)
 
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
@@ -433,13 +433,13 @@ def test_batched_cycle_gan_passes_count_and_shapes():
     opt = make_opt("cycle_gan", *OFF, "--batch_passes", "on", "--batch_size", "1")
     model = create_model(opt)
     model.setup(opt)
-    prepare_model(model, resolve_engine(opt, DEVICE))
+    train_step = prepare_model(model, resolve_engine(opt, DEVICE))
     batches = {name: [] for name in model.model_names}
     for name in model.model_names:
         getattr(model, "net" + name).register_forward_hook(
             lambda module, args, output, name=name: batches[name].append(args[0].shape[0]))
     model.set_input({"A": torch.rand(1, 3, 32, 32), "B": torch.rand(1, 3, 32, 32), "A_paths": ["a"], "B_paths": ["b"]})
-    model.optimize_parameters()
+    train_step()
     assert batches == {"G_A": [2, 1], "G_B": [2, 1], "D_A": [1, 2], "D_B": [1, 2]}
     assert model.idt_A.shape == model.real_B.shape and model.fake_B.shape == model.real_A.shape
 

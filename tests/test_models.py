@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fastp2p.checkpoint import CheckpointError
+from fastp2p.engine import EngineConfig, prepare_model
 from fastp2p.models import create_model
 from fastp2p.networks import init_weights
 from tests.reference_networks import reference_D, reference_G
@@ -45,6 +46,8 @@ def built_model(opt, seed=0):
     torch.manual_seed(seed)
     model = create_model(opt)
     model.setup(opt)
+    if model.isTrain:
+        prepare_model(model, EngineConfig())  # the reference path: the reference's Adam and schedulers
     return model
 
 

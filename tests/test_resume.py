@@ -15,7 +15,8 @@ import torch
 
 from fastp2p import train as train_cli
 from fastp2p.checkpoint import FolderLock, read_checkpoint
-from tests.test_train_cli import aligned_root, pix2pix_flags, small_net_flags, unaligned_root, write_images  # noqa: F401 (fixtures)
+from tests.test_train_cli import aligned_root, unaligned_root  # noqa: F401 (fixtures used by name)
+from tests.test_train_cli import pix2pix_flags, small_net_flags, write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR_LINE = re.compile(r"learning rate (-?\d+\.\d+) -> (-?\d+\.\d+)")

@@ -127,7 +127,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
     def stop_in_epoch_two(trainer):
         if calls["iterations"]:
             return original(trainer)
-        model_step = trainer.model.optimize_parameters
+        model_step = trainer.train_step
 
         def counted_step():
             model_step()
@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
             if calls["iterations"] == 8:  # epoch 2, third batch of six
                 trainer.request_stop()
 
-        trainer.model.optimize_parameters = counted_step
+        trainer.train_step = counted_step
         return original(trainer)
 
     monkeypatch.setattr(train_cli.Trainer, "train_epoch", stop_in_epoch_two)

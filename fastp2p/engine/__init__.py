@@ -3,11 +3,10 @@
 Each path is applied to the same model objects, in an order where each step keeps what the earlier
 ones set up: fusing layers shares the norms' parameters, channels-last converts parameters in place,
 the one-kernel weight casts are hooked onto each network (after the conversion, so they copy its layout),
-the optimizers are rebuilt over the same parameters, DDP and CUDA graphs wrap what is left. Nothing
+the optimizers are built once, over the same parameters, DDP and CUDA graphs wrap what is left. Nothing
 here changes a network's state_dict keys, so checkpoints stay the reference's.
 """
 
-import functools
 import inspect
 
 import torch
@@ -16,45 +15,10 @@ from torch import nn
 from fastp2p.engine.config import EngineConfig, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
+from fastp2p.engine.step import AutocastStep, TrainStep
 from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
-from fastp2p.networks import get_scheduler
 
-__all__ = ["EngineConfig", "resolve_engine", "prepare_model"]
-
-
-def rebuild_optimizers(model, config):
-    """Adam over the same parameters, fused and/or capturable, with a tensor LR a graph can read."""
-    opt = model.opt
-    rebuilt = []
-    for optimizer in model.optimizers:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        lr = torch.tensor(opt.lr, device=model.device) if config.cuda_graph else opt.lr
-        new = torch.optim.Adam(params, lr=lr, betas=(opt.beta1, 0.999), fused=config.fused_adam or None,
-                               capturable=config.cuda_graph)
-        for name in ("optimizer_G", "optimizer_D"):
-            if getattr(model, name, None) is optimizer:
-                setattr(model, name, new)
-        rebuilt.append(new)
-    model.optimizers = rebuilt
-    model.schedulers = [get_scheduler(optimizer, opt) for optimizer in rebuilt]
-
-
-def autocast_step(step, device, dtype, scaler):
-    """Run the training step under autocast; update the fp16 GradScaler once per iteration.
-
-    The whole step is one autocast region, so each weight is cast to bf16 once per iteration and reused
-    by every forward of it (CycleGAN runs each generator three times); under a CUDA graph the cast
-    copies are captured with the step, inside the region that owns them.
-    """
-
-    @functools.wraps(step)
-    def run():
-        with torch.autocast(device.type, dtype=dtype):
-            step()
-        if scaler is not None:
-            scaler.update()
-
-    return run
+__all__ = ["EngineConfig", "resolve_engine", "prepare_model", "TrainStep", "AutocastStep", "GraphedTrainStep"]
 
 
 def wrap_ddp(model, capture_stream=None):
@@ -85,7 +49,9 @@ def wrap_ddp(model, capture_stream=None):
 
 
 def prepare_model(model, config):
-    """Apply ``config`` to a model whose weights are initialized (or loaded); returns the model."""
+    """Apply ``config`` to a model whose weights are initialized (or loaded). Returns the training step to call
+    each iteration (a TrainStep, wrapped by AutocastStep and GraphedTrainStep as the config asks), or None for a
+    model that does not train."""
     nets = [net for _, net in model.networks()]
     if config.fused_kernels:
         for net in nets:
@@ -103,15 +69,12 @@ def prepare_model(model, config):
         for net in nets:
             net.compile()
     if not model.isTrain:
-        return model
+        return None
     model.batch_passes = config.batch_passes
-    if config.fused_adam or config.cuda_graph:
-        rebuild_optimizers(model, config)
-    step = model.optimize_parameters
+    model.build_optimizers(config)
+    step = TrainStep(model)
     if config.amp_dtype is not None:
-        if config.amp_dtype == torch.float16:
-            model.grad_scaler = torch.amp.GradScaler(model.device.type)
-        step = autocast_step(step, model.device, config.amp_dtype, model.grad_scaler)
+        step = AutocastStep(step, model.device, config.amp_dtype, model.grad_scaler)
     capture_stream = torch.cuda.Stream(model.device) if config.cuda_graph else None
     if config.ddp:
         wrap_ddp(model, capture_stream)
@@ -122,5 +85,4 @@ def prepare_model(model, config):
             device_pool.load_state_dict(pool.state_dict(), device=model.device)
             setattr(model, name, device_pool)
         step = GraphedTrainStep(model, step, capture_stream, ddp=config.ddp)
-    model.optimize_parameters = step
-    return model
+    return step

@@ -32,6 +32,18 @@ class EngineConfig:
     ddp: bool = False
     """wrap the networks in DistributedDataParallel (more than one process under torchrun)"""
 
+    def adam(self, params, opt, device):
+        """The reference's Adam, fused and/or capturable as this run asks; under CUDA graphs its learning rate is a
+        device tensor, which the captured step reads and the LR schedule writes in place."""
+        lr = torch.tensor(opt.lr, device=device) if self.cuda_graph else opt.lr
+        return torch.optim.Adam(params, lr=lr, betas=(opt.beta1, 0.999), fused=self.fused_adam or None,
+                                capturable=self.cuda_graph)
+
+    def grad_scaler(self, device):
+        """fp16's loss scaler; for every other precision a scaler that does nothing (scale returns the loss,
+        step calls optimizer.step), so the model's step has no branch for it."""
+        return torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
         on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes",

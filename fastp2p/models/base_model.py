@@ -36,25 +36,35 @@ class BaseModel:
         self.image_paths = []
         self.metric = 0  # what the plateau policy watches; the reference never changes it either
         self.input_memory_format = torch.contiguous_format  # the engine sets channels_last
-        self.grad_scaler = None  # the engine sets a GradScaler for fp16 mixed precision
+        self.grad_scaler = None  # build_optimizers sets it: fp16's GradScaler, or one that does nothing
         self.batch_passes = False  # the engine sets it: see run_passes
 
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
         return [(name, getattr(self, "net" + name)) for name in self.model_names]
 
-    def build_optimizer(self, params):
-        """Adam as in the reference; the fast engine overrides this (fused Adam)."""
-        return torch.optim.Adam(params, lr=self.opt.lr, betas=(self.opt.beta1, 0.999))
+    def trained_parameters(self):
+        """(name, parameters) of each optimizer of a training model, in the reference's order (G before D)."""
+        raise NotImplementedError
+
+    def build_optimizers(self, engine):
+        """Adam for each of ``trained_parameters`` as ``engine`` asks (the reference's, or fused/capturable), the LR
+        schedulers, and the loss scaler: built once, by the engine, after it has converted the networks (the
+        conversions keep each parameter object, so the optimizers see the parameters the step updates)."""
+        self.optimizers = []
+        for name, params in self.trained_parameters():
+            optimizer = engine.adam(params, self.opt, self.device)
+            setattr(self, "optimizer_" + name, optimizer)
+            self.optimizers.append(optimizer)
+        self.schedulers = [get_scheduler(optimizer, self.opt) for optimizer in self.optimizers]
+        self.grad_scaler = engine.grad_scaler(self.device)
 
     def setup(self, opt):
-        """Initialize weights (G before D), load checkpoints when testing or resuming, build schedulers."""
+        """Initialize weights (G before D), load checkpoints when testing or resuming."""
         for _, net in self.networks():
             init_weights(net, opt.init_type, opt.init_gain)
         if not self.isTrain or opt.continue_train:
             self.load_networks(checkpoint.load_prefix(opt))
-        if self.isTrain:
-            self.schedulers = [get_scheduler(optimizer, opt) for optimizer in self.optimizers]
         self.print_networks(opt.verbose)
 
     def set_input(self, data):
@@ -90,15 +100,12 @@ class BaseModel:
         return tuple(net(x) for x in inputs)
 
     def backward(self, loss):
-        """loss.backward(), scaled when fp16 mixed precision needs a GradScaler."""
-        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        """loss.backward(), scaled under fp16 (the scaler does nothing otherwise)."""
+        self.grad_scaler.scale(loss).backward()
 
     def step(self, optimizer):
-        """optimizer.step(), through the GradScaler (which skips steps with inf/NaN gradients) under fp16."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(optimizer)
-        else:
-            optimizer.step()
+        """optimizer.step() through the scaler, which under fp16 skips steps with inf/NaN gradients."""
+        self.grad_scaler.step(optimizer)
 
     def eval(self):
         """Eval mode for every net (``--eval`` at test time: BatchNorm running stats, no Dropout)."""
@@ -163,12 +170,13 @@ class BaseModel:
             for filename, state in self.network_files(epoch):
                 files.save(filename, state)
 
+    @torch.no_grad()
     def nonfinite_networks(self):
         """Names of the nets holding a parameter or buffer that is NaN, infinite, or so large that its square
         overflows fp32 (a run that has diverged). One host sync for all nets."""
         verdicts = []
         for _, net in self.networks():
-            tensors = [t.detach() for t in net.parameters()] + [t.detach() for t in net.buffers() if t.is_floating_point()]
+            tensors = [*net.parameters(), *(t for t in net.buffers() if t.is_floating_point())]
             verdicts.append(torch.stack([t.float().square().sum() for t in tensors]).isfinite().all())
         return [name for (name, _), finite in zip(self.networks(), torch.stack(verdicts).tolist()) if not finite]
 
@@ -197,7 +205,7 @@ class BaseModel:
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
             "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
             "image_pools": {name: getattr(self, name).state_dict() for name in self.pool_names},
-            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler.is_enabled() else None,
         }
 
     def resume_schedule(self, saved_schedulers):
@@ -229,7 +237,7 @@ class BaseModel:
         for name, saved in state["image_pools"].items():
             getattr(self, name).load_state_dict(saved, device=self.device)
         saved_scaler = state.get("grad_scaler")  # absent in states saved before it was kept
-        if self.grad_scaler is not None and saved_scaler:
+        if self.grad_scaler.is_enabled() and saved_scaler:
             self.grad_scaler.load_state_dict(saved_scaler)
 
 

@@ -4,7 +4,6 @@ G_A maps A to B and is judged by D_A; G_B maps B to A and is judged by D_B. Each
 one optimizer, as does each discriminator pair. D sees fakes through an ImagePool (``--pool_size``).
 """
 
-import itertools
 
 from torch import nn
 
@@ -44,9 +43,10 @@ class CycleGANModel(BaseModel):
             self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
             self.criterionCycle = nn.L1Loss()
             self.criterionIdt = nn.L1Loss()
-            self.optimizer_G = self.build_optimizer(itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()))
-            self.optimizer_D = self.build_optimizer(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()))
-            self.optimizers = [self.optimizer_G, self.optimizer_D]
+
+    def trained_parameters(self):
+        return [("G", [*self.netG_A.parameters(), *self.netG_B.parameters()]),
+                ("D", [*self.netD_A.parameters(), *self.netD_B.parameters()])]
 
     def identity_in_forward(self):
         """With batched passes the identity images join each generator's first pass; the reference (and

@@ -23,9 +23,9 @@ class Pix2PixModel(BaseModel):
                                           opt.norm).to(self.device)
             self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
             self.criterionL1 = nn.L1Loss()
-            self.optimizer_G = self.build_optimizer(self.netG.parameters())
-            self.optimizer_D = self.build_optimizer(self.netD.parameters())
-            self.optimizers = [self.optimizer_G, self.optimizer_D]
+
+    def trained_parameters(self):
+        return [("G", list(self.netG.parameters())), ("D", list(self.netD.parameters()))]
 
     def forward(self):
         self.fake_B = self.netG(self.real_A)
