@@ -480,6 +480,7 @@ def test_auto_switches_keep_the_reference_path_on_cpu():
     (["--amp", "fp16"], "needs a GPU"),
     (["--batch_passes", "on"], "BatchNorm normalizes over the batch"),
     (["--foreach_cast", "on"], "needs --amp bf16 or fp16"),
+    (["--fused_kernels", "on", "--compile"], "--compile with --fused_kernels on is not supported"),
 ])
 def test_impossible_switches_say_why(flags, message):
     with pytest.raises(OptionError, match=message):
@@ -494,6 +495,12 @@ def test_cuda_graphs_under_ddp_only_when_asked(monkeypatch):
     assert auto.ddp and auto.fused_kernels and not auto.cuda_graph
     opt.cuda_graph = "on"
     assert resolve_engine(opt, torch.device("cuda")).cuda_graph
+
+
+def test_compile_leaves_the_fused_kernels_off_on_a_gpu():
+    """Resolved for a GPU without one (--amp bf16 avoids asking the device about bf16)."""
+    assert resolve_engine(make_opt("pix2pix", "--amp", "bf16"), torch.device("cuda")).fused_kernels
+    assert not resolve_engine(make_opt("pix2pix", "--amp", "bf16", "--compile"), torch.device("cuda")).fused_kernels
 
 
 def test_reference_flag_turns_everything_off():

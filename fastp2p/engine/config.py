@@ -79,7 +79,11 @@ def resolve_engine(opt, device):
         raise OptionError("--amp fp16 needs a GPU; use --amp bf16 or --amp off on the CPU")
 
     has_triton = importlib.util.find_spec("triton") is not None
-    fused_kernels = switch(opt.fused_kernels, cuda and has_triton)
+    fused_kernels = switch(opt.fused_kernels, cuda and has_triton and not opt.compile)
+    if fused_kernels and opt.compile:
+        raise OptionError("--compile with --fused_kernels on is not supported: the pair has no parity test, and "
+                          "TorchDynamo would break its graphs at every fused layer; --compile fuses the norms itself, "
+                          "so 'auto' leaves the fused kernels off with it")
     if fused_kernels and not has_triton:
         raise OptionError("--fused_kernels on needs Triton: pip install 'fastp2p[triton]'")
     if fused_kernels and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
