@@ -1,7 +1,7 @@
 """Each convolution of the real networks timed in NCHW and in channels-last (forward + backward).
 
-The engine uses one layout for a whole network. spec performance.md (b.1) warns that channels-last
-loses on some shapes (in_ch > out_ch, the U-Net and ResNet decoders); this table says, layer by
+The engine uses one layout for a whole network, but channels-last convolutions can
+lose on some shapes (in_ch > out_ch, the U-Net and ResNet decoders); this table says, layer by
 layer at the real shapes, which layout wins, before any per-layer layout is built.
 
     python benchmarks/bench_layers.py --batch_sizes 1 16 --out benchmarks/results

@@ -1,4 +1,4 @@
-"""Kernels per training iteration, row by row: a count that needs no GPU (spec performance.md (c), launch counts).
+"""Kernels per training iteration, row by row: a launch count that needs no GPU.
 
 At batch 1 both models are launch-bound: each kernel costs a few microseconds of GPU time even inside a CUDA
 graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations

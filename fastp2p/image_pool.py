@@ -1,4 +1,4 @@
-"""History of generated images for CycleGAN's discriminators (spec 3.7), resumable.
+"""History of generated images for CycleGAN's discriminators (the reference's ImagePool), resumable.
 
 The discriminators see, half of the time, an older fake instead of the newest one. The draws use
 python's ``random`` exactly as the reference does, so a seeded run reproduces the reference's choices;

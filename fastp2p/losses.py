@@ -1,4 +1,4 @@
-"""The reference trainer's GAN objectives (spec 3.6) and its WGAN-GP gradient penalty.
+"""The reference trainer's GAN objectives (its GANLoss: vanilla, lsgan, wgangp) and its WGAN-GP gradient penalty.
 
 Models hold their criteria as attributes (``criterionGAN``, ``criterionL1``...), so the fast engine can
 swap in fused losses without touching the training step.

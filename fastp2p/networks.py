@@ -1,7 +1,7 @@
 """Generators, discriminators, norm layers, weight init and LR schedulers of the reference trainer.
 
-Every network reproduces junyanz/pytorch-CycleGAN-and-pix2pix module for module (spec
-reference-trainer.md section 3), so state_dict keys and parameter counts match its checkpoints. The
+Every network reproduces junyanz/pytorch-CycleGAN-and-pix2pix module for module, so state_dict keys and
+parameter counts match its checkpoints. The
 layers of each net live in ``nn.Sequential`` lists on purpose: the fast engine later swaps
 (norm, activation) pairs inside them for fused modules at the same indices, which keeps the keys.
 
@@ -238,7 +238,8 @@ class UnetSkipConnectionBlock(nn.Module):
     """One U-Net level: down, the inner levels, up; all but the outermost concatenate [input, output].
 
     The reference's down LeakyReLU is in-place and so overwrites the skip half with LeakyReLU(x); the
-    parent's ReLU then makes that identical to keeping x (spec 3.1), so here it is not in-place and the
+    parent's ReLU then makes that identical to keeping x (ReLU(LeakyReLU(x)) = ReLU(x)), so here it is not
+    in-place and the
     skip carries x unchanged.
     """
 

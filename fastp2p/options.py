@@ -108,8 +108,6 @@ def add_base_options(parser):
     p.add_argument("--load_iter", type=non_negative_int, default=0, help="> 0: load the iter_<n> checkpoint")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--suffix", default="", help="name += '_' + suffix.format(**vars(opt))")
-    p.add_argument("--use_wandb", action="store_true", help="accepted for compatibility; fastp2p logs to TensorBoard")
-    p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds every random draw; a run without it picks one and records it (fastp2p)")
     p.add_argument("--worker_start", default="spawn", choices=WORKER_START_METHODS,
@@ -123,11 +121,6 @@ def add_train_options(parser):
     """Reference TrainOptions."""
     p = parser
     p.add_argument("--display_freq", type=positive_int, default=400)
-    p.add_argument("--display_ncols", type=int, default=4)
-    p.add_argument("--display_id", type=int, default=1, help="accepted for compatibility (no visdom)")
-    p.add_argument("--display_server", default="http://localhost")
-    p.add_argument("--display_env", default="main")
-    p.add_argument("--display_port", type=int, default=8097)
     p.add_argument("--update_html_freq", type=positive_int, default=1000)
     p.add_argument("--print_freq", type=positive_int, default=100)
     p.add_argument("--no_html", action="store_true")
@@ -192,6 +185,24 @@ def add_test_options(parser):
     return p
 
 
+COMPATIBILITY_GROUP = "accepted for compatibility with the reference trainer (no effect)"
+
+
+def add_compatibility_options(parser, is_train):
+    """The reference's visdom and Weights & Biases flags: accepted so that its command lines run unchanged, and
+    never read (fastp2p writes TensorBoard logs and the HTML page instead)."""
+    p = parser.add_argument_group(COMPATIBILITY_GROUP)
+    no_effect = "no effect in fastp2p"
+    p.add_argument("--use_wandb", action="store_true", help=f"{no_effect}: it logs to TensorBoard, not wandb")
+    p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix", help=no_effect)
+    if is_train:
+        p.add_argument("--display_ncols", type=int, default=4, help=f"{no_effect}: no visdom display")
+        p.add_argument("--display_id", type=int, default=1, help=f"{no_effect}: no visdom display")
+        p.add_argument("--display_server", default="http://localhost", help=f"{no_effect}: no visdom server")
+        p.add_argument("--display_env", default="main", help=f"{no_effect}: no visdom server")
+        p.add_argument("--display_port", type=int, default=8097, help=f"{no_effect}: no visdom server")
+
+
 def add_model_options(parser, model, is_train):
     """The model's own flags and default changes (reference modify_commandline_options)."""
     if model == "pix2pix":
@@ -218,7 +229,9 @@ def add_model_options(parser, model, is_train):
 
 def build_parser(is_train, model):
     prog = "fastp2p.train" if is_train else "fastp2p.test"
-    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=f"The reference's flags; those fastp2p ignores are listed last, under '{COMPATIBILITY_GROUP}'.")
     add_base_options(parser)
     if is_train:
         add_train_options(parser)
@@ -226,6 +239,7 @@ def build_parser(is_train, model):
         add_test_options(parser)
     if model is not None:
         add_model_options(parser, model, is_train)
+    add_compatibility_options(parser, is_train)
     return parser
 
 

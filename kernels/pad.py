@@ -3,7 +3,7 @@
 PyTorch's CUDA ``reflection_pad2d`` makes its input contiguous (NCHW) and returns NCHW, and its backward
 zero-fills an NCHW gradient and scatters into it with atomics. In a channels-last ResNet generator, whose
 20 pads per forward sit between convolutions that want NHWC, every pad therefore adds layout copies in and
-out, forward and backward: they are most of the ~470 strided-copy kernels per CycleGAN iteration in the H100
+out, forward and backward: they are most of the strided-copy kernels of a CycleGAN iteration in the H100
 profile (benchmarks/results/profile_h100_20261125.md). Here the output has the input's layout, and the
 backward is a gather: each input element sums the (at most 3 x 3) padded positions that reflect onto it,
 so every element is written once, with no zero fill, no atomics and a deterministic result.

@@ -1,4 +1,5 @@
-"""An independent restatement of the reference trainer's networks, written from spec section 3 and 4.
+"""An independent restatement of the reference trainer's networks, written from the reference trainer's
+network definitions and checkpoint keys.
 
 It is built differently from fastp2p.networks on purpose (recursive builders, explicit per-level layer
 lists, the reference's in-place activations) so that a shared mistake is unlikely. Tests load its

@@ -68,7 +68,7 @@ def assert_loads_in_one_process(run_dir, nets):
 
 
 def test_pix2pix_batchnorm_through_the_cli(tmp_path, aligned_root):
-    """--norm batch: D runs twice before one backward in the D step, the pitfall of spec b.6."""
+    """--norm batch: D runs twice before one backward in the D step, which a buffer sync in forward breaks."""
     flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 1)) + ["--batch_size", "2", "--norm", "batch"]
     result = launch(["-m", "fastp2p.train", *flags])
     assert_ok(result)

@@ -1,4 +1,4 @@
-"""GANLoss and the gradient penalty against hand formulas, ImagePool semantics, LR policies (spec 3.6, 3.7, 5.2)."""
+"""GANLoss and the gradient penalty against hand formulas, ImagePool semantics, the reference's LR policies."""
 
 import argparse
 import random

@@ -1,4 +1,5 @@
-"""pix2pix, CycleGAN and the test model against hand-written steps from spec 5.3 / 5.4, plus checkpoint I/O.
+"""pix2pix, CycleGAN and the test model against hand-written steps that follow the reference trainer's models,
+plus checkpoint I/O.
 
 The hand-written side uses tests/reference_networks.py, plain torch.optim.Adam and the loss formulas
 written out, so it shares no model code with fastp2p.

@@ -1,4 +1,4 @@
-"""Networks against the spec (section 3.8 counts, section 4 keys) and against tests/reference_networks.py."""
+"""Networks against the reference trainer's parameter counts and checkpoint keys, and tests/reference_networks.py."""
 
 import itertools
 import types
@@ -20,7 +20,7 @@ def on_meta(build, *args):
         return build(*args)
 
 
-# spec 3.8, ngf = ndf = 64, RGB
+# the reference trainer's networks' parameter counts (as its print_networks reports them), ngf = ndf = 64, RGB
 PARAMETER_COUNTS = [
     (define_G, (3, 3, 64, "unet_256", "batch", True), 54_413_955),
     (define_G, (3, 3, 64, "unet_256", "instance", True), 54_409_603),
@@ -66,7 +66,7 @@ def test_unet_256_batch_keys_from_spec_section_4():
         "model.model.1.model.2.num_batches_tracked": (),
         "model.model.1.model.3.model.1.weight": (256, 128, 4, 4),
         deep + "model.3.model.1.weight": (512, 512, 4, 4),
-        # the innermost level is the 8th (depth 7); spec section 4 prints its path one ".model.3" short
+        # the innermost level is the 8th (depth 7): six ".model.3" below model.model.1, easy to count one short
         deep + "model.3.model.3.model.1.weight": (512, 512, 4, 4),
         deep + "model.3.model.3.model.3.weight": (512, 512, 4, 4),
         deep + "model.3.model.3.model.4.running_var": (512,),

@@ -1,6 +1,7 @@
 """Data for the reference path: PIL decoding, the reference's transforms, a torch DataLoader.
 
-``create_dataset(opt)`` is the entry point; ``builtin_dataroot()`` makes the synthetic default dataset.
+``create_dataset(opt)`` is the entry point; ``builtin_dataroot()`` makes the synthetic default dataset. The GPU
+loaders live in their own modules, which ``select.create_fast_loader`` imports when a run asks for one.
 """
 
 from .builtin import builtin_dataroot
@@ -8,10 +9,10 @@ from .datasets import AlignedDataset, SingleDataset, UnalignedDataset
 from .image_folder import IMG_EXTENSIONS, DatasetError, load_rgb, make_dataset
 from .loader import DataLoaderWrapper, create_dataset
 from .plan import shard_indices
-from .transforms import get_params, get_transform, transform_image
+from .transforms import get_params, transform_image
 
 __all__ = [
     "AlignedDataset", "DataLoaderWrapper", "DatasetError", "IMG_EXTENSIONS", "SingleDataset",
-    "UnalignedDataset", "builtin_dataroot", "create_dataset", "get_params", "get_transform",
+    "UnalignedDataset", "builtin_dataroot", "create_dataset", "get_params",
     "load_rgb", "make_dataset", "shard_indices", "transform_image",
 ]

@@ -1,6 +1,6 @@
 """The reference's three dataset modes: aligned (pix2pix), unaligned (CycleGAN) and single (inference).
 
-Layouts (spec 2.1): aligned reads ``DATAROOT/PHASE/`` where each file is A|B side by side; unaligned
+Folder layouts, the reference's: aligned reads ``DATAROOT/PHASE/`` where each file is A|B side by side; unaligned
 reads ``DATAROOT/PHASEA/`` and ``DATAROOT/PHASEB/``; single reads every image below ``DATAROOT``.
 Items are the reference's dicts: ``{'A', 'B', 'A_paths', 'B_paths'}`` (single: ``{'A', 'A_paths'}``),
 tensors CHW float32 in [-1, 1].

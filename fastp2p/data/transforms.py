@@ -1,16 +1,15 @@
-"""The reference's preprocessing (spec 2.3), written with PIL alone so torchvision stays optional.
+"""The reference trainer's preprocessing (its torchvision transforms), in PIL alone so torchvision stays optional.
 
 Each step is what the reference's torchvision pipeline does to a PIL image: ``Resize`` is PIL's
 ``resize`` with bicubic filtering, ``ToTensor`` is uint8 HWC -> float CHW / 255 and ``Normalize(0.5, 0.5)``
 maps [0, 1] to [-1, 1], in the same float32 operations so the tensors are bitwise equal.
 
 Randomness is not drawn here: :func:`get_params` takes a ``random.Random`` and returns the crop
-position and flip, and the transform applies them. The reference's random crop and flip for unpaired
+position and flip, and :func:`transform_image` applies them. The reference's random crop and flip for unpaired
 images (torchvision's ``RandomCrop``/``RandomHorizontalFlip``) have the same distributions as a
 ``get_params`` draw per image, which is what the datasets use.
 """
 
-import functools
 import warnings
 
 import numpy as np
@@ -39,14 +38,8 @@ def get_params(opt, size, rng):
     return {"crop_pos": (x, y), "flip": flip}
 
 
-def get_transform(opt, params, grayscale=False, method=Image.BICUBIC, convert=True):
-    """A callable PIL image -> tensor in [-1, 1] (or a PIL image if not ``convert``) for ``params``."""
-    return functools.partial(transform_image, opt=opt, params=params, grayscale=grayscale,
-                             method=method, convert=convert)
-
-
 def transform_image(image, opt, params, grayscale=False, method=Image.BICUBIC, convert=True):
-    """Grayscale -> resize or scale width -> crop -> make power of 2 -> flip -> tensor, as spec 2.3."""
+    """Grayscale -> resize or scale width -> crop -> make power of 2 -> flip -> tensor, in the reference's order."""
     if grayscale:
         image = image.convert("L")
     if "resize" in opt.preprocess:

@@ -22,7 +22,7 @@ __all__ = ["EngineConfig", "resolve_engine", "prepare_model", "TrainStep", "Auto
 
 
 def wrap_ddp(model, capture_stream=None):
-    """DistributedDataParallel for every network, set up for GAN training (spec performance.md b.6).
+    """DistributedDataParallel for every network, set up for GAN training, where a step runs D twice per backward.
 
     No buffer sync in forward: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
     syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one

@@ -1,7 +1,7 @@
 """Replay a whole training iteration (D step and G step, optimizers included) as one CUDA graph.
 
-At batch 1 an eager iteration is hundreds (pix2pix) to thousands (CycleGAN) of small kernel launches
-whose CPU cost exceeds the GPU work (spec performance.md (c)); one graph replay removes it. What that
+At batch 1 an eager iteration is many small kernel launches (benchmarks/count_ops.py counts them per model)
+whose CPU cost exceeds the GPU work; one graph replay removes it. What that
 asks of the step, and how each is met:
 - static inputs: each batch is copied into buffers captured once; a batch of another shape (the last,
   partial batch of an epoch) runs eagerly on the same parameters and optimizer state;
@@ -72,7 +72,7 @@ DDP_WARMUP_STEPS = 11
 
 
 class GraphedTrainStep:
-    """Callable that runs ``step`` (the model's optimize_parameters) eagerly at first, then as a graph.
+    """Callable that runs ``step`` (a TrainStep, or an AutocastStep around one) eagerly at first, then as a graph.
 
     ``stream`` is the side stream of the warm-up steps and of the capture; under ``ddp`` DDP must be built on it.
     """

@@ -5,14 +5,14 @@ The fused module takes the norm's index in its nn.Sequential and shares its Para
 objects; the activation (and dropout, and pad) it absorbs becomes an nn.Identity, which has no state. So the
 state_dict keys, the optimizers' parameters and the checkpoints stay exactly the reference's.
 
-Patterns, as the reference builds them (spec 3.1-3.3):
+Patterns, as the reference trainer's ResNet generator, U-Net and PatchGAN build them:
 - ``norm, ReLU|LeakyReLU[, Dropout]`` in the PatchGAN, the ResNet generator and its blocks;
 - a norm that ends a block (ResnetBlock's second norm, the U-Net's ``upnorm``) with an optional
   ``Dropout`` after it: fused with the identity activation;
 - the U-Net ``downnorm`` followed by the inner block, whose first layer is ``LeakyReLU``: fused with that
   LeakyReLU, which becomes an Identity. The inner block then sees LeakyReLU(x) both as its input and
   in its skip connection, which is what the reference computes too: its in-place LeakyReLU overwrites
-  the tensor that the skip concatenates (spec 3.1), and the parent's ReLU follows the concatenation;
+  the tensor that the skip concatenates, and the parent's ReLU follows the concatenation;
 - a ``ReflectionPad2d`` right after any of these (the ResnetBlock's second pad, the ResNet output layer's):
   the norm writes its output padded;
 - a ``ResnetBlock``: its last norm adds the skip, and the norm before it (the previous block's last, or the

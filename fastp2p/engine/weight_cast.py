@@ -1,8 +1,8 @@
 """--foreach_cast: a network's conv weights cast for autocast in one multi-tensor kernel per forward.
 
 Autocast casts each conv weight and bias to bf16/fp16 with a kernel of its own, and each one's gradient back to
-fp32 with another: 150 of the 1294 kernels of a CycleGAN iteration at batch 1, 65 of pix2pix's 306
-(benchmarks/count_ops.py), each a launch for a few kilobytes. Here a forward pre-hook casts all of a network's
+fp32 with another: a sizeable share of an iteration's kernels at batch 1 (benchmarks/count_ops.py counts them),
+each a launch for a few kilobytes. Here a forward pre-hook casts all of a network's
 conv parameters with one torch._foreach_copy_, runs the forward on those copies (swapped into the modules for
 the call, as torch.func.functional_call does), and the backward casts their gradients back with one more.
 

@@ -120,9 +120,6 @@ class BaseModel:
     def compute_visuals(self):
         """Hook for extra visuals before display; none of the reference's three models needs one."""
 
-    def get_image_paths(self):
-        return self.image_paths
-
     def get_current_visuals(self):
         return OrderedDict((name, getattr(self, name)) for name in self.visual_names)
 

@@ -1,4 +1,5 @@
-"""CycleGAN (spec 5.4): two generators and two discriminators; G_A and G_B are updated before D_A and D_B.
+"""CycleGAN as the reference trainer builds it: two generators and two discriminators; G_A and G_B are updated
+before D_A and D_B.
 
 G_A maps A to B and is judged by D_A; G_B maps B to A and is judged by D_B. Each generator pair shares
 one optimizer, as does each discriminator pair. D sees fakes through an ImagePool (``--pool_size``).

@@ -1,4 +1,4 @@
-"""pix2pix (spec 5.3): a conditional GAN with an L1 term, D updated before G on every iteration."""
+"""pix2pix as the reference trainer builds it: a conditional GAN with an L1 term, D updated before G each iteration."""
 
 import torch
 from torch import nn
