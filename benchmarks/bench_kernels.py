@@ -191,7 +191,7 @@ def progress(rows):
                   if "fused_graph_ms" in row else ""), flush=True)
 
 
-def bench_norms(args, device, timer, roof, fused_norm_act, fused_pad_cls, graph_timer=None):
+def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
     rows = []
     for model, kind, shape, activation, dropout, pad, skip in norm_cases(args, args.smoke):
         for dtype_name in args.dtypes:
@@ -209,9 +209,8 @@ def bench_norms(args, device, timer, roof, fused_norm_act, fused_pad_cls, graph_
                 residual.requires_grad_(skip)
                 params = [x, residual, *norm.parameters(), *fused.parameters()]
                 if skip:  # both return the padded output; the fused one writes the plain one too
-                    padder = fused_pad_cls(pad)
                     torch_fn = lambda: F.pad(reference(x) + residual, (pad,) * 4, mode="reflect")  # noqa: E731
-                    fused_fn = lambda: padder(fused(x, residual=residual))  # noqa: E731
+                    fused_fn = lambda: fused(x, residual=residual)[1]  # noqa: E731
                 else:
                     torch_fn, fused_fn = (lambda: reference(x)), (lambda: fused(x))
                 results = bench_pair(timer, torch_fn, fused_fn, params, graph_timer)
@@ -251,8 +250,8 @@ def bench_unet_skips(args, device, timer, roof, fused_norm_act, graph_timer=None
                     return F.leaky_relu(d, 0.2), F.relu(torch.cat([d, up_tail(up(h))], 1))
 
                 def fused_fn():
-                    y = opening(x)
-                    return y, closing(h, skip=y.fastp2p_skip)
+                    y, opened = opening(x)
+                    return y, closing(h, skip=opened)
 
                 params = [x, h, *down.parameters(), *up.parameters(), *opening.parameters(), *closing.parameters()]
                 results = bench_pair(timer, torch_fn, fused_fn, params, graph_timer)
@@ -378,7 +377,7 @@ def main():
     meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
-    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, FusedReflectionPad2d, graph_timer)
+    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
     rows += bench_unet_skips(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
     rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
     rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)

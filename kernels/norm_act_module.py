@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from .norm_act import empty_skip_concat, norm_act_backward, norm_act_forward
-from .pad import with_padded_twin
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu")
 
@@ -68,12 +67,13 @@ class FusedNormAct(nn.Module):
     """BatchNorm2d / InstanceNorm2d followed by identity, ReLU or LeakyReLU, optional dropout and an optional
     reflection pad (``padding``: (left, right, top, bottom), as nn.ReflectionPad2d.padding), fused.
 
-    With ``keep_unpadded`` the module returns the plain output, carrying the padded one for the
-    FusedReflectionPad2d that pads it next (see pad.with_padded_twin): a ResNet layer whose output feeds both a
-    ResnetBlock's skip and its padded conv. ``forward(x, residual)`` adds a ResnetBlock's skip to the output.
-    U-Net skips (see NormActFunction): with ``skip_width`` the module opens the concatenation its inner level
-    returns, carried by its plain output as ``fastp2p_skip``; with ``closes_skip``, ``forward(x, skip=...)``
-    fills it and returns it.
+    ``forward(x)`` returns the output, or a pair (output, hand-off) for the layer after it:
+    - with ``keep_unpadded``, (output, output padded): a ResNet layer whose output feeds both a ResnetBlock's
+      skip and its padded conv;
+    - with ``skip_width``, (output, the U-Net skip concatenation it opened; see NormActFunction), which its inner
+      level fills; a layer with ``closes_skip`` takes that tensor as ``forward(x, skip=...)`` and returns it
+      filled.
+    ``forward(x, residual=...)`` adds a ResnetBlock's skip to the output.
 
     Parameters and buffers carry the names of the norm module it replaces, so state_dict keys (and
     checkpoints) are unchanged; the dropout key ``dropout_seed`` is a non-persistent buffer.
@@ -145,21 +145,13 @@ class FusedNormAct(nn.Module):
         if self.closes_skip != (skip is not None):
             raise ValueError("a layer that closes a U-Net skip needs the skip tensor its outer level opened, "
                              "and only such a layer takes one")
-        out = NormActFunction.apply(
+        return NormActFunction.apply(
             x, residual, skip, self.weight, self.bias,
             self.running_mean if not use_batch_stats or update_running else None,
             self.running_var if not use_batch_stats or update_running else None,
             self.num_batches_tracked if update_running else None, self.dropout_seed,
             self.norm == "instance", use_batch_stats, self.momentum, self.eps, slope,
             self.dropout if self.training else 0.0, self.padding, self.keep_unpadded, self.skip_width)
-        if self.padding is not None and self.keep_unpadded:
-            y, y_padded = out
-            return with_padded_twin(y, self.padding, y_padded)
-        if self.skip_width:
-            y, opened = out
-            y.fastp2p_skip = opened
-            return y
-        return out
 
     def extra_repr(self):
         return (f"{self.num_features}, norm={self.norm}, activation={self.activation}, "

@@ -148,20 +148,6 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     return dx
 
 
-def with_padded_twin(x, padding, padded):
-    """x, carrying ``padded`` (x reflection-padded by ``padding``, written by the kernel that wrote x) for the
-    FusedReflectionPad2d that pads x next, which then returns it instead of padding x again. Gradients reach
-    both through the autograd node that made them."""
-    x.fastp2p_padded_twin = (tuple(padding), padded)
-    return x
-
-
-def padded_twin(x, padding):
-    """The padded form of x that with_padded_twin attached for this padding, else None."""
-    twin = getattr(x, "fastp2p_padded_twin", None)
-    return twin[1] if twin is not None and twin[0] == tuple(padding) else None
-
-
 class ReflectionPadFunction(torch.autograd.Function):
     """Autograd wrapper of reflection_pad_forward/reflection_pad_backward (keeps no tensor for backward)."""
 
@@ -176,8 +162,7 @@ class ReflectionPadFunction(torch.autograd.Function):
 
 
 class FusedReflectionPad2d(nn.Module):
-    """nn.ReflectionPad2d that keeps channels-last tensors channels-last (no state, so checkpoints are unchanged),
-    and returns the padded twin an input carries (with_padded_twin) instead of padding it again."""
+    """nn.ReflectionPad2d that keeps channels-last tensors channels-last (no state, so checkpoints are unchanged)."""
 
     def __init__(self, padding):
         super().__init__()
@@ -188,8 +173,7 @@ class FusedReflectionPad2d(nn.Module):
         return cls(pad.padding)
 
     def forward(self, x):
-        twin = padded_twin(x, self.padding)
-        return twin if twin is not None else ReflectionPadFunction.apply(x, self.padding)
+        return ReflectionPadFunction.apply(x, self.padding)
 
     def extra_repr(self):
         return f"{self.padding}"

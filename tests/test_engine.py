@@ -18,8 +18,8 @@ from fastp2p import distributed, networks
 from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool
-from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm,
-                                   drop_cancelled_conv_biases, fuse_network)
+from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm, HandOffSequential,
+                                   drop_cancelled_conv_biases, fuse_network, run_layers)
 from fastp2p.image_pool import ImagePool
 from fastp2p.models import create_model
 from fastp2p.models.base_model import BaseModel
@@ -145,9 +145,9 @@ def test_fused_unet_dropout_layers_are_absorbed_and_eval_matches():
 @pytest.mark.parametrize("use_dropout", [False, True], ids=["no_dropout", "dropout"])
 def test_resnet_pads_and_skips_are_written_by_the_norms(use_dropout, monkeypatch):
     """resnet_6blocks has 14 pads. Each block's second pad and the output layer's follow a (norm, ReLU[, Dropout])
-    and are written by it. Each block's first pad takes the padded twin that the norm before the block writes
-    besides its plain output (the skip), and each block's last norm adds the skip. So one pad kernel runs per
-    forward, on the input image."""
+    and are written by it. Each block takes, instead of its first pad, the padded output that the norm before the
+    block returns besides its plain output (the skip), and each block's last norm adds the skip. So one pad kernel
+    runs per forward, on the input image."""
     from fastp2p.engine.fusion import FusedResnetBlock
     from fastp2p.kernels import FusedNormAct, pad
 
@@ -189,6 +189,42 @@ def test_unet_skips_are_written_by_the_norms(monkeypatch):
     out = fused.eval()(x)
     assert len(cats) == 1
     assert_close(out, reference.eval()(x), 1e-4, 1e-4, "eval output")
+
+
+@pytest.mark.parametrize("name", ["resnet_6blocks_instance", "unet_128_batch"])
+def test_fused_layers_are_new_modules_and_hand_offs_are_forward_arguments(name):
+    """The converters leave the modules they replace as they were (no class changed in place) and every tensor a
+    layer hands to the next travels as a forward argument: no layer output carries a Python attribute."""
+    torch.manual_seed(0)
+    fused = NETS[name]().to(DEVICE)
+    originals = {id(m): type(m) for m in fused.modules()}
+    replaced = list(fused.modules())
+    fuse_network(fused)
+    assert all(type(m) is originals[id(m)] for m in replaced), "a converter changed a module's class in place"
+    assert sum(isinstance(m, HandOffSequential) for m in fused.modules()) > 0
+    carried = []
+    for module in fused.modules():
+        module.register_forward_hook(lambda m, args, out: carried.extend(
+            (type(m).__name__, vars(t)) for t in (out if isinstance(out, tuple) else (out,)) if vars(t)))
+    size = 128 if name.startswith("unet") else 32
+    fused(torch.randn(1, 3, size, size, device=DEVICE)).sum().backward()
+    assert carried == []
+
+
+class ReturnsPair(nn.Module):
+    def forward(self, x):
+        return x, x + 1
+
+
+class TakesPair(nn.Module):
+    def forward(self, x, hand_off):
+        return x + 2 * hand_off
+
+
+def test_a_hand_off_goes_to_the_next_layer_and_one_that_no_layer_takes_is_an_error():
+    assert run_layers([ReturnsPair(), nn.Identity(), TakesPair()], torch.zeros(1)).item() == 2
+    with pytest.raises(RuntimeError, match="hand-off that no layer takes"):
+        run_layers([ReturnsPair(), nn.Identity()], torch.zeros(1))
 
 
 def test_foreach_cast_gives_autocast_values_with_two_cast_kernels(monkeypatch):

@@ -1,9 +1,12 @@
-"""Swap the reference's (norm, activation[, dropout][, reflection pad]) layers and the other reflection pads for
-Triton modules, and stop computing the conv biases that InstanceNorm cancels, keeping checkpoint keys.
+"""Converters that put the fused-kernels path's Triton modules in place of the reference's layers, keeping
+checkpoint keys: (norm, activation[, dropout][, reflection pad]) become one fused norm, the other reflection pads
+a layout-keeping pad, and the conv biases that InstanceNorm cancels stop being computed. CONVERTERS names them in
+the order they run.
 
-The fused module takes the norm's index in its nn.Sequential and shares its Parameter and buffer
-objects; the activation (and dropout, and pad) it absorbs becomes an nn.Identity, which has no state. So the
-state_dict keys, the optimizers' parameters and the checkpoints stay exactly the reference's.
+A fused norm takes the norm's index in its nn.Sequential and shares its Parameter and buffer objects; the
+activation (and dropout, and pad) it absorbs becomes an nn.Identity, which has no state. Replaced blocks and convs
+likewise keep their children or Parameters. So the state_dict keys, the optimizers' parameters and the
+checkpoints stay exactly the reference's.
 
 Patterns, as the reference trainer's ResNet generator, U-Net and PatchGAN build them:
 - ``norm, ReLU|LeakyReLU[, Dropout]`` in the PatchGAN, the ResNet generator and its blocks;
@@ -15,11 +18,17 @@ Patterns, as the reference trainer's ResNet generator, U-Net and PatchGAN build 
   the tensor that the skip concatenates, and the parent's ReLU follows the concatenation;
 - a ``ReflectionPad2d`` right after any of these (the ResnetBlock's second pad, the ResNet output layer's):
   the norm writes its output padded;
-- a ``ResnetBlock``: its last norm adds the skip, and the norm before it (the previous block's last, or the
-  downsampling's) writes its output both plain, for the skip, and padded, for the block's first conv;
-- a U-Net level below a fused down norm: that norm and the level's last norm write its skip concatenation,
-  with the outer level's ReLU applied, and the ReLU becomes an Identity.
+- a ``ResnetBlock`` becomes a FusedResnetBlock: its last norm adds the skip, and the norm before it (the
+  previous block's last, or the downsampling's) returns its output both plain, for the skip, and padded, for
+  the block's first conv;
+- a U-Net level below a fused down norm becomes a FusedUnetSkipBlock: that norm opens its skip concatenation,
+  with the outer level's ReLU applied, and passes it in; the level's last norm fills and returns it; the ReLU
+  becomes an Identity.
+Tensors a norm hands to the block after it travel as forward arguments: the container of fused blocks is a
+HandOffSequential.
 """
+
+from collections import OrderedDict
 
 import torch.nn.functional as F
 from torch import nn
@@ -96,30 +105,59 @@ def fuse_pads_into_norms(net):
     return count
 
 
-class FusedResnetBlock(ResnetBlock):
-    """A ResnetBlock whose last norm adds the skip as it writes its output: ``x + conv_block(x)`` without an add
-    kernel forward, and x's gradient without a sum of the two paths' backward (the norm writes it whole)."""
+def run_layers(layers, x):
+    """Run ``layers`` in order, skipping the Identity layers fusion left. A layer that returns a pair (output,
+    hand-off: a fused norm's padded output or the U-Net skip concatenation it opened) passes the hand-off to the
+    next layer as its second forward argument."""
+    hand_off = ()
+    for layer in layers:
+        if type(layer) is nn.Identity:
+            continue
+        out = layer(x, *hand_off)
+        x, *hand_off = out if isinstance(out, tuple) else (out,)
+    if hand_off:
+        raise RuntimeError(f"the last layer of {len(layers)} returned a hand-off that no layer takes")
+    return x
+
+
+class HandOffSequential(nn.Sequential):
+    """nn.Sequential (the same children, so the same state_dict keys) whose layers pass hand-offs on: see
+    run_layers. It holds the fused blocks, which take what the norm before them wrote."""
 
     def forward(self, x):
-        *body, last_norm = self.conv_block
-        h = x
-        for layer in body:
-            h = layer(h)
+        return run_layers(self, x)
+
+
+class FusedResnetBlock(nn.Module):
+    """A ResnetBlock (the same ``conv_block``, so the same keys) whose last norm adds the skip as it writes its
+    output: ``x + conv_block(x)`` without an add kernel forward, and x's gradient without a sum of the two paths'
+    backward (the norm writes it whole). ``x_padded``, x already padded by ``conv_block[0]`` (written by the norm
+    before the block, besides x), replaces that pad."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.conv_block = block.conv_block
+        self.train(block.training)
+
+    def forward(self, x, x_padded=None):
+        *body, last_norm = [layer for layer in self.conv_block if type(layer) is not nn.Identity]
+        h = run_layers(body, x) if x_padded is None else run_layers(body[1:], x_padded)
         return last_norm(h, residual=x)
 
 
 def fuse_resnet_blocks(net):
-    """Make each ResnetBlock that ends with a fused norm a FusedResnetBlock, and have the fused norm whose output
-    enters a block with a reflection pad (the previous block's last norm, or the downsampling's) also write that
-    output padded (keep_unpadded): the block's pad then takes it, and the skip the plain one. Returns how many
-    blocks; with the norms' own pads this leaves the ResNet generator one pad kernel, on the input image."""
+    """Replace each ResnetBlock that ends with a fused norm by a FusedResnetBlock, and have the fused norm whose
+    output enters a block with a reflection pad (the previous block's last norm, or the downsampling's) also write
+    that output padded (keep_unpadded): it returns both, the block takes the padded one instead of its pad, and
+    the skip the plain one. Returns how many blocks; with the norms' own pads this leaves the ResNet generator one
+    pad kernel, on the input image."""
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
             feeding = None  # the fused norm whose output the next layer receives
-            for layer in module:
+            for i, layer in enumerate(module):
                 if type(layer) is ResnetBlock and isinstance(layer.conv_block[-1], kernels.FusedNormAct):
-                    layer.__class__ = FusedResnetBlock
+                    module[i] = FusedResnetBlock(layer)
                     pad = layer.conv_block[0]
                     if feeding is not None and feeding.padding is None and type(pad) is nn.ReflectionPad2d:
                         feeding.padding, feeding.keep_unpadded = tuple(pad.padding), True
@@ -130,28 +168,31 @@ def fuse_resnet_blocks(net):
     return count
 
 
-class FusedUnetSkipBlock(UnetSkipConnectionBlock):
-    """A U-Net level whose skip concatenation, and the ReLU its outer level applies to it, are written by norms:
-    the outer level's down norm writes relu(x) into a new tensor (carried by x), this level's last norm writes
-    relu(its output) into the rest of it, and that tensor is the level's output. No cat or ReLU kernel forward,
-    no ReLU backward, and x's gradient is not summed from two paths."""
+class FusedUnetSkipBlock(nn.Module):
+    """A U-Net level (the same ``model``, so the same keys) whose skip concatenation, and the ReLU its outer level
+    applies to it, are written by norms: the outer level's down norm opens it with relu(x) and passes it in as
+    ``skip``, this level's last norm writes relu(its output) into the rest of it, and that tensor is the level's
+    output. No cat or ReLU kernel forward, no ReLU backward, and x's gradient is not summed from two paths."""
 
-    def forward(self, x):
+    def __init__(self, level):
+        super().__init__()
+        self.outermost, self.model = level.outermost, level.model
+        self.train(level.training)
+
+    def forward(self, x, skip):
         *body, last_norm = [layer for layer in self.model if type(layer) is not nn.Identity]
-        h = x
-        for layer in body:
-            h = layer(h)
-        return last_norm(h, skip=x.fastp2p_skip)
+        return last_norm(run_layers(body, x), skip=skip)
 
 
 def fuse_unet_skips(net):
-    """Make each U-Net level whose outer level has a fused down norm a FusedUnetSkipBlock: that norm opens the
-    skip concatenation, the level's last (fused) norm closes it, and the outer level's ReLU after it becomes an
-    Identity. Returns how many levels (all but the outermost and the one below it, whose input no norm
-    writes)."""
+    """Replace each U-Net level whose outer level has a fused down norm by a FusedUnetSkipBlock: that norm opens
+    the skip concatenation, the level's last (fused) norm closes it, and the outer level's ReLU after it becomes
+    an Identity. Returns how many levels (all but the outermost and the one below it, whose input no norm
+    writes). A replaced level shares its ``model`` with its replacement, so walking the levels as they were built
+    reaches every one."""
     count = 0
     for outer in list(net.modules()):
-        if type(outer) not in (UnetSkipConnectionBlock, FusedUnetSkipBlock) or outer.outermost:
+        if type(outer) is not UnetSkipConnectionBlock or outer.outermost:
             continue
         layers = outer.model  # LeakyReLU, downconv, downnorm, inner level, ReLU, upconv, upnorm[, Dropout]
         down_norm, inner, relu = layers[2], layers[3], layers[4]
@@ -164,10 +205,24 @@ def fuse_unet_skips(net):
             continue
         down_norm.skip_width = inner_norm.num_features
         inner_norm.closes_skip = True
-        layers[4] = nn.Identity()
-        inner.__class__ = FusedUnetSkipBlock
+        layers[3], layers[4] = FusedUnetSkipBlock(inner), nn.Identity()
         count += 1
     return count
+
+
+def pass_hand_offs(net):
+    """Make each nn.Sequential that holds a fused block a HandOffSequential (the same children), so the norm before
+    the block hands it its padded input or its skip; returns how many."""
+    count = 0
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Sequential and any(isinstance(layer, FUSED_BLOCKS) for layer in child):
+                setattr(parent, name, HandOffSequential(OrderedDict(child.named_children())))
+                count += 1
+    return count
+
+
+FUSED_BLOCKS = (FusedResnetBlock, FusedUnetSkipBlock)
 
 
 def fuse_reflection_pads(net):
@@ -208,9 +263,23 @@ class ConvTranspose2dBeforeInstanceNorm(nn.ConvTranspose2d):
 BIAS_CANCELLING_CONVS = {nn.Conv2d: Conv2dBeforeInstanceNorm, nn.ConvTranspose2d: ConvTranspose2dBeforeInstanceNorm}
 
 
+def without_bias_compute(conv):
+    """conv's ...BeforeInstanceNorm counterpart: a new module sharing conv's Parameter objects (so the same keys and
+    values). Built on the meta device, so no weights are drawn and the seeded random stream is untouched."""
+    cls = BIAS_CANCELLING_CONVS[type(conv)]
+    options = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                   padding_mode=conv.padding_mode, device="meta")
+    if isinstance(conv, nn.ConvTranspose2d):
+        options["output_padding"] = conv.output_padding
+    bias_free = cls(conv.in_channels, conv.out_channels, conv.kernel_size, **options)
+    bias_free.weight, bias_free.bias = conv.weight, conv.bias
+    bias_free.train(conv.training)
+    return bias_free
+
+
 def drop_cancelled_conv_biases(net):
-    """Turn each biased conv followed by an InstanceNorm2d into its ...BeforeInstanceNorm class, in place
-    (the same object, parameters and keys), and freeze its bias; returns how many.
+    """Replace each biased conv followed by an InstanceNorm2d by its ...BeforeInstanceNorm counterpart (the same
+    parameters and keys) and freeze its bias; returns how many.
 
     Frozen (requires_grad False) rather than given zero gradients: no kernel fills or accumulates them, the
     optimizers skip them, and DDP, wrapped after this, leaves them out of its buckets instead of waiting for a
@@ -220,20 +289,25 @@ def drop_cancelled_conv_biases(net):
     count = 0
     for module in list(net.modules()):
         if isinstance(module, nn.Sequential):
-            for conv, norm in zip(module, list(module)[1:]):
-                cls = BIAS_CANCELLING_CONVS.get(type(conv))
+            for i, (conv, norm) in enumerate(zip(module, list(module)[1:])):
                 cancels = type(norm) is nn.InstanceNorm2d and not norm.track_running_stats  # (running stats would not)
-                if cls is not None and conv.bias is not None and cancels:
-                    conv.__class__ = cls
+                if type(conv) in BIAS_CANCELLING_CONVS and conv.bias is not None and cancels:
+                    module[i] = without_bias_compute(conv)
                     conv.bias.requires_grad_(False)
                     count += 1
     return count
 
 
+# The converters of the fused-kernels path, in the order they must run: the conv biases are found by the
+# InstanceNorm2d after them, so before the norms are fused; the pads, residuals and skips are handed to fused norms;
+# the remaining pads are replaced last, after those the norms took; then the containers pass the hand-offs on.
+CONVERTERS = (drop_cancelled_conv_biases, fuse_norm_activations, fuse_pads_into_norms, fuse_resnet_blocks,
+              fuse_unet_skips, fuse_reflection_pads, pass_hand_offs)
+
+
 def fuse_network(net):
-    """Every layer swap of the fused-kernels path, in place; returns how many modules were replaced."""
-    return (drop_cancelled_conv_biases(net) + fuse_norm_activations(net) + fuse_pads_into_norms(net)
-            + fuse_resnet_blocks(net) + fuse_unet_skips(net) + fuse_reflection_pads(net))
+    """Apply CONVERTERS to ``net`` in place, in order; returns how many modules they replaced or changed."""
+    return sum(convert(net) for convert in CONVERTERS)
 
 
 def use_fused_losses(model):
