@@ -142,8 +142,6 @@ def add_train_options(parser):
     p.add_argument("--pool_size", type=non_negative_int, default=50)
     p.add_argument("--lr_policy", default="linear", choices=LR_POLICIES)
     p.add_argument("--lr_decay_iters", type=positive_int, default=50)
-    p.add_argument("--no_tensorboard", action="store_true",
-                   help="do not write TensorBoard logs even when tensorboard is installed (fastp2p)")
     p.add_argument("--data_loader", default="auto", choices=DATA_LOADERS,
                    help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
                         "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
@@ -163,6 +161,9 @@ def add_engine_options(parser):
                        ("fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate"),
                        ("foreach_cast", "with --amp, cast each network's conv weights in one multi-tensor kernel per "
                                         "forward (and their gradients back in one) instead of a kernel per weight"),
+                       ("step_cast", "with --amp, keep low-precision copies of each network's conv weights that one "
+                                     "multi-tensor copy rewrites after each optimizer step, so no forward casts "
+                                     "weights (checkpoints keep fp32); auto prefers it to --foreach_cast"),
                        ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),
@@ -185,22 +186,34 @@ def add_test_options(parser):
     return p
 
 
+def add_monitoring_options(parser, is_train):
+    """Where a run reports its progress besides the console and the HTML page."""
+    p = parser.add_argument_group("monitoring (fastp2p)")
+    p.add_argument("--use_wandb", action="store_true",
+                   help="also log losses, learning rate, throughput and metrics to Weights & Biases "
+                        "(needs the wandb package)")
+    p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix", help="wandb project")
+    if is_train:
+        p.add_argument("--no_tensorboard", action="store_true",
+                       help="do not write TensorBoard logs even when tensorboard is installed")
+        p.add_argument("--eval_freq", type=non_negative_int, default=0,
+                       help="score the generator on the val (else test) split every N epochs: L1/PSNR/SSIM for "
+                            "paired data, FID/KID with the metrics extra; 0 = off")
+
+
 COMPATIBILITY_GROUP = "accepted for compatibility with the reference trainer (no effect)"
 
 
-def add_compatibility_options(parser, is_train):
-    """The reference's visdom and Weights & Biases flags: accepted so that its command lines run unchanged, and
-    never read (fastp2p writes TensorBoard logs and the HTML page instead)."""
+def add_compatibility_options(parser):
+    """The reference's visdom flags of training: accepted so that its command lines run unchanged, and never read
+    (fastp2p writes the HTML page, TensorBoard and wandb logs instead)."""
     p = parser.add_argument_group(COMPATIBILITY_GROUP)
     no_effect = "no effect in fastp2p"
-    p.add_argument("--use_wandb", action="store_true", help=f"{no_effect}: it logs to TensorBoard, not wandb")
-    p.add_argument("--wandb_project_name", default="CycleGAN-and-pix2pix", help=no_effect)
-    if is_train:
-        p.add_argument("--display_ncols", type=int, default=4, help=f"{no_effect}: no visdom display")
-        p.add_argument("--display_id", type=int, default=1, help=f"{no_effect}: no visdom display")
-        p.add_argument("--display_server", default="http://localhost", help=f"{no_effect}: no visdom server")
-        p.add_argument("--display_env", default="main", help=f"{no_effect}: no visdom server")
-        p.add_argument("--display_port", type=int, default=8097, help=f"{no_effect}: no visdom server")
+    p.add_argument("--display_ncols", type=int, default=4, help=f"{no_effect}: no visdom display")
+    p.add_argument("--display_id", type=int, default=1, help=f"{no_effect}: no visdom display")
+    p.add_argument("--display_server", default="http://localhost", help=f"{no_effect}: no visdom server")
+    p.add_argument("--display_env", default="main", help=f"{no_effect}: no visdom server")
+    p.add_argument("--display_port", type=int, default=8097, help=f"{no_effect}: no visdom server")
 
 
 def add_model_options(parser, model, is_train):
@@ -239,7 +252,9 @@ def build_parser(is_train, model):
         add_test_options(parser)
     if model is not None:
         add_model_options(parser, model, is_train)
-    add_compatibility_options(parser, is_train)
+    add_monitoring_options(parser, is_train)
+    if is_train:
+        add_compatibility_options(parser)
     return parser
 
 

@@ -178,3 +178,27 @@ def test_aspect_ratio_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         parse("--aspect_ratio", "0", is_train=False)
     assert "argument --aspect_ratio: must be a finite number > 0, got 0" in error_line(capsys)
+
+
+def group_of(parser, flag):
+    """The title of the help section that lists ``flag``."""
+    return next(group.title for group in parser._action_groups
+                if any(flag in action.option_strings for action in group._group_actions))
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_wandb_flags_are_monitoring_flags_not_compatibility_ones(is_train):
+    opt = parse("--use_wandb", "--wandb_project_name", "runs", is_train=is_train)
+    assert opt.use_wandb and opt.wandb_project_name == "runs"
+    assert {group_of(opt.parser, flag) for flag in ("--use_wandb", "--wandb_project_name")} == {"monitoring (fastp2p)"}
+
+
+def test_eval_freq_is_a_training_monitoring_flag_off_by_default(capsys):
+    parser = parse().parser
+    assert parse().eval_freq == 0 and parse("--eval_freq", "5").eval_freq == 5
+    assert group_of(parser, "--eval_freq") == group_of(parser, "--no_tensorboard") == "monitoring (fastp2p)"
+    with pytest.raises(SystemExit):
+        parse("--eval_freq", "-1")
+    assert "argument --eval_freq: must be >= 0, got -1" in error_line(capsys)
+    with pytest.raises(SystemExit):
+        parse("--eval_freq", "5", is_train=False)
