@@ -101,7 +101,8 @@ def test_cycle_gan_through_the_cli(tmp_path, unaligned_root):
     ["--model", "cycle_gan", "--pool_size", "2"],
     ["--model", "cycle_gan", "--pool_size", "2", "--batch_passes", "on"],  # a DDP net called at two batch sizes
     ["--model", "cycle_gan", "--pool_size", "2", "--amp", "bf16", "--foreach_cast", "on"],  # hooks inside DDP
-], ids=["pix2pix-batchnorm", "cycle_gan", "cycle_gan-batch_passes", "cycle_gan-foreach_cast"])
+    ["--model", "pix2pix", "--norm", "instance", "--amp", "bf16", "--step_cast", "on"],  # copies under DDP
+], ids=["pix2pix-batchnorm", "cycle_gan", "cycle_gan-batch_passes", "cycle_gan-foreach_cast", "pix2pix-step_cast"])
 def test_ranks_keep_identical_weights(tmp_path, flags):
     """Each rank trains on other images; averaged gradients keep every parameter bit-identical."""
     ranks = train_steps(tmp_path / "run", 3, 1, flags + ["--seed", "11"], nproc=2)

@@ -28,7 +28,7 @@ from tests.conftest import requires_cuda
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 OFF = ["--amp", "off", "--channels_last", "off", "--fused_kernels", "off", "--fused_adam", "off",
-       "--foreach_cast", "off", "--batch_passes", "off", "--cuda_graph", "off"]
+       "--foreach_cast", "off", "--step_cast", "off", "--batch_passes", "off", "--cuda_graph", "off"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -273,6 +273,54 @@ def test_foreach_cast_gives_autocast_values_with_two_cast_kernels(monkeypatch):
     assert all(type(p) is nn.Parameter and p.dtype == torch.float32 for p in net.parameters())
 
 
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_step_written_copies_train_bit_for_bit_like_per_forward_casts(model_name, monkeypatch):
+    """--step_cast reads, in every forward, the copies that the last optimizer step wrote: the same bits that
+    --foreach_cast casts in each forward, so the two train identically, loss by loss and weight by weight (a copy
+    left stale by a step would part them from the second step on). Its forwards cast no weight."""
+    from fastp2p.engine import weight_cast
+
+    forward_casts = []
+    cast = weight_cast.CastParameters.apply
+    monkeypatch.setattr(weight_cast.CastParameters, "apply", lambda *args: forward_casts.append(1) or cast(*args))
+    per_step = train_steps(model_name, OFF + ["--amp", "bf16", "--step_cast", "on"], STEPS)
+    assert forward_casts == []
+    per_forward = train_steps(model_name, OFF + ["--amp", "bf16", "--foreach_cast", "on"], STEPS)
+    assert len(forward_casts) >= STEPS
+    assert_same_training(per_step, per_forward, 0, 0, 0)
+
+
+def test_step_copies_follow_each_optimizer_step_and_ddp_style_writes():
+    """The copies equal the rounded fp32 weights after every step of the optimizer that owns them, not after
+    another optimizer's, and after refresh() (what the engine calls once DDP has broadcast the weights)."""
+    from fastp2p.engine.weight_cast import StepCopies
+
+    torch.manual_seed(0)
+    net, other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4)), nn.Conv2d(3, 4, 3)
+    copies = StepCopies(net, "cpu", torch.bfloat16)
+    optimizers = [torch.optim.Adam(net.parameters(), lr=0.1), torch.optim.Adam(other.parameters(), lr=0.1)]
+    copies.refresh_after_steps_of(optimizers)
+    weight = net[0].weight
+
+    def in_step():
+        return torch.equal(copies.copies[0], weight.detach().to(torch.bfloat16))
+
+    assert in_step()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(torch.randn(1, 3, 8, 8)).float().sum().backward()
+    assert weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0
+    optimizers[0].step()
+    assert in_step()
+    with torch.no_grad():
+        weight.add_(1.0)  # as DDP's broadcast writes the parameters
+    assert not in_step()
+    other(torch.randn(1, 3, 8, 8)).sum().backward()
+    optimizers[1].step()
+    assert not in_step()
+    copies.refresh()
+    assert in_step()
+
+
 def make_opt(model, *flags):
     common = ["--gpu_ids", "0" if DEVICE.type == "cuda" else "-1", "--ngf", "4", "--ndf", "4",
               "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32", "--seed", "0",
@@ -346,6 +394,7 @@ CPU_PATHS = {
     "batch_passes": (["--batch_passes", "on"], 1e-4, 1e-5, 5e-5),  # CycleGAN only: pix2pix here has BatchNorm
     "bf16": (["--amp", "bf16"], 5e-2, 5e-2, 5e-3),
     "bf16_foreach_cast": (["--amp", "bf16", "--foreach_cast", "on"], 5e-2, 5e-2, 5e-3),
+    "bf16_step_cast": (["--amp", "bf16", "--step_cast", "on"], 5e-2, 5e-2, 5e-3),
     "all": (["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on", "--fused_adam", "on",
              "--foreach_cast", "on"], 5e-2, 5e-2, 5e-3),
 }
@@ -516,6 +565,8 @@ def test_auto_switches_keep_the_reference_path_on_cpu():
     (["--amp", "fp16"], "needs a GPU"),
     (["--batch_passes", "on"], "BatchNorm normalizes over the batch"),
     (["--foreach_cast", "on"], "needs --amp bf16 or fp16"),
+    (["--step_cast", "on"], "needs --amp bf16 or fp16"),
+    (["--amp", "bf16", "--step_cast", "on", "--foreach_cast", "on"], "turn one off"),
     (["--fused_kernels", "on", "--compile"], "--compile with --fused_kernels on is not supported"),
 ])
 def test_impossible_switches_say_why(flags, message):
@@ -531,6 +582,14 @@ def test_cuda_graphs_under_ddp_only_when_asked(monkeypatch):
     assert auto.ddp and auto.fused_kernels and not auto.cuda_graph
     opt.cuda_graph = "on"
     assert resolve_engine(opt, torch.device("cuda")).cuda_graph
+
+
+def test_auto_prefers_step_written_weight_copies_to_per_forward_casts_on_a_gpu():
+    """Resolved for a GPU without one (--amp bf16 avoids asking the device about bf16)."""
+    auto = resolve_engine(make_opt("pix2pix", "--amp", "bf16"), torch.device("cuda"))
+    assert auto.step_cast and not auto.foreach_cast
+    per_forward = resolve_engine(make_opt("pix2pix", "--amp", "bf16", "--step_cast", "off"), torch.device("cuda"))
+    assert per_forward.foreach_cast and not per_forward.step_cast
 
 
 def test_compile_leaves_the_fused_kernels_off_on_a_gpu():

@@ -2,9 +2,10 @@
 
 Each path is applied to the same model objects, in an order where each step keeps what the earlier
 ones set up: fusing layers shares the norms' parameters, channels-last converts parameters in place,
-the one-kernel weight casts are hooked onto each network (after the conversion, so they copy its layout),
-the optimizers are built once, over the same parameters, DDP and CUDA graphs wrap what is left. Nothing
-here changes a network's state_dict keys, so checkpoints stay the reference's.
+the one-kernel weight casts (or the step-written weight copies) are hooked onto each network (after the
+conversion, so they copy its layout), the optimizers are built once, over the same parameters (the step copies
+are rewritten after each of their steps), DDP and CUDA graphs wrap what is left. Nothing here changes a network's
+state_dict keys, so checkpoints stay the reference's.
 """
 
 import inspect
@@ -16,7 +17,7 @@ from fastp2p.engine.config import EngineConfig, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
 from fastp2p.engine.step import AutocastStep, TrainStep
-from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
+from fastp2p.engine.weight_cast import StepCopies, cast_conv_parameters_per_forward
 
 __all__ = ["EngineConfig", "resolve_engine", "prepare_model", "TrainStep", "AutocastStep", "GraphedTrainStep"]
 
@@ -65,6 +66,7 @@ def prepare_model(model, config):
     if config.foreach_cast:
         for net in nets:
             cast_conv_parameters_per_forward(net, model.device.type)
+    step_copies = [StepCopies(net, model.device.type, config.amp_dtype) for net in nets] if config.step_cast else []
     if config.compile:
         for net in nets:
             net.compile()
@@ -72,12 +74,16 @@ def prepare_model(model, config):
         return None
     model.batch_passes = config.batch_passes
     model.build_optimizers(config)
+    for copies in step_copies:
+        copies.refresh_after_steps_of(model.optimizers)
     step = TrainStep(model)
     if config.amp_dtype is not None:
         step = AutocastStep(step, model.device, config.amp_dtype, model.grad_scaler)
     capture_stream = torch.cuda.Stream(model.device) if config.cuda_graph else None
     if config.ddp:
         wrap_ddp(model, capture_stream)
+        for copies in step_copies:
+            copies.refresh()  # DDP has broadcast rank 0's weights into the parameters
     if config.cuda_graph:
         for name in model.pool_names:
             pool = getattr(model, name)

@@ -25,6 +25,8 @@ class EngineConfig:
     fused_adam: bool = False
     foreach_cast: bool = False
     """autocast's conv weight casts as one multi-tensor kernel per forward (see weight_cast)"""
+    step_cast: bool = False
+    """low-precision conv weight copies written by one multi-tensor copy after each optimizer step (see weight_cast)"""
     batch_passes: bool = False
     """one forward for a network's independent passes of a step (same math with per-sample norms)"""
     cuda_graph: bool = False
@@ -46,7 +48,8 @@ class EngineConfig:
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
-        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes",
+        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast",
+                                "batch_passes",
                                 "cuda_graph", "compile", "ddp")
               if getattr(self, name)]
         plain = self.amp_dtype is None and not on
@@ -90,10 +93,16 @@ def resolve_engine(opt, device):
         raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
                           "set TRITON_INTERPRET=1 before starting")
 
-    foreach_cast = switch(opt.foreach_cast, cuda and amp_dtype is not None and not opt.compile)
-    if foreach_cast and (amp_dtype is None or opt.compile):
-        raise OptionError("--foreach_cast on needs --amp bf16 or fp16 (it casts for autocast) and no --compile "
-                          "(which traces the networks itself)")
+    can_cast = amp_dtype is not None and not opt.compile
+    step_cast = switch(opt.step_cast, cuda and can_cast)
+    foreach_cast = switch(opt.foreach_cast, cuda and can_cast and not step_cast)
+    for name, on in (("foreach_cast", foreach_cast), ("step_cast", step_cast)):
+        if on and not can_cast:
+            raise OptionError(f"--{name} on needs --amp bf16 or fp16 (it casts for autocast) and no --compile "
+                              "(which traces the networks itself)")
+    if foreach_cast and step_cast:
+        raise OptionError("--foreach_cast on and --step_cast on both make the weights' low-precision copies (per "
+                          "forward, per optimizer step): turn one off")
 
     per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
@@ -114,5 +123,5 @@ def resolve_engine(opt, device):
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
-                        foreach_cast=foreach_cast, batch_passes=batch_passes, cuda_graph=cuda_graph,
-                        compile=opt.compile, ddp=ddp)
+                        foreach_cast=foreach_cast, step_cast=step_cast, batch_passes=batch_passes,
+                        cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)

@@ -1,18 +1,42 @@
-"""--foreach_cast: a network's conv weights cast for autocast in one multi-tensor kernel per forward.
+"""Low-precision copies of a network's conv weights for autocast, made in one multi-tensor kernel.
 
 Autocast casts each conv weight and bias to bf16/fp16 with a kernel of its own, and each one's gradient back to
 fp32 with another: a sizeable share of an iteration's kernels at batch 1 (benchmarks/count_ops.py counts them),
-each a launch for a few kilobytes. Here a forward pre-hook casts all of a network's
-conv parameters with one torch._foreach_copy_, runs the forward on those copies (swapped into the modules for
-the call, as torch.func.functional_call does), and the backward casts their gradients back with one more.
+each a launch for a few kilobytes. Here a forward pre-hook swaps low-precision copies of all of a network's conv
+parameters into the modules for the call (as torch.func.functional_call does), and the backward casts their
+gradients back to the fp32 parameters with one torch._foreach_copy_. The copies are made
+- per forward (``--foreach_cast``): one multi-tensor cast at each call;
+- per optimizer step (``--step_cast``): kept between steps and rewritten by one multi-tensor copy right after each
+  step of the optimizer that owns the weights, so a forward reads them without casting anything and a network
+  called several times in a step (CycleGAN's generators) reads the same copy each time.
 
 The values are autocast's: the same rounding of the same fp32 weights, and a single use's gradient is the same
-bits. A network called several times in one step gets one cast per call, and its gradients are summed in fp32
-across calls where autocast's per-step weight cache sums them in the low precision first.
+bits. A network called several times in one step has its gradients summed in fp32 across calls, where
+autocast's per-step weight cache sums them in the low precision first. Checkpoints hold the fp32 weights.
 """
 
 import torch
 from torch import nn
+
+
+def keep_layouts(ctx, tensors):
+    """Remember the fp32 tensors' layouts for gradients_in_fp32; a tensor the forward did not reach gets None."""
+    ctx.layouts = [(t.shape, t.stride(), t.dtype) for t in tensors]
+    ctx.set_materialize_grads(False)
+
+
+def gradients_in_fp32(ctx, grads):
+    """The low-precision copies' gradients cast back, one multi-tensor kernel, in the parameters' own layouts
+    (which AccumulateGrad would otherwise copy them into)."""
+    present = [i for i, grad in enumerate(grads) if grad is not None]
+    full = [torch.empty_strided(*ctx.layouts[i][:2], dtype=ctx.layouts[i][2], device=grads[i].device)
+            for i in present]
+    if full:
+        torch._foreach_copy_(full, [grads[i] for i in present])
+    result = [None] * len(grads)
+    for i, grad in zip(present, full):
+        result[i] = grad
+    return result
 
 
 class CastParameters(torch.autograd.Function):
@@ -22,35 +46,46 @@ class CastParameters(torch.autograd.Function):
     def forward(ctx, dtype, *tensors):
         copies = [torch.empty_like(t, dtype=dtype) for t in tensors]
         torch._foreach_copy_(copies, list(tensors))
-        ctx.layouts = [(t.shape, t.stride(), t.dtype) for t in tensors]
-        ctx.set_materialize_grads(False)  # a parameter the forward did not reach gets None, not a zero tensor
+        keep_layouts(ctx, tensors)
         return tuple(copies)
 
     @staticmethod
     def backward(ctx, *grads):
-        present = [i for i, grad in enumerate(grads) if grad is not None]
-        # in the parameters' own layouts, which AccumulateGrad would otherwise copy them into
-        full = [torch.empty_strided(*ctx.layouts[i][:2], dtype=ctx.layouts[i][2], device=grads[i].device)
-                for i in present]
-        if full:
-            torch._foreach_copy_(full, [grads[i] for i in present])
-        result = [None] * len(grads)
-        for i, grad in zip(present, full):
-            result[i] = grad
-        return (None, *result)
+        return (None, *gradients_in_fp32(ctx, grads))
 
 
-def cast_conv_parameters_per_forward(net, device_type):
-    """Install the one-kernel cast on ``net`` (see the module doc); it acts only while autocast is on for
-    ``device_type``, so an fp32 forward (evaluation outside autocast) uses the fp32 weights as before."""
-    slots = [(module, name) for module in net.modules() if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
-             for name in ("weight", "bias") if getattr(module, name) is not None]
+class UseStepCopies(torch.autograd.Function):
+    """(copies, *fp32 tensors) -> the copies, as the last optimizer step wrote them; no kernel forward, one
+    multi-tensor cast of the gradients backward."""
+
+    @staticmethod
+    def forward(ctx, copies, *tensors):
+        keep_layouts(ctx, tensors)
+        # aliases, so each call's outputs get their own autograd history; an optimizer step that rewrites the copies
+        # before a backward that still needs them is then the version-counter error it should be
+        return tuple(copy.view_as(copy) for copy in copies)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *gradients_in_fp32(ctx, grads))
+
+
+def conv_parameter_slots(net):
+    """(module, name) of every conv and transposed-conv weight and bias of ``net``."""
+    return [(module, name) for module in net.modules() if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+            for name in ("weight", "bias") if getattr(module, name) is not None]
+
+
+def swap_in_while_autocast(net, device_type, slots, make_copies):
+    """Hooks on ``net`` that, while autocast is on for ``device_type``, put make_copies(dtype) (a copy per slot)
+    into the modules for the forward and the fp32 parameters back after it, also when it raises. An fp32 forward
+    (evaluation outside autocast) uses the fp32 weights as before."""
     originals = [getattr(module, name) for module, name in slots]
 
     def swap_in(_net, _args):
         if not torch.is_autocast_enabled(device_type):
             return
-        copies = CastParameters.apply(torch.get_autocast_dtype(device_type), *originals)
+        copies = make_copies(torch.get_autocast_dtype(device_type), originals)
         for (module, name), copy in zip(slots, copies):
             module._parameters[name] = copy
 
@@ -59,5 +94,42 @@ def cast_conv_parameters_per_forward(net, device_type):
             module._parameters[name] = parameter
 
     net.register_forward_pre_hook(swap_in)
-    net.register_forward_hook(swap_back, always_call=True)  # also when the forward raises
+    net.register_forward_hook(swap_back, always_call=True)
+
+
+def cast_conv_parameters_per_forward(net, device_type):
+    """``--foreach_cast`` on ``net`` (see the module doc); returns how many parameters it casts."""
+    slots = conv_parameter_slots(net)
+    swap_in_while_autocast(net, device_type, slots, lambda dtype, originals: CastParameters.apply(dtype, *originals))
     return len(slots)
+
+
+class StepCopies:
+    """``--step_cast`` on one network: its conv parameters' copies in ``dtype``, rewritten by ``refresh``."""
+
+    def __init__(self, net, device_type, dtype):
+        slots = conv_parameter_slots(net)
+        self.dtype = dtype
+        self.originals = [getattr(module, name) for module, name in slots]
+        self.copies = [torch.empty_like(p, dtype=dtype) for p in self.originals]  # in each parameter's layout
+        self.refresh()
+        swap_in_while_autocast(net, device_type, slots, self.for_forward)
+
+    def for_forward(self, dtype, originals):
+        if dtype != self.dtype:
+            raise RuntimeError(f"--step_cast keeps {self.dtype} copies, but autocast asks for {dtype}")
+        return UseStepCopies.apply(self.copies, *originals)
+
+    @torch.no_grad()
+    def refresh(self):
+        """Write the copies from the fp32 parameters (one multi-tensor kernel)."""
+        if self.copies:
+            torch._foreach_copy_(self.copies, self.originals)
+
+    def refresh_after_steps_of(self, optimizers):
+        """Hook ``refresh`` onto each optimizer that updates some of these parameters: it then runs right after
+        that optimizer's step (inside a captured CUDA graph too), and not after a step fp16's scaler skips."""
+        mine = {id(p) for p in self.originals}
+        for optimizer in optimizers:
+            if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+                optimizer.register_step_post_hook(lambda _optimizer, _args, _kwargs: self.refresh())
