@@ -150,9 +150,17 @@ def add_train_options(parser):
     return p
 
 
-def add_engine_options(parser):
-    """fastp2p's fast paths, each behind its own switch. 'auto' turns a path on when training on a GPU
-    and off on the CPU, where the plain reference path runs."""
+INFERENCE_SWITCHES = ("amp", "channels_last", "cuda_graph")
+"""the engine switches inference takes (with --reference); the others are training's (kernels written for the
+backward pass, the optimizer, a step's passes) and are off there"""
+INFERENCE_HELP = {"cuda_graph": "replay the generator's forward as one CUDA graph from a static input buffer (a batch "
+                                "of another shape, such as the last, runs eagerly)"}
+
+
+def add_engine_options(parser, inference=False):
+    """fastp2p's fast paths, each behind its own switch. 'auto' turns a path on when running on a GPU
+    and off on the CPU, where the plain reference path runs. ``inference``: INFERENCE_SWITCHES alone, the
+    others set off, so resolve_engine reads one namespace for both."""
     p = parser.add_argument_group("fast engine (fastp2p)")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                    help="mixed precision; auto = bf16 where the GPU has it, else fp16 with a GradScaler")
@@ -168,8 +176,15 @@ def add_engine_options(parser):
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),
                        ("cuda_graph", "replay each training iteration as one CUDA graph")):
-        p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"), help=what)
-    p.add_argument("--compile", action="store_true", help="torch.compile every network (instead of CUDA graphs)")
+        if inference and name not in INFERENCE_SWITCHES:
+            parser.set_defaults(**{name: "off"})
+            continue
+        p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"),
+                       help=INFERENCE_HELP.get(name, what) if inference else what)
+    if inference:
+        parser.set_defaults(compile=False)
+    else:
+        p.add_argument("--compile", action="store_true", help="torch.compile every network (instead of CUDA graphs)")
     p.add_argument("--reference", action="store_true",
                    help="the plain reference path: every fast path off, whatever the switches above say")
 
@@ -183,6 +198,7 @@ def add_test_options(parser):
     p.add_argument("--eval", action="store_true", help="eval mode: BatchNorm running stats, no dropout")
     p.add_argument("--num_test", type=positive_int, default=50)
     p.set_defaults(model="test", load_size=256)
+    add_engine_options(p, inference=True)
     return p
 
 
@@ -240,8 +256,10 @@ def add_model_options(parser, model, is_train):
         parser.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
 
 
-def build_parser(is_train, model):
-    prog = "fastp2p.train" if is_train else "fastp2p.test"
+def build_parser(is_train, model, prog=None, add_options=None):
+    """``prog`` and ``add_options(parser)``: a command built on the test flags (fastp2p.export) names itself and adds
+    its own."""
+    prog = prog or ("fastp2p.train" if is_train else "fastp2p.test")
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=f"The reference's flags; those fastp2p ignores are listed last, under '{COMPATIBILITY_GROUP}'.")
@@ -250,6 +268,8 @@ def build_parser(is_train, model):
         add_train_options(parser)
     else:
         add_test_options(parser)
+    if add_options is not None:
+        add_options(parser)
     if model is not None:
         add_model_options(parser, model, is_train)
     add_monitoring_options(parser, is_train)
@@ -310,22 +330,23 @@ def check_options(opt):
         raise OptionError(f"--dataroot {opt.dataroot} is not a folder")
 
 
-def parse_options(argv=None, is_train=True):
-    """Parse ``argv`` (default sys.argv[1:]) into the reference's option namespace.
+def parse_options(argv=None, is_train=True, prog=None, add_options=None):
+    """Parse ``argv`` (default sys.argv[1:]) into the reference's option namespace (``prog``, ``add_options``: see
+    build_parser).
 
     Raises SystemExit with argparse's message on unknown flags or bad values, like any CLI.
     """
-    base = build_parser(is_train, model=None)
+    base = build_parser(is_train, None, prog, add_options)
     known, _ = base.parse_known_args(argv)
     try:
-        parser = build_parser(is_train, known.model)
+        parser = build_parser(is_train, known.model, prog, add_options)
     except OptionError as e:
         base.error(str(e))
     opt = parser.parse_args(argv)
     opt.isTrain = is_train
     if not is_train:
-        # The reference's test script hard-codes these.
-        opt.num_threads, opt.batch_size, opt.serial_batches, opt.no_flip, opt.display_id = 0, 1, True, True, -1
+        # The reference's test script hard-codes these, and --batch_size 1, which fastp2p leaves to the flag.
+        opt.num_threads, opt.serial_batches, opt.no_flip, opt.display_id = 0, True, True, -1
     try:
         if opt.suffix:
             apply_suffix(opt)
