@@ -1,7 +1,14 @@
 """Inference entry point: ``python -m fastp2p.test`` with the reference's test flags.
 
 Writes ``results/NAME/<phase>_<epoch>/images/<sample>_<visual>.png`` and an ``index.html`` that shows
-each sample's input and outputs side by side, as the reference's test script does.
+each sample's input and outputs side by side, as the reference's test script does. On a GPU the generators
+run on the fast engine (bf16 autocast, channels-last, a CUDA graph: see fastp2p.inference) and ``--batch_size N``
+runs N images per forward; each image still gets its own files and row. ``--reference``, and the CPU by default,
+run the reference's path, which writes the reference's bytes.
+
+The loaders of ``--data_loader`` are not used here: a test pass decodes each image once and stops at
+``--num_test``, so the GPU cache (a whole set decoded up front, for many epochs) saves nothing, and DALI's and
+torchvision's decoders and resizers do not give PIL's pixels, which the inputs shown beside the outputs are.
 """
 
 import os
@@ -13,7 +20,7 @@ from fastp2p import distributed
 from fastp2p.checkpoint import CheckpointError
 from fastp2p.data import DatasetError, create_dataset
 from fastp2p.data.builtin import builtin_dataroot
-from fastp2p.models import create_model
+from fastp2p.inference import load_model, prepare_inference
 from fastp2p.options import OptionError, parse_options, save_options, use_cuda
 from fastp2p.visualizer import HTMLPage, save_visuals
 
@@ -34,6 +41,13 @@ def results_folder(opt):
     return folder
 
 
+def split_samples(visuals, paths):
+    """(sample name, visuals of that image alone) for each image of a batch, its visuals copied to the host once."""
+    on_host = {label: tensor.detach().cpu() for label, tensor in visuals.items()}
+    for i, path in enumerate(paths):
+        yield os.path.splitext(os.path.basename(path))[0], {label: t[i:i + 1] for label, t in on_host.items()}
+
+
 def run(opt):
     opt.device = distributed.init_distributed(use_cuda(opt))
     if opt.dataroot is None:
@@ -43,32 +57,26 @@ def run(opt):
     torch.manual_seed(opt.seed)
     save_options(opt)
     dataset = create_dataset(opt)  # no --data_loader: the reference's pixels, nothing decoded past --num_test
-    model = create_model(opt)
-    model.setup(opt)
-    diverged = model.nonfinite_networks()
-    if diverged:
-        raise CheckpointError(f"the weights of {', '.join(diverged)} in {os.path.join(opt.checkpoints_dir, opt.name)} "
-                              f"(--epoch {opt.epoch}) are not finite: that run had diverged; use an earlier checkpoint")
-    if opt.eval:
-        model.eval()
+    model = load_model(opt)
+    print(prepare_inference(model, opt).describe())
     folder = results_folder(opt)
     page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")
     path_key = "B_paths" if opt.direction == "BtoA" and opt.dataset_mode != "single" else "A_paths"
     written = 0
     try:
-        for i, data in enumerate(dataset):
-            if i >= opt.num_test:
+        for data in dataset:
+            if written >= opt.num_test:
                 break
             model.set_input(data)
             model.test()
-            sample = os.path.splitext(os.path.basename(data[path_key][0]))[0]
-            visuals = model.get_current_visuals()
-            names = save_visuals(page, visuals, sample, opt.aspect_ratio)
-            page.add_header(sample)
-            page.add_images(names, list(visuals), opt.display_winsize)
-            written += 1
-            if i % 5 == 0:
-                print(f"processing ({i:04d})-th image... {data[path_key][0]}")
+            paths = data[path_key][:opt.num_test - written]
+            for path, (sample, visuals) in zip(paths, split_samples(model.get_current_visuals(), paths)):
+                names = save_visuals(page, visuals, sample, opt.aspect_ratio)
+                page.add_header(sample)
+                page.add_images(names, list(visuals), opt.display_winsize)
+                if written % 5 == 0:
+                    print(f"processing ({written:04d})-th image... {path}")
+                written += 1
     finally:
         dataset.close()
     page.save()
