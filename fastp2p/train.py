@@ -24,9 +24,10 @@ from fastp2p.data import DatasetError
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.metrics import FeatureDistances, GeneratorScorer, MetricError
 from fastp2p.models import create_model
 from fastp2p.options import OptionError, parse_options, save_options, use_cuda
-from fastp2p.visualizer import Visualizer
+from fastp2p.visualizer import Visualizer, require_wandb
 
 
 class NonFiniteError(RuntimeError):
@@ -115,6 +116,7 @@ class Trainer:
             raise
 
     def start(self, opt):
+        require_wandb(opt)
         opt.device = distributed.init_distributed(use_cuda(opt))
         if distributed.is_main_process():
             self.lock = FolderLock(self.folder).acquire()
@@ -141,13 +143,39 @@ class Trainer:
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
-        self.visualizer = Visualizer(opt, enabled=distributed.is_main_process())
+        self.optimizer_names = [name for name, _ in self.model.trained_parameters()]
+        self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
+                                     batches_per_epoch=self.dataset.batches_per_epoch)
+        self.scorer = self.build_scorer() if opt.eval_freq else None
         self.epoch = opt.epoch_count
         self.last_saved = "none (nothing saved yet)"
         self.epoch_iter = 0
         self.total_iters = 0
         if self.resume_state:
             self.restore(self.resume_state)
+
+    def build_scorer(self):
+        """--eval_freq's scorer, built before training so that a split or package it lacks stops the run now. FID
+        and KID (rank 0) need torchmetrics and the Inception weights; without them paired data is scored on
+        L1/PSNR/SSIM alone, and a line says why."""
+        distances = None
+        if distributed.is_main_process():
+            try:
+                distances = FeatureDistances(self.opt.device)
+            except MetricError as error:
+                print(f"--eval_freq: no FID/KID ({error})")
+        return GeneratorScorer(self.opt, self.model, self.engine.amp_dtype, distances, keep=distributed.is_main_process())
+
+    def evaluate(self):
+        """Score the generator between epochs (see GeneratorScorer: the training run is left as it was)."""
+        values = self.scorer.score()
+        self.visualizer.log_metrics(self.epoch, self.total_iters, self.scorer.phase, values)
+        distributed.barrier()
+
+    def learning_rates(self):
+        """Each optimizer's learning rate, by the name of what it trains (G, D)."""
+        return {name: float(optimizer.param_groups[0]["lr"])
+                for name, optimizer in zip(self.optimizer_names, self.model.optimizers)}
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
@@ -266,11 +294,11 @@ class Trainer:
 
     def train_epoch(self):
         opt, model, visualizer = self.opt, self.model, self.visualizer
+        progress = visualizer.progress
         visualizer.reset()
-        epoch_start = time.perf_counter()
-        images_this_run = 0
-        data_wait = 0.0
-        self.dataset.set_epoch(self.epoch, skip_batches=self.epoch_iter // opt.batch_size)
+        skip_batches = self.epoch_iter // opt.batch_size
+        progress.start_epoch(self.epoch, skip_batches)
+        self.dataset.set_epoch(self.epoch, skip_batches=skip_batches)
         batches = iter(self.dataset)
         iter_data_time = time.perf_counter()
         while True:
@@ -280,33 +308,31 @@ class Trainer:
                 break
             iter_start = time.perf_counter()
             t_data = iter_start - iter_data_time
-            data_wait += t_data
             self.total_iters += opt.batch_size
             self.epoch_iter += opt.batch_size
-            images_this_run += opt.batch_size
             model.set_input(data)
             self.train_step()
+            progress.update(t_data)
 
             if self.total_iters % opt.display_freq == 0:
                 model.compute_visuals()
                 visualizer.display_current_results(model.get_current_visuals(), self.epoch, self.total_iters,
                                                    self.total_iters % opt.update_html_freq == 0)
-            elapsed = time.perf_counter() - epoch_start
             if self.total_iters % opt.print_freq == 0:
                 losses = model.get_current_losses()  # the host sync of the loop, on print steps only
                 t_comp = (time.perf_counter() - iter_start) / opt.batch_size
                 visualizer.print_current_losses(self.epoch, self.epoch_iter, losses, t_comp, t_data)
-                visualizer.plot_current_losses(self.total_iters, losses, images_this_run / elapsed)
+                progress.report()
+                visualizer.plot_current_losses(self.total_iters, losses, self.learning_rates(), progress.figures())
                 bad = [name for name, value in losses.items() if not math.isfinite(value)]
                 if bad:
                     raise NonFiniteError(f"losses {bad} are not finite at epoch {self.epoch}, iteration "
                                          f"{self.total_iters}; try a lower --lr. The last good checkpoint is "
                                          f"{self.last_saved}.")
-            visualizer.progress.update(self.epoch, self.epoch_iter, len(self.dataset),
-                                       images_this_run / max(elapsed, 1e-9), data_wait / max(elapsed, 1e-9))
             if self.total_iters % opt.save_latest_freq == 0:
                 prefix = f"iter_{self.total_iters}" if opt.save_by_iter else "latest"
-                print(f"saving the latest model (epoch {self.epoch}, total_iters {self.total_iters})")
+                visualizer.progress.write(f"saving the latest model (epoch {self.epoch}, total_iters "
+                                          f"{self.total_iters})")
                 self.save(prefix, epoch_finished=False)
             if self.stop_requested:
                 return False
@@ -314,12 +340,12 @@ class Trainer:
 
         if opt.device.type == "cuda":
             torch.cuda.synchronize(opt.device)
-        elapsed = time.perf_counter() - epoch_start
-        visualizer.progress.close()
+        figures = progress.end_epoch()
+        rates = " ".join(f"{name}={lr:.7f}" for name, lr in self.learning_rates().items())
         model.update_learning_rate()
-        visualizer.log_line(f"End of epoch {self.epoch} / {self.last_epoch()} \t Time Taken: {int(elapsed)} sec "
-                            f"\t {images_this_run / max(elapsed, 1e-9):.1f} img/s, "
-                            f"data wait {100 * data_wait / max(elapsed, 1e-9):.1f}%")
+        visualizer.log_line(f"End of epoch {self.epoch} / {self.last_epoch()} \t Time Taken: "
+                            f"{int(figures['elapsed_s'])} sec \t {figures['images_per_s']:.1f} img/s, "
+                            f"data wait {100 * figures['data_wait_share']:.1f}%, lr {rates}")
         return True
 
     def run(self):
@@ -341,6 +367,8 @@ class Trainer:
                     # The reference keeps nothing of a run whose last epoch is not a multiple of
                     # --save_epoch_freq; fastp2p always leaves 'latest' behind.
                     self.save("latest", epoch_finished=True)
+                if self.scorer is not None and self.epoch % self.opt.eval_freq == 0:
+                    self.evaluate()
                 self.epoch += 1
                 self.epoch_iter = 0
             return 0
@@ -359,7 +387,7 @@ def main(argv=None):
         # tears its group down while a peer is still connected
         distributed.barrier()
         return code
-    except (DatasetError, CheckpointError, OptionError, NonFiniteError) as e:
+    except (DatasetError, CheckpointError, OptionError, NonFiniteError, MetricError) as e:
         print(f"fastp2p.train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: a save under way was dropped or completed whole

@@ -1,33 +1,35 @@
-"""What a run shows a person: the loss log, a progress line, images and HTML pages, TensorBoard.
+"""What a run shows a person: console lines, the loss log, web pages of images and curves, TensorBoard, wandb.
 
 The loss line keeps the reference's format, ``(epoch: E, iters: I, time: T, data: D) G_GAN: x ...``,
 in the console and in ``checkpoints/NAME/loss_log.txt``, so existing log parsers keep working; speed
-(images/s, data-loading share) goes on the progress line and on an end-of-epoch line. TensorBoard is
-used only when the package is installed.
+(images/s, data-loading share, time left) goes on the progress bar or lines (progress.py) and on an end-of-epoch
+line, which also names each optimizer's learning rate. The web page's curves are drawn from that log.
+TensorBoard is used only when the package is installed, wandb only with --use_wandb.
 """
 
+import csv
 import html
+import importlib
 import importlib.util
 import os
 import re
-import sys
 import time
 
-import numpy as np
 from PIL import Image
+
+from fastp2p import distributed
+from fastp2p.chart import draw_chart
+from fastp2p.metrics import format_scores, to_uint8
+from fastp2p.options import OptionError
+from fastp2p.progress import Progress
+
+CURVES_IMAGE = "curves.png"
 
 
 def tensor2im(image_tensor):
-    """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB), the reference's bytes.
-
-    As the reference, ``(x + 1) / 2 * 255`` in float32 is truncated, not rounded. The reference does not
-    clamp, so a value outside [-1, 1] wraps around in its uint8 cast; here it is clamped first. NaN becomes
-    0, as the reference's cast gives.
-    """
-    array = image_tensor[0].detach().float().cpu().nan_to_num(nan=-1.0).clamp(-1, 1).numpy()
-    if array.shape[0] == 1:
-        array = np.tile(array, (3, 1, 1))
-    return ((np.transpose(array, (1, 2, 0)) + 1) / 2.0 * 255.0).astype(np.uint8)
+    """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB), the reference's bytes
+    (metrics.to_uint8 says how)."""
+    return to_uint8(image_tensor[:1].cpu())[0].permute(1, 2, 0).numpy()
 
 
 def save_image(array, path, aspect_ratio=1.0):
@@ -62,6 +64,15 @@ class HTMLPage:
             for name, caption in zip(image_names, captions)
         )
         self.parts.append(f'<table border="1" style="table-layout:fixed"><tr>{cells}</tr></table>')
+
+    def add_figure(self, name):
+        """An image of the page's own folder (not images/), at its own size."""
+        self.parts.append(f'<p><a href="{html.escape(name)}"><img src="{html.escape(name)}"></a></p>')
+
+    def add_table(self, columns, rows):
+        head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+        self.parts.append(f'<table border="1" style="border-collapse:collapse"><tr>{head}</tr>{body}</table>')
 
     def save(self):
         meta = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh > 0 else ""
@@ -106,44 +117,87 @@ def snapshots_on_disk(image_folder, labels):
         yield epoch, [names[label] for label in ordered], ordered
 
 
-class ProgressLine:
-    """A one-line progress bar on a terminal; silent when output goes to a file or pipe."""
+LOSS_LINE = re.compile(r"\(epoch: (\d+), iters: (\d+), [^)]*\) (.*)")
+EPOCH_LINE = re.compile(r"End of epoch (\d+) / .*, lr ((?:\S+=\S+ ?)+)$")
+NAME_VALUE = re.compile(r"([^\s:=]+)[:=] ?(\S+)")
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.drawn = False
 
-    def update(self, epoch, done, total, images_per_s, data_share):
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * done / max(total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        self.drawn = True
-        self.stream.write(f"\repoch {epoch} [{bar}] {done}/{total} {images_per_s:8.1f} img/s "
-                          f"data {100 * data_share:4.1f}%")
-        self.stream.flush()
+class LossHistory:
+    """The loss and learning-rate curves of ``loss_log.txt``, read from the file (each call reads the lines added
+    since the last), so that the curves of a resumed run start where the first run started.
 
-    def close(self):
-        """End the bar's line so that the next print starts on a fresh one."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
+    x is in epochs: a loss line at ``iters`` images into epoch E is at E - 1 + iters / epoch_images, the learning
+    rate of epoch E (on its end-of-epoch line) at E. A resumed run redoes the iterations after its checkpoint; its
+    points replace those of the run it resumed."""
+
+    def __init__(self, path, epoch_images):
+        self.path = path
+        self.epoch_images = max(epoch_images, 1)
+        self.losses, self.learning_rates = {}, {}
+        self.offset = 0
+
+    @staticmethod
+    def add(series, x, text):
+        for name, value in NAME_VALUE.findall(text):
+            points = series.setdefault(name, [])
+            while points and points[-1][0] >= x:
+                points.pop()
+            points.append((x, float(value)))
+
+    def read(self):
+        if not os.path.isfile(self.path):
+            return self
+        with open(self.path) as f:
+            f.seek(self.offset)
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
+        self.offset += len(complete.encode())
+        for line in complete.splitlines():
+            loss = LOSS_LINE.match(line)
+            epoch = EPOCH_LINE.match(line)
+            if loss:
+                self.add(self.losses, int(loss[1]) - 1 + int(loss[2]) / self.epoch_images, loss[3])
+            elif epoch:
+                self.add(self.learning_rates, int(epoch[1]), epoch[2])
+        return self
+
+
+def read_metrics(path):
+    """(columns, rows) of metrics.csv, or None before the first evaluation."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return (rows[0], rows[1:]) if rows else None
+
+
+def require_wandb(opt):
+    """--use_wandb without the wandb package: an OptionError before anything is built or trained."""
+    if opt.use_wandb:
+        try:
+            importlib.import_module("wandb")
+        except ImportError:
+            raise OptionError("--use_wandb needs the wandb package: pip install 'fastp2p[wandb]'") from None
 
 
 class Visualizer:
-    """Loss log, training-image pages under checkpoints/NAME/web, and optional TensorBoard scalars."""
+    """What rank 0 shows of a run: console lines beside the progress bar, the loss log, the web page of
+    snapshots, curves and metrics, metrics.csv, TensorBoard (when installed) and wandb (--use_wandb).
+    ``enabled=False`` (other ranks) does nothing but keep a silent progress object."""
 
-    def __init__(self, opt, enabled=True):
+    def __init__(self, opt, enabled=True, batches_per_epoch=1):
         self.opt = opt
         self.enabled = enabled
         self.folder = os.path.join(opt.checkpoints_dir, opt.name)
         self.log_path = os.path.join(self.folder, "loss_log.txt")
+        self.metrics_path = os.path.join(self.folder, "metrics.csv")
         self.web_folder = os.path.join(self.folder, "web")
-        self.progress = ProgressLine()
+        self.progress = Progress(batches_per_epoch, opt.batch_size * distributed.world_size(),
+                                 opt.n_epochs + opt.n_epochs_decay, enabled=enabled)
+        self.history = LossHistory(self.log_path, batches_per_epoch * opt.batch_size)
+        self.labels = []  # the model's visuals, in its order, once displayed
         self.tensorboard = None
+        self.wandb = None
         self.saved = False  # whether this epoch has a web/ snapshot yet (see reset)
         if not enabled:
             return
@@ -155,32 +209,60 @@ class Visualizer:
 
             self.tensorboard = SummaryWriter(os.path.join(self.folder, "tensorboard"))
             print(f"TensorBoard logs: {os.path.join(self.folder, 'tensorboard')}")
+        if opt.use_wandb:
+            import wandb
+
+            config = {key: value for key, value in vars(opt).items() if key not in ("parser", "device")}
+            self.wandb = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder)
+
+    def write(self, message):
+        """A line for the console and the loss log."""
+        if not self.enabled:
+            return
+        self.progress.write(message)
+        with open(self.log_path, "a") as f:
+            f.write(message + "\n")
 
     def print_current_losses(self, epoch, epoch_iter, losses, t_comp, t_data):
         message = f"(epoch: {epoch}, iters: {epoch_iter}, time: {t_comp:.3f}, data: {t_data:.3f}) "
-        message += "".join(f"{name}: {value:.3f} " for name, value in losses.items())
-        if not self.enabled:
-            return
-        self.progress.close()
-        print(message)
-        with open(self.log_path, "a") as f:
-            f.write(message + "\n")
+        self.write(message + "".join(f"{name}: {value:.3f} " for name, value in losses.items()))
 
     def log_line(self, message):
-        """A line for the console and the loss log (epoch summaries, learning-rate changes)."""
+        """Epoch summaries, learning-rate changes: the console and the loss log."""
+        self.write(message)
+
+    def log_scalars(self, step, scalars):
+        """``{'group/name': value}`` at iteration ``step`` to TensorBoard and wandb."""
+        if self.tensorboard is not None:
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def plot_current_losses(self, total_iters, losses, learning_rates, figures):
+        """Losses, each optimizer's learning rate and the progress figures (images/s, iterations/s, data wait)."""
+        scalars = {f"loss/{name}": value for name, value in losses.items()}
+        scalars.update({f"lr/{name}": value for name, value in learning_rates.items()})
+        scalars.update({f"speed/{name}": figures[name]
+                        for name in ("images_per_s", "iterations_per_s", "data_wait_share")})
+        self.log_scalars(total_iters, scalars)
+
+    def log_metrics(self, epoch, total_iters, phase, values):
+        """An evaluation's scores: the console, metrics.csv (epoch, iteration, one column a metric), TensorBoard,
+        wandb and the web page."""
         if not self.enabled:
             return
-        print(message)
-        with open(self.log_path, "a") as f:
-            f.write(message + "\n")
-
-    def plot_current_losses(self, total_iters, losses, images_per_s=None):
-        if self.tensorboard is None:
-            return
-        for name, value in losses.items():
-            self.tensorboard.add_scalar(f"loss/{name}", value, total_iters)
-        if images_per_s is not None:
-            self.tensorboard.add_scalar("speed/images_per_s", images_per_s, total_iters)
+        self.write(f"metrics of epoch {epoch} on the {phase} split: "
+                   + ", ".join(format_scores(values).splitlines()))
+        existing = read_metrics(self.metrics_path)
+        columns = existing[0] if existing else ["epoch", "iteration", *values]
+        with open(self.metrics_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
+            if not existing:
+                writer.writeheader()
+            writer.writerow({"epoch": epoch, "iteration": total_iters, **{k: f"{v:.6g}" for k, v in values.items()}})
+        self.log_scalars(total_iters, {f"metrics/{name}": value for name, value in values.items()})
+        self.write_page()
 
     def reset(self):
         """Called at the start of each epoch: its first display is saved to web/ whatever save_result says."""
@@ -197,9 +279,28 @@ class Visualizer:
         if self.opt.no_html or (self.saved and not save_result):
             return
         self.saved = True
+        self.labels = list(visuals)
+        save_visuals(HTMLPage(self.web_folder, ""), visuals, f"epoch{epoch:03d}")
+        self.write_page()
+
+    def write_page(self):
+        """web/index.html: the curves (web/curves.png, redrawn from the loss log now), the metrics table, and
+        the snapshots of every epoch on disk, newest first."""
+        if self.opt.no_html:
+            return
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
-        save_visuals(page, visuals, f"epoch{epoch:03d}")
-        for snapshot_epoch, names, labels in snapshots_on_disk(page.image_folder, list(visuals)):
+        history = self.history.read()
+        chart = draw_chart([("losses", history.losses), ("learning rate", history.learning_rates)])
+        tmp = os.path.join(self.web_folder, "curves.tmp.png")
+        chart.save(tmp)
+        os.replace(tmp, os.path.join(self.web_folder, CURVES_IMAGE))
+        page.add_header("curves")
+        page.add_figure(CURVES_IMAGE)
+        metrics = read_metrics(self.metrics_path)
+        if metrics:
+            page.add_header("metrics")
+            page.add_table(metrics[0], reversed(metrics[1]))
+        for snapshot_epoch, names, labels in snapshots_on_disk(page.image_folder, self.labels):
             page.add_header(f"epoch [{snapshot_epoch}]")
             page.add_images(names, labels, self.opt.display_winsize)
         page.save()
@@ -208,3 +309,5 @@ class Visualizer:
         self.progress.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -84,7 +84,8 @@ def test_result_files_have_the_reference_bytes(tmp_path, aspect_ratio):
 
 
 def make_opt(tmp_path, **overrides):
-    values = dict(checkpoints_dir=str(tmp_path), name="run", no_tensorboard=True, no_html=False, display_winsize=64)
+    values = dict(checkpoints_dir=str(tmp_path), name="run", no_tensorboard=True, no_html=False, display_winsize=64,
+                  use_wandb=False, batch_size=1, n_epochs=1, n_epochs_decay=0)
     values.update(overrides)
     return argparse.Namespace(**values)
 
