@@ -216,13 +216,19 @@ def pass_hand_offs(net):
     count = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Sequential and any(isinstance(layer, FUSED_BLOCKS) for layer in child):
+            if type(child) is nn.Sequential and any(isinstance(layer, hand_off_takers()) for layer in child):
                 setattr(parent, name, HandOffSequential(OrderedDict(child.named_children())))
                 count += 1
     return count
 
 
 FUSED_BLOCKS = (FusedResnetBlock, FusedUnetSkipBlock)
+
+
+def hand_off_takers():
+    """The layers that take a hand-off from the layer before them (the fused blocks, and the FusedConvs, whose
+    ConvNorm takes their statistics); kernels' modules load on first use."""
+    return FUSED_BLOCKS + (kernels.FusedConv,)
 
 
 def fuse_reflection_pads(net):
@@ -298,16 +304,80 @@ def drop_cancelled_conv_biases(net):
     return count
 
 
-# The converters of the fused-kernels path, in the order they must run: the conv biases are found by the
-# InstanceNorm2d after them, so before the norms are fused; the pads, residuals and skips are handed to fused norms;
-# the remaining pads are replaced last, after those the norms took; then the containers pass the hand-offs on.
-CONVERTERS = (drop_cancelled_conv_biases, fuse_norm_activations, fuse_pads_into_norms, fuse_resnet_blocks,
-              fuse_unet_skips, fuse_reflection_pads, pass_hand_offs)
+NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d)
 
 
-def fuse_network(net):
-    """Apply CONVERTERS to ``net`` in place, in order; returns how many modules they replaced or changed."""
-    return sum(convert(net) for convert in CONVERTERS)
+def _fusable_conv(layer):
+    """Whether FusedConv computes ``layer`` (a conv, or a bias-free one of drop_cancelled_conv_biases)."""
+    return (isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and layer.groups == 1 and layer.dilation == (1, 1)
+            and layer.padding_mode == "zeros" and len(set(layer.stride)) == 1 and len(set(layer.padding)) == 1)
+
+
+def _reflect_pad(pad, conv):
+    """The one reflection padding of ``pad`` that a FusedConv ``conv`` after it can take over, else 0."""
+    if (type(pad) is not nn.ReflectionPad2d or len(set(pad.padding)) != 1 or not _fusable_conv(conv)
+            or isinstance(conv, nn.ConvTranspose2d) or conv.padding != (0, 0)):
+        return 0
+    return pad.padding[0]
+
+
+def fuse_conv_norms(net):
+    """Replace each conv followed by a norm (and a ReLU/LeakyReLU, which becomes an Identity) by a FusedConv, which
+    also writes its output's statistics, and the norm by a ConvNorm, which reduces them; a ReflectionPad2d right
+    before such a conv becomes its reflected indices (an Identity). A ConvNorm whose next layer is a conv has that
+    conv, norm or not, made a FusedConv that normalizes and activates its input as it loads it: the ConvNorm hands
+    it the pre-norm output and its statistics, and the activation is never written. Returns how many convs.
+
+    Covers every conv + norm of the ResNet generator (its blocks' second conv and the downsampling, upsampling and
+    output convs take their input's norm on load), the PatchGAN (each conv after its first) and the U-Net (its down
+    and up convs with their norms; its levels' skips need each normalized activation written).
+    """
+    count = 0
+    for seq in list(net.modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        feeding, i = None, 0  # feeding: the ConvNorm whose output reaches layer i
+        while i < len(seq):
+            pad = _reflect_pad(seq[i], seq[i + 1]) if i + 1 < len(seq) else 0
+            c = i + 1 if pad else i
+            conv = seq[c]
+            norm = seq[c + 1] if c + 1 < len(seq) and type(seq[c + 1]) in NORMS else None
+            if not _fusable_conv(conv) or (norm is None and feeding is None):
+                feeding = feeding if type(seq[i]) is nn.Identity else None
+                i += 1
+                continue
+            if pad:
+                seq[i] = nn.Identity()
+            seq[c] = kernels.FusedConv(conv, reflect_pad=pad, stats=norm is not None,
+                                       add_bias=type(conv) not in BIAS_CANCELLING_CONVS.values())
+            if feeding is not None:
+                feeding.hands_off = True
+            feeding, i = None, c + 1
+            if norm is not None:
+                activation = activation_of(seq[c + 2]) if c + 2 < len(seq) else None
+                seq[c + 1] = feeding = kernels.ConvNorm(norm, *(activation or ()))
+                if activation is not None:
+                    seq[c + 2] = nn.Identity()
+                i = c + 2
+            count += 1
+    return count
+
+
+# The converters, in the order they must run: the conv biases are found by the InstanceNorm2d after them, so before
+# the convs and norms are fused; the pads, residuals and skips are handed to fused norms; the remaining pads are
+# replaced last, after those the norms and convs took; then the containers pass the hand-offs on. --fused_kernels
+# runs all but fuse_conv_norms, --fused_conv CONV_CONVERTERS, both all of them.
+CONVERTERS = (drop_cancelled_conv_biases, fuse_conv_norms, fuse_norm_activations, fuse_pads_into_norms,
+              fuse_resnet_blocks, fuse_unet_skips, fuse_reflection_pads, pass_hand_offs)
+CONV_CONVERTERS = (drop_cancelled_conv_biases, fuse_conv_norms, pass_hand_offs)
+
+
+def fuse_network(net, fused_kernels=True, fused_conv=False):
+    """Apply the CONVERTERS that the switches ask for to ``net`` in place, in order; returns how many modules they
+    replaced or changed."""
+    wanted = set(CONV_CONVERTERS if fused_conv else ())
+    wanted |= set(CONVERTERS) - {fuse_conv_norms} if fused_kernels else set()
+    return sum(convert(net) for convert in CONVERTERS if convert in wanted)
 
 
 def use_fused_losses(model):

@@ -1,0 +1,182 @@
+"""Triton kernels of the implicit-GEMM convolution with a norm prologue and a statistics epilogue; conv.py plans and
+launches them, conv_module.py wraps them.
+
+Every convolution of the U-Net, the ResNet generator and the PatchGAN is followed by a norm. Here the conv that
+produces a norm's input also writes, per output tile, the mean and the sum of squared deviations of each channel
+over the tile's rows (rows of one sample, so InstanceNorm and BatchNorm groups both are unions of tiles): no
+statistics pass reads the output again. The conv that consumes the normalized activation normalizes it while it
+loads its input tile, (x - mean) * rstd * weight + bias and the (Leaky)ReLU, so the activation is never written;
+a reflection pad before it becomes reflected indices. Tensors are walked through their strides, so NCHW and NHWC
+both work; the reduction axis is (tap, channel) with the channel fastest, which reads NHWC rows contiguously.
+
+_conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
+(oh % stride, ow % stride): within a class the taps that reach an output are fixed, so no product is masked out
+the way a scatter-as-gather over all taps would. The same kernel gives the input gradients: a convolution's is the
+transposed convolution of dy with the roles of the weight's two channel axes swapped, and the reverse.
+_conv_wgrad_kernel computes the weight gradient as a GEMM over the positions of one operand's grid, the other
+gathered through the conv's taps, split into chunks whose partial sums the host adds in a fixed order.
+"""
+
+import triton
+import triton.language as tl
+
+from .pad import _reflect
+
+
+@triton.jit
+def _normalize(v, valid, stat_idx, chan, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, negative_slope,
+               HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr):
+    """act((v - mean) * rstd * weight + bias) where valid, 0 elsewhere (the zero padding of the activation).
+
+    stat_idx: index of each element's statistic in [GROUPS, C]; chan: its channel, for the affine parameters.
+    """
+    z = (v - tl.load(mean_ptr + stat_idx, mask=valid, other=0.0)) * tl.load(rstd_ptr + stat_idx, mask=valid,
+                                                                           other=0.0)
+    if HAS_AFFINE:
+        z = z * tl.load(nw_ptr + chan, mask=valid, other=1.0) + tl.load(nb_ptr + chan, mask=valid, other=0.0)
+    if HAS_ACT:
+        z = tl.where(z > 0, z, z * negative_slope)
+    return tl.where(valid, z, 0.0)
+
+
+@triton.jit
+def _load_input(x_ptr, n, ih, iw, c, valid, H, W, stride_n, stride_c, stride_h, stride_w,
+                mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope, REFLECT: tl.constexpr,
+                PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr):
+    """fp32 elements (n, c, ih, iw) of a conv's input, [R, K] from broadcast indices; positions in the padding read
+    their reflection (REFLECT) or 0, and with PROLOGUE the input is normalized and activated as it is loaded."""
+    if REFLECT:
+        ih = _reflect(ih, H)
+        iw = _reflect(iw, W)
+    else:
+        valid = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    offsets = n.to(tl.int64) * stride_n + c * stride_c + ih * stride_h + iw * stride_w
+    v = tl.load(x_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
+    if PROLOGUE:
+        v = _normalize(v, valid, n * group_stride + c, c, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, negative_slope,
+                       HAS_AFFINE, HAS_ACT)
+    return v
+
+
+@triton.jit
+def _conv_kernel(
+    x_ptr,  # [N, C_in, H, W] through strides: the input (pre-norm with PROLOGUE)
+    w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww
+    bias_ptr,  # [C_out], read when HAS_BIAS
+    y_ptr,  # [N, C_out, OH, OW] through strides, out
+    mean_ptr, rstd_ptr,  # [GROUPS, C_in] fp32 statistics of the input's norm, read with PROLOGUE
+    nw_ptr, nb_ptr,  # [C_in] the input norm's affine parameters, read with HAS_AFFINE
+    part_mean_ptr, part_m2_ptr,  # [N, TILES, C_out] fp32, out with STATS: mean and squared deviations per tile
+    part_count_ptr,  # [N, TILES] fp32, out with STATS: the rows of each tile
+    C_in, H, W, C_out, OH, OW, KH, KW, STRIDE, PAD,
+    TW,  # taps per kernel row that a program walks: KW, or cdiv(KW, STRIDE) with TRANSPOSED
+    QW,  # output columns per program row: OW, or cdiv(OW, STRIDE) with TRANSPOSED (one parity class)
+    ROWS,  # output rows of one sample (of one parity class with TRANSPOSED)
+    K_TOTAL,  # taps x C_in
+    group_stride, negative_slope,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_wo, stride_wr, stride_wh, stride_ww,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr, PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[n, :, oh, ow] for one [BLOCK_M output positions, BLOCK_N channels] tile of sample n.
+
+    Convolution: ih = oh * STRIDE - PAD + kh. Transposed: oh = ih * STRIDE - PAD + kh, so an output of parity class
+    (ph, pw) reads the taps kh = (ph + PAD) % STRIDE + STRIDE * t at ih = oh // STRIDE + (ph + PAD) // STRIDE - t.
+    """
+    pid_m, pid_n, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    m = ((pid_m // (STRIDE * STRIDE if TRANSPOSED else 1)) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    qh, qw = m // QW, m % QW
+    if TRANSPOSED:
+        parity = pid_m % (STRIDE * STRIDE)
+        ph, pw = parity // STRIDE, parity % STRIDE
+        oh, ow = qh * STRIDE + ph, qw * STRIDE + pw
+    else:
+        oh, ow = qh, qw
+    row_ok = (m < ROWS) & (oh < OH) & (ow < OW)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_out
+    samples = n + tl.zeros([BLOCK_M, 1], tl.int32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K_TOTAL, BLOCK_K):
+        k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        c, tap = k % C_in, k // C_in
+        th, tw = tap // TW, tap % TW
+        if TRANSPOSED:
+            kh, kw = (ph + PAD) % STRIDE + STRIDE * th, (pw + PAD) % STRIDE + STRIDE * tw
+            ih = qh[:, None] + ((ph + PAD) // STRIDE - th)[None, :]
+            iw = qw[:, None] + ((pw + PAD) // STRIDE - tw)[None, :]
+        else:
+            kh, kw = th, tw
+            ih = oh[:, None] * STRIDE - PAD + kh[None, :]
+            iw = ow[:, None] * STRIDE - PAD + kw[None, :]
+        k_ok = (k < K_TOTAL) & (kh < KH) & (kw < KW)
+        a = _load_input(x_ptr, samples, ih, iw, c[None, :], row_ok[:, None] & k_ok[None, :], H, W,
+                        stride_xn, stride_xc, stride_xh, stride_xw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride,
+                        negative_slope, REFLECT, PROLOGUE, HAS_AFFINE, HAS_ACT)
+        w_offsets = offs_n[None, :] * stride_wo + (c * stride_wr + kh * stride_wh + kw * stride_ww)[:, None]
+        b = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    mask = row_ok[:, None] & n_ok[None, :]
+    y_offsets = (n.to(tl.int64) * stride_yn + (oh * stride_yh + ow * stride_yw)[:, None]
+                 + offs_n[None, :] * stride_yc)
+    tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if STATS:
+        count = tl.sum(row_ok.to(tl.float32), axis=0)
+        tile_mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / tl.maximum(count, 1.0)
+        deviation = tl.where(mask, acc - tile_mean[None, :], 0.0)
+        tile = n * tl.num_programs(0) + pid_m
+        tl.store(part_mean_ptr + tile * C_out + offs_n, tile_mean, mask=n_ok)
+        tl.store(part_m2_ptr + tile * C_out + offs_n, tl.sum(deviation * deviation, axis=0), mask=n_ok)
+        tl.store(part_count_ptr + tile, count)  # the same value from every channel block
+
+
+@triton.jit
+def _conv_wgrad_kernel(
+    a_ptr,  # [N, C_a, GH, GW] through strides: the operand on the GEMM's grid (dy, or a transposed conv's input)
+    b_ptr,  # [N, C_b, H_b, W_b] through strides: the operand gathered through the taps
+    out_ptr,  # [SPLITS, C_a, C_b, KH, KW] through strides, out: partial weight gradients
+    mean_ptr, rstd_ptr, nw_ptr, nb_ptr,  # the prologue's norm of the conv's input (a or b), as in _conv_kernel
+    C_a, GH, GW, C_b, H_b, W_b, KW, STRIDE, PAD, J_TOTAL, ROWS, CHUNK,
+    group_stride, negative_slope,
+    stride_an, stride_ac, stride_ah, stride_aw, stride_bn, stride_bc, stride_bh, stride_bw,
+    stride_os, stride_oa, stride_ob, stride_oh, stride_ow,
+    REFLECT: tl.constexpr, PROLOGUE_A: tl.constexpr, PROLOGUE_B: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """out[split, a, c, kh, kw] = sum over the rows (n, gh, gw) of the split's chunk of
+    A[n, a, gh, gw] * B[n, c, gh * STRIDE - PAD + kh, gw * STRIDE - PAD + kw], the column j being (kh, kw, c).
+
+    A convolution's weight gradient has A = dy and B = its input; a transposed convolution's A = its input and
+    B = dy. The conv's input is normalized on load with the prologue when it had one.
+    """
+    pid_a, pid_j, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    a_ok = offs_a < C_a
+    j = (pid_j * BLOCK_J + tl.arange(0, BLOCK_J)).to(tl.int64)
+    j_ok = j < J_TOTAL
+    c, tap = j % C_b, j // C_b
+    kh, kw = tap // KW, tap % KW
+    acc = tl.zeros([BLOCK_A, BLOCK_J], tl.float32)
+    start = split * CHUNK
+    end = tl.minimum(start + CHUNK, ROWS)
+    for r0 in range(start, end, BLOCK_R):
+        r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+        r_ok = r < end
+        samples = (r // (GH * GW))[:, None]
+        gh, gw = (r % (GH * GW)) // GW, r % GW
+        a = _load_input(a_ptr, samples, gh[:, None], gw[:, None], offs_a[None, :], r_ok[:, None] & a_ok[None, :],
+                        GH, GW, stride_an, stride_ac, stride_ah, stride_aw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr,
+                        group_stride, negative_slope, False, PROLOGUE_A, HAS_AFFINE, HAS_ACT)
+        b = _load_input(b_ptr, samples, gh[:, None] * STRIDE - PAD + kh[None, :],
+                        gw[:, None] * STRIDE - PAD + kw[None, :], c[None, :], r_ok[:, None] & j_ok[None, :],
+                        H_b, W_b, stride_bn, stride_bc, stride_bh, stride_bw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr,
+                        group_stride, negative_slope, REFLECT, PROLOGUE_B, HAS_AFFINE, HAS_ACT)
+        operand = b_ptr.dtype.element_ty
+        acc = tl.dot(tl.trans(a.to(operand)), b.to(operand), acc, input_precision=PRECISION)
+    out_offsets = (split * stride_os + offs_a[:, None] * stride_oa
+                   + (c * stride_ob + kh * stride_oh + kw * stride_ow)[None, :])
+    tl.store(out_ptr + out_offsets, acc, mask=a_ok[:, None] & j_ok[None, :])
