@@ -8,6 +8,7 @@ module reads.
 """
 
 import argparse
+import difflib
 import math
 import os
 import tempfile
@@ -29,6 +30,28 @@ DATASET_MODES = tuple(DATASET_CLASSES)
 
 class OptionError(ValueError):
     """A flag value that the trainer cannot work with."""
+
+
+def closest(word, candidates):
+    """The candidate closest to a misspelled ``word``, or None when none is close."""
+    matches = difflib.get_close_matches(word, candidates, n=1)
+    return matches[0] if matches else None
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors fit on a screen: the error first, with a guess at a misspelled choice, then a
+    pointer to --help instead of a usage line that lists every flag."""
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            guess = closest(str(value), [str(choice) for choice in action.choices])
+            hint = f" (did you mean {guess}?)" if guess else ""
+            raise argparse.ArgumentError(action, error.message + hint) from None
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\nrun with --help to list every flag and its default\n")
 
 
 def positive_int(text):
@@ -79,35 +102,56 @@ def add_base_options(parser):
     p.add_argument("--dataroot", default=None,
                    help="dataset folder; without it the built-in synthetic dataset is used")
     p.add_argument("--name", default="experiment_name", help="experiment name: checkpoints/NAME, results/NAME")
-    p.add_argument("--gpu_ids", default="0", help="e.g. 0  0,1,2  or -1 for CPU")
-    p.add_argument("--checkpoints_dir", default="./checkpoints")
-    p.add_argument("--model", default="cycle_gan", choices=MODELS)
-    p.add_argument("--input_nc", type=positive_int, default=3)
-    p.add_argument("--output_nc", type=positive_int, default=3)
-    p.add_argument("--ngf", type=positive_int, default=64)
-    p.add_argument("--ndf", type=positive_int, default=64)
-    p.add_argument("--netD", default="basic", choices=DISCRIMINATORS)
-    p.add_argument("--netG", default="resnet_9blocks", choices=GENERATORS)
-    p.add_argument("--n_layers_D", type=positive_int, default=3)
-    p.add_argument("--norm", default="instance", choices=NORM_TYPES)
-    p.add_argument("--init_type", default="normal", choices=INIT_TYPES)
-    p.add_argument("--init_gain", type=finite_non_negative_float, default=0.02)
-    p.add_argument("--no_dropout", action="store_true")
-    p.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES)
-    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
-    p.add_argument("--serial_batches", action="store_true")
-    p.add_argument("--num_threads", type=non_negative_int, default=4)
-    p.add_argument("--batch_size", type=positive_int, default=1)
-    p.add_argument("--load_size", type=positive_int, default=286)
-    p.add_argument("--crop_size", type=positive_int, default=256)
-    p.add_argument("--max_dataset_size", type=non_negative_float, default=float("inf"))
-    p.add_argument("--preprocess", default="resize_and_crop", choices=PREPROCESS_MODES)
-    p.add_argument("--no_flip", action="store_true")
-    p.add_argument("--display_winsize", type=positive_int, default=256)
-    p.add_argument("--epoch", default="latest", help="which checkpoint prefix to load")
-    p.add_argument("--load_iter", type=non_negative_int, default=0, help="> 0: load the iter_<n> checkpoint")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--suffix", default="", help="name += '_' + suffix.format(**vars(opt))")
+    p.add_argument("--gpu_ids", default="0", help="GPUs to use, e.g. 0 or 0,1,2; -1 for the CPU")
+    p.add_argument("--checkpoints_dir", default="./checkpoints",
+                   help="folder of the runs: checkpoints and options go to CHECKPOINTS_DIR/NAME")
+    p.add_argument("--model", default="cycle_gan", choices=MODELS,
+                   help="cycle_gan: two generators trained on unpaired A and B images; pix2pix: one generator "
+                        "trained on paired images; test: one generator for inference")
+    p.add_argument("--input_nc", type=positive_int, default=3,
+                   help="channels of the input images: 3 for RGB, 1 for gray")
+    p.add_argument("--output_nc", type=positive_int, default=3,
+                   help="channels of the output images: 3 for RGB, 1 for gray")
+    p.add_argument("--ngf", type=positive_int, default=64, help="filters in the generator's last conv layer")
+    p.add_argument("--ndf", type=positive_int, default=64, help="filters in the discriminator's first conv layer")
+    p.add_argument("--netD", default="basic", choices=DISCRIMINATORS,
+                   help="discriminator: basic is a 70x70 PatchGAN, n_layers a PatchGAN of --n_layers_D layers, "
+                        "pixel a 1x1 PatchGAN")
+    p.add_argument("--netG", default="resnet_9blocks", choices=GENERATORS,
+                   help="generator: a ResNet of 9 or 6 residual blocks, or a U-Net for 256- or 128-pixel images")
+    p.add_argument("--n_layers_D", type=positive_int, default=3, help="conv layers of --netD n_layers")
+    p.add_argument("--norm", default="instance", choices=NORM_TYPES,
+                   help="normalization layers: instance, batch, syncbatch (batch statistics shared by all "
+                        "processes) or none")
+    p.add_argument("--init_type", default="normal", choices=INIT_TYPES, help="weight initialization")
+    p.add_argument("--init_gain", type=finite_non_negative_float, default=0.02,
+                   help="scale of the normal, xavier and orthogonal initializations")
+    p.add_argument("--no_dropout", action="store_true", help="no dropout in the generator")
+    p.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES,
+                   help="how images are read: aligned (A|B pairs side by side in DATAROOT/PHASE), unaligned "
+                        "(DATAROOT/PHASEA and PHASEB) or single (every image in DATAROOT, one direction)")
+    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
+                   help="AtoB translates A images into B images; BtoA the other way")
+    p.add_argument("--serial_batches", action="store_true", help="take the images in order instead of shuffled")
+    p.add_argument("--num_threads", type=non_negative_int, default=4, help="data loading worker processes")
+    p.add_argument("--batch_size", type=positive_int, default=1, help="images per batch")
+    p.add_argument("--load_size", type=positive_int, default=286, help="scale images to this size (see --preprocess)")
+    p.add_argument("--crop_size", type=positive_int, default=256, help="then crop them to this size")
+    p.add_argument("--max_dataset_size", type=non_negative_float, default=float("inf"),
+                   help="read at most this many images of each folder")
+    p.add_argument("--preprocess", default="resize_and_crop", choices=PREPROCESS_MODES,
+                   help="resize_and_crop: resize to --load_size, then crop --crop_size; crop: crop only; "
+                        "scale_width: scale the width to --load_size (and_crop: then crop); none: round each side "
+                        "to a multiple of 4")
+    p.add_argument("--no_flip", action="store_true", help="do not flip images left-right at random")
+    p.add_argument("--display_winsize", type=positive_int, default=256, help="width of the images on the HTML pages")
+    p.add_argument("--epoch", default="latest",
+                   help="which checkpoint to load: latest, an epoch number or another saved prefix")
+    p.add_argument("--load_iter", type=non_negative_int, default=0,
+                   help="> 0: load the iter_N checkpoint instead of --epoch")
+    p.add_argument("--verbose", action="store_true", help="print every network's layers")
+    p.add_argument("--suffix", default="",
+                   help="append _SUFFIX to --name, its {fields} filled with option values, e.g. {netG}_bs{batch_size}")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds every random draw; a run without it picks one and records it (fastp2p)")
     p.add_argument("--worker_start", default="spawn", choices=WORKER_START_METHODS,
@@ -120,28 +164,43 @@ def add_base_options(parser):
 def add_train_options(parser):
     """Reference TrainOptions."""
     p = parser
-    p.add_argument("--display_freq", type=positive_int, default=400)
-    p.add_argument("--update_html_freq", type=positive_int, default=1000)
-    p.add_argument("--print_freq", type=positive_int, default=100)
-    p.add_argument("--no_html", action="store_true")
-    p.add_argument("--save_latest_freq", type=positive_int, default=5000)
-    p.add_argument("--save_epoch_freq", type=positive_int, default=5)
-    p.add_argument("--save_by_iter", action="store_true")
+    p.add_argument("--display_freq", type=positive_int, default=400,
+                   help="every N images, show the current results (TensorBoard; the HTML page: --update_html_freq)")
+    p.add_argument("--update_html_freq", type=positive_int, default=1000,
+                   help="every N images, also save the results shown to the HTML page (and at each epoch's first)")
+    p.add_argument("--print_freq", type=positive_int, default=100, help="every N images, print the losses")
+    p.add_argument("--no_html", action="store_true", help="do not save results to CHECKPOINTS_DIR/NAME/web")
+    p.add_argument("--save_latest_freq", type=positive_int, default=5000,
+                   help="every N images, save the latest checkpoint")
+    p.add_argument("--save_epoch_freq", type=positive_int, default=5,
+                   help="every N epochs, keep that epoch's checkpoint")
+    p.add_argument("--save_by_iter", action="store_true",
+                   help="save the --save_latest_freq checkpoints as iter_N instead of overwriting latest")
     p.add_argument("--save_epoch_state", action="store_true",
                    help="keep a training state (optimizer moments: twice the networks' size) with every epoch "
                         "snapshot too, so --continue_train --epoch N resumes exactly (fastp2p; by default only "
                         "latest and iter_* have one)")
-    p.add_argument("--continue_train", action="store_true")
-    p.add_argument("--epoch_count", type=positive_int, default=1)
-    p.add_argument("--phase", default="train")
-    p.add_argument("--n_epochs", type=non_negative_int, default=100)
-    p.add_argument("--n_epochs_decay", type=non_negative_int, default=100)
-    p.add_argument("--beta1", type=adam_beta, default=0.5)
-    p.add_argument("--lr", type=finite_non_negative_float, default=0.0002)
-    p.add_argument("--gan_mode", default="lsgan", choices=GAN_MODES)
-    p.add_argument("--pool_size", type=non_negative_int, default=50)
-    p.add_argument("--lr_policy", default="linear", choices=LR_POLICIES)
-    p.add_argument("--lr_decay_iters", type=positive_int, default=50)
+    p.add_argument("--continue_train", action="store_true",
+                   help="resume from the latest checkpoint (or the one --epoch / --load_iter names)")
+    p.add_argument("--epoch_count", type=positive_int, default=1,
+                   help="number of the first epoch, from which the epochs and the learning rate schedule count (a "
+                        "resume with a training state takes the saved run's)")
+    p.add_argument("--phase", default="train", help="the dataset split to read: DATAROOT/PHASE, or PHASEA and PHASEB")
+    p.add_argument("--n_epochs", type=non_negative_int, default=100, help="epochs at the initial learning rate")
+    p.add_argument("--n_epochs_decay", type=non_negative_int, default=100,
+                   help="epochs over which the learning rate then decays to zero")
+    p.add_argument("--beta1", type=adam_beta, default=0.5, help="Adam's beta1, the momentum term")
+    p.add_argument("--lr", type=finite_non_negative_float, default=0.0002, help="initial Adam learning rate")
+    p.add_argument("--gan_mode", default="lsgan", choices=GAN_MODES,
+                   help="GAN loss: vanilla (cross-entropy), lsgan (least squares) or wgangp (Wasserstein with "
+                        "gradient penalty)")
+    p.add_argument("--pool_size", type=non_negative_int, default=50,
+                   help="size of the buffer of generated images the discriminator is shown (CycleGAN); 0: none")
+    p.add_argument("--lr_policy", default="linear", choices=LR_POLICIES,
+                   help="learning rate schedule: linear (constant for --n_epochs, then to zero over "
+                        "--n_epochs_decay), step (x0.1 every --lr_decay_iters epochs), plateau or cosine")
+    p.add_argument("--lr_decay_iters", type=positive_int, default=50,
+                   help="with --lr_policy step: multiply the learning rate by 0.1 every N epochs")
     p.add_argument("--data_loader", default="auto", choices=DATA_LOADERS,
                    help="input pipeline (fastp2p): torch is the reference PIL + DataLoader path; auto picks the "
                         "GPU-resident cache when the set fits, else DALI, else torchvision GPU decode, on a GPU, "
@@ -192,11 +251,13 @@ def add_engine_options(parser, inference=False):
 def add_test_options(parser):
     """Reference TestOptions; load_size defaults to crop_size, so the default test crop is a plain resize."""
     p = parser
-    p.add_argument("--results_dir", default="./results/")
-    p.add_argument("--aspect_ratio", type=finite_positive_float, default=1.0)
-    p.add_argument("--phase", default="test")
+    p.add_argument("--results_dir", default="./results/",
+                   help="images and their HTML page go to RESULTS_DIR/NAME/PHASE_EPOCH")
+    p.add_argument("--aspect_ratio", type=finite_positive_float, default=1.0,
+                   help="stretch the saved images: > 1 multiplies their height by it, < 1 their width by its inverse")
+    p.add_argument("--phase", default="test", help="the dataset split to read: DATAROOT/PHASE, or PHASEA and PHASEB")
     p.add_argument("--eval", action="store_true", help="eval mode: BatchNorm running stats, no dropout")
-    p.add_argument("--num_test", type=positive_int, default=50)
+    p.add_argument("--num_test", type=positive_int, default=50, help="translate at most this many images")
     p.set_defaults(model="test", load_size=256)
     add_engine_options(p, inference=True)
     return p
@@ -233,36 +294,69 @@ def add_compatibility_options(parser):
 
 
 def add_model_options(parser, model, is_train):
-    """The model's own flags and default changes (reference modify_commandline_options)."""
+    """The model's own flags, in a --help section of their own, and its default changes (reference
+    modify_commandline_options)."""
+    flags = parser.add_argument_group(f"--model {model}")
     if model == "pix2pix":
         parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
         if is_train:
             parser.set_defaults(pool_size=0, gan_mode="vanilla")
-            parser.add_argument("--lambda_L1", type=finite_non_negative_float, default=100.0,
-                                help="weight for L1 loss")
+            flags.add_argument("--lambda_L1", type=finite_non_negative_float, default=100.0,
+                               help="weight for L1 loss")
     elif model == "cycle_gan":
         parser.set_defaults(no_dropout=True)
         if is_train:
-            parser.add_argument("--lambda_A", type=finite_non_negative_float, default=10.0,
-                                help="weight for cycle loss (A -> B -> A)")
-            parser.add_argument("--lambda_B", type=finite_non_negative_float, default=10.0,
-                                help="weight for cycle loss (B -> A -> B)")
-            parser.add_argument("--lambda_identity", type=finite_non_negative_float, default=0.5,
-                                help="identity loss weight, relative to lambda_A/lambda_B")
+            flags.add_argument("--lambda_A", type=finite_non_negative_float, default=10.0,
+                               help="weight for cycle loss (A -> B -> A)")
+            flags.add_argument("--lambda_B", type=finite_non_negative_float, default=10.0,
+                               help="weight for cycle loss (B -> A -> B)")
+            flags.add_argument("--lambda_identity", type=finite_non_negative_float, default=0.5,
+                               help="identity loss weight, relative to lambda_A/lambda_B")
     elif model == "test":
         if is_train:
             raise OptionError("--model test is for python -m fastp2p.test only; train with pix2pix or cycle_gan")
         parser.set_defaults(dataset_mode="single")
-        parser.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
+        flags.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
 
 
-def build_parser(is_train, model, prog=None, add_options=None):
+def model_flags(model, is_train):
+    """The flags ``model`` adds; none for a model this command does not run."""
+    parser = argparse.ArgumentParser(add_help=False)
+    try:
+        add_model_options(parser, model, is_train)
+    except OptionError:
+        return []
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def guess_flags(unrecognized, parser, is_train):
+    """' (did you mean --lambda_L1?)' after the unrecognized flags: for each, the closest flag of ``parser`` or of
+    another model, whose --model is then named too."""
+    flags = [arg.split("=", 1)[0] for arg in unrecognized if arg.startswith("-") and not arg[1:2].isdigit()]
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    owners = {flag: model for model in MODELS for flag in model_flags(model, is_train) if flag not in known}
+    needs_model, misspelled = [], []
+    for flag in flags:
+        guess = closest(flag, known + list(owners))
+        if guess == flag:
+            needs_model.append(f"{flag} needs --model {owners[flag]}")
+        elif guess:
+            fix = f"--model {owners[guess]} {guess}" if guess in owners else guess
+            misspelled.append(fix if len(flags) == 1 else f"{fix} for {flag}")
+    notes = needs_model + ([f"did you mean {', '.join(misspelled)}?"] if misspelled else [])
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def build_parser(is_train, model, prog=None, add_options=None, add_help=True):
     """``prog`` and ``add_options(parser)``: a command built on the test flags (fastp2p.export) names itself and adds
-    its own."""
+    its own. ``add_help`` False: a first pass that reads --model, leaving --help to the parser of that model."""
     prog = prog or ("fastp2p.train" if is_train else "fastp2p.test")
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description=f"The reference's flags; those fastp2p ignores are listed last, under '{COMPATIBILITY_GROUP}'.")
+    ignored = f" Flags fastp2p accepts but ignores come last, under '{COMPATIBILITY_GROUP}'." if is_train else ""
+    parser = FlagParser(
+        prog=prog, usage="%(prog)s [--flag VALUE ...]", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+        description=f"The reference trainer's flags, and fastp2p's own, with the defaults of --model {model}: "
+                    f"--model X --help lists model X's own flags and defaults.{ignored}")
     add_base_options(parser)
     if is_train:
         add_train_options(parser)
@@ -336,13 +430,15 @@ def parse_options(argv=None, is_train=True, prog=None, add_options=None):
 
     Raises SystemExit with argparse's message on unknown flags or bad values, like any CLI.
     """
-    base = build_parser(is_train, None, prog, add_options)
+    base = build_parser(is_train, None, prog, add_options, add_help=False)
     known, _ = base.parse_known_args(argv)
     try:
         parser = build_parser(is_train, known.model, prog, add_options)
     except OptionError as e:
         base.error(str(e))
-    opt = parser.parse_args(argv)
+    opt, unrecognized = parser.parse_known_args(argv)
+    if unrecognized:
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}{guess_flags(unrecognized, parser, is_train)}")
     opt.isTrain = is_train
     if not is_train:
         # The reference's test script hard-codes these, and --batch_size 1, which fastp2p leaves to the flag.

@@ -7,7 +7,7 @@ import pytest
 
 from fastp2p import test as test_cli
 from fastp2p import train as train_cli
-from fastp2p.options import OptionError, format_options, parse_options, save_options
+from fastp2p.options import MODELS, OptionError, build_parser, format_options, parse_options, save_options
 
 
 def parse(*args, is_train=True):
@@ -54,7 +54,8 @@ def test_suffix_extends_the_name():
 
 @pytest.mark.parametrize("args, message", [
     (["--no_such_flag"], "unrecognized arguments"),
-    (["--model", "cycle_gan", "--lambda_L1", "5"], "unrecognized arguments"),  # a pix2pix-only flag
+    (["--model", "cycle_gan", "--lambda_L1", "5"], "unrecognized arguments: --lambda_L1 5 (--lambda_L1 needs "
+                                                   "--model pix2pix)"),  # a pix2pix-only flag
     (["--netG", "unet_512"], "invalid choice"),
     (["--batch_size", "0"], "positive integer"),
     (["--batch_size", "two"], "invalid positive_int value"),
@@ -103,8 +104,8 @@ def test_options_file_is_written_like_the_reference(tmp_path):
 
 
 def error_line(capsys):
-    """The last stderr line, the one that names the problem (argparse puts its usage lines before it)."""
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    """The first stderr line, the one that names the problem (a pointer to --help follows it)."""
+    return capsys.readouterr().err.splitlines()[0]
 
 
 @pytest.mark.parametrize("args", [
@@ -202,3 +203,69 @@ def test_eval_freq_is_a_training_monitoring_flag_off_by_default(capsys):
     assert "argument --eval_freq: must be >= 0, got -1" in error_line(capsys)
     with pytest.raises(SystemExit):
         parse("--eval_freq", "5", is_train=False)
+
+
+PARSERS = [(is_train, model) for is_train in (True, False) for model in MODELS if not (is_train and model == "test")]
+
+
+@pytest.mark.parametrize("is_train, model", PARSERS)
+def test_every_flag_has_a_help_text_and_shows_its_default(is_train, model, capsys):
+    parser = build_parser(is_train, model)
+    assert [action.dest for action in parser._actions if not (action.help or "").strip()] == []
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--model", model, "--help", is_train=is_train)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.count("(default:") == len(parser._actions) - 1  # all but --help itself
+
+
+@pytest.mark.parametrize("is_train, model, flags", [
+    (True, "pix2pix", ["--lambda_L1"]),
+    (True, "cycle_gan", ["--lambda_A", "--lambda_B", "--lambda_identity"]),
+    (False, "test", ["--model_suffix"]),
+])
+def test_help_with_a_model_lists_its_flags(is_train, model, flags, capsys):
+    with pytest.raises(SystemExit):
+        parse("--model", model, "--help", is_train=is_train)
+    out = capsys.readouterr().out
+    assert f"--model {model}:" in out and all(flag in out for flag in flags)
+    assert "(default: 100.0)" in out if model == "pix2pix" else "--lambda_L1" not in out
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_help_without_a_model_points_to_the_model_help(is_train, capsys):
+    with pytest.raises(SystemExit):
+        parse("--help", is_train=is_train)
+    assert "--model X --help lists model X's own flags" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("args, is_train, message", [
+    (["--model", "pix2pix", "--lamda_L1", "5"], True,
+     "unrecognized arguments: --lamda_L1 5 (did you mean --lambda_L1?)"),
+    (["--lamda_L1", "5"], True, "(did you mean --model pix2pix --lambda_L1?)"),
+    (["--bach_size=2", "--lambda_L1", "1"], True,
+     "unrecognized arguments: --bach_size=2 --lambda_L1 1 (--lambda_L1 needs --model pix2pix; did you mean "
+     "--batch_size for --bach_size?)"),
+    (["--num_tests", "5"], False, "unrecognized arguments: --num_tests 5 (did you mean --num_test?)"),
+    (["--netG", "resnet9"], True, "argument --netG: invalid choice: 'resnet9' (choose from 'resnet_9blocks', "),
+    (["--netG", "resnet9"], True, "(did you mean resnet_9blocks?)"),
+    (["--norm", "instanc"], False, "(did you mean instance?)"),
+    (["--xyzzy"], True, "unrecognized arguments: --xyzzy\n"),
+])
+def test_a_misspelled_flag_or_choice_gets_a_guess(args, is_train, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*args, is_train=is_train)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, is_train", [
+    (["--lamda_L1", "5"], True), (["--netG", "resnet9"], True), (["--lr", "fast"], True),
+    (["--crop_size", "300"], True), (["--model", "test"], True), (["--num_tests", "5"], False),
+])
+def test_an_error_is_short_and_comes_first(args, is_train, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*args, is_train=is_train)
+    assert exit_info.value.code == 2
+    prog = "fastp2p.train" if is_train else "fastp2p.test"
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"{prog}: error: ") and rest == ["run with --help to list every flag and its default"]
