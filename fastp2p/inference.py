@@ -123,6 +123,9 @@ def prepare_inference(model, opt):
     config = resolve_engine(opt, model.device)
     prepare_model(model, config)
     fast = config.amp_dtype is not None or config.channels_last or config.cuda_graph
+    if fast and model.device.type == "cuda":
+        # one image size (a --preprocess that crops or resizes): time cuDNN's algorithms once, as the trainer does
+        torch.backends.cudnn.benchmark = opt.preprocess not in ("scale_width", "none")
     for _, net in model.networks():
         if opt.batch_size > 1:
             normalize_per_sample(net)
