@@ -37,7 +37,8 @@ def log_ticks(low, high):
     when those would crowd the axis."""
     decades = range(math.floor(low), math.ceil(high) + 1)
     for multiples in ((1, 2, 5), (1,)):
-        ticks = [math.log10(m) + k for k in decades for m in multiples if low - 1e-9 <= math.log10(m) + k <= high + 1e-9]
+        ticks = [math.log10(m) + k for k in decades for m in multiples
+                 if low - 1e-9 <= math.log10(m) + k <= high + 1e-9]
         if len(ticks) <= 8:
             break
     return ticks if len(ticks) >= 2 else nice_ticks(low, high)

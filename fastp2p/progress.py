@@ -3,9 +3,9 @@
 Both show the same figures: images/s and iterations/s over the epoch so far (this process's part of it, after a
 resume), the share of that time spent waiting for data, and the time left in the epoch and in the run at that
 pace. Images are counted over all ranks (world size x local batch), so a DDP run shows the speed of the whole
-run, once. The bar is drawn on stderr when stderr is a terminal; otherwise (nohup, cluster logs, captured
-notebooks) a line goes to stdout after each loss line (every --print_freq images) instead of a bar, whose
-carriage returns would fill the log.
+run, once. The bar is drawn on stderr when stdout and stderr are terminals; otherwise (nohup, cluster logs,
+captured notebooks, ``> log``) a line goes to stdout after each loss line (every --print_freq images) instead of
+a bar, whose carriage returns would fill the log.
 """
 
 import sys
@@ -27,13 +27,15 @@ def format_duration(seconds):
 class Progress:
     """Figures of the epoch under way, drawn as a bar or written as lines; does nothing when not ``enabled``."""
 
-    def __init__(self, batches_per_epoch, images_per_batch, last_epoch, enabled=True, stream=None):
+    def __init__(self, batches_per_epoch, images_per_batch, last_epoch, enabled=True, bar=None, stream=None):
+        """``bar``: draw a bar on ``stream`` (default stderr) rather than print lines; by default when stderr and
+        stdout are both terminals (``train > log`` puts the progress lines in the log)."""
         self.batches_per_epoch = batches_per_epoch
         self.images_per_batch = images_per_batch
         self.last_epoch = last_epoch
         self.enabled = enabled
         self.stream = sys.stderr if stream is None else stream
-        self.use_bar = enabled and self.stream.isatty()
+        self.use_bar = enabled and (sys.stderr.isatty() and sys.stdout.isatty() if bar is None else bar)
         self.bar = None
         self.start_epoch(1, 0)
 

@@ -164,7 +164,8 @@ class Trainer:
                 distances = FeatureDistances(self.opt.device)
             except MetricError as error:
                 print(f"--eval_freq: no FID/KID ({error})")
-        return GeneratorScorer(self.opt, self.model, self.engine.amp_dtype, distances, keep=distributed.is_main_process())
+        return GeneratorScorer(self.opt, self.model, self.engine.amp_dtype, distances,
+                               keep=distributed.is_main_process())
 
     def evaluate(self):
         """Score the generator between epochs (see GeneratorScorer: the training run is left as it was)."""
