@@ -319,6 +319,10 @@ def add_model_options(parser, model, is_train):
         flags.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
 
 
+def flags_of(parser):
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
 def model_flags(model, is_train):
     """The flags ``model`` adds; none for a model this command does not run."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -326,14 +330,14 @@ def model_flags(model, is_train):
         add_model_options(parser, model, is_train)
     except OptionError:
         return []
-    return [flag for action in parser._actions for flag in action.option_strings]
+    return flags_of(parser)
 
 
 def guess_flags(unrecognized, parser, is_train):
     """' (did you mean --lambda_L1?)' after the unrecognized flags: for each, the closest flag of ``parser`` or of
     another model, whose --model is then named too."""
     flags = [arg.split("=", 1)[0] for arg in unrecognized if arg.startswith("-") and not arg[1:2].isdigit()]
-    known = [flag for action in parser._actions for flag in action.option_strings]
+    known = flags_of(parser)
     owners = {flag: model for model in MODELS for flag in model_flags(model, is_train) if flag not in known}
     needs_model, misspelled = [], []
     for flag in flags:
