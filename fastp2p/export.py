@@ -72,7 +72,7 @@ def export(opt):
             torch.export.save(torch.export.export(net, example, dynamic_shapes=dynamic_shapes(opt)), opt.out)
         else:
             torch.onnx.export(net, example, opt.out, dynamo=True, dynamic_shapes=dynamic_shapes(opt),
-                              input_names=["image"], output_names=["translated"], verbose=False)
+                              input_names=["image"], output_names=["translated"], external_data=False)  # one file
     print(f"wrote {opt.out} ({opt.format}, {opt.dtype}, eval mode)")
     return opt.out
 
