@@ -29,13 +29,15 @@ def add_export_options(parser):
         "Export a checkpoint's generator, in eval mode: BatchNorm normalizes with its running statistics and "
         "dropout is off, as fastp2p.test --eval runs it. fastp2p.test without --eval (the reference's default) "
         "normalizes each image by its own BatchNorm statistics and keeps dropout on, so its images differ from the "
-        "exported program's for --norm batch or a generator trained with dropout. The test's other flags are "
-        "accepted and unused.")
+        "exported program's for --norm batch or a generator trained with dropout. The batch dimension is dynamic; "
+        "a ResNet generator's height and width too (multiples of 4), a U-Net is exported for --crop_size. Of "
+        "fastp2p.test's flags, those naming the checkpoint and the network are read; the others are accepted and "
+        "unused.")
     p = parser.add_argument_group("export (fastp2p)")
     p.add_argument("--format", default="pt2", choices=FORMATS,
                    help="pt2: a torch.export program (torch.export.load(FILE).module() runs it); onnx: an ONNX file "
                         "(needs the onnx and onnxscript packages)")
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--out", help="the file to write (required)")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
                    help="the weights' and the input image's dtype in the exported graph")
 
@@ -51,6 +53,8 @@ def dynamic_shapes(opt):
 
 def export(opt):
     """Write ``opt.out``; returns its path."""
+    if not opt.out:
+        raise OptionError("--out FILE is required: the file to write")
     if opt.format == "onnx":
         missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
         if missing:

@@ -96,6 +96,7 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     base = ["--model", "test", "--name", "net", "--checkpoints_dir", str(tmp_path / "checkpoints"),
             "--out", str(tmp_path / "G.pt2")]
     assert "checkpoint not found" in run_expecting_error(capsys, base + RESNET)
+    assert "--out FILE is required" in run_expecting_error(capsys, base[:-2] + RESNET)
     make_checkpoint(tmp_path / "checkpoints", "net", "resnet_6blocks", "instance")
     assert "does not match" in run_expecting_error(capsys, base + UNET)
     assert "cycle_gan holds two generators" in run_expecting_error(capsys, base[:1] + ["cycle_gan"] + base[2:] + RESNET)
