@@ -148,12 +148,42 @@ def test_cuda_graph_replays_the_eager_bf16_forward():
     config = EngineConfig(amp_dtype=torch.bfloat16, channels_last=True, cuda_graph=True)
     graphed = FastGenerator(net, config, device)
     eager = FastGenerator(net, EngineConfig(amp_dtype=torch.bfloat16, channels_last=True), device)
+    def close(a, b):  # the same kernels unless cudnn.benchmark (set by an earlier test) timed others; inputs differ by ~1
+        return (a.float() - b.float()).abs().max() <= 1e-2
+
     with torch.no_grad():
         for _ in range(3):  # capture, then replays from fresh inputs; then another shape, run eagerly
             x = torch.rand(2, 3, 128, 128, device=device) * 2 - 1
             first = graphed(x)
-            assert torch.equal(first, eager(x))
+            assert close(first, eager(x))
             graphed(torch.rand_like(x))  # a later replay rewrites the graph's buffer, not the returned copy
-            assert torch.equal(first, eager(x))
+            assert close(first, eager(x))
         x = torch.rand(3, 3, 128, 128, device=device) * 2 - 1
-        assert torch.equal(graphed(x), eager(x))
+        assert close(graphed(x), eager(x))
+
+
+def test_translator_of_a_cycle_gan_run_picks_g_a_or_the_generator_named(tmp_path):
+    folder = make_checkpoint(tmp_path / "checkpoints", "net", "resnet_6blocks", "instance", model="cycle_gan")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    g_a = Translator(folder, gpu_ids="-1")
+    assert g_a.opt.model_suffix == "_A" and g_a.opt.netG == "resnet_6blocks"
+    g_b = Translator(folder, generator="G_B", gpu_ids="-1")
+    assert g_b.opt.model_suffix == "_B"
+    assert (g_a(x) - g_b(x)).abs().max() > 0.01
+
+
+@requires_cuda
+def test_fastp2p_test_on_the_gpu_engine_at_batch_4_is_close_to_the_reference_path(tmp_path):
+    """bf16 autocast rounds every conv's inputs to 8 bits of mantissa: close to the fp32 reference, not equal."""
+    make_checkpoint(tmp_path / "checkpoints", "net", "resnet_6blocks", "instance", crop_size=64)
+    write_images(tmp_path / "data", 6, (64, 64), seed=4)
+    flags = ["--model", "test", "--netG", "resnet_6blocks", "--norm", "instance", "--ngf", "8", "--no_dropout",
+             "--load_size", "64", "--crop_size", "64", "--dataroot", str(tmp_path / "data")]
+    argv = ["--name", "net", "--checkpoints_dir", str(tmp_path / "checkpoints"), "--gpu_ids", "0", *flags]
+    assert test_cli.main([*argv, "--results_dir", str(tmp_path / "reference"), "--reference"]) == 0
+    assert test_cli.main([*argv, "--results_dir", str(tmp_path / "fast"), "--batch_size", "4"]) == 0
+    reference, fast = (tmp_path / run / "net" / "test_latest" for run in ("reference", "fast"))
+    assert (fast / "index.html").read_text() == (reference / "index.html").read_text()
+    for name in os.listdir(reference / "images"):
+        difference = pixels(fast / "images" / name).astype(int) - pixels(reference / "images" / name)
+        assert np.abs(difference).mean() <= 4, name
