@@ -8,7 +8,8 @@ as the reference runs them.
 Batches of several images. At batch 1 a BatchNorm in training mode (the reference's test without ``--eval``)
 normalizes each image by its own statistics; a batch would mix them. With ``--batch_size`` above 1 such layers
 normalize each image alone (``PerSampleBatchNorm``), so the images do not depend on the batch size: bit for bit on
-the CPU in fp32. Dropout in training mode (no ``--eval`` and no ``--no_dropout``) draws its masks per batch, so
+the CPU in fp32 where oneDNN runs one convolution algorithm for every batch size (it does at 128 x 128; on 32 x 32
+images it picks others by batch size, and the floats differ by about 2e-5). Dropout in training mode (no ``--eval`` and no ``--no_dropout``) draws its masks per batch, so
 there the images are other random draws than at batch 1.
 
     translate = Translator("checkpoints/builtin_pix2pix")   # flags from its train_opt.txt
@@ -185,8 +186,9 @@ class Translator:
     ``channels_last``, ``cuda_graph``, ``reference``, ``eval``, ``batch_size``, ``gpu_ids``, network flags...).
     Call it with a PIL image or an image path (returns a PIL image), a list of them (returns a list), or a batch
     tensor N x C x H x W in [-1, 1], already preprocessed (returns the output tensor, float32, on the model's
-    device). Images are resized as the test resizes them (to --load_size, cropped to --crop_size at its top-left
-    corner when larger), grayscale when --input_nc is 1, and run --batch_size at a time.
+    device). Images are resized as the test resizes them (to --load_size; when that is larger than --crop_size,
+    cropped by one fixed draw, where fastp2p.test draws each image's crop from its index), grayscale when --input_nc
+    is 1, and run --batch_size at a time.
     """
 
     def __init__(self, folder, epoch="latest", generator=None, **flags):
