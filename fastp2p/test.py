@@ -13,6 +13,7 @@ torchvision's decoders and resizers do not give PIL's pixels, which the inputs s
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -48,6 +49,11 @@ def split_samples(visuals, paths):
         yield os.path.splitext(os.path.basename(path))[0], {label: t[i:i + 1] for label, t in on_host.items()}
 
 
+PNG_WRITERS = max(1, min(8, (os.cpu_count() or 2) - 1))
+"""threads that encode and write the result PNGs (PIL's zlib encoder releases the GIL) while the next batch runs;
+each file has the bytes it has when written in turn"""
+
+
 def run(opt):
     opt.device = distributed.init_distributed(use_cuda(opt))
     if opt.dataroot is None:
@@ -62,25 +68,29 @@ def run(opt):
     folder = results_folder(opt)
     page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")
     path_key = "B_paths" if opt.direction == "BtoA" and opt.dataset_mode != "single" else "A_paths"
-    written = 0
+    rows = []  # (sample, visual labels, future of its file names), in the page's order
     try:
-        for data in dataset:
-            if written >= opt.num_test:
-                break
-            model.set_input(data)
-            model.test()
-            paths = data[path_key][:opt.num_test - written]
-            for path, (sample, visuals) in zip(paths, split_samples(model.get_current_visuals(), paths)):
-                names = save_visuals(page, visuals, sample, opt.aspect_ratio)
-                page.add_header(sample)
-                page.add_images(names, list(visuals), opt.display_winsize)
-                if written % 5 == 0:
-                    print(f"processing ({written:04d})-th image... {path}")
-                written += 1
+        with ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="fastp2p-png") as writers:
+            for data in dataset:
+                if len(rows) >= opt.num_test:
+                    break
+                model.set_input(data)
+                model.test()
+                paths = data[path_key][:opt.num_test - len(rows)]
+                for path, (sample, visuals) in zip(paths, split_samples(model.get_current_visuals(), paths)):
+                    if len(rows) >= 4 * PNG_WRITERS:
+                        rows[-4 * PNG_WRITERS][2].result()  # bound the images waiting in memory
+                    if len(rows) % 5 == 0:
+                        print(f"processing ({len(rows):04d})-th image... {path}")
+                    rows.append((sample, list(visuals),
+                                 writers.submit(save_visuals, page, visuals, sample, opt.aspect_ratio)))
     finally:
         dataset.close()
+    for sample, labels, names in rows:
+        page.add_header(sample)
+        page.add_images(names.result(), labels, opt.display_winsize)
     page.save()
-    print(f"wrote {written} results to {os.path.join(folder, 'index.html')}")
+    print(f"wrote {len(rows)} results to {os.path.join(folder, 'index.html')}")
     return 0
 
 
