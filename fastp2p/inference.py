@@ -9,8 +9,8 @@ Batches of several images. At batch 1 a BatchNorm in training mode (the referenc
 normalizes each image by its own statistics; a batch would mix them. With ``--batch_size`` above 1 such layers
 normalize each image alone (``PerSampleBatchNorm``), so the images do not depend on the batch size: bit for bit on
 the CPU in fp32 where oneDNN runs one convolution algorithm for every batch size (it does at 128 x 128; on 32 x 32
-images it picks others by batch size, and the floats differ by about 2e-5). Dropout in training mode (no ``--eval`` and no ``--no_dropout``) draws its masks per batch, so
-there the images are other random draws than at batch 1.
+images it picks others by batch size, and the floats differ by about 2e-5). Dropout in training mode (no ``--eval``
+and no ``--no_dropout``) draws its masks per batch, so there the images are other random draws than at batch 1.
 
     translate = Translator("checkpoints/builtin_pix2pix")   # flags from its train_opt.txt
     photo = translate("label_map.png")                      # a PIL image of --crop_size pixels

@@ -9,8 +9,8 @@ from PIL import Image
 
 from fastp2p import test as test_cli
 from fastp2p.checkpoint import CheckpointError, network_state_dict
-from fastp2p.inference import FastGenerator, Translator, read_train_options
 from fastp2p.engine import EngineConfig
+from fastp2p.inference import FastGenerator, Translator, read_train_options
 from fastp2p.networks import define_G, init_weights
 from fastp2p.options import parse_options, save_options
 from tests.conftest import requires_cuda
@@ -49,8 +49,8 @@ def make_checkpoint(root, name, netG, norm, model="pix2pix", ngf=8, crop_size=32
 
 
 def run_test(tmp_path, name, results, *flags):
-    argv = ["--name", name, "--checkpoints_dir", str(tmp_path / "checkpoints"), "--results_dir", str(tmp_path / results),
-            "--gpu_ids", "-1", *flags]
+    argv = ["--name", name, "--checkpoints_dir", str(tmp_path / "checkpoints"),
+            "--results_dir", str(tmp_path / results), "--gpu_ids", "-1", *flags]
     assert test_cli.main(argv) == 0
     return tmp_path / results / name / "test_latest"
 
@@ -148,7 +148,7 @@ def test_cuda_graph_replays_the_eager_bf16_forward():
     config = EngineConfig(amp_dtype=torch.bfloat16, channels_last=True, cuda_graph=True)
     graphed = FastGenerator(net, config, device)
     eager = FastGenerator(net, EngineConfig(amp_dtype=torch.bfloat16, channels_last=True), device)
-    def close(a, b):  # the same kernels unless cudnn.benchmark (set by an earlier test) timed others; inputs differ by ~1
+    def close(a, b):  # the same kernels unless cudnn.benchmark (an earlier test sets it) chose others
         return (a.float() - b.float()).abs().max() <= 1e-2
 
     with torch.no_grad():
