@@ -9,9 +9,9 @@ every row adds on top (``host_ms_per_image``), and are left out of the rows: the
     python benchmarks/bench_infer.py --out benchmarks/results --commit "$(git rev-parse HEAD)"   # GPU: unet_256
     python benchmarks/bench_infer.py --device cpu --small --out benchmarks/results              # CPU: unet_128@128
 
-Rows: ``reference`` (``--reference``: fp32, eager, NCHW; at batch 1 the reference's test.py) and ``fastp2p`` (no
-switch: on a GPU bf16 autocast, channels-last and a CUDA graph; on the CPU the reference path again), each at every
---batch_sizes. ``x ref`` is images/s over the reference row at batch 1. The model is pix2pix as its test runs by
+Rows: ``reference`` (``--reference``: fp32, eager, NCHW; at batch 1 the reference's test.py), on a GPU ``bf16``
+(autocast) and ``bf16_channels_last``, and ``fastp2p`` (no switch: on a GPU bf16 autocast, channels-last and a CUDA
+graph; on the CPU the reference path again), each at every --batch_sizes. ``x ref`` is images/s over the reference row at batch 1. The model is pix2pix as its test runs by
 default (BatchNorm with batch statistics, dropout on; at batch > 1 BatchNorm per image, see fastp2p.inference).
 Writes <out>/infer_<device>_<yyyymmdd>.json and .md.
 """
@@ -43,7 +43,11 @@ from fastp2p.visualizer import tensor2im
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import git_commit  # noqa: E402
 
-ROWS = {"reference": ["--reference"], "fastp2p": []}
+ROWS = {"reference": ["--reference"],
+        "bf16": ["--amp", "bf16", "--channels_last", "off", "--cuda_graph", "off"],
+        "bf16_channels_last": ["--amp", "bf16", "--channels_last", "on", "--cuda_graph", "off"],
+        "fastp2p": []}
+CPU_ROWS = ("reference", "fastp2p")  # bf16 rows on a CPU without bf16 instructions measure oneDNN's fallback
 NETWORK_FLAGS = ["--model", "pix2pix", "--direction", "BtoA", "--netG", "unet_256", "--ngf", "64",
                  "--load_size", "256", "--crop_size", "256"]
 SMALL_NETWORK_FLAGS = ["--model", "pix2pix", "--direction", "BtoA", "--netG", "unet_128", "--ngf", "16",
@@ -56,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--small", action="store_true", help="unet_128 at 128 x 128 with ngf 16: the CPU mode")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=None, help="default 1 4 16 (--small: 1 4)")
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=None, choices=list(ROWS),
+                   help="default: all on a GPU (one technique added per row), reference and fastp2p on the CPU")
     p.add_argument("--images", type=int, default=None,
                    help="images per timed pass, rounded down to whole batches (default 64; --small: 8)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per row; the median is reported")
@@ -73,6 +78,7 @@ def parse_args(argv=None):
         p.error("--device cuda: CUDA is not available")
     if args.device.type == "cuda" and args.device.index is None:
         args.device = torch.device("cuda", 0)
+    args.rows = args.rows or (list(ROWS) if args.device.type == "cuda" else list(CPU_ROWS))
     args.batch_sizes = args.batch_sizes or ([1, 4] if args.small else [1, 4, 16])
     args.images = args.images or (8 if args.small else 64)
     if min(args.batch_sizes) < 1 or args.images < max(args.batch_sizes) or args.repeats < 1:
