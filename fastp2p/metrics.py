@@ -265,12 +265,12 @@ class GeneratorScorer:
         buffers = [buffer.clone() for buffer in self.generator.buffers()]
         source, target = self.sides
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), \
-                torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed)
             for batch in self.batches():
                 inputs = torch.stack(batch[source]).to(self.device, memory_format=self.memory_format)
-                fake = to_uint8(self.generator(inputs))
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    fake = to_uint8(self.generator(inputs))  # the feature network runs outside autocast
                 if not self.keep:
                     continue
                 real = to_uint8(torch.stack(batch[target]).to(self.device))
@@ -346,10 +346,7 @@ def score_folder(folder, real_dir=None, distances=None):
             raise MetricError("--real_dir scores unpaired sets, with FID and KID alone, which --no_fid turns off")
         if not os.path.isdir(real_dir) or not image_files(real_dir):
             raise MetricError(f"--real_dir {real_dir} is not a folder of images")
-        real_paths = [os.path.join(real_dir, name) for name in image_files(real_dir)]
-        for paths, real in ((fake_paths, False), (real_paths, True)):
-            for batch in same_size_batches(paths):
-                scores.add_set(batch, real)
+        add_sets(scores, fake_paths, [os.path.join(real_dir, name) for name in image_files(real_dir)])
         return scores.result()
     pairs = []
     for name, path in zip(fakes, fake_paths):
@@ -366,10 +363,16 @@ def score_folder(folder, real_dir=None, distances=None):
             raise MetricError(f"{os.path.basename(fake_path)} is {fake.shape[3]}x{fake.shape[2]} but "
                               f"{os.path.basename(real_path)} is {real.shape[3]}x{real.shape[2]}")
         scores.add_pairs(fake, real)
-    for paths, real in (([fake for fake, _ in pairs], False), ([real for _, real in pairs], True)):
-        for batch in (same_size_batches(paths) if distances is not None else ()):
-            scores.add_set(batch, real)
+    if distances is not None:
+        add_sets(scores, [fake for fake, _ in pairs], [real for _, real in pairs])
     return scores.result()
+
+
+def add_sets(scores, fake_paths, real_paths):
+    """The generated and the real images' files into the feature distances, in batches."""
+    for paths, real in ((fake_paths, False), (real_paths, True)):
+        for batch in same_size_batches(paths):
+            scores.add_set(batch, real)
 
 
 def build_parser():

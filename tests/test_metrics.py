@@ -190,9 +190,13 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path, case, message, cap
     assert not (folder / "metrics.json").exists()
 
 
-def test_unpaired_results_score_fid_and_kid_against_a_real_folder(tmp_path):
+def test_results_folders_score_fid_and_kid_paired_or_against_a_real_folder(tmp_path):
     pytest.importorskip("torchmetrics")
     write_results(tmp_path / "res", ["a", "b", "c", "d"])
+    paired = metrics.score_folder(str(tmp_path / "res"), None,
+                                  metrics.FeatureDistances(torch.device("cpu"), feature=TinyFeatures()))
+    assert list(paired) == ["l1", "psnr", "ssim", "fid", "kid"]
+    assert paired == {**metrics.score_folder(str(tmp_path / "res")), "fid": paired["fid"], "kid": paired["kid"]}
     real_dir = tmp_path / "real"
     real_dir.mkdir()
     for i, image in enumerate(random_images(9, count=5)):
