@@ -152,7 +152,7 @@ GENERATOR_FLAGS = ("netG", "ngf", "norm", "no_dropout", "input_nc", "output_nc",
 """what a generator and its input preprocessing need from the training run's options"""
 
 
-def checkpoint_options(folder, epoch="latest", generator=None, flags=None, prog="fastp2p.inference"):
+def checkpoint_options(folder, epoch="latest", generator=None, flags=None):
     """fastp2p.test's options for the generator ``generator`` (G of pix2pix; G_A or G_B of CycleGAN, default G_A) in
     the checkpoint folder ``folder``: GENERATOR_FLAGS from its train_opt.txt when there, ``flags`` over them (option
     name -> value; True for a switch), --load_size = --crop_size unless given (the test's plain resize)."""
@@ -174,7 +174,7 @@ def checkpoint_options(folder, epoch="latest", generator=None, flags=None, prog=
         elif value is not False and value is not None:
             argv += [f"--{key}", str(value)]
     try:
-        return parse_options(argv, is_train=False, prog=prog)
+        return parse_options(argv, is_train=False, prog="fastp2p.inference")
     except SystemExit:
         raise OptionError(f"these flags do not parse (see the message above): {' '.join(argv)}") from None
 
@@ -186,7 +186,8 @@ class Translator:
     ``channels_last``, ``cuda_graph``, ``reference``, ``eval``, ``batch_size``, ``gpu_ids``, network flags...).
     Call it with a PIL image or an image path (returns a PIL image), a list of them (returns a list), or a batch
     tensor N x C x H x W in [-1, 1], already preprocessed (returns the output tensor, float32, on the model's
-    device). Images are resized as the test resizes them (to --load_size; when that is larger than --crop_size,
+    device). An image is the generator's input: for a run trained with --direction BtoA, a B image. Images are
+    resized as the test resizes them (to --load_size; when that is larger than --crop_size,
     cropped by one fixed draw, where fastp2p.test draws each image's crop from its index), grayscale when --input_nc
     is 1, and run --batch_size at a time.
     """
