@@ -166,6 +166,8 @@ def checkpoint_options(folder, epoch="latest", generator=None, flags=None):
     values.setdefault("load_size", values.get("crop_size", 256))
     values.setdefault("gpu_ids", "0" if torch.cuda.is_available() else "-1")
     generator = generator or ("G_A" if saved.get("model") == "cycle_gan" else "G")
+    if generator not in ("G", "G_A", "G_B"):
+        raise OptionError(f"generator {generator!r}: name G (pix2pix), G_A or G_B (CycleGAN)")
     argv = ["--model", "test", "--model_suffix", generator[1:], "--checkpoints_dir", os.path.dirname(folder),
             "--name", os.path.basename(folder), "--epoch", str(epoch)]
     for key, value in values.items():

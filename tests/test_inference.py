@@ -12,7 +12,7 @@ from fastp2p.checkpoint import CheckpointError, network_state_dict
 from fastp2p.engine import EngineConfig
 from fastp2p.inference import FastGenerator, Translator, read_train_options
 from fastp2p.networks import define_G, init_weights
-from fastp2p.options import parse_options, save_options
+from fastp2p.options import OptionError, parse_options, save_options
 from tests.conftest import requires_cuda
 
 
@@ -170,6 +170,8 @@ def test_translator_of_a_cycle_gan_run_picks_g_a_or_the_generator_named(tmp_path
     g_b = Translator(folder, generator="G_B", gpu_ids="-1")
     assert g_b.opt.model_suffix == "_B"
     assert (g_a(x) - g_b(x)).abs().max() > 0.01
+    with pytest.raises(OptionError, match="G_A or G_B"):
+        Translator(folder, generator="_A", gpu_ids="-1")
 
 
 @requires_cuda
