@@ -52,6 +52,21 @@ UNET_SKIPS = [(128, 64, 64, 0.0), (256, 32, 32, 0.0), (512, 16, 16, 0.0), (512, 
 # resnet_9blocks (ngf 64) at 256^2: (C, H, W, pad) of each ReflectionPad2d: the input image, the 18 block
 # pads, and the pad before the last 7x7 conv
 RESNET_PADS = [(3, 256, 256, 3), (256, 64, 64, 1), (64, 256, 256, 3)]
+# --conv: (model, C_in, C_out, H, W of the input, kernel, stride, padding, reflect, transposed, norm, activation) of
+# each conv + norm shape at 256^2, the PatchGAN (ndf 64) at its 256^2 input's sizes
+CONV_LAYERS = [
+    ("unet_256", 64, 128, 128, 128, 4, 2, 1, False, False, "batch", "leaky_relu"),
+    ("unet_256", 256, 512, 32, 32, 4, 2, 1, False, False, "batch", "leaky_relu"),
+    ("unet_256", 512, 512, 8, 8, 4, 2, 1, False, False, "batch", "leaky_relu"),
+    ("unet_256", 1024, 512, 8, 8, 4, 2, 1, False, True, "batch", "relu"),
+    ("unet_256", 256, 64, 64, 64, 4, 2, 1, False, True, "batch", "relu"),
+    ("basic_D", 64, 128, 128, 128, 4, 2, 1, False, False, "instance", "leaky_relu"),
+    ("basic_D", 256, 512, 32, 32, 4, 1, 1, False, False, "instance", "leaky_relu"),
+    ("resnet_9blocks", 3, 64, 256, 256, 7, 1, 3, True, False, "instance", "relu"),
+    ("resnet_9blocks", 64, 128, 256, 256, 3, 2, 1, False, False, "instance", "relu"),
+    ("resnet_9blocks", 256, 256, 64, 64, 3, 1, 1, True, False, "instance", "relu"),
+    ("resnet_9blocks", 128, 64, 128, 128, 3, 2, 1, False, True, "instance", "relu"),
+]
 PATCH_SHAPE = (1, 30, 30)  # basic 70x70 PatchGAN output at 256^2
 IMAGE_SHAPE = (3, 256, 256)
 
@@ -63,6 +78,10 @@ def parse_args():
                         help="one tiny shape per op (runs on CPU in Triton's interpreter), to check the script")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--conv", action="store_true",
+                        help="only the conv + norm rows (CONV_LAYERS): cuDNN conv + the fused norm against the Triton "
+                             "conv with statistics epilogue (+ its norm apply), and a conv taking the norm + activation "
+                             "of its input on load against the fused norm + cuDNN conv")
     parser.add_argument("--graph", action="store_true",
                         help="also time each forward replayed from a CUDA graph (no_grad): GPU time without the "
                              "host's launch overhead, which bounds the eager timings of small layers")
@@ -225,6 +244,75 @@ def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
     return rows
 
 
+def conv_cases(args):
+    if args.smoke:
+        yield "smoke", 4, 8, 6, 6, 4, 2, 1, False, False, "batch", "leaky_relu"
+        yield "smoke", 4, 4, 5, 5, 3, 1, 1, True, False, "instance", "relu"
+        yield "smoke", 8, 4, 3, 3, 4, 2, 1, False, True, "instance", "relu"
+        return
+    yield from CONV_LAYERS
+
+
+def bench_convs(args, device, timer, roof, graph_timer=None):
+    """Per conv + norm shape, batch and dtype (NHWC, training mode), two rows forward and backward:
+    - epilogue: torch = cuDNN conv, then the fused norm + activation; fused = the Triton conv writing the norm's
+      statistics as it writes its output, then the norm + activation applied from them (ConvNorm);
+    - prologue: torch = the fused norm + activation of the conv's pre-norm input, then the cuDNN conv; fused = the
+      Triton conv normalizing and activating that input as it loads it (statistics given)."""
+    from fastp2p.kernels import ConvNorm, FusedConv, FusedNormAct
+    from fastp2p.kernels.conv import Prologue
+
+    rows = []
+    for model, c_in, c_out, h, w, k, stride, padding, reflect, transposed, kind, activation in conv_cases(args):
+        for batch in ([2] if args.smoke else args.batches):
+            for dtype_name in args.dtypes:
+                dtype = getattr(torch, dtype_name)
+                make_norm = torch.nn.BatchNorm2d if kind == "batch" else torch.nn.InstanceNorm2d
+                conv = (torch.nn.ConvTranspose2d(c_in, c_out, k, stride, padding, output_padding=stride - 1 if k % 2 else 0,
+                                                 bias=False) if transposed else
+                        torch.nn.Conv2d(c_in, c_out, k, stride, 0 if reflect else padding, bias=False))
+                conv, norm, in_norm = conv.to(device), make_norm(c_out).to(device), make_norm(c_in).to(device)
+                pad = torch.nn.ReflectionPad2d(padding) if reflect else torch.nn.Identity()
+                x = torch.randn(batch, c_in, h, w, device=device).to(memory_format=torch.channels_last)
+                x.requires_grad_()
+                autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+                fused_conv = FusedConv(conv, reflect_pad=padding if reflect else 0, stats=True)
+                torch_norm = FusedNormAct.from_norm(copy.deepcopy(norm), activation)
+                conv_norm = ConvNorm(copy.deepcopy(norm), activation)
+                in_fused_norm = FusedNormAct.from_norm(in_norm, activation)
+                slope = 0.2 if activation == "leaky_relu" else 0.0
+                per_sample = kind == "instance"
+                dims = (2, 3) if per_sample else (0, 2, 3)
+                var, mean = torch.var_mean(x.detach(), dims, correction=0)
+                prologue = Prologue(mean.reshape(-1, c_in), torch.rsqrt(var + 1e-5).reshape(-1, c_in),
+                                    in_norm.weight if not per_sample else None,
+                                    in_norm.bias if not per_sample else None, slope, per_sample, True)
+                fused_conv_in = FusedConv(conv, reflect_pad=padding if reflect else 0)
+
+                def with_autocast(fn):
+                    def run():
+                        with autocast:
+                            return fn()
+                    return run
+
+                cases = {
+                    "epilogue": (lambda: torch_norm(conv(pad(x))), lambda: conv_norm(*fused_conv(x))),
+                    "prologue": (lambda: conv(pad(in_fused_norm(x))), lambda: fused_conv_in(x, prologue)),
+                }
+                params = [x, conv.weight, *norm.parameters(), *in_norm.parameters()]
+                for variant, (torch_fn, fused_fn) in cases.items():
+                    results = bench_pair(timer, with_autocast(torch_fn), with_autocast(fused_fn), params, graph_timer)
+                    out = torch_fn()
+                    nbytes = (x.numel() + out.numel()) * dtype.itemsize  # read the input, write the output
+                    shape = (batch, c_in, c_out, h, w, k, stride)
+                    layer = f"{kind}+{activation}" + ("+transposed" if transposed else "") + ("+reflect" if reflect
+                                                                                            else "")
+                    rows += make_row("conv_norm", model, shape, dtype_name, "nhwc", f"{variant}:{layer}", results,
+                                     nbytes, 2 * nbytes, roof)
+                    progress(rows[-2:])
+    return rows
+
+
 def bench_unet_skips(args, device, timer, roof, fused_norm_act, graph_timer=None):
     """A U-Net level's two norms and its output relu(cat([d, up])), with the LeakyReLU the inner level applies to
     d: torch's sequence vs the fused norms writing the concatenation (both return (lrelu(d), relu of the cat))."""
@@ -377,14 +465,18 @@ def main():
     meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
-    rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
-    rows += bench_unet_skips(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
-    rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
-    rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
+    if args.conv:
+        rows = bench_convs(args, device, timer, meta["copy_gbps"], graph_timer)
+    else:
+        rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
+        rows += bench_unet_skips(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
+        rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
+        rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
 
     os.makedirs(args.out, exist_ok=True)
     gpu = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
-    stem = os.path.join(args.out, f"kernels_{gpu}_{datetime.date.today():%Y%m%d}" + ("_smoke" if args.smoke else ""))
+    stem = os.path.join(args.out, f"kernels_{gpu}_{datetime.date.today():%Y%m%d}" + ("_conv" if args.conv else "")
+                        + ("_smoke" if args.smoke else ""))
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1)
     with open(stem + ".md", "w") as f:

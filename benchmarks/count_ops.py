@@ -3,9 +3,9 @@
 At batch 1 both models are launch-bound: each kernel costs a few microseconds of GPU time even inside a CUDA
 graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations
 that launch work (views and metadata excluded) and the Triton launches, for the rows of bench_train.py up to
-+batch_passes (+cuda_graph replays the same kernels). The nets run at their real sizes on the CPU; Triton
-kernels are counted, not run (a count needs no values), with the launch plan of an H100 (132 SMs), so the
-norm layers choose the kernels they choose there.
++batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that row with --fused_conv on). The nets
+run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
+plan of an H100 (132 SMs), so the norm layers choose the kernels they choose there.
 
 What it does not see: the work an aten kernel does inside (a cuDNN convolution backward is one op here and
 two or three GPU kernels, PyTorch's CUDA reflection pad also copies its input to NCHW), and CPU autocast,
@@ -35,7 +35,8 @@ from bench_train import GPU_CHAIN, batchable, build, display_name, git_commit, m
 from bench_train import random_batches, row_flags, run_steps  # noqa: E402
 
 H100_PROGRAMS = 4 * 132  # launch.target_programs on an H100: 4 waves of 132 SMs
-ROWS = ("reference",) + GPU_CHAIN[:GPU_CHAIN.index("batch_passes") + 1]
+FUSED_CONV = "fused_conv"  # the row before it with --fused_conv on (auto leaves it off, so bench_train has no row)
+ROWS = ("reference",) + GPU_CHAIN[:GPU_CHAIN.index("batch_passes") + 1] + (FUSED_CONV,)
 # aten ops that only make views or read metadata, or allocate without writing: no kernel on a GPU
 NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice", "select",
              "unsqueeze", "squeeze", "alias", "detach", "_reshape_alias", "reshape", "split", "split_with_sizes",
@@ -82,8 +83,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_row(args, model_name, row):
-    argv = model_flags(args, model_name, 1) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
+    chain_row = ROWS[-2] if row == FUSED_CONV else row
+    argv = model_flags(args, model_name, 1) + row_flags(chain_row, GPU_CHAIN, batchable(args, model_name))
     argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
+    argv += ["--fused_conv", "on"] if row == FUSED_CONV else []
     opt, model, engine, step = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device, count=2)
     counter = OpCounter()

@@ -225,6 +225,10 @@ def add_engine_options(parser, inference=False):
                    help="mixed precision; auto = bf16 where the GPU has it, else fp16 with a GradScaler")
     for name, what in (("channels_last", "channels-last memory format for nets and inputs"),
                        ("fused_kernels", "Triton fused norm + activation and fused GAN/L1 losses"),
+                       ("fused_conv", "Triton implicit-GEMM convs that write their norm's statistics and apply the "
+                                      "norm + activation before them as they load their input (ResNet, PatchGAN, "
+                                      "U-Net convs with a norm); auto stays off until a GPU measurement shows a "
+                                      "layer beating cuDNN + the fused norm"),
                        ("fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate"),
                        ("foreach_cast", "with --amp, cast each network's conv weights in one multi-tensor kernel per "
                                         "forward (and their gradients back in one) instead of a kernel per weight"),

@@ -137,25 +137,25 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     N, C_a, GH, GW = a.shape
     C_b, H_b, W_b = b.shape[1:]
     KH, KW = weight.shape[2:]
-    j_total, rows = KH * KW * C_b, N * GH * GW
+    j_total, rows = KH * KW * C_b, GH * GW
     cuda = x.device.type == "cuda"
     block_a, block_j = _block(C_a, 64), _block(j_total, 64 if cuda else 256)
     block_r = 64 if cuda else 512
-    base = cdiv(C_a, block_a) * cdiv(j_total, block_j)
-    # split the rows to fill the GPU; each split's partial sum is its own slice, added in order below
+    base = cdiv(C_a, block_a) * cdiv(j_total, block_j) * N
+    # split each sample's rows to fill the GPU; each split's partial sum is its own slice, added in order below
     splits = max(1, min(cdiv(target_programs(x.device), base), cdiv(rows, block_r)))
     chunk = cdiv(cdiv(rows, splits), block_r) * block_r
     splits = cdiv(rows, chunk)
-    out = torch.empty((splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32)
+    out = torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32)
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
-    _conv_wgrad_kernel[(cdiv(C_a, block_a), cdiv(j_total, block_j), splits)](
+    _conv_wgrad_kernel[(cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)](
         a, b, out, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride, geometry.padding, j_total,
-        rows, chunk, *prologue_args[4:], *a.stride(), *b.stride(), *out.stride(),
+        chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *out.stride(),
         REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
         PROLOGUE_B=normalized and not geometry.transposed,
         PRECISION=_precision(x), BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
-    return (out[0] if splits == 1 else out.sum(0)).to(weight.dtype)
+    return (out[0] if out.shape[0] == 1 else out.sum(0)).to(weight.dtype)
 
 
 def combine_stats(parts, per_sample):

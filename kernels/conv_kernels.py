@@ -14,7 +14,7 @@ _conv_kernel computes a convolution or a transposed convolution. The transposed 
 the way a scatter-as-gather over all taps would. The same kernel gives the input gradients: a convolution's is the
 transposed convolution of dy with the roles of the weight's two channel axes swapped, and the reverse.
 _conv_wgrad_kernel computes the weight gradient as a GEMM over the positions of one operand's grid, the other
-gathered through the conv's taps, split into chunks whose partial sums the host adds in a fixed order.
+gathered through the conv's taps, per sample and split into chunks whose partial sums the host adds in a fixed order.
 """
 
 import triton
@@ -24,36 +24,40 @@ from .pad import _reflect
 
 
 @triton.jit
-def _normalize(v, valid, stat_idx, chan, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, negative_slope,
+def _normalize(v, valid, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope,
                HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr):
     """act((v - mean) * rstd * weight + bias) where valid, 0 elsewhere (the zero padding of the activation).
 
-    stat_idx: index of each element's statistic in [GROUPS, C]; chan: its channel, for the affine parameters.
+    v, valid: [R, K]; the statistics of sample n ([GROUPS, C], row n * group_stride) and the affine parameters are
+    loaded per column, for channels c ([K], masked by c_ok), and broadcast over the rows.
     """
-    z = (v - tl.load(mean_ptr + stat_idx, mask=valid, other=0.0)) * tl.load(rstd_ptr + stat_idx, mask=valid,
-                                                                           other=0.0)
+    stat = n * group_stride + c
+    z = ((v - tl.load(mean_ptr + stat, mask=c_ok, other=0.0)[None, :])
+         * tl.load(rstd_ptr + stat, mask=c_ok, other=0.0)[None, :])
     if HAS_AFFINE:
-        z = z * tl.load(nw_ptr + chan, mask=valid, other=1.0) + tl.load(nb_ptr + chan, mask=valid, other=0.0)
+        z = (z * tl.load(nw_ptr + c, mask=c_ok, other=1.0).to(tl.float32)[None, :]
+             + tl.load(nb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :])
     if HAS_ACT:
         z = tl.where(z > 0, z, z * negative_slope)
     return tl.where(valid, z, 0.0)
 
 
 @triton.jit
-def _load_input(x_ptr, n, ih, iw, c, valid, H, W, stride_n, stride_c, stride_h, stride_w,
+def _load_input(x_ptr, n, ih, iw, c, c_ok, valid, H, W, stride_n, stride_c, stride_h, stride_w,
                 mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope, REFLECT: tl.constexpr,
                 PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr):
-    """fp32 elements (n, c, ih, iw) of a conv's input, [R, K] from broadcast indices; positions in the padding read
-    their reflection (REFLECT) or 0, and with PROLOGUE the input is normalized and activated as it is loaded."""
+    """fp32 elements (n, c, ih, iw) of a conv's input as an [R, K] tile: sample n, channels c [K], positions ih and iw
+    [R, K]; positions in the padding read their reflection (REFLECT) or 0, and with PROLOGUE the input is normalized
+    and activated as it is loaded."""
     if REFLECT:
         ih = _reflect(ih, H)
         iw = _reflect(iw, W)
     else:
         valid = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    offsets = n.to(tl.int64) * stride_n + c * stride_c + ih * stride_h + iw * stride_w
+    offsets = n.to(tl.int64) * stride_n + (c * stride_c)[None, :] + ih * stride_h + iw * stride_w
     v = tl.load(x_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
     if PROLOGUE:
-        v = _normalize(v, valid, n * group_stride + c, c, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, negative_slope,
+        v = _normalize(v, valid, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope,
                        HAS_AFFINE, HAS_ACT)
     return v
 
@@ -97,7 +101,6 @@ def _conv_kernel(
     row_ok = (m < ROWS) & (oh < OH) & (ow < OW)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_out
-    samples = n + tl.zeros([BLOCK_M, 1], tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K_TOTAL, BLOCK_K):
         k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
@@ -112,7 +115,7 @@ def _conv_kernel(
             ih = oh[:, None] * STRIDE - PAD + kh[None, :]
             iw = ow[:, None] * STRIDE - PAD + kw[None, :]
         k_ok = (k < K_TOTAL) & (kh < KH) & (kw < KW)
-        a = _load_input(x_ptr, samples, ih, iw, c[None, :], row_ok[:, None] & k_ok[None, :], H, W,
+        a = _load_input(x_ptr, n, ih, iw, c, k_ok, row_ok[:, None] & k_ok[None, :], H, W,
                         stride_xn, stride_xc, stride_xh, stride_xw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride,
                         negative_slope, REFLECT, PROLOGUE, HAS_AFFINE, HAS_ACT)
         w_offsets = offs_n[None, :] * stride_wo + (c * stride_wr + kh * stride_wh + kw * stride_ww)[:, None]
@@ -138,22 +141,24 @@ def _conv_kernel(
 def _conv_wgrad_kernel(
     a_ptr,  # [N, C_a, GH, GW] through strides: the operand on the GEMM's grid (dy, or a transposed conv's input)
     b_ptr,  # [N, C_b, H_b, W_b] through strides: the operand gathered through the taps
-    out_ptr,  # [SPLITS, C_a, C_b, KH, KW] through strides, out: partial weight gradients
+    out_ptr,  # [N * SPLITS, C_a, C_b, KH, KW] through strides, out: partial weight gradients
     mean_ptr, rstd_ptr, nw_ptr, nb_ptr,  # the prologue's norm of the conv's input (a or b), as in _conv_kernel
-    C_a, GH, GW, C_b, H_b, W_b, KW, STRIDE, PAD, J_TOTAL, ROWS, CHUNK,
+    C_a, GH, GW, C_b, H_b, W_b, KW, STRIDE, PAD, J_TOTAL, CHUNK, SPLITS,
     group_stride, negative_slope,
     stride_an, stride_ac, stride_ah, stride_aw, stride_bn, stride_bc, stride_bh, stride_bw,
     stride_os, stride_oa, stride_ob, stride_oh, stride_ow,
     REFLECT: tl.constexpr, PROLOGUE_A: tl.constexpr, PROLOGUE_B: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
-    """out[split, a, c, kh, kw] = sum over the rows (n, gh, gw) of the split's chunk of
+    """out[n * SPLITS + split, a, c, kh, kw] = sum over the positions (gh, gw) of chunk `split` of sample n of
     A[n, a, gh, gw] * B[n, c, gh * STRIDE - PAD + kh, gw * STRIDE - PAD + kw], the column j being (kh, kw, c).
 
     A convolution's weight gradient has A = dy and B = its input; a transposed convolution's A = its input and
     B = dy. The conv's input is normalized on load with the prologue when it had one.
     """
-    pid_a, pid_j, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_a, pid_j, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n = pid_s // SPLITS
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < C_a
     j = (pid_j * BLOCK_J + tl.arange(0, BLOCK_J)).to(tl.int64)
@@ -161,22 +166,21 @@ def _conv_wgrad_kernel(
     c, tap = j % C_b, j // C_b
     kh, kw = tap // KW, tap % KW
     acc = tl.zeros([BLOCK_A, BLOCK_J], tl.float32)
-    start = split * CHUNK
-    end = tl.minimum(start + CHUNK, ROWS)
+    start = (pid_s % SPLITS) * CHUNK
+    end = tl.minimum(start + CHUNK, GH * GW)
     for r0 in range(start, end, BLOCK_R):
         r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         r_ok = r < end
-        samples = (r // (GH * GW))[:, None]
-        gh, gw = (r % (GH * GW)) // GW, r % GW
-        a = _load_input(a_ptr, samples, gh[:, None], gw[:, None], offs_a[None, :], r_ok[:, None] & a_ok[None, :],
+        gh, gw = r // GW, r % GW
+        a = _load_input(a_ptr, n, gh[:, None], gw[:, None], offs_a, a_ok, r_ok[:, None] & a_ok[None, :],
                         GH, GW, stride_an, stride_ac, stride_ah, stride_aw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr,
                         group_stride, negative_slope, False, PROLOGUE_A, HAS_AFFINE, HAS_ACT)
-        b = _load_input(b_ptr, samples, gh[:, None] * STRIDE - PAD + kh[None, :],
-                        gw[:, None] * STRIDE - PAD + kw[None, :], c[None, :], r_ok[:, None] & j_ok[None, :],
-                        H_b, W_b, stride_bn, stride_bc, stride_bh, stride_bw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr,
-                        group_stride, negative_slope, REFLECT, PROLOGUE_B, HAS_AFFINE, HAS_ACT)
+        b = _load_input(b_ptr, n, gh[:, None] * STRIDE - PAD + kh[None, :], gw[:, None] * STRIDE - PAD + kw[None, :],
+                        c, j_ok, r_ok[:, None] & j_ok[None, :], H_b, W_b, stride_bn, stride_bc, stride_bh, stride_bw,
+                        mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope, REFLECT, PROLOGUE_B,
+                        HAS_AFFINE, HAS_ACT)
         operand = b_ptr.dtype.element_ty
         acc = tl.dot(tl.trans(a.to(operand)), b.to(operand), acc, input_precision=PRECISION)
-    out_offsets = (split * stride_os + offs_a[:, None] * stride_oa
+    out_offsets = (pid_s.to(tl.int64) * stride_os + offs_a[:, None] * stride_oa
                    + (c * stride_ob + kh * stride_oh + kw * stride_ow)[None, :])
     tl.store(out_ptr + out_offsets, acc, mask=a_ok[:, None] & j_ok[None, :])

@@ -32,6 +32,7 @@ class ConvFunction(torch.autograd.Function):
         y, parts = conv_forward(x, weight, bias, geometry, prologue, stats)
         ctx.save_for_backward(x, weight, mean, rstd, norm_weight, norm_bias)
         ctx.geometry, ctx.prologue_options = geometry, prologue_options
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
         if not stats:
             return y
         ctx.mark_non_differentiable(*parts)

@@ -54,11 +54,11 @@ def prepare_model(model, config):
     each iteration (a TrainStep, wrapped by AutocastStep and GraphedTrainStep as the config asks), or None for a
     model that does not train."""
     nets = [net for _, net in model.networks()]
-    if config.fused_kernels:
+    if config.fused_kernels or config.fused_conv:
         for net in nets:
-            fuse_network(net)
-        if model.isTrain:
-            use_fused_losses(model)
+            fuse_network(net, fused_kernels=config.fused_kernels, fused_conv=config.fused_conv)
+    if config.fused_kernels and model.isTrain:
+        use_fused_losses(model)
     if config.channels_last:
         for net in nets:
             net.to(memory_format=torch.channels_last)

@@ -22,6 +22,8 @@ class EngineConfig:
     channels_last: bool = False
     fused_kernels: bool = False
     """Triton fused norm + activation and fused GAN/L1 losses"""
+    fused_conv: bool = False
+    """Triton convs with the norm's statistics in their epilogue and the norm + activation in their prologue"""
     fused_adam: bool = False
     foreach_cast: bool = False
     """autocast's conv weight casts as one multi-tensor kernel per forward (see weight_cast)"""
@@ -48,8 +50,8 @@ class EngineConfig:
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
-        on = [name for name in ("channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast",
-                                "batch_passes",
+        on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "foreach_cast",
+                                "step_cast", "batch_passes",
                                 "cuda_graph", "compile", "ddp")
               if getattr(self, name)]
         plain = self.amp_dtype is None and not on
@@ -92,6 +94,11 @@ def resolve_engine(opt, device):
     if fused_kernels and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise OptionError("--fused_kernels on the CPU runs in Triton's interpreter (slow, for tests): "
                           "set TRITON_INTERPRET=1 before starting")
+    # auto: off until a GPU measurement shows a layer beating cuDNN + the fused norm
+    fused_conv = switch(opt.fused_conv, False)
+    if fused_conv and (opt.compile or not has_triton or (not cuda and os.environ.get("TRITON_INTERPRET") != "1")):
+        raise OptionError("--fused_conv on needs Triton (pip install 'fastp2p[triton]'), no --compile, and on the "
+                          "CPU TRITON_INTERPRET=1 (Triton's interpreter: slow, for tests)")
 
     can_cast = amp_dtype is not None and not opt.compile
     step_cast = switch(opt.step_cast, cuda and can_cast)
@@ -122,6 +129,6 @@ def resolve_engine(opt, device):
     if cuda_graph and graph_blockers:
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
-                        fused_kernels=fused_kernels, fused_adam=switch(opt.fused_adam, cuda),
+                        fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=switch(opt.fused_adam, cuda),
                         foreach_cast=foreach_cast, step_cast=step_cast, batch_passes=batch_passes,
                         cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)

@@ -16,17 +16,19 @@ from triton.compiler import ASTSource
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("run without TRITON_INTERPRET=1: the interpreter's kernels cannot be compiled")
 
-from fastp2p.kernels import losses, norm_act, pad  # noqa: E402
+from fastp2p.kernels import conv, losses, norm_act, pad  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "inv_numel"}
 NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp32 statistics and affine parameters
+CONV_DATA = {"x_ptr", "w_ptr", "bias_ptr", "y_ptr", "a_ptr", "b_ptr"}  # the rest: statistics, norm affine, partials
 
 
 def signature(fn, data_type, constexprs):
     """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed and batch count,
     int32 tickets and sizes."""
     data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
+    data = CONV_DATA if fn in (conv._conv_kernel, conv._conv_wgrad_kernel) else data
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -67,6 +69,14 @@ def specializations():
             for input_grad in (False, True):
                 yield norm_act._backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
                                                             INPUT_GRAD=input_grad)
+    # the conv kernels (slow to compile): each flag on in one of two specializations, at the GPU plan's largest tiles
+    for transposed, precision in ((False, "ieee"), (True, "tf32")):
+        yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=True, HAS_AFFINE=True,
+                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, PRECISION=precision, BLOCK_M=128,
+                                      BLOCK_N=128, BLOCK_K=64)
+        yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
+                                            HAS_AFFINE=True, HAS_ACT=True, PRECISION=precision, BLOCK_A=64,
+                                            BLOCK_J=64, BLOCK_R=64)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
