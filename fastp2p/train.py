@@ -332,8 +332,7 @@ class Trainer:
                                          f"{self.last_saved}.")
             if self.total_iters % opt.save_latest_freq == 0:
                 prefix = f"iter_{self.total_iters}" if opt.save_by_iter else "latest"
-                visualizer.progress.write(f"saving the latest model (epoch {self.epoch}, total_iters "
-                                          f"{self.total_iters})")
+                progress.write(f"saving the latest model (epoch {self.epoch}, total_iters {self.total_iters})")
                 self.save(prefix, epoch_finished=False)
             if self.stop_requested:
                 return False
@@ -342,11 +341,9 @@ class Trainer:
         if opt.device.type == "cuda":
             torch.cuda.synchronize(opt.device)
         figures = progress.end_epoch()
-        rates = " ".join(f"{name}={lr:.7f}" for name, lr in self.learning_rates().items())
+        learning_rates = self.learning_rates()  # the epoch's, before the schedule steps
         model.update_learning_rate()
-        visualizer.log_line(f"End of epoch {self.epoch} / {self.last_epoch()} \t Time Taken: "
-                            f"{int(figures['elapsed_s'])} sec \t {figures['images_per_s']:.1f} img/s, "
-                            f"data wait {100 * figures['data_wait_share']:.1f}%, lr {rates}")
+        visualizer.log_epoch_end(self.epoch, self.last_epoch(), figures, learning_rates)
         return True
 
     def run(self):

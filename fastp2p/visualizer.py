@@ -227,9 +227,13 @@ class Visualizer:
         message = f"(epoch: {epoch}, iters: {epoch_iter}, time: {t_comp:.3f}, data: {t_data:.3f}) "
         self.write(message + "".join(f"{name}: {value:.3f} " for name, value in losses.items()))
 
-    def log_line(self, message):
-        """Epoch summaries, learning-rate changes: the console and the loss log."""
-        self.write(message)
+    def log_epoch_end(self, epoch, last_epoch, figures, learning_rates):
+        """The end-of-epoch line (the reference's, with the speed and each optimizer's learning rate, which the
+        curves read back: EPOCH_LINE)."""
+        rates = " ".join(f"{name}={value:.7f}" for name, value in learning_rates.items())
+        self.write(f"End of epoch {epoch} / {last_epoch} \t Time Taken: {int(figures['elapsed_s'])} sec \t "
+                   f"{figures['images_per_s']:.1f} img/s, data wait {100 * figures['data_wait_share']:.1f}%, "
+                   f"lr {rates}")
 
     def log_scalars(self, step, scalars):
         """``{'group/name': value}`` at iteration ``step`` to TensorBoard and wandb."""

@@ -39,6 +39,9 @@ def test_the_curve_image_is_redrawn_when_the_log_grows(tmp_path):
     visualizer = Visualizer(opt, batches_per_epoch=2)
     visualizer.print_current_losses(1, 2, {"G_GAN": 1.0, "G_L1": 30.0}, 0.1, 0.0)
     visualizer.print_current_losses(1, 4, {"G_GAN": 0.8, "G_L1": 25.0}, 0.1, 0.0)
+    visualizer.log_epoch_end(1, 2, {"elapsed_s": 3.0, "images_per_s": 1.5, "data_wait_share": 0.1},
+                             {"G": 0.0002, "D": 0.0001})
+    assert visualizer.history.read().learning_rates == {"G": [(1, 0.0002)], "D": [(1, 0.0001)]}
     visualizer.reset()
     visualizer.display_current_results(visuals(0.0), 1, 4, save_result=False)
     curves = tmp_path / "run" / "web" / CURVES_IMAGE
