@@ -6,6 +6,7 @@ import re
 from fastp2p import train as train_cli
 from fastp2p.progress import Progress
 from tests.test_ddp import assert_ok, launch
+from tests.test_ddp import pytestmark as needs_gloo
 from tests.test_train_cli import aligned_root, pix2pix_flags  # noqa: F401 (pytest fixture)
 
 PROGRESS_LINE = re.compile(r"^\[progress\] epoch (\d+)/(\d+) iter (\d+)/(\d+) \(\d+%\) images (\d+) \| "
@@ -58,6 +59,7 @@ def test_a_logged_run_prints_a_progress_line_after_each_loss_line(tmp_path, alig
     assert all(lines[i - 1].startswith("(epoch: 1") for i, line in enumerate(lines) if line.startswith("[progress]"))
 
 
+@needs_gloo
 def test_ddp_shows_one_progress_stream_counting_both_ranks(tmp_path, aligned_root):
     result = launch(["-m", "fastp2p.train", *pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0)),
                      "--print_freq", "1"])
