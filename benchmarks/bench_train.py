@@ -11,13 +11,16 @@ real loader (create_fast_loader) and timing the wait for each batch.
     python benchmarks/bench_train.py --device cpu --small --out benchmarks/results  # CPU, ~3 min
 
 Rows (cumulative; --rows picks among them by name):
-    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +batch_passes
-         (CycleGAN, and any model with per-sample norms), +cuda_graph, and apart:
-         compile = bf16 + channels_last + --compile (CUDA graphs off: --compile brings its own).
-    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16), +foreach_cast; fused
-         kernels would run in Triton's interpreter and CUDA graphs need a GPU, so those rows are GPU-only.
+    GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +step_cast (which
+         replaces --foreach_cast), +batch_passes (CycleGAN, and any model with per-sample norms), +cuda_graph,
+         +cudnn_search_all (the default fast path), and apart, the reference networks under torch.compile in
+         bf16 + channels-last (CUDA graphs off: --compile brings its own): compile (its default mode),
+         compile_reduce_overhead and, only when asked for, compile_max_autotune (long to compile).
+    CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16), +foreach_cast,
+         +step_cast; fused kernels would run in Triton's interpreter and CUDA graphs need a GPU, so those rows are
+         GPU-only.
     auto: no switch given, what `python -m fastp2p.train` runs on the device (default on the CPU only:
-         on a GPU it is the +cuda_graph row).
+         on a GPU it is the +cudnn_search_all row).
 
 Timing: warm-up iterations are not timed (cudnn.benchmark, the CUDA-graph capture after 3 eager steps
 once CycleGAN's image pools are full, torch.compile); then --repeats runs of N iterations, each between
@@ -63,10 +66,16 @@ from fastp2p.options import parse_options
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
-GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes", "cuda_graph")
-CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast")
-TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "batch_passes", "cuda_graph")
-ROW_NAMES = ("reference",) + TECHNIQUES + ("compile", "auto")
+GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
+             "cuda_graph", "cudnn_search_all")
+CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast", "step_cast")
+TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
+              "cuda_graph", "cudnn_search_all")
+REPLACED_BY = {"foreach_cast": "step_cast"}  # a later technique that does the earlier one's work its own way
+# the rival a user would try first: the reference networks under torch.compile, bf16 channels-last, per mode
+COMPILE_ROWS = {"compile": "default", "compile_reduce_overhead": "reduce-overhead",
+                "compile_max_autotune": "max-autotune"}
+ROW_NAMES = ("reference",) + TECHNIQUES + tuple(COMPILE_ROWS) + ("auto",)
 
 # Train GFLOP per image (one A/B pair) at 256^2 with the models' defaults, counted with torch's
 # FlopCounterMode over one training iteration: G and D, forward and backward.
@@ -131,8 +140,9 @@ def parse_args(argv=None):
     args.device = device
     cuda = device.type == "cuda"
     chain = GPU_CHAIN if cuda else CPU_CHAIN
-    runnable = ("reference",) + chain + (("compile",) if cuda else ()) + ("auto",)
-    asked = args.rows or (runnable[:-1] if cuda else runnable)
+    runnable = ("reference",) + chain + (tuple(COMPILE_ROWS) if cuda else ()) + ("auto",)
+    asked = args.rows or (runnable if not cuda else
+                          [name for name in runnable if name not in ("auto", "compile_max_autotune")])
     args.rows = [name for name in runnable if name in asked]
     if not args.rows:
         p.error(f"none of the rows asked for runs on {device.type}; rows here: {', '.join(runnable)}")
@@ -154,12 +164,13 @@ def row_flags(name, chain, batch_ok):
         return ["--reference"]
     if name == "auto":
         return []
-    on = {"amp", "channels_last"} if name == "compile" else set(chain[:chain.index(name) + 1])
+    on = {"amp", "channels_last"} if name in COMPILE_ROWS else set(chain[:chain.index(name) + 1])
+    on -= {technique for technique, later in REPLACED_BY.items() if later in on}
     flags = ["--amp", "bf16" if "amp" in on else "off"]
     for technique in TECHNIQUES[1:]:
         enabled = technique in on and (technique != "batch_passes" or batch_ok)
         flags += [f"--{technique}", "on" if enabled else "off"]
-    return flags + (["--compile"] if name == "compile" else [])
+    return flags + (["--compile", COMPILE_ROWS[name]] if name in COMPILE_ROWS else [])
 
 
 def batchable(args, model_name):
@@ -174,7 +185,7 @@ def model_row_flags(args, model_name, name):
 
 def display_name(name):
     """'+technique' for the cumulative rows, the plain name for the others."""
-    return name if name in ("reference", "compile", "auto") else "+" + name
+    return name if name in ("reference", "auto", *COMPILE_ROWS) else "+" + name
 
 
 def model_flags(args, model, batch_size, dataroot=None):
@@ -339,7 +350,7 @@ def bench_row(args, model_name, batch_size, name, reference_rate, batches):
         traceback.print_exc()
     finally:
         del model
-        if name == "compile":
+        if name in COMPILE_ROWS:
             torch._dynamo.reset()
         free(device)
     return row
@@ -451,8 +462,8 @@ def run_config(args, model_name, batch_size, names, reference_rates, rows, save,
                        flags=model_row_flags(args, model_name, name), engine=None,
                        error=f"skipped: --budget_s {args.budget_s:g} reached before this row")
         else:
-            if name == "compile":
-                log(start, f"{model_name} bs{batch_size} {'compile':>15}: compiling and warming up")
+            if name in COMPILE_ROWS:
+                log(start, f"{model_name} bs{batch_size} {name:>15}: compiling and warming up")
             row = bench_row(args, model_name, batch_size, name, reference_rates.get(key), batches)
         if name == "reference" and row["error"] is None:
             reference_rates[key] = row["images_per_s"]
@@ -465,7 +476,7 @@ def run_config(args, model_name, batch_size, names, reference_rates, rows, save,
             if row["error"] is None else f"FAILED {row['error']}"))
     del batches
     free(args.device)
-    if fastest is None or args.no_loader or "compile" in names or (
+    if fastest is None or args.no_loader or set(names) & set(COMPILE_ROWS) or (
             args.budget_s and time.perf_counter() - start > args.budget_s):
         return
     try:
@@ -507,7 +518,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     # compile rows last: their compile time is the least predictable part of the budget
-    for phase in ([name for name in args.rows if name != "compile"], [name for name in args.rows if name == "compile"]):
+    for phase in ([name for name in args.rows if name not in COMPILE_ROWS],
+                  [name for name in args.rows if name in COMPILE_ROWS]):
         for model_name, batch_size in configs:
             if phase:
                 run_config(args, model_name, batch_size, phase, reference_rates, rows, save, start)

@@ -216,6 +216,9 @@ INFERENCE_HELP = {"cuda_graph": "replay the generator's forward as one CUDA grap
                                 "of another shape, such as the last, runs eagerly)"}
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
 def add_engine_options(parser, inference=False):
     """fastp2p's fast paths, each behind its own switch. 'auto' turns a path on when running on a GPU
     and off on the CPU, where the plain reference path runs. ``inference``: INFERENCE_SWITCHES alone, the
@@ -238,16 +241,20 @@ def add_engine_options(parser, inference=False):
                        ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),
-                       ("cuda_graph", "replay each training iteration as one CUDA graph")):
+                       ("cuda_graph", "replay each training iteration as one CUDA graph"),
+                       ("cudnn_search_all", "let cudnn.benchmark time every convolution algorithm cuDNN offers "
+                                            "(torch.backends.cudnn.benchmark_limit 0) rather than its first 10")):
         if inference and name not in INFERENCE_SWITCHES:
             parser.set_defaults(**{name: "off"})
             continue
         p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"),
                        help=INFERENCE_HELP.get(name, what) if inference else what)
     if inference:
-        parser.set_defaults(compile=False)
+        parser.set_defaults(compile=None)
     else:
-        p.add_argument("--compile", action="store_true", help="torch.compile every network (instead of CUDA graphs)")
+        p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                       help="torch.compile every network (instead of CUDA graphs), in torch.compile's mode given "
+                            "(--compile alone: its default mode)")
     p.add_argument("--reference", action="store_true",
                    help="the plain reference path: every fast path off, whatever the switches above say")
 

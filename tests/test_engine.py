@@ -18,6 +18,7 @@ from fastp2p import distributed, networks
 from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool
+from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
 from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm, HandOffSequential,
                                    drop_cancelled_conv_biases, fuse_network, run_layers)
 from fastp2p.image_pool import ImagePool
@@ -233,8 +234,6 @@ def test_foreach_cast_gives_autocast_values_with_two_cast_kernels(monkeypatch):
     Parameters back after the forward, also when it raises."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
-
     torch.manual_seed(0)
     reference = NETS["resnet_6blocks_instance"]().to(DEVICE)
     networks.init_weights(reference, "normal", 0.02)
@@ -319,6 +318,26 @@ def test_step_copies_follow_each_optimizer_step_and_ddp_style_writes():
     assert not in_step()
     copies.refresh()
     assert in_step()
+
+
+def test_step_copies_keep_every_stride_of_channels_last_weights():
+    """A PatchGAN's last conv has one output channel: its channels-last weight's stride on that size-1 dimension is
+    one a re-derived view would renormalize, and CPU convolutions then refuse the gradient. The copies handed to
+    the forward keep the weights' strides, and the gradients are --foreach_cast's."""
+    from fastp2p.engine.weight_cast import StepCopies
+
+    grads = []
+    for use_step_copies in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(16, 1, 4)).to(memory_format=torch.channels_last)
+        if use_step_copies:
+            StepCopies(net, "cpu", torch.bfloat16)
+        else:
+            cast_conv_parameters_per_forward(net, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(torch.randn(1, 16, 8, 8).to(memory_format=torch.channels_last)).float().sum().backward()
+        grads.append(net[0].weight.grad)
+    assert torch.equal(*grads)
 
 
 def make_opt(model, *flags):

@@ -69,7 +69,11 @@ def prepare_model(model, config):
     step_copies = [StepCopies(net, model.device.type, config.amp_dtype) for net in nets] if config.step_cast else []
     if config.compile:
         for net in nets:
-            net.compile()
+            net.compile(mode=None if config.compile == "default" else config.compile)
+    if model.device.type == "cuda":
+        # cuDNN lists more algorithms than the 10 benchmark mode times by default; on Hopper the default set can
+        # leave older (sm80) kernels in use. Timing them all costs once per shape, at the first iterations.
+        torch.backends.cudnn.benchmark_limit = 0 if config.cudnn_search_all else 10
     if not model.isTrain:
         return None
     model.batch_passes = config.batch_passes

@@ -32,7 +32,10 @@ class EngineConfig:
     batch_passes: bool = False
     """one forward for a network's independent passes of a step (same math with per-sample norms)"""
     cuda_graph: bool = False
-    compile: bool = False
+    compile: str | None = None
+    """torch.compile's mode for every network ("default", "reduce-overhead", "max-autotune"); None = eager"""
+    cudnn_search_all: bool = False
+    """cudnn.benchmark times every algorithm cuDNN lists for a convolution, not only its first 10 heuristic picks"""
     ddp: bool = False
     """wrap the networks in DistributedDataParallel (more than one process under torchrun)"""
 
@@ -51,9 +54,9 @@ class EngineConfig:
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
         on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "foreach_cast",
-                                "step_cast", "batch_passes",
-                                "cuda_graph", "compile", "ddp")
+                                "step_cast", "batch_passes", "cuda_graph", "cudnn_search_all", "ddp")
               if getattr(self, name)]
+        on += [f"compile ({self.compile})"] if self.compile else []
         plain = self.amp_dtype is None and not on
         return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
 
@@ -131,4 +134,5 @@ def resolve_engine(opt, device):
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=switch(opt.fused_adam, cuda),
                         foreach_cast=foreach_cast, step_cast=step_cast, batch_passes=batch_passes,
-                        cuda_graph=cuda_graph, compile=opt.compile, ddp=ddp)
+                        cuda_graph=cuda_graph, compile=opt.compile,
+                        cudnn_search_all=switch(opt.cudnn_search_all, cuda), ddp=ddp)

@@ -62,8 +62,9 @@ class UseStepCopies(torch.autograd.Function):
     def forward(ctx, copies, *tensors):
         keep_layouts(ctx, tensors)
         # aliases, so each call's outputs get their own autograd history; an optimizer step that rewrites the copies
-        # before a backward that still needs them is then the version-counter error it should be
-        return tuple(copy.view_as(copy) for copy in copies)
+        # before a backward that still needs them is then the version-counter error it should be. as_strided keeps
+        # every stride (view_as would renormalize a size-1 dimension's, which changes how a conv sees the layout)
+        return tuple(copy.as_strided(copy.size(), copy.stride(), copy.storage_offset()) for copy in copies)
 
     @staticmethod
     def backward(ctx, *grads):
