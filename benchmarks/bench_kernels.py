@@ -80,8 +80,8 @@ def parse_args():
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--conv", action="store_true",
                         help="only the conv + norm rows (CONV_LAYERS): cuDNN conv + the fused norm against the Triton "
-                             "conv with statistics epilogue (+ its norm apply), and a conv taking the norm + activation "
-                             "of its input on load against the fused norm + cuDNN conv")
+                             "conv with statistics epilogue (+ its norm apply), and a conv taking the norm + "
+                             "activation of its input on load against the fused norm + cuDNN conv")
     parser.add_argument("--graph", action="store_true",
                         help="also time each forward replayed from a CUDA graph (no_grad): GPU time without the "
                              "host's launch overhead, which bounds the eager timings of small layers")
@@ -268,8 +268,9 @@ def bench_convs(args, device, timer, roof, graph_timer=None):
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
                 make_norm = torch.nn.BatchNorm2d if kind == "batch" else torch.nn.InstanceNorm2d
-                conv = (torch.nn.ConvTranspose2d(c_in, c_out, k, stride, padding, output_padding=stride - 1 if k % 2 else 0,
-                                                 bias=False) if transposed else
+                output_padding = stride - 1 if k % 2 else 0  # the ResNet's 3x3 up conv doubles the size as the 4x4
+                conv = (torch.nn.ConvTranspose2d(c_in, c_out, k, stride, padding, output_padding, bias=False)
+                        if transposed else
                         torch.nn.Conv2d(c_in, c_out, k, stride, 0 if reflect else padding, bias=False))
                 conv, norm, in_norm = conv.to(device), make_norm(c_out).to(device), make_norm(c_in).to(device)
                 pad = torch.nn.ReflectionPad2d(padding) if reflect else torch.nn.Identity()

@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import torch
 
-from .conv_kernels import _conv_kernel, _conv_wgrad_kernel
+from .conv_kernels import _combine_stats_kernel, _conv_kernel, _conv_wgrad_kernel
 from .launch import cdiv, next_power_of_2, target_programs, tiling
-from .norm_act import _TILE_BOUNDS, _strides
+from .norm_act import _TILE_BOUNDS, _dense, _strides
 from .norm_act_kernels import _forward_apply_kernel
 from .pad import memory_format_of
 
@@ -102,7 +102,8 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
 
 def conv_forward(x, weight, bias, geometry, prologue=None, stats=False):
     """The conv's output [N, C_out, OH, OW] (x's dtype and memory format) of x [N, C_in, H, W], normalized and
-    activated on load with a prologue; with stats also the per-tile statistics of the output (see combine_stats)."""
+    activated on load with a prologue; with stats also the per-tile statistics of the output (see combine_stats).
+    The weight and bias may be of another float dtype than x (fp32 under autocast): they are cast on load."""
     KH, KW = weight.shape[2:]
     H, W = x.shape[2:]
     out_size = (geometry.output_size(H, KH), geometry.output_size(W, KW))
@@ -158,23 +159,27 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     return (out[0] if out.shape[0] == 1 else out.sum(0)).to(weight.dtype)
 
 
-def combine_stats(parts, per_sample):
-    """(mean, var, count) [GROUPS, C] fp32 (biased variance; count per group, [GROUPS, 1]) from conv_forward's
-    per-tile statistics: Chan's parallel combination of the tiles' means and squared deviations, reduced by torch
-    in a fixed order, so the result does not change from run to run."""
+def combine_stats(parts, per_sample, eps, running=None):
+    """(mean, rstd) [GROUPS, C] fp32 (GROUPS = N per sample, else 1; biased variance) from conv_forward's per-tile
+    statistics, combined in a fixed order by one launch, so the result does not change from run to run; running:
+    (running_mean, running_var, num_batches_tracked, momentum) to update in place, as BatchNorm2d's training does."""
     part_mean, part_m2, part_count = parts
-    if not per_sample:
-        part_mean, part_m2, part_count = part_mean.flatten(0, 1)[None], part_m2.flatten(0, 1)[None], part_count.view(1, -1)
-    count = part_count[..., None]
-    total = count.sum(1)
-    mean = (count * part_mean).sum(1) / total
-    m2 = (part_m2 + count * (part_mean - mean[:, None]).square()).sum(1)
-    return mean, m2 / total, total
+    N, tiles, C = part_mean.shape
+    groups, tiles = (N, tiles) if per_sample else (1, N * tiles)
+    mean = torch.empty((groups, C), device=part_mean.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_c = _block(C, 128) if part_mean.device.type == "cuda" else next_power_of_2(C)
+    _combine_stats_kernel[(cdiv(C, block_c), groups)](
+        part_mean, part_m2, part_count, mean, rstd, *(running[:3] if running else (mean, rstd, mean)), tiles, C, eps,
+        running[3] if running else 0.0, UPDATE_RUNNING=running is not None, BLOCK_T=min(next_power_of_2(tiles), 64),
+        BLOCK_C=block_c)
+    return mean, rstd
 
 
 def normalize(x, mean, rstd, weight, bias, negative_slope):
-    """act((x - mean) * rstd * weight + bias) with fused_norm's apply kernel, statistics [GROUPS, C] (GROUPS: N or 1)."""
-    x = x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+    """act((x - mean) * rstd * weight + bias) by the fused norm's apply kernel, from statistics [GROUPS, C] (GROUPS:
+    N or 1)."""
+    x = _dense(x)
     N, C, H, W = x.shape
     groups, rows = mean.shape[0], N * H * W // mean.shape[0]
     y = torch.empty_like(x)

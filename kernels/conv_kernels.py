@@ -65,8 +65,9 @@ def _load_input(x_ptr, n, ih, iw, c, c_ok, valid, H, W, stride_n, stride_c, stri
 @triton.jit
 def _conv_kernel(
     x_ptr,  # [N, C_in, H, W] through strides: the input (pre-norm with PROLOGUE)
-    w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww
-    bias_ptr,  # [C_out], read when HAS_BIAS
+    w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww, any float
+    # dtype (fp32 master weights are cast to x's dtype as they are loaded: no cast kernel per forward)
+    bias_ptr,  # [C_out], any float dtype, read when HAS_BIAS
     y_ptr,  # [N, C_out, OH, OW] through strides, out
     mean_ptr, rstd_ptr,  # [GROUPS, C_in] fp32 statistics of the input's norm, read with PROLOGUE
     nw_ptr, nb_ptr,  # [C_in] the input norm's affine parameters, read with HAS_AFFINE
@@ -119,7 +120,7 @@ def _conv_kernel(
                         stride_xn, stride_xc, stride_xh, stride_xw, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride,
                         negative_slope, REFLECT, PROLOGUE, HAS_AFFINE, HAS_ACT)
         w_offsets = offs_n[None, :] * stride_wo + (c * stride_wr + kh * stride_wh + kw * stride_ww)[:, None]
-        b = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0).to(x_ptr.dtype.element_ty)
         acc = tl.dot(a.to(b.dtype), b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -184,3 +185,48 @@ def _conv_wgrad_kernel(
     out_offsets = (pid_s.to(tl.int64) * stride_os + offs_a[:, None] * stride_oa
                    + (c * stride_ob + kh * stride_oh + kw * stride_ow)[None, :])
     tl.store(out_ptr + out_offsets, acc, mask=a_ok[:, None] & j_ok[None, :])
+
+
+@triton.jit
+def _combine_stats_kernel(
+    part_mean_ptr, part_m2_ptr,  # [GROUPS, TILES, C] fp32: each tile's mean and squared deviations
+    part_count_ptr,  # [GROUPS, TILES] fp32: each tile's rows
+    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
+    running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64: updated in place when UPDATE_RUNNING
+    TILES, C, eps, momentum,
+    UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """A group's mean and 1/std (biased variance) from its tiles (Chan's parallel combination, in a fixed order), and
+    the running statistics' update with the unbiased variance, as BatchNorm2d's."""
+    pid_c, g = tl.program_id(0), tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    count = tl.zeros([BLOCK_T, 1], tl.float32)
+    total = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tile_count = tl.load(part_count_ptr + g * TILES + t, mask=t < TILES, other=0.0)[:, None]
+        mask = (t < TILES)[:, None] & c_mask[None, :]
+        count += tile_count
+        total += tile_count * tl.load(part_mean_ptr + (g * TILES + t)[:, None] * C + offs_c[None, :], mask=mask,
+                                      other=0.0)
+    n = tl.sum(count, axis=0)  # [1]
+    mean = tl.sum(total, axis=0) / n
+    m2 = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tile_count = tl.load(part_count_ptr + g * TILES + t, mask=t < TILES, other=0.0)[:, None]
+        mask = (t < TILES)[:, None] & c_mask[None, :]
+        offsets = (g * TILES + t)[:, None] * C + offs_c[None, :]
+        deviation = tl.load(part_mean_ptr + offsets, mask=mask, other=0.0) - mean[None, :]
+        m2 += tl.load(part_m2_ptr + offsets, mask=mask, other=0.0) + tile_count * deviation * deviation
+    m2 = tl.sum(m2, axis=0)
+    tl.store(mean_ptr + g * C + offs_c, mean, mask=c_mask)
+    tl.store(rstd_ptr + g * C + offs_c, 1.0 / tl.sqrt(m2 / n + eps), mask=c_mask)
+    if UPDATE_RUNNING:
+        running_mean = tl.load(running_mean_ptr + offs_c, mask=c_mask).to(tl.float32)
+        running_var = tl.load(running_var_ptr + offs_c, mask=c_mask).to(tl.float32)
+        tl.store(running_mean_ptr + offs_c, running_mean + momentum * (mean - running_mean), mask=c_mask)
+        tl.store(running_var_ptr + offs_c, running_var + momentum * (m2 / (n - 1.0) - running_var), mask=c_mask)
+        if pid_c == 0:
+            tl.store(batches_ptr, tl.load(batches_ptr) + 1)

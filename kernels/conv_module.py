@@ -32,6 +32,7 @@ class ConvFunction(torch.autograd.Function):
         y, parts = conv_forward(x, weight, bias, geometry, prologue, stats)
         ctx.save_for_backward(x, weight, mean, rstd, norm_weight, norm_bias)
         ctx.geometry, ctx.prologue_options = geometry, prologue_options
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
         if not stats:
             return y
@@ -62,7 +63,7 @@ class ConvFunction(torch.autograd.Function):
         if need_weight:
             dweight = conv_weight_grad(x, dy, weight, geometry, prologue)
         if need_bias:
-            dbias = dy.sum((0, 2, 3), dtype=torch.float32).to(dy.dtype)
+            dbias = dy.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         return dx, dweight, dbias, None, None, dnorm_weight, dnorm_bias, None, None, None
 
 
@@ -108,11 +109,11 @@ class FusedConv(nn.Module):
     def forward(self, x, state=None):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(device_type, enabled=False):  # the kernels cast the weights as they load them
             mean, rstd, norm_weight, norm_bias, *options = state or (None,) * 7
-            out = ConvFunction.apply(x.to(dtype), self.weight.to(dtype),
-                                     self.bias.to(dtype) if self.add_bias else None, mean, rstd, norm_weight,
-                                     norm_bias, self.geometry, tuple(options) if state else None, self.stats)
+            out = ConvFunction.apply(x.to(dtype), self.weight, self.bias if self.add_bias else None, mean, rstd,
+                                     norm_weight, norm_bias, self.geometry, tuple(options) if state else None,
+                                     self.stats)
         return (out[0], out[1:]) if self.stats else out
 
     def extra_repr(self):
@@ -144,13 +145,9 @@ class ConvNorm(nn.Module):
     def forward(self, y, parts):
         use_batch_stats = self.training or self.per_sample
         if use_batch_stats:
-            mean, var, count = combine_stats(parts, self.per_sample)
-            rstd = torch.rsqrt(var + self.eps)
-            if self.training and not self.per_sample:
-                with torch.no_grad():
-                    self.running_mean.lerp_(mean[0], self.momentum)
-                    self.running_var.lerp_(var[0] * (count[0] / (count[0] - 1)), self.momentum)
-                    self.num_batches_tracked.add_(1)
+            update = self.training and not self.per_sample
+            running = (self.running_mean, self.running_var, self.num_batches_tracked, self.momentum)
+            mean, rstd = combine_stats(parts, self.per_sample, self.eps, running if update else None)
         else:
             mean = self.running_mean.float()[None]
             rstd = torch.rsqrt(self.running_var.float() + self.eps)[None]

@@ -21,14 +21,15 @@ from fastp2p.kernels import conv, losses, norm_act, pad  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "inv_numel"}
 NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp32 statistics and affine parameters
-CONV_DATA = {"x_ptr", "w_ptr", "bias_ptr", "y_ptr", "a_ptr", "b_ptr"}  # the rest: statistics, norm affine, partials
+CONV_DATA = {"x_ptr", "y_ptr", "a_ptr", "b_ptr"}  # the rest: fp32 weights, statistics, norm affine, partials
+CONV_KERNELS = (conv._conv_kernel, conv._conv_wgrad_kernel)
 
 
 def signature(fn, data_type, constexprs):
     """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed and batch count,
     int32 tickets and sizes."""
     data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
-    data = CONV_DATA if fn in (conv._conv_kernel, conv._conv_wgrad_kernel) else data
+    data = CONV_DATA if fn in CONV_KERNELS else data
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -69,7 +70,8 @@ def specializations():
             for input_grad in (False, True):
                 yield norm_act._backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
                                                             INPUT_GRAD=input_grad)
-    # the conv kernels (slow to compile): each flag on in one of two specializations, at the GPU plan's largest tiles
+    # the conv kernels (slow to compile: bf16 alone, see main): each flag on in one of two specializations, at the GPU
+    # plan's largest tiles
     for transposed, precision in ((False, "ieee"), (True, "tf32")):
         yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=True, HAS_AFFINE=True,
                                       HAS_ACT=True, HAS_BIAS=True, STATS=True, PRECISION=precision, BLOCK_M=128,
@@ -77,6 +79,8 @@ def specializations():
         yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
                                             HAS_AFFINE=True, HAS_ACT=True, PRECISION=precision, BLOCK_A=64,
                                             BLOCK_J=64, BLOCK_R=64)
+    for update in (False, True):
+        yield conv._combine_stats_kernel, dict(UPDATE_RUNNING=update, BLOCK_T=64, BLOCK_C=128)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
@@ -88,6 +92,8 @@ def main():
     failures = 0
     for data_type in ("fp32", "bf16"):
         for fn, constexprs in specializations():
+            if data_type == "fp32" and fn in CONV_KERNELS:  # an fp32 'ieee' GEMM compiles for minutes on 2 cores
+                continue
             try:
                 compile_kernel(fn, data_type, constexprs)
             except Exception as error:  # report every failing specialization, not just the first

@@ -15,6 +15,8 @@ from fastp2p.engine.fusion import fuse_network
 from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, combine_stats
 from fastp2p.kernels.conv import ConvGeometry
 from tests.conftest import requires_cuda
+from tests.test_engine import OFF, assert_same_training, train_steps
+from tests.test_engine import full_fp32_convolutions  # noqa: F401 (autouse: cuDNN references in true fp32)
 from tests.kernels.utils import DEVICE, assert_close_verbose
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
@@ -88,11 +90,10 @@ def test_conv_matches_pytorch_forward_statistics_and_gradients(name):
     y, *parts = ConvFunction.apply(x, weight, bias, *stats, norm_weight, norm_bias, geometry, options, True)
     assert_close_verbose(y, ref, ATOL, RTOL, "output")
     for per_sample in (True, False):
-        mean, var, count = combine_stats(parts, per_sample)
-        var_ref, mean_ref = torch.var_mean(ref.detach(), (2, 3) if per_sample else (0, 2, 3), correction=0)
-        assert_close_verbose(mean, mean_ref.reshape(mean.shape), ATOL, RTOL, f"mean per_sample={per_sample}")
-        assert_close_verbose(var, var_ref.reshape(var.shape), ATOL, RTOL, f"var per_sample={per_sample}")
-        assert count.flatten().tolist() == [ref[0, 0].numel() * (1 if per_sample else N)] * count.numel()
+        mean, rstd = combine_stats(parts, per_sample, 1e-5)
+        mean_ref, rstd_ref = batch_statistics(ref.detach(), per_sample)
+        assert_close_verbose(mean, mean_ref, ATOL, RTOL, f"mean per_sample={per_sample}")
+        assert_close_verbose(rstd, rstd_ref, ATOL, RTOL, f"rstd per_sample={per_sample}")
     actual = torch.autograd.grad(y, leaves, grad)
     for what, a, e in zip(("dx", "dweight", "dbias", "dnorm_weight", "dnorm_bias"), actual, expected):
         assert_close_verbose(a, e, ATOL, RTOL, what)
@@ -115,19 +116,22 @@ def test_weight_gradient_split_over_rows_is_summed_in_order():
     assert torch.equal(first, conv_weight_grad(x, dy, weight, geometry))
 
 
-NETS = {  # (network, input size, convs that become FusedConvs); ngf/ndf 4 and tiny inputs for the interpreter
-    "resnet_instance": (lambda: networks.define_G(3, 3, 4, "resnet_6blocks", "instance"), 12, 18),
-    "basic_D_batch": (lambda: networks.define_D(6, 4, "basic", 3, "batch"), 24, 4),
-    "n_layers_D_instance": (lambda: networks.define_D(3, 4, "n_layers", 2, "instance"), 16, 3),
+NETS = {  # (network, batch, input size, convs that become FusedConvs, norms that hand off to the conv after them);
+    # small nets and inputs for the interpreter. The U-Net's normalized activations all feed a skip: no hand-off.
+    "resnet_instance": (lambda: networks.define_G(3, 3, 4, "resnet_6blocks", "instance"), 2, 8, 18, 10),
+    "unet_128_batch": (lambda: networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=False), 1, 128, 11, 0),
+    "basic_D_batch": (lambda: networks.define_D(6, 4, "basic", 3, "batch"), 2, 24, 4, 3),
+    "n_layers_D_instance": (lambda: networks.define_D(3, 4, "n_layers", 2, "instance"), 2, 16, 3, 2),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_fused_conv_network_matches_reference(name):
     """fuse_network(fused_conv=True): every conv with a norm before or after it is a FusedConv (the PatchGAN's first
-    conv stays), the norms ConvNorms handing off where a conv follows, the pads gone, the reference's keys; outputs,
-    every parameter's gradient and the running statistics as the reference's, in training, then in eval mode."""
-    make, size, convs = NETS[name]
+    conv and the U-Net's outermost ones stay), the norms ConvNorms handing off where a conv follows, the pads gone,
+    the reference's keys; outputs, every parameter's gradient and the running statistics as the reference's, in
+    training, then in eval mode."""
+    make, batch, size, convs, hand_offs = NETS[name]
     torch.manual_seed(0)
     reference = make().to(DEVICE)
     fused = copy.deepcopy(reference)
@@ -136,9 +140,8 @@ def test_fused_conv_network_matches_reference(name):
     assert sum(isinstance(m, FusedConv) for m in fused.modules()) == convs
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.ReflectionPad2d))
                    for m in fused.modules())
-    norms = [m for m in fused.modules() if isinstance(m, ConvNorm)]
-    assert norms and any(m.hands_off for m in norms)
-    x = torch.randn(2, next(reference.parameters()).shape[1], size, size, device=DEVICE)
+    assert sum(m.hands_off for m in fused.modules() if isinstance(m, ConvNorm)) == hand_offs
+    x = torch.randn(batch, next(reference.parameters()).shape[1], size, size, device=DEVICE)
     out_ref, out = reference(x), fused(x)
     assert_close_verbose(out, out_ref, 1e-4, 1e-4, "output")
     grad = torch.randn_like(out_ref)
@@ -160,11 +163,22 @@ def test_fused_conv_network_matches_reference(name):
     pytest.param("cycle_gan", marks=requires_cuda),
 ])
 def test_fused_conv_trains_like_the_reference(model_name):
-    """--fused_conv on: two training iterations (pix2pix: BatchNorm ResNet generator and PatchGAN, batch 1 at
-    24 x 24) give the reference path's losses and weights."""
-    from tests.test_engine import OFF, assert_same_training, train_steps
+    """--fused_conv on: two training iterations (ResNet generators and PatchGANs, batch 1 at 24 x 24) give the
+    reference path's losses, and its weights within half an Adam step (lr 2e-4), with cuDNN in true fp32.
 
+    In CycleGAN's (checked on the CPU once: a run takes minutes there) about 1 % of some generator tensors' elements,
+    whose gradient is at rounding level, move by up to 1.4 Adam steps more or less, as Adam turns the sign of rounding
+    noise into a step; there the weights must agree within 1e-5 but for at most 5 % of each tensor, and within 2.5
+    steps everywhere. A wrong gradient moves most elements. (cuDNN in fp32: full_fp32_convolutions.)"""
     small = ["--load_size", "24", "--crop_size", "24"]
     reference = train_steps(model_name, OFF + small, 2, batch_size=1)
     run = train_steps(model_name, OFF + small + ["--fused_conv", "on"], 2, batch_size=1)
-    assert_same_training(run, reference, 1e-3, 1e-4, 1e-4)  # weights: half an Adam step (lr 2e-4)
+    if model_name == "pix2pix":
+        assert_same_training(run, reference, 1e-3, 1e-4, 1e-4)
+        return
+    assert_same_training(run, reference, 1e-3, 1e-4, 5e-4)
+    for net, weights in reference[1].items():
+        for key, expected in weights.items():
+            if key not in reference[2][net]:  # the biases InstanceNorm cancels (see assert_same_training)
+                moved = ((run[1][net][key] - expected).abs() > 1e-5).float().mean().item()
+                assert moved <= 0.05, f"{net}.{key}: {moved:.1%} of the elements differ by more than 1e-5"
