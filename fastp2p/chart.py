@@ -87,8 +87,8 @@ def draw_panel(draw, font, top, title, series, x_label):
     for i, (name, values) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         line = [(px(x), py(scale(y))) for x, y in values if math.isfinite(y)]
-        if len(line) > 1:
-            draw.line(line, fill=color, width=2)
+        if len(line) > 1:  # each line narrower than the one before, so that equal series all show
+            draw.line(line, fill=color, width=max(5 - i, 1))
         elif line:
             x, y = line[0]
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)

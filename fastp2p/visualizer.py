@@ -287,20 +287,29 @@ class Visualizer:
         save_visuals(HTMLPage(self.web_folder, ""), visuals, f"epoch{epoch:03d}")
         self.write_page()
 
+    def draw_curves(self, metrics):
+        """The losses and learning rates of the loss log, and the metrics of ``metrics`` (read_metrics), by epoch."""
+        history = self.history.read()
+        panels = [("losses", history.losses), ("learning rate", history.learning_rates)]
+        if metrics:
+            columns, rows = metrics
+            panels.append(("metrics (--eval_freq)", {
+                name: [(int(row[0]), float(row[i])) for row in rows if len(row) > i and row[i]]
+                for i, name in enumerate(columns) if name not in ("epoch", "iteration")}))
+        return draw_chart(panels)
+
     def write_page(self):
         """web/index.html: the curves (web/curves.png, redrawn from the loss log now), the metrics table, and
         the snapshots of every epoch on disk, newest first."""
         if self.opt.no_html:
             return
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
-        history = self.history.read()
-        chart = draw_chart([("losses", history.losses), ("learning rate", history.learning_rates)])
+        metrics = read_metrics(self.metrics_path)
         tmp = os.path.join(self.web_folder, "curves.tmp.png")
-        chart.save(tmp)
+        self.draw_curves(metrics).save(tmp)
         os.replace(tmp, os.path.join(self.web_folder, CURVES_IMAGE))
         page.add_header("curves")
         page.add_figure(CURVES_IMAGE)
-        metrics = read_metrics(self.metrics_path)
         if metrics:
             page.add_header("metrics")
             page.add_table(metrics[0], reversed(metrics[1]))
