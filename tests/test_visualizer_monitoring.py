@@ -11,7 +11,8 @@ from fastp2p import metrics
 from fastp2p import train as train_cli
 from fastp2p.visualizer import CURVES_IMAGE, LossHistory, Visualizer
 from tests.test_metrics import TinyFeatures
-from tests.test_train_cli import aligned_root, assert_same_weights, pix2pix_flags  # noqa: F401 (pytest fixture)
+from tests.test_train_cli import aligned_root, unaligned_root  # noqa: F401 (pytest fixtures)
+from tests.test_train_cli import assert_same_weights, cycle_gan_flags, pix2pix_flags
 from tests.test_outputs import visuals
 
 
@@ -109,3 +110,19 @@ def test_use_wandb_without_wandb_stops_before_training(tmp_path, aligned_root, m
     err = capsys.readouterr().err
     assert err == "fastp2p.train: error: --use_wandb needs the wandb package: pip install 'fastp2p[wandb]'\n"
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unpaired_data_is_scored_on_fid_and_kid_alone(tmp_path, unaligned_root, monkeypatch, capsys):
+    """CycleGAN's G_A on testA against the testB images; without FID/KID there is nothing to score: an error before
+    training."""
+    flags = cycle_gan_flags(tmp_path, unaligned_root) + ["--eval_freq", "1", "--n_epochs_decay", "0"]
+    assert train_cli.main(flags) == 2  # torch-fidelity's Inception is not installed in the tests
+    assert "--eval_freq on unpaired data scores FID and KID alone" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints" / "cyc" / "latest_net_G_A.pth").exists()
+    monkeypatch.setattr(train_cli, "FeatureDistances", functools.partial(metrics.FeatureDistances,
+                                                                         feature=TinyFeatures()))
+    assert train_cli.main(flags) == 0
+    with open(tmp_path / "checkpoints" / "cyc" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [list(row) for row in rows] == [["epoch", "iteration", "fid", "kid"]]
+    assert "metrics of epoch 1 on the test split: fid " in capsys.readouterr().out
