@@ -147,12 +147,12 @@ class LossHistory:
     def read(self):
         if not os.path.isfile(self.path):
             return self
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             f.seek(self.offset)
-            text = f.read()
-        complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
-        self.offset += len(complete.encode())
-        for line in complete.splitlines():
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             loss = LOSS_LINE.match(line)
             epoch = EPOCH_LINE.match(line)
             if loss:
