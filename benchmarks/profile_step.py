@@ -1,13 +1,20 @@
-"""Where a training iteration's GPU time goes: the top kernels of a few steps under torch.profiler.
+"""Where a training iteration's GPU time goes: the top kernels of a few steps under torch.profiler, and per
+iteration the kernel count and the time of each category of kernel (convolutions, norms, optimizer, casts and
+copies, pads/cats/sums, losses and other elementwise work).
 
 Builds each model exactly as bench_train.py does (same flags per row) and profiles eager steps after
 warm-up; kernel times are those a CUDA-graph replay runs too, without the launch gaps.
 
     python benchmarks/profile_step.py --config cycle_gan:1:fused_adam pix2pix:16:channels_last --out DIR
+    python benchmarks/profile_step.py --config pix2pix:1:reference --small --steps 1 --warmup 1   # CPU check
+
+Writes, with --out, profile_<model>_bs<n>_<row>.md per config and profile_categories.json for all of them.
 """
 
 import argparse
+import json
 import os
+import re
 import sys
 
 import torch
@@ -17,18 +24,54 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import GPU_CHAIN, batchable, build, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
 
 
+# kernel name patterns per category, first match wins (cuDNN, cutlass and Triton kernel names as they appear)
+CATEGORIES = (
+    ("optimizer", r"adam"),
+    ("norm", r"_stats_|_apply_kernel|_partial_kernel|_combine|batch_norm|instance_norm|welford|bn_"),
+    ("cast_copy", r"copy|cast|convert|nchwtonhwc|nhwctonchw"),
+    ("convolution", r"conv|cudnn|cutlass|gemm|sm\d+_xmma|dgrad|wgrad|implicit|winograd|fprop"),
+    ("pad_cat_sum", r"reflection|_pad|cat|reduce|sum"),
+    ("loss", r"loss|mse|l1|binary_cross"),
+)
+
+
+def category_of(kernel_name):
+    lowered = kernel_name.lower()
+    return next((name for name, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+
+
+def category_sums(prof, steps):
+    """Per iteration: device microseconds per category and the number of kernels, from the profiler's device
+    events (none on a CPU-only run)."""
+    micros, kernels = {}, 0
+    for event in prof.events():
+        if event.device_type.name != "CUDA":
+            continue
+        kernels += 1
+        category = category_of(event.name)
+        micros[category] = micros.get(category, 0.0) + event.device_time_total
+    return dict(kernels_per_iter=kernels / steps,
+                us_per_iter={name: round(total / steps, 1) for name, total in sorted(micros.items())})
+
+
 def profile_config(args, model_name, batch_size, row):
     argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
+    argv += [] if args.device.type == "cuda" else ["--cuda_graph", "off"]
     opt, model, engine, step = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device)
     run_steps(model, step, batches, args.warmup)
     sync(args.device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         run_steps(model, step, batches, args.steps)
         sync(args.device)
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=70)
+    sort_by = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=args.top, max_name_column_width=70)
+    sums = dict(model=model_name, batch_size=batch_size, row=row, engine=engine.describe(),
+                **category_sums(prof, args.steps))
     title = f"{model_name} bs{batch_size} row {row} ({engine.describe()}), {args.steps} steps"
-    return f"## {title}\n\n```\n{table}\n```\n"
+    summary = f"kernels per iteration {sums['kernels_per_iter']:g}; device us per iteration {sums['us_per_iter']}"
+    return f"## {title}\n\n{summary}\n\n```\n{table}\n```\n", sums
 
 
 def main():
@@ -39,18 +82,25 @@ def main():
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for profile_<model>_bs<n>_<row>.md")
+    p.add_argument("--small", action="store_true", help="bench_train's small nets (the CPU check)")
     args = p.parse_args()
     args.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    args.small, args.pool_size = False, 0  # no image pool: warm-up need not fill one
+    args.pool_size = 0  # no image pool: warm-up need not fill one
     torch.backends.cudnn.benchmark = True
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    all_sums = []
     for spec in args.config:
         model_name, batch_size, row = spec.split(":")
-        text = profile_config(args, model_name, int(batch_size), row)
+        text, sums = profile_config(args, model_name, int(batch_size), row)
+        all_sums.append(sums)
         print(text, flush=True)
         if args.out:
             name = f"profile_{model_name}_bs{batch_size}_{row}.md"
             with open(os.path.join(args.out, name), "w") as f:
                 f.write(text)
+            with open(os.path.join(args.out, "profile_categories.json"), "w") as f:
+                json.dump(all_sums, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""The GPU evidence run: one command that fits a lent machine's 15 minutes (its start included) with room to rerun,
+and measures, most important first:
+
+1. cuda_tests: the CUDA tests of the engine, the kernels and inference (paths that have not run on a GPU yet);
+2. goals: the reference row and the fast path's rows (+cuda_graph with cuDNN's default 10 algorithms, then
+   +cudnn_search_all, the default) of the four goal configurations: pix2pix bs1 and bs16, CycleGAN bs1 and bs4;
+3. profile: kernel counts and device time per category (convolutions, norms, optimizer, casts...) per iteration
+   of the same four configurations, eager (the kernels a graph replays);
+4. adam: the optimizer step alone at pix2pix's 57.2M and CycleGAN's 28.3M parameters against the copy roof;
+5. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
+
+Each stage runs under its own time limit (together under 9 minutes on an H200), and a stage that fails or runs out
+of time costs only its share. Everything goes to --out, with env.json (device, driver, versions, the commit passed
+in: a lent machine's copy of the tree has no git history) and summary.txt; --archive packs it into one file (the
+device tool brings back a few files only).
+
+    FASTP2P_COMMIT=$SHA PYTHONUNBUFFERED=1 python3 benchmarks/gpu_evidence.py --out /tmp/evidence \\
+        --archive "$OUT/evidence.tar.gz"
+    python benchmarks/gpu_evidence.py --dry_run --out /tmp/evidence     # CPU: every stage, smallest sizes (CI)
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GOAL_CONFIGS = {"pix2pix": ("1", "16"), "cycle_gan": ("1", "4")}
+CUDA_TESTS = ["tests/test_engine.py", "tests/kernels", "tests/test_inference.py", "-k", "not compiled"]
+
+
+def stages(args):
+    """(name, seconds, [commands]) in the order they run; --dry_run swaps in the CPU's smallest sizes."""
+    python, out = sys.executable, args.out
+    bench, profile, adam = (os.path.join(HERE, name) for name in ("bench_train.py", "profile_step.py", "bench_adam.py"))
+    if args.dry_run:
+        small = ["--device", "cpu", "--small", "--iters", "1", "--repeats", "1", "--warmup", "1", "--no_loader"]
+        return [
+            ("cuda_tests", 120, [[python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                  *CUDA_TESTS]]),
+            ("goals", 120, [[python, bench, *small, "--models", "pix2pix", "--batch_sizes", "1", "--rows",
+                             "reference", "step_cast", "--out", os.path.join(out, "goals")]]),
+            ("profile", 120, [[python, profile, "--small", "--steps", "1", "--warmup", "1", "--config",
+                               "pix2pix:1:reference", "--out", os.path.join(out, "profile")]]),
+            ("adam", 120, [[python, adam, "--device", "cpu", "--small", "--models", "pix2pix", "--iters", "1",
+                            "--repeats", "1", "--out", os.path.join(out, "adam")]]),
+        ]
+    repeats = ["--repeats", "3", "--no_loader"]
+    goals = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows", "reference",
+              "cuda_graph", "cudnn_search_all", "--budget_s", "60", "--out", os.path.join(out, f"goals_{model}")]
+             for model, sizes in GOAL_CONFIGS.items()]
+    configs = [f"{model}:{size}:batch_passes" for model, sizes in GOAL_CONFIGS.items() for size in sizes]
+    rival = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows",
+              "compile_reduce_overhead", "--budget_s", "30", "--out", os.path.join(out, f"rival_{model}")]
+             for model, sizes in GOAL_CONFIGS.items()]
+    return [
+        ("cuda_tests", 170, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
+                              "--durations", "15", *CUDA_TESTS]]),
+        ("goals", 150, goals),
+        ("profile", 60, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
+                          os.path.join(out, "profile")]]),
+        ("adam", 40, [[python, adam, "--out", os.path.join(out, "adam")]]),
+        ("rival", 80, rival),
+    ]
+
+
+def run_stage(name, seconds, commands, out):
+    """Run ``commands`` one after the other within ``seconds`` in all, their output in <name>.log; a command still
+    running at the limit is stopped with its whole process group. Returns the stage's summary line."""
+    deadline = time.monotonic() + seconds
+    codes = []
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        for command in commands:
+            left = deadline - time.monotonic()
+            if left <= 1:
+                codes.append("not started (time)")
+                continue
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            try:
+                codes.append(process.wait(timeout=left))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                codes.append("stopped at the limit")
+    spent = seconds - max(0.0, deadline - time.monotonic())
+    return f"{name}: {codes} after {spent:.0f} s (limit {seconds} s)"
+
+
+def environment(args):
+    """Device, driver and versions, and the tree's commit (given, since a copy of the tree has no git history)."""
+    import torch
+
+    info = dict(commit=args.commit, python=platform.python_version(), torch=torch.__version__,
+                cuda=torch.version.cuda, dry_run=args.dry_run, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if torch.cuda.is_available():
+        info.update(device=torch.cuda.get_device_name(0), cudnn=torch.backends.cudnn.version())
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            query = [smi, "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
+            info["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for every log and result")
+    p.add_argument("--archive", default=None, help="also pack --out into this .tar.gz")
+    p.add_argument("--commit", default=os.environ.get("FASTP2P_COMMIT", "unknown"))
+    p.add_argument("--dry_run", action="store_true",
+                   help="on the CPU: every stage at its smallest (the tests collected, not run), so the script "
+                        "cannot rot between GPU loans")
+    p.add_argument("--stages", nargs="+", default=None, help="run only these stages (by name)")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "env.json"), "w") as f:
+        json.dump(environment(args), f, indent=1)
+    lines = []
+    for name, seconds, commands in stages(args):
+        if args.stages and name not in args.stages:
+            continue
+        lines.append(run_stage(name, seconds, commands, args.out))
+        print(lines[-1], flush=True)
+        with open(os.path.join(args.out, "summary.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    if args.archive:
+        with tarfile.open(args.archive, "w:gz") as archive:
+            archive.add(args.out, arcname=os.path.basename(os.path.normpath(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

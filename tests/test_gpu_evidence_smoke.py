@@ -1,0 +1,46 @@
+"""benchmarks/gpu_evidence.py, the one command a GPU loan runs, cannot rot between loans: its dry run runs every
+stage on the CPU at the smallest sizes, and the GPU stages ask only for rows and tests that exist."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_train  # noqa: E402
+import gpu_evidence  # noqa: E402
+
+
+def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
+    out = tmp_path / "evidence"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_evidence.py"), "--dry_run", "--out",
+                          str(out), "--archive", str(tmp_path / "evidence.tar.gz")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["cuda_tests", "goals", "profile", "adam"]
+    assert all(": [0] after" in line for line in summary), summary
+    assert "tests collected" in (out / "cuda_tests.log").read_text()
+    (goals,) = (out / "goals").glob("train_cpu_*.json")
+    assert [row["row"] for row in json.loads(goals.read_text())["rows"]] == ["reference", "+step_cast"]
+    assert json.loads((out / "profile" / "profile_categories.json").read_text())[0]["model"] == "pix2pix"
+    (adam,) = (out / "adam").glob("adam_cpu_*.json")
+    assert [row["row"] for row in json.loads(adam.read_text())["rows"]] == ["adam", "adam+step_copy"]
+    assert json.loads((out / "env.json").read_text())["dry_run"] is True
+    assert (tmp_path / "evidence.tar.gz").stat().st_size > 0
+
+
+def test_gpu_stages_ask_for_rows_that_exist_and_fit_nine_minutes(tmp_path):
+    args = gpu_evidence.argparse.Namespace(out=str(tmp_path), dry_run=False)
+    stages = gpu_evidence.stages(args)
+    assert sum(seconds for _, seconds, _ in stages) <= 9 * 60 - 30  # the install and the archive fit beside them
+    for _, _, commands in stages:
+        for command in commands:
+            if "--rows" in command:
+                rows = command[command.index("--rows") + 1:command.index("--budget_s")]
+                assert set(rows) <= set(bench_train.ROW_NAMES), rows
+            if "--config" in command:
+                configs = command[command.index("--config") + 1:command.index("--out")]
+                assert all(config.split(":")[2] in bench_train.ROW_NAMES for config in configs), configs
