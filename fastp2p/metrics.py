@@ -136,8 +136,7 @@ class FeatureDistances:
                               "pip install 'fastp2p[metrics]'") from None
         except Exception as error:  # the weights download: URLError, HTTPError, a hub RuntimeError, a bad file
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise MetricError(f"the Inception network's weights could not be loaded ({reason}); give a local copy "
-                              f"with --inception_weights FILE, or score without FID/KID (--no_fid)") from None
+            raise MetricError(f"the Inception network's weights could not be loaded ({reason})") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # KID warns that it keeps every feature vector, which it must
             self.kid = KernelInceptionDistance(feature=self.fid.inception, reset_real_features=False,
@@ -408,6 +407,9 @@ def distances_for(args):
             raise
         print(f"fid, kid: skipped ({error})", file=sys.stderr)
         return None
+    except MetricError as error:
+        raise MetricError(f"{error}; give a local copy with --inception_weights FILE, or score without FID/KID "
+                          f"(--no_fid)") from None
 
 
 def main(argv=None):

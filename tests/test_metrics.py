@@ -4,6 +4,7 @@ feature network (the Inception weights are a download), and ``python -m fastp2p.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -130,15 +131,19 @@ def test_fid_and_kid_through_torchmetrics_with_a_small_feature_network():
     assert distances.compute()["fid"] == pytest.approx(0, abs=1e-6)
 
 
-def test_inception_weights_that_cannot_be_downloaded_are_one_line(monkeypatch):
+def test_inception_weights_that_cannot_be_downloaded_are_one_line(tmp_path, monkeypatch, capsys):
     fid = pytest.importorskip("torchmetrics.image.fid")
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(fid, "FrechetInceptionDistance", offline)
-    with pytest.raises(metrics.MetricError, match=r"weights could not be loaded \(<urlopen error .*--no_fid"):
-        metrics.FeatureDistances(torch.device("cpu"))
+    write_results(tmp_path / "res", ["a", "b"])
+    assert metrics.main([str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(
+        r"fastp2p.metrics: error: the Inception network's weights could not be loaded \(<urlopen error .*\); "
+        r"give a local copy with --inception_weights FILE, or score without FID/KID \(--no_fid\)\n", err), err
 
 
 def write_results(folder, stems, size=(16, 16), seed=0, real_size=None):
