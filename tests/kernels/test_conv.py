@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from fastp2p import networks
+from fastp2p.engine import resolve_engine
 from fastp2p.engine.fusion import fuse_network
 from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, combine_stats
 from fastp2p.kernels.conv import ConvGeometry
+from fastp2p.options import OptionError
 from tests.conftest import requires_cuda
-from tests.test_engine import OFF, assert_same_training, train_steps
+from tests.test_engine import OFF, assert_same_training, make_opt, train_steps
 from tests.test_engine import full_fp32_convolutions  # noqa: F401 (autouse: cuDNN references in true fp32)
-from tests.kernels.utils import DEVICE, assert_close_verbose
+from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
@@ -64,39 +66,46 @@ def batch_statistics(x, per_sample, eps=1e-5):
     return mean.reshape(-1, x.shape[1]), torch.rsqrt(var + eps).reshape(-1, x.shape[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=requires_cuda)],
+                         ids=["fp32", "bf16"])  # the interpreter's bf16 tl.dot is not the GPU's
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_conv_matches_pytorch_forward_statistics_and_gradients(name):
+def test_conv_matches_pytorch_forward_statistics_and_gradients(name, dtype):
     """Output and its per-(sample, channel) and per-channel statistics; gradients of the input (through the
-    prologue's norm, statistics included), weight, bias and the norm's affine parameters."""
+    prologue's norm, statistics included), weight, bias and the norm's affine parameters. In bf16 the input is bf16
+    and the parameters fp32 (as under autocast), against the fp32 ops on the same values."""
     N, C_in, H, W, C_out, kernel, geometry, has_bias, prologue = CASES[name]
+    atol, rtol = (ATOL, RTOL) if dtype == torch.float32 else TOLERANCES[dtype]
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE)  # noqa: E731
-    x = (rand(N, C_in, H, W) * 2 + 0.5).to(memory_format=torch.channels_last if N != 2 else torch.contiguous_format)
+    x = (rand(N, C_in, H, W) * 2 + 0.5).to(dtype).to(memory_format=torch.channels_last if N != 2 else
+                                                     torch.contiguous_format)
+    x_ref = x.detach().float()
     weight = rand(*((C_in, C_out) if geometry.transposed else (C_out, C_in)), kernel, kernel) * 0.3
     bias = rand(C_out) if has_bias else None
     batch_norm = prologue is not None and prologue[0] == "batch"
     norm_weight, norm_bias = (rand(C_in) * 0.3 + 1, rand(C_in) * 0.3) if batch_norm else (None, None)
-    leaves = [t for t in (x, weight, bias, norm_weight, norm_bias) if t is not None]
-    for t in leaves:
+    params = [t for t in (weight, bias, norm_weight, norm_bias) if t is not None]
+    for t in (x, x_ref, *params):
         t.requires_grad_()
-    ref = reference_conv(x, weight, bias, geometry, prologue, norm_weight, norm_bias)
+    ref = reference_conv(x_ref, weight, bias, geometry, prologue, norm_weight, norm_bias)
     grad = rand(*ref.shape)
-    expected = torch.autograd.grad(ref, leaves, grad)
+    expected = torch.autograd.grad(ref, [x_ref, *params], grad)
 
     options, stats = None, (None, None)
     if prologue is not None:
-        stats = batch_statistics(x.detach(), not batch_norm)
+        stats = batch_statistics(x_ref.detach(), not batch_norm)
         options = (prologue[1], not batch_norm, True)
     y, *parts = ConvFunction.apply(x, weight, bias, *stats, norm_weight, norm_bias, geometry, options, True)
-    assert_close_verbose(y, ref, ATOL, RTOL, "output")
+    assert y.dtype == dtype
+    assert_close_verbose(y, ref, atol, rtol, "output")
     for per_sample in (True, False):
         mean, rstd = combine_stats(parts, per_sample, 1e-5)
         mean_ref, rstd_ref = batch_statistics(ref.detach(), per_sample)
-        assert_close_verbose(mean, mean_ref, ATOL, RTOL, f"mean per_sample={per_sample}")
-        assert_close_verbose(rstd, rstd_ref, ATOL, RTOL, f"rstd per_sample={per_sample}")
-    actual = torch.autograd.grad(y, leaves, grad)
+        assert_close_verbose(mean, mean_ref, atol, rtol, f"mean per_sample={per_sample}")
+        assert_close_verbose(rstd, rstd_ref, atol, rtol, f"rstd per_sample={per_sample}")
+    actual = torch.autograd.grad(y, [x, *params], grad.to(dtype))
     for what, a, e in zip(("dx", "dweight", "dbias", "dnorm_weight", "dnorm_bias"), actual, expected):
-        assert_close_verbose(a, e, ATOL, RTOL, what)
+        assert_close_verbose(a, e, atol, rtol, what)
     assert actual[0].stride() == x.stride()
 
 
@@ -182,3 +191,13 @@ def test_fused_conv_trains_like_the_reference(model_name):
             if key not in reference[2][net]:  # the biases InstanceNorm cancels (see assert_same_training)
                 moved = ((run[1][net][key] - expected).abs() > 1e-5).float().mean().item()
                 assert moved <= 0.05, f"{net}.{key}: {moved:.1%} of the elements differ by more than 1e-5"
+
+
+def test_fused_conv_switch_auto_is_off_and_on_needs_triton_running(monkeypatch):
+    """auto leaves --fused_conv off (until a GPU measurement shows it faster); on a CPU, on needs the interpreter."""
+    assert not resolve_engine(make_opt("pix2pix"), DEVICE).fused_conv
+    assert resolve_engine(make_opt("pix2pix", "--fused_conv", "on"), DEVICE).fused_conv
+    if DEVICE.type == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(OptionError, match="fused_conv on needs"):
+            resolve_engine(make_opt("pix2pix", "--fused_conv", "on"), DEVICE)
