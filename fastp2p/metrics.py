@@ -27,6 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastp2p.checkpoint import unwrap
+from fastp2p.data import IMG_EXTENSIONS, DatasetError, load_rgb
+from fastp2p.data.datasets import DATASET_MODES
+
 PSNR_CAP = 100.0
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 KID_SUBSET_SIZE = 1000  # torchmetrics' default; smaller sets use all their images in each subset
@@ -103,8 +107,8 @@ def ssim(fake, real):
     var_y = local_mean(y * y) - mu_y.square()
     cov = local_mean(x * y) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * 255) ** 2, (SSIM_K2 * 255) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3))
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    return (numerator / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))).mean(dim=(1, 2, 3))
 
 
 PAIR_METRICS = OrderedDict([("l1", l1), ("psnr", psnr), ("ssim", ssim)])
@@ -133,7 +137,7 @@ class FeatureDistances:
                                                 sync_on_compute=False)
         except ModuleNotFoundError:
             raise MissingPackage("FID and KID with the Inception network need torch-fidelity: "
-                              "pip install 'fastp2p[metrics]'") from None
+                                 "pip install 'fastp2p[metrics]'") from None
         except Exception as error:  # the weights download: URLError, HTTPError, a hub RuntimeError, a bad file
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise MetricError(f"the Inception network's weights could not be loaded ({reason})") from None
@@ -229,9 +233,6 @@ class GeneratorScorer:
     as --norm syncbatch synchronizes its forward; rank 0 alone keeps the scores (``keep``)."""
 
     def __init__(self, opt, model, amp_dtype, distances=None, keep=True):
-        from fastp2p.checkpoint import unwrap
-        from fastp2p.data.datasets import DATASET_MODES
-
         self.phase = eval_phase(opt)
         if self.phase is None:
             raise MetricError(f"--eval_freq scores the val or test split, and {opt.dataroot} has neither")
@@ -291,8 +292,6 @@ class GeneratorScorer:
 
 
 def image_files(folder):
-    from fastp2p.data import IMG_EXTENSIONS
-
     return sorted(name for name in os.listdir(folder) if name.endswith(IMG_EXTENSIONS))
 
 
@@ -306,8 +305,6 @@ def results_images(folder):
 
 def read_uint8(path):
     """An image file as a uint8 1x3xHxW tensor."""
-    from fastp2p.data import DatasetError, load_rgb
-
     try:
         array = np.asarray(load_rgb(path), dtype=np.uint8)
     except DatasetError as error:
