@@ -1,9 +1,9 @@
-"""The built-in synthetic dataset: deterministic, both layouts, idempotent, fast, loadable."""
+"""The built-in synthetic dataset: deterministic, both layouts, idempotent, loadable. (How long generating it takes
+is a benchmark question, not a test: a timed assertion fails on a loaded machine.)"""
 
 import argparse
 import filecmp
 import os
-import time
 
 import numpy as np
 import pytest
@@ -17,18 +17,12 @@ from fastp2p.data.builtin import LABEL_COLOURS, MARKER
 @pytest.fixture(scope="module")
 def builtin(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("builtin") / "fastp2p_builtin")
-    start = time.perf_counter()
     assert builtin_dataroot(root) == root
-    return root, time.perf_counter() - start
-
-
-def test_generation_is_fast(builtin):
-    _, seconds = builtin
-    assert seconds < 20  # about 2 s on 2 idle cores; generous for a shared CI machine
+    return root
 
 
 def test_both_layouts_with_the_stated_counts_and_sizes(builtin):
-    root, _ = builtin
+    root = builtin
     counts = {name: len(os.listdir(os.path.join(root, name))) for name in sorted(os.listdir(root))
               if os.path.isdir(os.path.join(root, name))}
     assert counts == {"test": 20, "testA": 20, "testB": 20, "train": 200, "trainA": 200, "trainB": 200}
@@ -41,7 +35,7 @@ def test_both_layouts_with_the_stated_counts_and_sizes(builtin):
 
 
 def test_generation_is_deterministic(builtin, tmp_path):
-    root, _ = builtin
+    root = builtin
     again = builtin_dataroot(str(tmp_path / "again"))
     assert os.listdir(tmp_path) == ["again"]  # the staging folder was renamed, nothing left behind
     for folder in ("train", "testA", "testB"):
@@ -52,18 +46,17 @@ def test_generation_is_deterministic(builtin, tmp_path):
 
 
 def test_samples_differ(builtin):
-    root, _ = builtin
+    root = builtin
     first, second = (np.asarray(Image.open(os.path.join(root, "train", f"{i}.png"))) for i in (1, 2))
     assert not np.array_equal(first[:, 128:], second[:, 128:])
 
 
 def test_second_call_reuses_and_foreign_folder_is_refused(builtin, tmp_path):
-    root, _ = builtin
-    stamp = os.stat(os.path.join(root, MARKER)).st_mtime_ns
-    start = time.perf_counter()
+    root = builtin
+    files = [os.path.join(root, MARKER), os.path.join(root, "train", "7.png"), os.path.join(root, "testB", "3.png")]
+    stamps = [os.stat(path).st_mtime_ns for path in files]
     assert builtin_dataroot(root) == root
-    assert time.perf_counter() - start < 0.5
-    assert os.stat(os.path.join(root, MARKER)).st_mtime_ns == stamp
+    assert [os.stat(path).st_mtime_ns for path in files] == stamps  # nothing written again
     (tmp_path / "mine").mkdir()
     with pytest.raises(DatasetError, match="not a complete fastp2p built-in dataset"):
         builtin_dataroot(str(tmp_path / "mine"))
@@ -71,7 +64,7 @@ def test_second_call_reuses_and_foreign_folder_is_refused(builtin, tmp_path):
 
 @pytest.mark.parametrize("mode", ["aligned", "unaligned"])
 def test_loads_in_both_modes(builtin, mode):
-    root, _ = builtin
+    root = builtin
     opt = argparse.Namespace(dataroot=root, phase="test", dataset_mode=mode, direction="BtoA", input_nc=3,
                              output_nc=3, preprocess="resize_and_crop", load_size=128, crop_size=128,
                              no_flip=False, serial_batches=False, max_dataset_size=float("inf"), batch_size=4,
