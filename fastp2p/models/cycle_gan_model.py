@@ -55,11 +55,17 @@ class CycleGANModel(BaseModel):
         return self.batch_passes and self.isTrain and self.opt.lambda_identity > 0
 
     def forward(self):
-        if self.identity_in_forward():
-            self.fake_B, self.idt_A = self.run_passes(self.netG_A, self.real_A, self.real_B)
-            self.fake_A, self.idt_B = self.run_passes(self.netG_B, self.real_B, self.real_A)
-            self.rec_A = self.netG_B(self.fake_B)
+        if self.batch_passes and self.isTrain:
+            # G_A's passes, then G_B's, each as one batch: G_B takes G_A's output (the A cycle's reconstruction)
+            # with its own input, so three generator forwards run instead of four; the identity images join the
+            # first two
+            idt = self.identity_in_forward()
+            self.fake_B, *idt_A = self.run_passes(self.netG_A, self.real_A, *([self.real_B] if idt else []))
+            self.fake_A, self.rec_A, *idt_B = self.run_passes(self.netG_B, self.real_B, self.fake_B,
+                                                              *([self.real_A] if idt else []))
             self.rec_B = self.netG_A(self.fake_A)
+            if idt:
+                (self.idt_A,), (self.idt_B,) = idt_A, idt_B
             return
         self.fake_B = self.netG_A(self.real_A)
         self.rec_A = self.netG_B(self.fake_B)
