@@ -7,6 +7,7 @@ import dataclasses
 from typing import NamedTuple
 
 import torch
+import triton.language as tl
 
 from .conv_kernels import _combine_stats_kernel, _conv_kernel, _conv_wgrad_kernel
 from .launch import cdiv, next_power_of_2, target_programs, tiling
@@ -52,6 +53,11 @@ def _precision(t):
     return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
+def _index(t):
+    """The kernels' index dtype: int32 on a GPU, int64 in the interpreter (see conv_kernels)."""
+    return tl.int32 if t.device.type == "cuda" else tl.int64
+
+
 def _block(size, largest):
     return max(MIN_DOT, min(next_power_of_2(size), largest))
 
@@ -95,6 +101,7 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
         C_in, H, W, out_channels, OH, OW, KH, KW, stride, padding, TW, QW, rows, k_total, *prologue_args[4:],
         *x.stride(), *w_strides, *y.stride(),
         TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None, STATS=stats, PRECISION=_precision(x),
+        INDEX=_index(x),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_m * block_n >= 128 * 128 else 4,
         **flags)
     return y, parts
@@ -154,8 +161,8 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
         a, b, out, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride, geometry.padding, j_total,
         chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *out.stride(),
         REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
-        PROLOGUE_B=normalized and not geometry.transposed,
-        PRECISION=_precision(x), BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
+        PROLOGUE_B=normalized and not geometry.transposed, PRECISION=_precision(x), INDEX=_index(x),
+        BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
     return (out[0] if out.shape[0] == 1 else out.sum(0)).to(weight.dtype)
 
 

@@ -7,7 +7,9 @@ over the tile's rows (rows of one sample, so InstanceNorm and BatchNorm groups b
 statistics pass reads the output again. The conv that consumes the normalized activation normalizes it while it
 loads its input tile, (x - mean) * rstd * weight + bias and the (Leaky)ReLU, so the activation is never written;
 a reflection pad before it becomes reflected indices. Tensors are walked through their strides, so NCHW and NHWC
-both work; the reduction axis is (tap, channel) with the channel fastest, which reads NHWC rows contiguously.
+both work; the reduction axis is (tap, channel) with the channel fastest, which reads NHWC rows contiguously. The
+index arithmetic within a sample is in INDEX (int32 on a GPU; int64 in the interpreter, which checks every narrower
+integer operation for overflow, at a cost), the sample offsets in int64.
 
 _conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
 (oh % stride, ow % stride): within a class the taps that reach an output are fixed, so no product is masked out
@@ -82,7 +84,7 @@ def _conv_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw, stride_wo, stride_wr, stride_wh, stride_ww,
     stride_yn, stride_yc, stride_yh, stride_yw,
     TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr, PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, :, oh, ow] for one [BLOCK_M output positions, BLOCK_N channels] tile of sample n.
@@ -91,7 +93,7 @@ def _conv_kernel(
     (ph, pw) reads the taps kh = (ph + PAD) % STRIDE + STRIDE * t at ih = oh // STRIDE + (ph + PAD) // STRIDE - t.
     """
     pid_m, pid_n, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    m = ((pid_m // (STRIDE * STRIDE if TRANSPOSED else 1)) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    m = ((pid_m // (STRIDE * STRIDE if TRANSPOSED else 1)) * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX)
     qh, qw = m // QW, m % QW
     if TRANSPOSED:
         parity = pid_m % (STRIDE * STRIDE)
@@ -104,7 +106,7 @@ def _conv_kernel(
     n_ok = offs_n < C_out
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K_TOTAL, BLOCK_K):
-        k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        k = (k0 + tl.arange(0, BLOCK_K)).to(INDEX)
         c, tap = k % C_in, k // C_in
         th, tw = tap // TW, tap % TW
         if TRANSPOSED:
@@ -149,7 +151,7 @@ def _conv_wgrad_kernel(
     stride_an, stride_ac, stride_ah, stride_aw, stride_bn, stride_bc, stride_bh, stride_bw,
     stride_os, stride_oa, stride_ob, stride_oh, stride_ow,
     REFLECT: tl.constexpr, PROLOGUE_A: tl.constexpr, PROLOGUE_B: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr,
+    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
     """out[n * SPLITS + split, a, c, kh, kw] = sum over the positions (gh, gw) of chunk `split` of sample n of
@@ -162,7 +164,7 @@ def _conv_wgrad_kernel(
     n = pid_s // SPLITS
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < C_a
-    j = (pid_j * BLOCK_J + tl.arange(0, BLOCK_J)).to(tl.int64)
+    j = (pid_j * BLOCK_J + tl.arange(0, BLOCK_J)).to(INDEX)
     j_ok = j < J_TOTAL
     c, tap = j % C_b, j // C_b
     kh, kw = tap // KW, tap % KW
@@ -170,7 +172,7 @@ def _conv_wgrad_kernel(
     start = (pid_s % SPLITS) * CHUNK
     end = tl.minimum(start + CHUNK, GH * GW)
     for r0 in range(start, end, BLOCK_R):
-        r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+        r = (r0 + tl.arange(0, BLOCK_R)).to(INDEX)
         r_ok = r < end
         gh, gw = r // GW, r % GW
         a = _load_input(a_ptr, n, gh[:, None], gw[:, None], offs_a, a_ok, r_ok[:, None] & a_ok[None, :],

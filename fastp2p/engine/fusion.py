@@ -1,7 +1,8 @@
 """Converters that put the fused-kernels path's Triton modules in place of the reference's layers, keeping
 checkpoint keys: (norm, activation[, dropout][, reflection pad]) become one fused norm, the other reflection pads
-a layout-keeping pad, and the conv biases that InstanceNorm cancels stop being computed. CONVERTERS names them in
-the order they run.
+a layout-keeping pad, and the conv biases that InstanceNorm cancels stop being computed; with --fused_conv, a conv and
+the norm after it become a FusedConv and a ConvNorm (see fuse_conv_norms). CONVERTERS names them in the order they
+run.
 
 A fused norm takes the norm's index in its nn.Sequential and shares its Parameter and buffer objects; the
 activation (and dropout, and pad) it absorbs becomes an nn.Identity, which has no state. Replaced blocks and convs

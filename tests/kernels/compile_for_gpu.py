@@ -10,6 +10,7 @@ import os
 import sys
 
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -74,11 +75,11 @@ def specializations():
     # plan's largest tiles
     for transposed, precision in ((False, "ieee"), (True, "tf32")):
         yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=True, HAS_AFFINE=True,
-                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, PRECISION=precision, BLOCK_M=128,
-                                      BLOCK_N=128, BLOCK_K=64)
+                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, PRECISION=precision, INDEX=tl.int32,
+                                      BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
         yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
-                                            HAS_AFFINE=True, HAS_ACT=True, PRECISION=precision, BLOCK_A=64,
-                                            BLOCK_J=64, BLOCK_R=64)
+                                            HAS_AFFINE=True, HAS_ACT=True, PRECISION=precision, INDEX=tl.int32,
+                                            BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
     for update in (False, True):
         yield conv._combine_stats_kernel, dict(UPDATE_RUNNING=update, BLOCK_T=64, BLOCK_C=128)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
