@@ -13,12 +13,13 @@ real loader (create_fast_loader) and timing the wait for each batch.
 Rows (cumulative; --rows picks among them by name):
     GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +step_cast (which
          replaces --foreach_cast), +batch_passes (CycleGAN, and any model with per-sample norms), +cuda_graph,
-         +cudnn_search_all (the default fast path), and apart, the reference networks under torch.compile in
-         bf16 + channels-last (CUDA graphs off: --compile brings its own): compile (its default mode),
-         compile_reduce_overhead and, only when asked for, compile_max_autotune (long to compile).
+         +cudnn_search_all (the default fast path), +overlap_optimizer (off by default until measured), and apart,
+         the reference networks under torch.compile in bf16 + channels-last (CUDA graphs off: --compile brings its
+         own): compile (its default mode), compile_reduce_overhead and, only when asked for, compile_max_autotune
+         (long to compile).
     CPU: reference, +channels_last, +fused_adam, +batch_passes (CycleGAN), +amp (bf16), +foreach_cast,
-         +step_cast; fused kernels would run in Triton's interpreter and CUDA graphs need a GPU, so those rows are
-         GPU-only.
+         +step_cast, +overlap_optimizer; fused kernels would run in Triton's interpreter and CUDA graphs need a
+         GPU, so those rows are GPU-only.
     auto: no switch given, what `python -m fastp2p.train` runs on the device (default on the CPU only:
          on a GPU it is the +cudnn_search_all row).
 
@@ -66,10 +67,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-             "cuda_graph", "cudnn_search_all")
-CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast", "step_cast")
+             "cuda_graph", "cudnn_search_all", "overlap_optimizer")
+CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast", "step_cast", "overlap_optimizer")
 TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-              "cuda_graph", "cudnn_search_all")
+              "cuda_graph", "cudnn_search_all", "overlap_optimizer")
 REPLACED_BY = {"foreach_cast": "step_cast"}  # a later technique that does the earlier one's work its own way
 # the rival a user would try first: the reference networks under torch.compile, bf16 channels-last, per mode
 COMPILE_ROWS = {"compile": "default", "compile_reduce_overhead": "reduce-overhead",

@@ -238,6 +238,10 @@ def add_engine_options(parser, inference=False):
                        ("step_cast", "with --amp, keep low-precision copies of each network's conv weights that one "
                                      "multi-tensor copy rewrites after each optimizer step, so no forward casts "
                                      "weights (checkpoints keep fp32); auto prefers it to --foreach_cast"),
+                       ("overlap_optimizer", "step each parameter's Adam as soon as backward has its gradient (on a "
+                                             "side stream on a GPU), overlapping the optimizer with the rest of "
+                                             "backward; same result as stepping after it; not with fp16 or DDP; auto "
+                                             "leaves it off until a GPU measurement shows it pays"),
                        ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),

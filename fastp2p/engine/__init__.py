@@ -16,6 +16,7 @@ from torch import nn
 from fastp2p.engine.config import EngineConfig, resolve_engine
 from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
+from fastp2p.engine.overlap import StepsInBackward
 from fastp2p.engine.step import AutocastStep, TrainStep
 from fastp2p.engine.weight_cast import StepCopies, cast_conv_parameters_per_forward
 
@@ -49,6 +50,17 @@ def wrap_ddp(model, capture_stream=None):
         torch.cuda.current_stream().wait_stream(capture_stream)
 
 
+def refresh_copy_of(step_copies):
+    """What rewrites one parameter's --step_cast copy after its step in backward (None without step copies)."""
+    if not step_copies:
+        return None
+
+    def refresh(parameter):
+        for copies in step_copies:
+            copies.refresh_parameter(parameter)
+    return refresh
+
+
 def prepare_model(model, config):
     """Apply ``config`` to a model whose weights are initialized (or loaded). Returns the training step to call
     each iteration (a TrainStep, wrapped by AutocastStep and GraphedTrainStep as the config asks), or None for a
@@ -78,6 +90,9 @@ def prepare_model(model, config):
         return None
     model.batch_passes = config.batch_passes
     model.build_optimizers(config)
+    if config.overlap_optimizer:
+        model.steps_in_backward = {optimizer: StepsInBackward(optimizer, model.device, refresh_copy_of(step_copies))
+                                   for optimizer in model.optimizers}
     for copies in step_copies:
         copies.refresh_after_steps_of(model.optimizers)
     step = TrainStep(model)

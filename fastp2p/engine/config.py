@@ -29,6 +29,8 @@ class EngineConfig:
     """autocast's conv weight casts as one multi-tensor kernel per forward (see weight_cast)"""
     step_cast: bool = False
     """low-precision conv weight copies written by one multi-tensor copy after each optimizer step (see weight_cast)"""
+    overlap_optimizer: bool = False
+    """each parameter's Adam step runs from its gradient hook during backward (see overlap)"""
     batch_passes: bool = False
     """one forward for a network's independent passes of a step (same math with per-sample norms)"""
     cuda_graph: bool = False
@@ -54,7 +56,8 @@ class EngineConfig:
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
         on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "foreach_cast",
-                                "step_cast", "batch_passes", "cuda_graph", "cudnn_search_all", "ddp")
+                                "step_cast", "overlap_optimizer", "batch_passes", "cuda_graph", "cudnn_search_all",
+                                "ddp")
               if getattr(self, name)]
         on += [f"compile ({self.compile})"] if self.compile else []
         plain = self.amp_dtype is None and not on
@@ -114,6 +117,15 @@ def resolve_engine(opt, device):
         raise OptionError("--foreach_cast on and --step_cast on both make the weights' low-precision copies (per "
                           "forward, per optimizer step): turn one off")
 
+    # 'auto' waits for a GPU measurement that shows the overlap pays for its per-parameter launches
+    overlap_optimizer = switch(opt.overlap_optimizer, False)
+    overlap_blockers = [reason for reason, blocked in (
+        ("fp16's loss scaler checks every gradient for inf before any step", amp_dtype == torch.float16),
+        ("DDP averages a gradient after its hook has run, so a step there would read this rank's own", ddp),
+    ) if blocked]
+    if overlap_optimizer and overlap_blockers:
+        raise OptionError(f"--overlap_optimizer on is not possible here: {'; '.join(overlap_blockers)}")
+
     per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
     if batch_passes and not per_sample_norms:
@@ -133,6 +145,7 @@ def resolve_engine(opt, device):
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=switch(opt.fused_adam, cuda),
-                        foreach_cast=foreach_cast, step_cast=step_cast, batch_passes=batch_passes,
+                        foreach_cast=foreach_cast, step_cast=step_cast, overlap_optimizer=overlap_optimizer,
+                        batch_passes=batch_passes,
                         cuda_graph=cuda_graph, compile=opt.compile,
                         cudnn_search_all=switch(opt.cudnn_search_all, cuda), ddp=ddp)

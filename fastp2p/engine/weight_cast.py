@@ -112,6 +112,7 @@ class StepCopies:
         slots = conv_parameter_slots(net)
         self.dtype = dtype
         self.originals = [getattr(module, name) for module, name in slots]
+        self.index = {id(p): i for i, p in enumerate(self.originals)}
         self.copies = [torch.empty_like(p, dtype=dtype) for p in self.originals]  # in each parameter's layout
         self.refresh()
         swap_in_while_autocast(net, device_type, slots, self.for_forward)
@@ -127,10 +128,16 @@ class StepCopies:
         if self.copies:
             torch._foreach_copy_(self.copies, self.originals)
 
+    @torch.no_grad()
+    def refresh_parameter(self, parameter):
+        """Write one parameter's copy (after its own step, under --overlap_optimizer); others are left alone."""
+        index = self.index.get(id(parameter))
+        if index is not None:
+            self.copies[index].copy_(parameter)
+
     def refresh_after_steps_of(self, optimizers):
         """Hook ``refresh`` onto each optimizer that updates some of these parameters: it then runs right after
         that optimizer's step (inside a captured CUDA graph too), and not after a step fp16's scaler skips."""
-        mine = {id(p) for p in self.originals}
         for optimizer in optimizers:
-            if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+            if any(id(p) in self.index for group in optimizer.param_groups for p in group["params"]):
                 optimizer.register_step_post_hook(lambda _optimizer, _args, _kwargs: self.refresh())

@@ -38,6 +38,7 @@ class BaseModel:
         self.input_memory_format = torch.contiguous_format  # the engine sets channels_last
         self.grad_scaler = None  # build_optimizers sets it: fp16's GradScaler, or one that does nothing
         self.batch_passes = False  # the engine sets it: see run_passes
+        self.steps_in_backward = {}  # optimizer -> engine.overlap.StepsInBackward, under --overlap_optimizer
 
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
@@ -104,8 +105,12 @@ class BaseModel:
         self.grad_scaler.scale(loss).backward()
 
     def step(self, optimizer):
-        """optimizer.step() through the scaler, which under fp16 skips steps with inf/NaN gradients."""
-        self.grad_scaler.step(optimizer)
+        """optimizer.step() through the scaler, which under fp16 skips steps with inf/NaN gradients. An optimizer
+        the engine steps during backward (steps_in_backward) has stepped already: this waits for those steps."""
+        if optimizer in self.steps_in_backward:
+            self.steps_in_backward[optimizer].finish()
+        else:
+            self.grad_scaler.step(optimizer)
 
     def eval(self):
         """Eval mode for every net (``--eval`` at test time: BatchNorm running stats, no Dropout)."""
