@@ -139,8 +139,9 @@ def conv_input_grad(dy, weight, geometry, input_size, memory_format=None):
 
 
 def conv_weight_grad(x, dy, weight, geometry, prologue=None):
-    """Gradient of conv_forward's output dy with respect to the weight, in the weight's shape and dtype; x is the
-    conv's input as it was given (pre-norm with a prologue, which is recomputed)."""
+    """Gradient of conv_forward's output dy with respect to the weight, in the weight's shape, strides (so autograd
+    copies nothing into a channels-last weight's layout) and dtype; x is the conv's input as it was given (pre-norm
+    with a prologue, which is recomputed)."""
     a, b = (x, dy) if geometry.transposed else (dy, x)
     N, C_a, GH, GW = a.shape
     C_b, H_b, W_b = b.shape[1:]
@@ -154,7 +155,10 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     splits = max(1, min(cdiv(target_programs(x.device), base), cdiv(rows, block_r)))
     chunk = cdiv(cdiv(rows, splits), block_r) * block_r
     splits = cdiv(rows, chunk)
-    out = torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32)
+    dweight = torch.empty_like(weight, dtype=torch.float32)  # [C_a, C_b, KH, KW], as either conv's weight
+    # one partial sum is written straight into dweight, several into a buffer summed below
+    out = dweight[None] if N * splits == 1 else torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device,
+                                                            dtype=torch.float32)
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
     _conv_wgrad_kernel[(cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)](
@@ -163,7 +167,9 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
         REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
         PROLOGUE_B=normalized and not geometry.transposed, PRECISION=_precision(x), INDEX=_index(x),
         BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
-    return (out[0] if out.shape[0] == 1 else out.sum(0)).to(weight.dtype)
+    if N * splits > 1:
+        torch.sum(out, 0, out=dweight)
+    return dweight.to(weight.dtype)
 
 
 def combine_stats(parts, per_sample, eps, running=None):
