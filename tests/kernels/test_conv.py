@@ -165,6 +165,27 @@ def test_fused_conv_network_matches_reference(name):
 
 
 
+@pytest.mark.parametrize("name", ["resnet_instance", "unet_128_batch"])
+def test_fused_conv_with_the_fused_norms_matches_reference(name):
+    """--fused_conv on beside --fused_kernels (on a GPU both are on): the conv converter runs first, the norm
+    fusions take what it leaves; outputs and gradients (relative to each tensor's largest) as the reference's."""
+    make, batch, size, _, _ = NETS[name]
+    torch.manual_seed(0)
+    reference = make().to(DEVICE)
+    fused = copy.deepcopy(reference)
+    fuse_network(fused, fused_kernels=True, fused_conv=True)
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    x = torch.randn(batch, 3, size, size, device=DEVICE)
+    out_ref, out = reference(x), fused(x)
+    assert_close_verbose(out, out_ref, 1e-4, 1e-4, "output")
+    grad = torch.randn_like(out_ref)
+    out_ref.backward(grad)
+    out.backward(grad)
+    for (key, p_ref), p in zip(reference.named_parameters(), fused.parameters()):
+        if p.requires_grad:
+            assert_close_verbose(p.grad, p_ref.grad, 1e-4 * p_ref.grad.abs().max().item(), 0, key)
+
+
 @pytest.mark.parametrize("model_name", [
     "pix2pix",
     # CycleGAN's 4 networks and 6 generator passes take minutes per iteration in Triton's interpreter: on a GPU only;
