@@ -134,17 +134,19 @@ NETS = {  # (network, batch, input size, convs that become FusedConvs, norms tha
 }
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
-def test_fused_conv_network_matches_reference(name):
+@pytest.mark.parametrize("name, with_fused_norms", [(name, False) for name in sorted(NETS)] + [
+    ("resnet_instance", True), ("unet_128_batch", True)])
+def test_fused_conv_network_matches_reference(name, with_fused_norms):
     """fuse_network(fused_conv=True): every conv with a norm before or after it is a FusedConv (the PatchGAN's first
     conv and the U-Net's outermost ones stay), the norms ConvNorms handing off where a conv follows, the pads gone,
     the reference's keys; outputs, every parameter's gradient and the running statistics as the reference's, in
-    training, then in eval mode."""
+    training, then in eval mode. Also beside --fused_kernels (on a GPU both are on with --fused_conv on): the conv
+    converter runs first and the norm fusions take what it leaves."""
     make, batch, size, convs, hand_offs = NETS[name]
     torch.manual_seed(0)
     reference = make().to(DEVICE)
     fused = copy.deepcopy(reference)
-    assert fuse_network(fused, fused_kernels=False, fused_conv=True) > 0
+    assert fuse_network(fused, fused_kernels=with_fused_norms, fused_conv=True) > 0
     assert list(fused.state_dict()) == list(reference.state_dict())
     assert sum(isinstance(m, FusedConv) for m in fused.modules()) == convs
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.ReflectionPad2d))
@@ -163,27 +165,6 @@ def test_fused_conv_network_matches_reference(name):
         assert_close_verbose(b.float(), b_ref.float(), 1e-5, 1e-4, key)
     assert_close_verbose(fused.eval()(x), reference.eval()(x), 1e-4, 1e-4, "eval output")
 
-
-
-@pytest.mark.parametrize("name", ["resnet_instance", "unet_128_batch"])
-def test_fused_conv_with_the_fused_norms_matches_reference(name):
-    """--fused_conv on beside --fused_kernels (on a GPU both are on): the conv converter runs first, the norm
-    fusions take what it leaves; outputs and gradients (relative to each tensor's largest) as the reference's."""
-    make, batch, size, _, _ = NETS[name]
-    torch.manual_seed(0)
-    reference = make().to(DEVICE)
-    fused = copy.deepcopy(reference)
-    fuse_network(fused, fused_kernels=True, fused_conv=True)
-    assert list(fused.state_dict()) == list(reference.state_dict())
-    x = torch.randn(batch, 3, size, size, device=DEVICE)
-    out_ref, out = reference(x), fused(x)
-    assert_close_verbose(out, out_ref, 1e-4, 1e-4, "output")
-    grad = torch.randn_like(out_ref)
-    out_ref.backward(grad)
-    out.backward(grad)
-    for (key, p_ref), p in zip(reference.named_parameters(), fused.parameters()):
-        if p.requires_grad:
-            assert_close_verbose(p.grad, p_ref.grad, 1e-4 * p_ref.grad.abs().max().item(), 0, key)
 
 
 @pytest.mark.parametrize("model_name", [
