@@ -1,5 +1,6 @@
-"""The GPU evidence run: one command that fits a lent machine's 15 minutes (its start included) with room to rerun,
-and measures, most important first:
+"""The GPU evidence run: one command that fits a lent machine's 15 minutes (its start included) with room to rerun.
+It installs this tree in place (no download; torch and Triton are the machine's), then measures, most important
+first:
 
 1. cuda_tests: the CUDA tests of the engine, the kernels and inference (paths that have not run on a GPU yet);
 2. goals: the reference row and the fast path's rows (+cuda_graph with cuDNN's default 10 algorithms, then
@@ -62,13 +63,15 @@ def stages(args):
               "compile_reduce_overhead", "--budget_s", "30", "--out", os.path.join(out, f"rival_{model}")]
              for model, sizes in GOAL_CONFIGS.items()]
     return [
+        # a lent machine has torch, Triton and pytest but not this package: installed in place, nothing downloaded
+        ("install", 30, [[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ROOT]]),
         ("cuda_tests", 170, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
                               "--durations", "15", *CUDA_TESTS]]),
         ("goals", 150, goals),
         ("profile", 60, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
                           os.path.join(out, "profile")]]),
         ("adam", 40, [[python, adam, "--out", os.path.join(out, "adam")]]),
-        ("rival", 80, rival),
+        ("rival", 50, rival),
     ]
 
 
