@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fastp2p import networks
+from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.engine.weight_cast import StepCopies
 
 ADAM_BYTES_PER_PARAMETER = 28  # fp32: read p, grad, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq
@@ -60,15 +61,7 @@ def as_graph(device, fn):
     """``fn`` replayed as a CUDA graph on a GPU (after warm-up on a side stream), else ``fn`` itself."""
     if device.type != "cuda":
         return fn
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = capture_after_warmup(fn, device)
     return graph.replay
 
 

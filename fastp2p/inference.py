@@ -30,7 +30,7 @@ from fastp2p.checkpoint import CheckpointError
 from fastp2p.data import load_rgb
 from fastp2p.data.transforms import get_params, transform_image
 from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.engine.cuda_graph import WARMUP_STEPS
+from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.models import create_model
 from fastp2p.options import OptionError, parse_options, use_cuda
 from fastp2p.visualizer import tensor2im
@@ -91,17 +91,8 @@ class FastGenerator(nn.Module):
             return self.net(x)
 
     def capture(self, x):
-        """Warm up on a side stream (cuDNN's algorithm choice, lazily made state), then record one forward."""
         self.static_input = x.clone()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_STEPS):
-                self.run(self.static_input)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_output = self.run(self.static_input)
+        self.graph, self.static_output = capture_after_warmup(lambda: self.run(self.static_input), self.device)
 
     def forward(self, x):
         x = x.to(self.device).contiguous(memory_format=self.memory_format)

@@ -71,6 +71,22 @@ DDP_WARMUP_STEPS = 11
 """eager DDP iterations before a capture (torch's notes on CUDA graphs with DistributedDataParallel)"""
 
 
+def capture_after_warmup(fn, device, warmup=WARMUP_STEPS):
+    """``fn()`` recorded as a CUDA graph after ``warmup`` eager calls on a side stream (capture needs lazily made
+    state, and cuDNN's algorithm choice, to exist first). Returns the graph and what ``fn`` returned during the
+    capture: tensors that each replay rewrites."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output
+
+
 class GraphedTrainStep:
     """Callable that runs ``step`` (a TrainStep, or an AutocastStep around one) eagerly at first, then as a graph.
 
