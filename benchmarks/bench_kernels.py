@@ -71,6 +71,11 @@ PATCH_SHAPE = (1, 30, 30)  # basic 70x70 PatchGAN output at 256^2
 IMAGE_SHAPE = (3, 256, 256)
 
 
+ELEMENTWISE_OPS = ("norms", "skips", "pads", "losses")
+"""the row groups of the fused norm, U-Net skip, reflection pad and loss kernels, in the order they run"""
+NORM_MODELS = ("unet_256", "resnet_9blocks")
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the .json and .md results")
@@ -82,6 +87,11 @@ def parse_args():
                         help="only the conv + norm rows (CONV_LAYERS): cuDNN conv + the fused norm against the Triton "
                              "conv with statistics epilogue (+ its norm apply), and a conv taking the norm + "
                              "activation of its input on load against the fused norm + cuDNN conv")
+    parser.add_argument("--ops", nargs="+", choices=ELEMENTWISE_OPS, default=list(ELEMENTWISE_OPS),
+                        help="which of the norm/pad/loss row groups to run (not with --conv); e.g. `--ops norms "
+                             "--batches 1` compares the channels-last and NCHW norms where batch 1 is launch-bound")
+    parser.add_argument("--models", nargs="+", choices=NORM_MODELS, default=list(NORM_MODELS),
+                        help="whose norm layers the norms rows take: the U-Net's BatchNorms, the ResNet's InstanceNorms")
     parser.add_argument("--graph", action="store_true",
                         help="also time each forward replayed from a CUDA graph (no_grad): GPU time without the "
                              "host's launch overhead, which bounds the eager timings of small layers")
@@ -152,10 +162,12 @@ def norm_cases(args, smoke):
         yield "smoke", "instance", (2, 8, 4, 4), "identity", 0.0, 1, True
         return
     for batch in args.batches:
-        for channels, height, width, activation, dropout in UNET_NORMS:
-            yield "unet_256", "batch", (batch, channels, height, width), activation, dropout, 0, False
-        for channels, height, width, activation, dropout, pad, skip in RESNET_NORMS:
-            yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout, pad, skip
+        if "unet_256" in args.models:
+            for channels, height, width, activation, dropout in UNET_NORMS:
+                yield "unet_256", "batch", (batch, channels, height, width), activation, dropout, 0, False
+        if "resnet_9blocks" in args.models:
+            for channels, height, width, activation, dropout, pad, skip in RESNET_NORMS:
+                yield "resnet_9blocks", "instance", (batch, channels, height, width), activation, dropout, pad, skip
 
 
 def bench_pair(timer, torch_fn, fused_fn, grad_to_none, graph_timer=None):
@@ -466,17 +478,20 @@ def main():
     meta["copy_gbps"] = copy_bandwidth(device, timer, 2**20 if args.smoke else 2**30)
     graph_timer = make_graph_timer(device, args.graph)
     meta["graph"] = graph_timer is not None
+    roof = meta["copy_gbps"]
     if args.conv:
-        rows = bench_convs(args, device, timer, meta["copy_gbps"], graph_timer)
+        rows = bench_convs(args, device, timer, roof, graph_timer)
     else:
-        rows = bench_norms(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
-        rows += bench_unet_skips(args, device, timer, meta["copy_gbps"], FusedNormAct, graph_timer)
-        rows += bench_pads(args, device, timer, meta["copy_gbps"], FusedReflectionPad2d, graph_timer)
-        rows += bench_losses(args, device, timer, meta["copy_gbps"], gan_loss, l1_loss, graph_timer)
+        groups = dict(norms=lambda: bench_norms(args, device, timer, roof, FusedNormAct, graph_timer),
+                      skips=lambda: bench_unet_skips(args, device, timer, roof, FusedNormAct, graph_timer),
+                      pads=lambda: bench_pads(args, device, timer, roof, FusedReflectionPad2d, graph_timer),
+                      losses=lambda: bench_losses(args, device, timer, roof, gan_loss, l1_loss, graph_timer))
+        rows = [row for name in ELEMENTWISE_OPS if name in args.ops for row in groups[name]()]
 
     os.makedirs(args.out, exist_ok=True)
     gpu = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
-    stem = os.path.join(args.out, f"kernels_{gpu}_{datetime.date.today():%Y%m%d}" + ("_conv" if args.conv else "")
+    subset = "_conv" if args.conv else ("" if set(args.ops) == set(ELEMENTWISE_OPS) else "_" + "_".join(args.ops))
+    stem = os.path.join(args.out, f"kernels_{gpu}_{datetime.date.today():%Y%m%d}{subset}"
                         + ("_smoke" if args.smoke else ""))
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1)

@@ -9,7 +9,9 @@ first:
 3. profile: kernel counts and device time per category (convolutions, norms, optimizer, casts...) per iteration
    of the same four configurations, eager (the kernels a graph replays);
 4. adam: the optimizer step alone at pix2pix's 57.2M and CycleGAN's 28.3M parameters against the copy roof;
-5. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
+5. norms_bs1: each of the ResNet's fused InstanceNorm layers at batch 1, channels-last against NCHW and torch's,
+   eager and replayed from a graph (where a channels-last norm was found launch-bound);
+6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
 
 Each stage runs under its own time limit (together under 9 minutes on an H200), and a stage that fails or runs out
 of time costs only its share. Everything goes to --out, with env.json (device, driver, versions, the commit passed
@@ -41,7 +43,8 @@ CUDA_TESTS = ["tests/test_engine.py", "tests/kernels", "tests/test_inference.py"
 def stages(args):
     """(name, seconds, [commands]) in the order they run; --dry_run swaps in the CPU's smallest sizes."""
     python, out = sys.executable, args.out
-    bench, profile, adam = (os.path.join(HERE, name) for name in ("bench_train.py", "profile_step.py", "bench_adam.py"))
+    bench, profile, adam, kernels = (os.path.join(HERE, name) for name in ("bench_train.py", "profile_step.py",
+                                                                           "bench_adam.py", "bench_kernels.py"))
     if args.dry_run:
         small = ["--device", "cpu", "--small", "--iters", "1", "--repeats", "1", "--warmup", "1", "--no_loader"]
         return [
@@ -53,6 +56,8 @@ def stages(args):
                                "pix2pix:1:reference", "--out", os.path.join(out, "profile")]]),
             ("adam", 120, [[python, adam, "--device", "cpu", "--small", "--models", "pix2pix", "--iters", "1",
                             "--repeats", "1", "--out", os.path.join(out, "adam")]]),
+            ("norms_bs1", 120, [[python, kernels, "--smoke", "--ops", "norms", "--dtypes", "float32", "--out",
+                                 os.path.join(out, "norms_bs1")]]),
         ]
     repeats = ["--repeats", "3", "--no_loader"]
     goals = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows", "reference",
@@ -71,7 +76,10 @@ def stages(args):
         ("profile", 60, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
                           os.path.join(out, "profile")]]),
         ("adam", 40, [[python, adam, "--out", os.path.join(out, "adam")]]),
-        ("rival", 50, rival),
+        # the layer rows print as they finish, so a stage stopped at its limit still leaves its first rows in the log
+        ("norms_bs1", 20, [[python, kernels, "--ops", "norms", "--models", "resnet_9blocks", "--batches", "1",
+                            "--dtypes", "bfloat16", "--graph", "--out", os.path.join(out, "norms_bs1")]]),
+        ("rival", 40, rival),
     ]
 
 

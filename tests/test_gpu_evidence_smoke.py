@@ -20,7 +20,7 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = (out / "summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["cuda_tests", "goals", "profile", "adam"]
+    assert [line.split(":")[0] for line in summary] == ["cuda_tests", "goals", "profile", "adam", "norms_bs1"]
     assert all(": [0] after" in line for line in summary), summary
     assert "tests collected" in (out / "cuda_tests.log").read_text()
     (goals,) = (out / "goals").glob("train_cpu_*.json")
@@ -28,6 +28,8 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
     assert json.loads((out / "profile" / "profile_categories.json").read_text())[0]["model"] == "pix2pix"
     (adam,) = (out / "adam").glob("adam_cpu_*.json")
     assert [row["row"] for row in json.loads(adam.read_text())["rows"]] == ["adam", "adam+step_copy"]
+    (norms,) = (out / "norms_bs1").glob("kernels_*_norms_smoke.json")
+    assert {row["layout"] for row in json.loads(norms.read_text())["rows"]} == {"nhwc", "nchw"}
     assert json.loads((out / "env.json").read_text())["dry_run"] is True
     assert (tmp_path / "evidence.tar.gz").stat().st_size > 0
 
