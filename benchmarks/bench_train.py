@@ -13,7 +13,8 @@ real loader (create_fast_loader) and timing the wait for each batch.
 Rows (cumulative; --rows picks among them by name):
     GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +step_cast (which
          replaces --foreach_cast), +batch_passes (CycleGAN, and any model with per-sample norms), +cuda_graph,
-         +cudnn_search_all (the default fast path), +overlap_optimizer (off by default until measured), and apart,
+         +cudnn_search_all (the default fast path), +two_streams (CycleGAN) and +overlap_optimizer (both off by
+         default until measured; the latter's row leaves --two_streams off), and apart,
          the reference networks under torch.compile in bf16 + channels-last (CUDA graphs off: --compile brings its
          own): compile (its default mode), compile_reduce_overhead and, only when asked for, compile_max_autotune
          (long to compile).
@@ -67,11 +68,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-             "cuda_graph", "cudnn_search_all", "overlap_optimizer")
+             "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer")
 CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast", "step_cast", "overlap_optimizer")
 TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-              "cuda_graph", "cudnn_search_all", "overlap_optimizer")
-REPLACED_BY = {"foreach_cast": "step_cast"}  # a later technique that does the earlier one's work its own way
+              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer")
+# an earlier technique left off from the row of a later one that does its work its own way (the step copies) or
+# cannot run beside it (the overlapped optimizer's own side stream)
+LEFT_OFF_BY = {"foreach_cast": "step_cast", "two_streams": "overlap_optimizer"}
 # the rival a user would try first: the reference networks under torch.compile, bf16 channels-last, per mode
 COMPILE_ROWS = {"compile": "default", "compile_reduce_overhead": "reduce-overhead",
                 "compile_max_autotune": "max-autotune"}
@@ -157,30 +160,36 @@ def parse_args(argv=None):
     return args
 
 
-def row_flags(name, chain, batch_ok):
-    """Engine switches of a row: the chain's techniques up to ``name`` on, every other one off; batch_passes
-    stays off unless ``batch_ok`` (see batchable())."""
+def row_flags(name, chain, skipped=frozenset()):
+    """Engine switches of a row: the chain's techniques up to ``name`` on, every other one off, and those in
+    ``skipped`` (see inapplicable()) off too."""
     if name == "reference":
         return ["--reference"]
     if name == "auto":
         return []
     on = {"amp", "channels_last"} if name in COMPILE_ROWS else set(chain[:chain.index(name) + 1])
-    on -= {technique for technique, later in REPLACED_BY.items() if later in on}
+    on -= {technique for technique, later in LEFT_OFF_BY.items() if later in on}
+    on -= skipped
     flags = ["--amp", "bf16" if "amp" in on else "off"]
     for technique in TECHNIQUES[1:]:
-        enabled = technique in on and (technique != "batch_passes" or batch_ok)
-        flags += [f"--{technique}", "on" if enabled else "off"]
+        flags += [f"--{technique}", "on" if technique in on else "off"]
     return flags + (["--compile", COMPILE_ROWS[name]] if name in COMPILE_ROWS else [])
 
 
-def batchable(args, model_name):
-    """Whether the model's norms let --batch_passes keep the math (per-sample norms: CycleGAN's default
-    InstanceNorm, not pix2pix's BatchNorm). Where they do not, its row is skipped: it would repeat the one before."""
-    return parse_options(model_flags(args, model_name, 1), is_train=True).norm in PER_SAMPLE_NORMS
+def inapplicable(args, model_name):
+    """The techniques that do not apply to the model, whose rows are skipped (each would repeat the row before):
+    --batch_passes where the norms are not per-sample (pix2pix's BatchNorm: batching would change the math),
+    --two_streams but for CycleGAN (no other model has two independent updates)."""
+    skipped = set()
+    if parse_options(model_flags(args, model_name, 1), is_train=True).norm not in PER_SAMPLE_NORMS:
+        skipped.add("batch_passes")
+    if model_name != "cycle_gan":
+        skipped.add("two_streams")
+    return frozenset(skipped)
 
 
 def model_row_flags(args, model_name, name):
-    return row_flags(name, args.chain, batchable(args, model_name))
+    return row_flags(name, args.chain, inapplicable(args, model_name))
 
 
 def display_name(name):
@@ -454,7 +463,7 @@ def run_config(args, model_name, batch_size, names, reference_rates, rows, save,
     """The rows ``names`` for one model and batch size; then, unless skipped, the loader share of the fastest."""
     key, batches, fastest = (model_name, batch_size), {}, None
     for name in names:
-        if name == "batch_passes" and not batchable(args, model_name):
+        if name in inapplicable(args, model_name):
             log(start, f"{model_name} bs{batch_size} {display_name(name):>15}: does not apply, skipped")
             continue
         if args.budget_s and time.perf_counter() - start > args.budget_s:

@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, batchable, build, display_name, git_commit, model_flags  # noqa: E402
+from bench_train import GPU_CHAIN, build, display_name, git_commit, inapplicable, model_flags  # noqa: E402
 from bench_train import random_batches, row_flags, run_steps  # noqa: E402
 
 H100_PROGRAMS = 4 * 132  # launch.target_programs on an H100: 4 waves of 132 SMs
@@ -84,7 +84,7 @@ class OpCounter(TorchDispatchMode):
 
 def count_row(args, model_name, row):
     chain_row = ROWS[-2] if row == FUSED_CONV else row
-    argv = model_flags(args, model_name, 1) + row_flags(chain_row, GPU_CHAIN, batchable(args, model_name))
+    argv = model_flags(args, model_name, 1) + row_flags(chain_row, GPU_CHAIN, inapplicable(args, model_name))
     argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
     argv += ["--fused_conv", "on"] if row == FUSED_CONV else []
     opt, model, engine, step = build(argv, args.device, args.seed)
@@ -136,7 +136,7 @@ def main():
     rows = []
     for model_name in args.models:
         for row in args.rows:
-            if row == "batch_passes" and not batchable(args, model_name):
+            if row in inapplicable(args, model_name):
                 continue  # it would repeat the row before (bench_train.py skips it too)
             rows.append(count_row(args, model_name, row))
             print(f"{model_name} {rows[-1]['row']}: {rows[-1]['total']} ({rows[-1]['aten']} aten, "

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, batchable, build, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
+from bench_train import GPU_CHAIN, build, inapplicable, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
 
 
 # kernel name patterns per category, first match wins (cuDNN, cutlass and Triton kernel names as they appear)
@@ -55,7 +55,7 @@ def category_sums(prof, steps):
 
 
 def profile_config(args, model_name, batch_size, row):
-    argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, batchable(args, model_name))
+    argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, inapplicable(args, model_name))
     argv += [] if args.device.type == "cuda" else ["--cuda_graph", "off"]
     opt, model, engine, step = build(argv, args.device, args.seed)
     batches = random_batches(opt, args.device)

@@ -245,6 +245,10 @@ def add_engine_options(parser, inference=False):
                        ("batch_passes", "run a network's independent passes of one step as one batch (CycleGAN's "
                                         "generator and identity passes, D's real and fake passes); needs per-sample "
                                         "norms (--norm instance or none)"),
+                       ("two_streams", "CycleGAN: update D_A and D_B, each forward and backward, on two CUDA "
+                                       "streams at once (they share nothing; at small batches one leaves most of "
+                                       "the GPU idle); not with DDP or --overlap_optimizer; auto leaves it off until "
+                                       "a GPU measurement shows it pays"),
                        ("cuda_graph", "replay each training iteration as one CUDA graph"),
                        ("cudnn_search_all", "let cudnn.benchmark time every convolution algorithm cuDNN offers "
                                             "(torch.backends.cudnn.benchmark_limit 0) rather than its first 10")):

@@ -523,6 +523,40 @@ def test_optimizer_in_backward_on_a_side_stream_in_a_cuda_graph_trains_like_afte
     assert_same_training(run, train_steps(model_name, flags, STEPS + 6), 5e-3, 1e-4, 1e-4)
 
 
+def test_d_updates_run_independently_share_no_gradient_and_train_like_the_reference(monkeypatch, reference_runs):
+    """CycleGAN hands D_A's and D_B's whole updates to run_independent (which --two_streams runs on two streams):
+    after the first, D_A has all its gradients and D_B none; the second leaves D_A's untouched; and the step, with the
+    two in this order, trains bit for bit like the reference."""
+    calls = []
+
+    def checked(self, first, second):
+        d_a, d_b = list(self.netD_A.parameters()), list(self.netD_B.parameters())
+        assert all(p.grad is None for p in d_a + d_b)
+        first()
+        assert all(p.grad is not None for p in d_a) and all(p.grad is None for p in d_b)
+        after_first = [p.grad.clone() for p in d_a]
+        second()
+        assert all(p.grad is not None for p in d_b)
+        assert all(torch.equal(p.grad, grad) for p, grad in zip(d_a, after_first))
+        calls.append((first.__name__, second.__name__))
+
+    monkeypatch.setattr(BaseModel, "run_independent", checked)
+    run = train_steps("cycle_gan", OFF, STEPS)
+    assert calls == [("backward_D_A", "backward_D_B")] * STEPS
+    assert_same_training(run, reference_runs["cycle_gan"], 0, 0, 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("graph", ["eager", "cuda_graph"])
+def test_two_streams_train_like_one(graph):
+    """D_B's update on the side stream, eager and captured in the iteration's graph (fork and join), against the same
+    run on one stream: the same kernels on the same inputs (cuDNN may pick other algorithms per capture)."""
+    flags = OFF + NO_POOL + ["--fused_adam", "on", "--amp", "bf16", "--step_cast", "on", "--fused_kernels", "on",
+                             "--batch_passes", "on", "--cuda_graph", "on" if graph == "cuda_graph" else "off"]
+    run = train_steps("cycle_gan", flags + ["--two_streams", "on"], STEPS + 6)
+    assert_same_training(run, train_steps("cycle_gan", flags, STEPS + 6), 5e-3, 1e-4, 1e-4)
+
+
 @requires_cuda
 @pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
 def test_cuda_graph_trains_like_eager(model_name):
@@ -647,6 +681,7 @@ def test_auto_switches_keep_the_reference_path_on_cpu():
     (["--step_cast", "on"], "needs --amp bf16 or fp16"),
     (["--amp", "bf16", "--step_cast", "on", "--foreach_cast", "on"], "turn one off"),
     (["--fused_kernels", "on", "--compile"], "--compile with --fused_kernels on is not supported"),
+    (["--two_streams", "on"], "it needs a GPU; only CycleGAN has two independent updates"),
 ])
 def test_impossible_switches_say_why(flags, message):
     with pytest.raises(OptionError, match=message):
@@ -679,6 +714,19 @@ def test_optimizer_in_backward_is_refused_under_ddp_and_fp16(monkeypatch):
     with pytest.raises(OptionError, match="DDP averages"):
         resolve_engine(make_opt("pix2pix", "--amp", "bf16", "--overlap_optimizer", "on"), torch.device("cuda"))
     assert not resolve_engine(make_opt("pix2pix", "--amp", "bf16"), torch.device("cuda")).overlap_optimizer
+
+
+def test_two_streams_stay_off_unless_asked_and_are_refused_where_untested(monkeypatch):
+    """Resolved for a GPU without one: auto is off until measured; DDP and the overlapped optimizer's own stream
+    are refused with the reason."""
+    gpu = torch.device("cuda")
+    assert not resolve_engine(make_opt("cycle_gan", "--amp", "bf16"), gpu).two_streams
+    assert resolve_engine(make_opt("cycle_gan", "--amp", "bf16", "--two_streams", "on"), gpu).two_streams
+    with pytest.raises(OptionError, match="side stream of its own"):
+        resolve_engine(make_opt("cycle_gan", "--amp", "bf16", "--two_streams", "on", "--overlap_optimizer", "on"), gpu)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(OptionError, match="DDP's reducer"):
+        resolve_engine(make_opt("cycle_gan", "--amp", "bf16", "--two_streams", "on"), gpu)
 
 
 def test_compile_leaves_the_fused_kernels_off_on_a_gpu():

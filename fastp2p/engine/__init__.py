@@ -18,6 +18,7 @@ from fastp2p.engine.cuda_graph import DeviceImagePool, GraphedTrainStep
 from fastp2p.engine.fusion import fuse_network, use_fused_losses
 from fastp2p.engine.overlap import StepsInBackward
 from fastp2p.engine.step import AutocastStep, TrainStep
+from fastp2p.engine.streams import TwoStreams
 from fastp2p.engine.weight_cast import StepCopies, cast_conv_parameters_per_forward
 
 __all__ = ["EngineConfig", "resolve_engine", "prepare_model", "TrainStep", "AutocastStep", "GraphedTrainStep"]
@@ -89,6 +90,8 @@ def prepare_model(model, config):
     if not model.isTrain:
         return None
     model.batch_passes = config.batch_passes
+    if config.two_streams:
+        model.run_independent = TwoStreams(model.device).run
     model.build_optimizers(config)
     if config.overlap_optimizer:
         model.steps_in_backward = {optimizer: StepsInBackward(optimizer, model.device, refresh_copy_of(step_copies))

@@ -33,6 +33,8 @@ class EngineConfig:
     """each parameter's Adam step runs from its gradient hook during backward (see overlap)"""
     batch_passes: bool = False
     """one forward for a network's independent passes of a step (same math with per-sample norms)"""
+    two_streams: bool = False
+    """CycleGAN's D_A and D_B updates on two CUDA streams (see streams)"""
     cuda_graph: bool = False
     compile: str | None = None
     """torch.compile's mode for every network ("default", "reduce-overhead", "max-autotune"); None = eager"""
@@ -56,8 +58,8 @@ class EngineConfig:
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
         on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "foreach_cast",
-                                "step_cast", "overlap_optimizer", "batch_passes", "cuda_graph", "cudnn_search_all",
-                                "ddp")
+                                "step_cast", "overlap_optimizer", "batch_passes", "two_streams", "cuda_graph",
+                                "cudnn_search_all", "ddp")
               if getattr(self, name)]
         on += [f"compile ({self.compile})"] if self.compile else []
         plain = self.amp_dtype is None and not on
@@ -126,6 +128,17 @@ def resolve_engine(opt, device):
     if overlap_optimizer and overlap_blockers:
         raise OptionError(f"--overlap_optimizer on is not possible here: {'; '.join(overlap_blockers)}")
 
+    # 'auto' waits for a GPU measurement that shows the two streams overlap
+    two_streams = switch(opt.two_streams, False)
+    two_streams_blockers = [reason for reason, blocked in (
+        ("it needs a GPU", not cuda),
+        ("only CycleGAN has two independent updates (D_A and D_B)", opt.model != "cycle_gan"),
+        ("DDP's reducer would all-reduce from the side stream, which is not tested", ddp),
+        ("--overlap_optimizer steps on a side stream of its own", overlap_optimizer),
+    ) if blocked]
+    if two_streams and two_streams_blockers:
+        raise OptionError(f"--two_streams on is not possible here: {'; '.join(two_streams_blockers)}")
+
     per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
     if batch_passes and not per_sample_norms:
@@ -146,6 +159,6 @@ def resolve_engine(opt, device):
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
                         fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=switch(opt.fused_adam, cuda),
                         foreach_cast=foreach_cast, step_cast=step_cast, overlap_optimizer=overlap_optimizer,
-                        batch_passes=batch_passes,
+                        batch_passes=batch_passes, two_streams=two_streams,
                         cuda_graph=cuda_graph, compile=opt.compile,
                         cudnn_search_all=switch(opt.cudnn_search_all, cuda), ddp=ddp)

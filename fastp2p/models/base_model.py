@@ -100,6 +100,12 @@ class BaseModel:
             return net(torch.cat(inputs)).split([x.shape[0] for x in inputs])
         return tuple(net(x) for x in inputs)
 
+    def run_independent(self, first, second):
+        """first() then second(): two parts of a step that share no network, input or gradient (CycleGAN's D_A and
+        D_B updates), which the engine may run on two streams instead (engine.streams.TwoStreams)."""
+        first()
+        second()
+
     def backward(self, loss):
         """loss.backward(), scaled under fp16 (the scaler does nothing otherwise)."""
         self.grad_scaler.scale(loss).backward()

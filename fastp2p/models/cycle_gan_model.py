@@ -118,6 +118,5 @@ class CycleGANModel(BaseModel):
         self.step(self.optimizer_G)
         self.set_requires_grad([self.netD_A, self.netD_B], True)
         self.optimizer_D.zero_grad()
-        self.backward_D_A()
-        self.backward_D_B()
+        self.run_independent(self.backward_D_A, self.backward_D_B)  # their own nets, inputs and gradients
         self.step(self.optimizer_D)

@@ -1,0 +1,29 @@
+"""Two independent parts of a training step on two CUDA streams: CycleGAN's D_A and D_B updates.
+
+At batch 1 a discriminator's forward and backward leave most of the GPU idle, and D_A's update shares nothing with
+D_B's (other networks, other inputs, other gradients), so each runs whole, forward and backward, on a stream of its
+own: autograd runs a backward op on the stream of its forward op, so no tensor crosses between the two streams
+while they run. The side stream starts after the work queued before it (its inputs) and the current stream waits
+for it before anything that follows (D's optimizer step, the next iteration), which also keeps every tensor the
+side stream used or allocated alive until it is done with it, with no record_stream. Both are captured in a CUDA
+graph as a fork and a join.
+"""
+
+import torch
+
+
+class TwoStreams:
+    """``run(first, second)``, BaseModel.run_independent's contract: first() on the current stream and second() on
+    a side stream, queued in that order (so host-side random draws, such as CycleGAN's image pools', come in the
+    plain step's order)."""
+
+    def __init__(self, device):
+        self.side = torch.cuda.Stream(device)
+
+    def run(self, first, second):
+        current = torch.cuda.current_stream(self.side.device)
+        self.side.wait_stream(current)  # before first() is queued: the side waits for the inputs only
+        first()
+        with torch.cuda.stream(self.side):
+            second()
+        current.wait_stream(self.side)
