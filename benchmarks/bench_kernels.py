@@ -289,9 +289,9 @@ def bench_convs(args, device, timer, roof, graph_timer=None):
                 x = torch.randn(batch, c_in, h, w, device=device).to(memory_format=torch.channels_last)
                 x.requires_grad_()
                 autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-                fused_conv = FusedConv(conv, reflect_pad=padding if reflect else 0, stats=True)
                 torch_norm = FusedNormAct.from_norm(copy.deepcopy(norm), activation)
                 conv_norm = ConvNorm(copy.deepcopy(norm), activation)
+                fused_conv = FusedConv(conv, reflect_pad=padding if reflect else 0, norm=conv_norm)
                 in_fused_norm = FusedNormAct.from_norm(in_norm, activation)
                 slope = 0.2 if activation == "leaky_relu" else 0.0
                 per_sample = kind == "instance"

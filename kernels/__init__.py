@@ -17,7 +17,7 @@ _EXPORTS = {
     "norm_act_module": ("FusedNormAct", "NormActFunction"),
     "norm_act": ("norm_act_backward", "norm_act_forward"),
     "conv_module": ("ConvFunction", "ConvNorm", "FusedConv", "NormFunction"),
-    "conv": ("combine_stats", "conv_forward", "conv_input_grad", "conv_weight_grad"),
+    "conv": ("conv_forward", "conv_input_grad", "conv_weight_grad"),
     "pad": ("FusedReflectionPad2d", "ReflectionPadFunction", "reflection_pad_backward", "reflection_pad_forward"),
     "losses": ("FusedGANLoss", "FusedL1Loss", "GanLossFunction", "L1LossFunction", "gan_loss", "gan_loss_forward",
                "gan_target", "l1_loss", "l1_loss_forward"),

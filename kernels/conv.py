@@ -1,7 +1,7 @@
 """Launch plan and host side of the implicit-GEMM convolution, whose kernels are in conv_kernels.py: the tiles and the
-weight gradient's split from the GEMM's sizes and the GPU's; conv_forward, conv_input_grad and conv_weight_grad,
-which launch them; combine_stats, which reduces the per-tile statistics in a fixed order; normalize, the norm and
-activation applied on their own where no fused conv consumes them."""
+weight gradient's split from the GEMM's sizes and the GPU's; conv_forward (with the statistics of its output, as
+the Statistics of the norm after it ask), conv_input_grad and conv_weight_grad, which launch them; normalize, the
+norm and activation applied on their own where no fused conv consumes them."""
 
 import dataclasses
 from typing import NamedTuple
@@ -9,9 +9,9 @@ from typing import NamedTuple
 import torch
 import triton.language as tl
 
-from .conv_kernels import _combine_stats_kernel, _conv_kernel, _conv_wgrad_kernel
+from .conv_kernels import _conv_kernel, _conv_wgrad_kernel
 from .launch import cdiv, next_power_of_2, target_programs, tiling
-from .norm_act import _TILE_BOUNDS, _dense, _strides
+from .norm_act import _TILE_BOUNDS, _dense, _strides, _tickets
 from .norm_act_kernels import _forward_apply_kernel
 from .pad import memory_format_of
 
@@ -47,6 +47,15 @@ class Prologue(NamedTuple):
     use_batch_stats: bool
 
 
+class Statistics(NamedTuple):
+    """The statistics of a conv's output that its kernel computes for the norm after it: per sample (InstanceNorm)
+    or per channel over the batch (BatchNorm), with the norm's eps; running: (running_mean, running_var,
+    num_batches_tracked, momentum) to update in place, as BatchNorm2d's training does, or None."""
+    per_sample: bool
+    eps: float
+    running: tuple | None = None
+
+
 def _precision(t):
     """fp32 operands multiply in full fp32 ('ieee'), as the reference's convolutions with TF32 off; the setting is
     ignored for 16-bit operands."""
@@ -73,10 +82,29 @@ def _prologue_args(prologue, x):
     return args, dict(PROLOGUE=True, HAS_AFFINE=has_affine, HAS_ACT=slope is not None)
 
 
+def _statistics_args(statistics, N, tiles, c_blocks, y):
+    """Kernel arguments of the statistics epilogue (dummies without): buffers, group size, eps and momentum; its
+    flags; and the (mean, rstd) [GROUPS, C_out] it writes, GROUPS = N or 1."""
+    if statistics is None:
+        return (y,) * 9 + (1, 0.0, 0.0), dict(STATS=False, UPDATE_RUNNING=False, BLOCK_T=1), None
+    C, device = y.shape[1], y.device
+    groups, samples_per_group = (N, 1) if statistics.per_sample else (1, N)
+    part_mean = torch.empty((N, tiles, C), device=device, dtype=torch.float32)
+    mean = torch.empty((groups, C), device=device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    running = statistics.running
+    args = (part_mean, torch.empty_like(part_mean), torch.empty((N, tiles), device=device, dtype=torch.float32),
+            _tickets(device, groups * c_blocks), mean, rstd, *(running[:3] if running else (mean, rstd, mean)),
+            samples_per_group, statistics.eps, running[3] if running else 0.0)
+    flags = dict(STATS=True, UPDATE_RUNNING=running is not None,
+                 BLOCK_T=min(next_power_of_2(samples_per_group * tiles), 64))
+    return args, flags, (mean, rstd)
+
+
 def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, padding, reflect, bias=None,
-          prologue=None, stats=False, memory_format=None):
+          prologue=None, statistics=None, memory_format=None):
     """Launch _conv_kernel; weight_view: (tensor, its strides as [C_out, C_in, KH, KW]). Returns y (in x's memory
-    format unless given) and, with stats, the per-tile (mean, m2, count)."""
+    format unless given) and, with statistics, the output's (mean, rstd), else None."""
     N, C_in, H, W = x.shape
     (KH, KW), (OH, OW) = kernel, out_size
     y = torch.empty((N, out_channels, OH, OW), device=x.device, dtype=x.dtype,
@@ -89,28 +117,24 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
     # In the interpreter every program runs in Python: large tiles keep the program count small.
     block_m = _block(rows, 128 if cuda else 1024)
     block_n, block_k = _block(out_channels, 128), _block(k_total, 64 if cuda else 256)
-    tiles = cdiv(rows, block_m) * classes
-    parts = None
-    if stats:
-        part_mean = torch.empty((N, tiles, out_channels), device=x.device, dtype=torch.float32)
-        parts = (part_mean, torch.empty_like(part_mean), torch.empty((N, tiles), device=x.device, dtype=torch.float32))
+    tiles, c_blocks = cdiv(rows, block_m) * classes, cdiv(out_channels, block_n)
+    statistics_args, statistics_flags, stats = _statistics_args(statistics, N, tiles, c_blocks, y)
     prologue_args, flags = _prologue_args(prologue, x)
     weight, w_strides = weight_view
-    _conv_kernel[(tiles, cdiv(out_channels, block_n), N)](
-        x, weight, x if bias is None else bias, y, *prologue_args[:4], *(parts or (y, y, y)),
+    _conv_kernel[(tiles, c_blocks, N)](
+        x, weight, x if bias is None else bias, y, *prologue_args[:4], *statistics_args[:9],
         C_in, H, W, out_channels, OH, OW, KH, KW, stride, padding, TW, QW, rows, k_total, *prologue_args[4:],
-        *x.stride(), *w_strides, *y.stride(),
-        TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None, STATS=stats, PRECISION=_precision(x),
-        INDEX=_index(x),
+        *statistics_args[9:], *x.stride(), *w_strides, *y.stride(),
+        TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None, PRECISION=_precision(x), INDEX=_index(x),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_m * block_n >= 128 * 128 else 4,
-        **flags)
-    return y, parts
+        **flags, **statistics_flags)
+    return y, stats
 
 
-def conv_forward(x, weight, bias, geometry, prologue=None, stats=False):
+def conv_forward(x, weight, bias, geometry, prologue=None, statistics=None):
     """The conv's output [N, C_out, OH, OW] (x's dtype and memory format) of x [N, C_in, H, W], normalized and
-    activated on load with a prologue; with stats also the per-tile statistics of the output (see combine_stats).
-    The weight and bias may be of another float dtype than x (fp32 under autocast): they are cast on load."""
+    activated on load with a prologue, and the output's (mean, rstd) as `statistics` ask, else None. The weight and
+    bias may be of another float dtype than x (fp32 under autocast): they are cast on load."""
     KH, KW = weight.shape[2:]
     H, W = x.shape[2:]
     out_size = (geometry.output_size(H, KH), geometry.output_size(W, KW))
@@ -120,7 +144,7 @@ def conv_forward(x, weight, bias, geometry, prologue=None, stats=False):
     else:
         view, out_channels = (weight, s), weight.shape[0]
     return _conv(x, view, out_channels, (KH, KW), out_size, geometry.transposed, geometry.stride, geometry.padding,
-                 geometry.reflect, bias, prologue, stats)
+                 geometry.reflect, bias, prologue, statistics)
 
 
 def conv_input_grad(dy, weight, geometry, input_size, memory_format=None):
@@ -156,37 +180,21 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     chunk = cdiv(cdiv(rows, splits), block_r) * block_r
     splits = cdiv(rows, chunk)
     dweight = torch.empty_like(weight, dtype=torch.float32)  # [C_a, C_b, KH, KW], as either conv's weight
-    # one partial sum is written straight into dweight, several into a buffer summed below
-    out = dweight[None] if N * splits == 1 else torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device,
-                                                            dtype=torch.float32)
+    grid = (cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)
+    # one partial sum is written straight into dweight; several go to a buffer, which the kernel sums into it
+    sum_parts = N * splits > 1
+    parts = (torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32) if sum_parts
+             else dweight[None])
+    tickets = _tickets(x.device, grid[0] * grid[1]) if sum_parts else dweight
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
-    _conv_wgrad_kernel[(cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)](
-        a, b, out, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride, geometry.padding, j_total,
-        chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *out.stride(),
-        REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
-        PROLOGUE_B=normalized and not geometry.transposed, PRECISION=_precision(x), INDEX=_index(x),
-        BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
-    if N * splits > 1:
-        torch.sum(out, 0, out=dweight)
+    _conv_wgrad_kernel[grid](
+        a, b, dweight, parts, tickets, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride,
+        geometry.padding, j_total, chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *dweight.stride(),
+        *parts.stride(), REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
+        PROLOGUE_B=normalized and not geometry.transposed, SUM_PARTS=sum_parts, PRECISION=_precision(x),
+        INDEX=_index(x), BLOCK_A=block_a, BLOCK_J=block_j, BLOCK_R=block_r, num_warps=4, **flags)
     return dweight.to(weight.dtype)
-
-
-def combine_stats(parts, per_sample, eps, running=None):
-    """(mean, rstd) [GROUPS, C] fp32 (GROUPS = N per sample, else 1; biased variance) from conv_forward's per-tile
-    statistics, combined in a fixed order by one launch, so the result does not change from run to run; running:
-    (running_mean, running_var, num_batches_tracked, momentum) to update in place, as BatchNorm2d's training does."""
-    part_mean, part_m2, part_count = parts
-    N, tiles, C = part_mean.shape
-    groups, tiles = (N, tiles) if per_sample else (1, N * tiles)
-    mean = torch.empty((groups, C), device=part_mean.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    block_c = _block(C, 128) if part_mean.device.type == "cuda" else next_power_of_2(C)
-    _combine_stats_kernel[(cdiv(C, block_c), groups)](
-        part_mean, part_m2, part_count, mean, rstd, *(running[:3] if running else (mean, rstd, mean)), tiles, C, eps,
-        running[3] if running else 0.0, UPDATE_RUNNING=running is not None, BLOCK_T=min(next_power_of_2(tiles), 64),
-        BLOCK_C=block_c)
-    return mean, rstd
 
 
 def normalize(x, mean, rstd, weight, bias, negative_slope):

@@ -4,7 +4,9 @@ launches them, conv_module.py wraps them.
 Every convolution of the U-Net, the ResNet generator and the PatchGAN is followed by a norm. Here the conv that
 produces a norm's input also writes, per output tile, the mean and the sum of squared deviations of each channel
 over the tile's rows (rows of one sample, so InstanceNorm and BatchNorm groups both are unions of tiles): no
-statistics pass reads the output again. The conv that consumes the normalized activation normalizes it while it
+statistics pass reads the output again, and the last tile of a group (sample, or batch) and channel block to
+finish combines the group's tiles into its mean and rstd and updates BatchNorm's running statistics, so no combine
+kernel runs either. The conv that consumes the normalized activation normalizes it while it
 loads its input tile, (x - mean) * rstd * weight + bias and the (Leaky)ReLU, so the activation is never written;
 a reflection pad before it becomes reflected indices. Tensors are walked through their strides, so NCHW and NHWC
 both work; the reduction axis is (tap, channel) with the channel fastest, which reads NHWC rows contiguously. The
@@ -16,12 +18,14 @@ _conv_kernel computes a convolution or a transposed convolution. The transposed 
 the way a scatter-as-gather over all taps would. The same kernel gives the input gradients: a convolution's is the
 transposed convolution of dy with the roles of the weight's two channel axes swapped, and the reverse.
 _conv_wgrad_kernel computes the weight gradient as a GEMM over the positions of one operand's grid, the other
-gathered through the conv's taps, per sample and split into chunks whose partial sums the host adds in a fixed order.
+gathered through the conv's taps, per sample and split into chunks; the last chunk of a weight tile to finish adds
+the chunks' partial sums in a fixed order (no separate sum, and the same result in every run).
 """
 
 import triton
 import triton.language as tl
 
+from .norm_act_kernels import _finish_stats, _last_to_finish
 from .pad import _reflect
 
 
@@ -65,6 +69,33 @@ def _load_input(x_ptr, n, ih, iw, c, c_ok, valid, H, W, stride_n, stride_c, stri
 
 
 @triton.jit
+def _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, first, TILES, C, offs_c, c_mask,
+                   BLOCK_T: tl.constexpr):
+    """(mean, squared deviations, rows) of a group from its TILES tiles, tile `first` on (means and squared
+    deviations [tiles, C], rows [tiles]): Chan's parallel combination, in a fixed order."""
+    count = tl.zeros([BLOCK_T, 1], tl.float32)
+    total = tl.zeros([BLOCK_T, offs_c.shape[0]], tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tile_count = tl.load(part_count_ptr + first + t, mask=t < TILES, other=0.0)[:, None]
+        mask = (t < TILES)[:, None] & c_mask[None, :]
+        count += tile_count
+        total += tile_count * tl.load(part_mean_ptr + (first + t)[:, None] * C + offs_c[None, :], mask=mask,
+                                      other=0.0)
+    rows = tl.sum(count, axis=0)  # [1]
+    mean = tl.sum(total, axis=0) / rows
+    m2 = tl.zeros([BLOCK_T, offs_c.shape[0]], tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tile_count = tl.load(part_count_ptr + first + t, mask=t < TILES, other=0.0)[:, None]
+        mask = (t < TILES)[:, None] & c_mask[None, :]
+        offsets = (first + t)[:, None] * C + offs_c[None, :]
+        deviation = tl.load(part_mean_ptr + offsets, mask=mask, other=0.0) - mean[None, :]
+        m2 += tl.load(part_m2_ptr + offsets, mask=mask, other=0.0) + tile_count * deviation * deviation
+    return mean, tl.sum(m2, axis=0), rows
+
+
+@triton.jit
 def _conv_kernel(
     x_ptr,  # [N, C_in, H, W] through strides: the input (pre-norm with PROLOGUE)
     w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww, any float
@@ -75,19 +106,26 @@ def _conv_kernel(
     nw_ptr, nb_ptr,  # [C_in] the input norm's affine parameters, read with HAS_AFFINE
     part_mean_ptr, part_m2_ptr,  # [N, TILES, C_out] fp32, out with STATS: mean and squared deviations per tile
     part_count_ptr,  # [N, TILES] fp32, out with STATS: the rows of each tile
+    tickets_ptr,  # [GROUPS, C_out blocks] int32, zero, with STATS: see _last_to_finish
+    out_mean_ptr, out_rstd_ptr,  # [GROUPS, C_out] fp32, out with STATS: the output's statistics
+    running_mean_ptr, running_var_ptr, batches_ptr,  # [C_out], [C_out], [] int64: updated when UPDATE_RUNNING
     C_in, H, W, C_out, OH, OW, KH, KW, STRIDE, PAD,
     TW,  # taps per kernel row that a program walks: KW, or cdiv(KW, STRIDE) with TRANSPOSED
     QW,  # output columns per program row: OW, or cdiv(OW, STRIDE) with TRANSPOSED (one parity class)
     ROWS,  # output rows of one sample (of one parity class with TRANSPOSED)
     K_TOTAL,  # taps x C_in
     group_stride, negative_slope,
+    SAMPLES_PER_GROUP,  # of the output's statistics: 1 per sample (InstanceNorm), N per batch (BatchNorm)
+    eps, momentum,
     stride_xn, stride_xc, stride_xh, stride_xw, stride_wo, stride_wr, stride_wh, stride_ww,
     stride_yn, stride_yc, stride_yh, stride_yw,
     TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr, PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
+    PRECISION: tl.constexpr, INDEX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """y[n, :, oh, ow] for one [BLOCK_M output positions, BLOCK_N channels] tile of sample n.
+    """y[n, :, oh, ow] for one [BLOCK_M output positions, BLOCK_N channels] tile of sample n; with STATS, the tile's
+    statistics, and the group's from its last tile to finish.
 
     Convolution: ih = oh * STRIDE - PAD + kh. Transposed: oh = ih * STRIDE - PAD + kh, so an output of parity class
     (ph, pw) reads the taps kh = (ph + PAD) % STRIDE + STRIDE * t at ih = oh // STRIDE + (ph + PAD) // STRIDE - t.
@@ -138,24 +176,36 @@ def _conv_kernel(
         tl.store(part_mean_ptr + tile * C_out + offs_n, tile_mean, mask=n_ok)
         tl.store(part_m2_ptr + tile * C_out + offs_n, tl.sum(deviation * deviation, axis=0), mask=n_ok)
         tl.store(part_count_ptr + tile, count)  # the same value from every channel block
+        g = n // SAMPLES_PER_GROUP
+        group_tiles = SAMPLES_PER_GROUP * tl.num_programs(0)
+        # the ticket of (group g, channel block pid_n), passed as _last_to_finish's counter 0
+        if _last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
+            mean, m2, rows = _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, g * group_tiles, group_tiles,
+                                            C_out, offs_n, n_ok, BLOCK_T)
+            _finish_stats(mean, m2, rows, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+                          g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
 def _conv_wgrad_kernel(
     a_ptr,  # [N, C_a, GH, GW] through strides: the operand on the GEMM's grid (dy, or a transposed conv's input)
     b_ptr,  # [N, C_b, H_b, W_b] through strides: the operand gathered through the taps
-    out_ptr,  # [N * SPLITS, C_a, C_b, KH, KW] through strides, out: partial weight gradients
+    out_ptr,  # [C_a, C_b, KH, KW] fp32 through strides stride_o*, out: the weight gradient
+    part_ptr,  # [N * SPLITS, C_a, C_b, KH, KW] fp32 through strides stride_p*, with SUM_PARTS: partial sums
+    tickets_ptr,  # [C_a blocks, J blocks] int32, zero, with SUM_PARTS: see _last_to_finish
     mean_ptr, rstd_ptr, nw_ptr, nb_ptr,  # the prologue's norm of the conv's input (a or b), as in _conv_kernel
     C_a, GH, GW, C_b, H_b, W_b, KW, STRIDE, PAD, J_TOTAL, CHUNK, SPLITS,
     group_stride, negative_slope,
     stride_an, stride_ac, stride_ah, stride_aw, stride_bn, stride_bc, stride_bh, stride_bw,
-    stride_os, stride_oa, stride_ob, stride_oh, stride_ow,
+    stride_oa, stride_ob, stride_oh, stride_ow, stride_ps, stride_pa, stride_pb, stride_ph, stride_pw,
     REFLECT: tl.constexpr, PROLOGUE_A: tl.constexpr, PROLOGUE_B: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_ACT: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    HAS_ACT: tl.constexpr, SUM_PARTS: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """out[n * SPLITS + split, a, c, kh, kw] = sum over the positions (gh, gw) of chunk `split` of sample n of
-    A[n, a, gh, gw] * B[n, c, gh * STRIDE - PAD + kh, gw * STRIDE - PAD + kw], the column j being (kh, kw, c).
+    """The sum over the positions (gh, gw) of chunk `split` of sample n of
+    A[n, a, gh, gw] * B[n, c, gh * STRIDE - PAD + kh, gw * STRIDE - PAD + kw], the column j being (kh, kw, c),
+    stored to out[a, c, kh, kw] when it is the only chunk; with SUM_PARTS, to part[n * SPLITS + split], and the last
+    chunk of the tile to finish stores the sum of all parts, in their order, to out.
 
     A convolution's weight gradient has A = dy and B = its input; a transposed convolution's A = its input and
     B = dy. The conv's input is normalized on load with the prologue when it had one.
@@ -184,51 +234,16 @@ def _conv_wgrad_kernel(
                         HAS_AFFINE, HAS_ACT)
         operand = b_ptr.dtype.element_ty
         acc = tl.dot(tl.trans(a.to(operand)), b.to(operand), acc, input_precision=PRECISION)
-    out_offsets = (pid_s.to(tl.int64) * stride_os + offs_a[:, None] * stride_oa
-                   + (c * stride_ob + kh * stride_oh + kw * stride_ow)[None, :])
-    tl.store(out_ptr + out_offsets, acc, mask=a_ok[:, None] & j_ok[None, :])
-
-
-@triton.jit
-def _combine_stats_kernel(
-    part_mean_ptr, part_m2_ptr,  # [GROUPS, TILES, C] fp32: each tile's mean and squared deviations
-    part_count_ptr,  # [GROUPS, TILES] fp32: each tile's rows
-    mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
-    running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64: updated in place when UPDATE_RUNNING
-    TILES, C, eps, momentum,
-    UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """A group's mean and 1/std (biased variance) from its tiles (Chan's parallel combination, in a fixed order), and
-    the running statistics' update with the unbiased variance, as BatchNorm2d's."""
-    pid_c, g = tl.program_id(0), tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    count = tl.zeros([BLOCK_T, 1], tl.float32)
-    total = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
-    for t0 in range(0, TILES, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        tile_count = tl.load(part_count_ptr + g * TILES + t, mask=t < TILES, other=0.0)[:, None]
-        mask = (t < TILES)[:, None] & c_mask[None, :]
-        count += tile_count
-        total += tile_count * tl.load(part_mean_ptr + (g * TILES + t)[:, None] * C + offs_c[None, :], mask=mask,
-                                      other=0.0)
-    n = tl.sum(count, axis=0)  # [1]
-    mean = tl.sum(total, axis=0) / n
-    m2 = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
-    for t0 in range(0, TILES, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        tile_count = tl.load(part_count_ptr + g * TILES + t, mask=t < TILES, other=0.0)[:, None]
-        mask = (t < TILES)[:, None] & c_mask[None, :]
-        offsets = (g * TILES + t)[:, None] * C + offs_c[None, :]
-        deviation = tl.load(part_mean_ptr + offsets, mask=mask, other=0.0) - mean[None, :]
-        m2 += tl.load(part_m2_ptr + offsets, mask=mask, other=0.0) + tile_count * deviation * deviation
-    m2 = tl.sum(m2, axis=0)
-    tl.store(mean_ptr + g * C + offs_c, mean, mask=c_mask)
-    tl.store(rstd_ptr + g * C + offs_c, 1.0 / tl.sqrt(m2 / n + eps), mask=c_mask)
-    if UPDATE_RUNNING:
-        running_mean = tl.load(running_mean_ptr + offs_c, mask=c_mask).to(tl.float32)
-        running_var = tl.load(running_var_ptr + offs_c, mask=c_mask).to(tl.float32)
-        tl.store(running_mean_ptr + offs_c, running_mean + momentum * (mean - running_mean), mask=c_mask)
-        tl.store(running_var_ptr + offs_c, running_var + momentum * (m2 / (n - 1.0) - running_var), mask=c_mask)
-        if pid_c == 0:
-            tl.store(batches_ptr, tl.load(batches_ptr) + 1)
+    mask = a_ok[:, None] & j_ok[None, :]
+    out_offsets = offs_a[:, None] * stride_oa + (c * stride_ob + kh * stride_oh + kw * stride_ow)[None, :]
+    if SUM_PARTS:
+        part_offsets = offs_a[:, None] * stride_pa + (c * stride_pb + kh * stride_ph + kw * stride_pw)[None, :]
+        tl.store(part_ptr + pid_s.to(tl.int64) * stride_ps + part_offsets, acc, mask=mask)
+        # the ticket of weight tile (pid_a, pid_j), passed as _last_to_finish's counter 0
+        if _last_to_finish(tickets_ptr + pid_a * tl.num_programs(1) + pid_j, 0, 0, tl.num_programs(2)):
+            acc = tl.zeros([BLOCK_A, BLOCK_J], tl.float32)
+            for part in range(0, tl.num_programs(2)):
+                acc += tl.load(part_ptr + part * stride_ps + part_offsets, mask=mask, other=0.0)
+            tl.store(out_ptr + out_offsets, acc, mask=mask)
+    else:
+        tl.store(out_ptr + out_offsets, acc, mask=mask)

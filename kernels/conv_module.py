@@ -2,16 +2,17 @@
 modules that stand in for a network's conv and its norm, FusedConv and ConvNorm.
 
 A conv followed by a norm becomes a FusedConv at the conv's index (the conv's Parameters) that returns its output and
-the per-tile statistics its kernel wrote, and a ConvNorm at the norm's index (the norm's Parameters and buffers) that
-reduces them. Where the next layer is a FusedConv, the ConvNorm hands it (output, Prologue) and that conv normalizes
-and activates its input as it loads it; elsewhere the ConvNorm applies the norm and activation itself. Each keeps the
-Parameters of the module it replaces under that module's index, so state_dict keys stay the reference's.
+the statistics its kernel computed of it, as the norm asks (updating the norm's running statistics too), and a
+ConvNorm at the norm's index (the norm's Parameters and buffers), which the FusedConv reads at each call. Where the
+next layer is a FusedConv, the ConvNorm hands it (output, Prologue) and that conv normalizes and activates its input
+as it loads it; elsewhere the ConvNorm applies the norm and activation itself. Each keeps the Parameters of the
+module it replaces under that module's index, so state_dict keys stay the reference's.
 """
 
 import torch
 from torch import nn
 
-from .conv import ConvGeometry, Prologue, combine_stats, conv_forward, conv_input_grad, conv_weight_grad, normalize
+from .conv import ConvGeometry, Prologue, Statistics, conv_forward, conv_input_grad, conv_weight_grad, normalize
 from .norm_act import norm_act_backward
 from .pad import memory_format_of, reflection_pad_backward
 
@@ -22,22 +23,22 @@ class ConvFunction(torch.autograd.Function):
     prologue_options: (negative_slope, per_sample, use_batch_stats) of the norm applied on load, None for none. The
     input gradient of a conv with a prologue goes through the norm's backward from the saved pre-norm x and its
     statistics (mean and rstd, which the producing ConvNorm made without a graph), so it includes the statistics'
-    dependence on x. With stats the per-tile statistics are returned too, non-differentiable.
+    dependence on x. With statistics the output's (mean, rstd) are returned too, non-differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, rstd, norm_weight, norm_bias, geometry, prologue_options, stats):
+    def forward(ctx, x, weight, bias, mean, rstd, norm_weight, norm_bias, geometry, prologue_options, statistics):
         prologue = None if prologue_options is None else Prologue(mean, rstd, norm_weight, norm_bias,
                                                                   *prologue_options)
-        y, parts = conv_forward(x, weight, bias, geometry, prologue, stats)
+        y, stats = conv_forward(x, weight, bias, geometry, prologue, statistics)
         ctx.save_for_backward(x, weight, mean, rstd, norm_weight, norm_bias)
         ctx.geometry, ctx.prologue_options = geometry, prologue_options
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
-        if not stats:
+        if stats is None:
             return y
-        ctx.mark_non_differentiable(*parts)
-        return (y, *parts)
+        ctx.mark_non_differentiable(*stats)
+        return (y, *stats)
 
     @staticmethod
     def backward(ctx, dy, *_):
@@ -89,11 +90,11 @@ class NormFunction(torch.autograd.Function):
 class FusedConv(nn.Module):
     """A Conv2d or ConvTranspose2d (the same Parameter objects, so the same keys) computed by the Triton implicit
     GEMM, with the reflection pad before it (``reflect_pad``), the norm and activation of its input (a Prologue
-    passed to forward) and, with ``stats``, the statistics of its output for the ConvNorm after it: forward then
-    returns (output, per-tile statistics). ``add_bias`` False leaves out a bias that the InstanceNorm after the conv
-    cancels."""
+    passed to forward) and, with ``norm`` (the ConvNorm after it), the statistics of its output that the norm asks
+    for: forward then returns (output, (mean, rstd) or None). ``add_bias`` False leaves out a bias that the
+    InstanceNorm after the conv cancels."""
 
-    def __init__(self, conv, reflect_pad=0, stats=False, add_bias=True):
+    def __init__(self, conv, reflect_pad=0, norm=None, add_bias=True):
         super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
             raise NotImplementedError("FusedConv supports groups=1, dilation=1 and zero padding_mode")
@@ -103,7 +104,8 @@ class FusedConv(nn.Module):
         self.geometry = ConvGeometry(transposed, conv.stride[0], reflect_pad or conv.padding[0], reflect_pad > 0,
                                      conv.output_padding[0] if transposed else 0)
         self.weight, self.bias = conv.weight, conv.bias
-        self.stats, self.add_bias = stats, add_bias and conv.bias is not None
+        self.add_bias = add_bias and conv.bias is not None
+        self._norm = (norm,) if norm is not None else ()  # a tuple: not a submodule (its keys stay at its index)
         self.train(conv.training)
 
     def forward(self, x, state=None):
@@ -111,20 +113,23 @@ class FusedConv(nn.Module):
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         with torch.autocast(device_type, enabled=False):  # the kernels cast the weights as they load them
             mean, rstd, norm_weight, norm_bias, *options = state or (None,) * 7
+            statistics = self._norm[0].statistics() if self._norm else None
             out = ConvFunction.apply(x.to(dtype), self.weight, self.bias if self.add_bias else None, mean, rstd,
                                      norm_weight, norm_bias, self.geometry, tuple(options) if state else None,
-                                     self.stats)
-        return (out[0], out[1:]) if self.stats else out
+                                     statistics)
+        if not self._norm:
+            return out
+        return (out[0], out[1:]) if statistics else (out, None)
 
     def extra_repr(self):
-        return f"{self.geometry}, stats={self.stats}, add_bias={self.add_bias}"
+        return f"{self.geometry}, stats={bool(self._norm)}, add_bias={self.add_bias}"
 
 
 class ConvNorm(nn.Module):
     """The BatchNorm2d / InstanceNorm2d (the same Parameters and buffers, so the same keys) after a FusedConv, and the
-    ReLU/LeakyReLU after it: ``forward(y, parts)`` takes the conv's output and per-tile statistics, updates the
-    running statistics, and returns the activation, or with ``hands_off`` (y, Prologue) for the FusedConv after it.
-    """
+    ReLU/LeakyReLU after it: ``forward(y, stats)`` takes the conv's output and the batch statistics the conv computed
+    as ``statistics()`` asked (None when the running ones are used), and returns the activation, or with
+    ``hands_off`` (y, Prologue) for the FusedConv after it."""
 
     def __init__(self, norm, activation=None, negative_slope=0.2):
         super().__init__()
@@ -142,16 +147,20 @@ class ConvNorm(nn.Module):
         self.hands_off = False
         self.train(norm.training)
 
-    def forward(self, y, parts):
-        use_batch_stats = self.training or self.per_sample
-        if use_batch_stats:
-            update = self.training and not self.per_sample
-            running = (self.running_mean, self.running_var, self.num_batches_tracked, self.momentum)
-            mean, rstd = combine_stats(parts, self.per_sample, self.eps, running if update else None)
-        else:
-            mean = self.running_mean.float()[None]
-            rstd = torch.rsqrt(self.running_var.float() + self.eps)[None]
-        state = Prologue(mean, rstd, self.weight, self.bias, self.negative_slope, self.per_sample, use_batch_stats)
+    def statistics(self):
+        """The Statistics the conv before this norm computes of its output (and the running statistics it updates,
+        in BatchNorm's training), None when the norm uses its running statistics."""
+        if not (self.training or self.per_sample):
+            return None
+        update = self.training and not self.per_sample
+        running = (self.running_mean, self.running_var, self.num_batches_tracked, self.momentum)
+        return Statistics(self.per_sample, self.eps, running if update else None)
+
+    def forward(self, y, stats):
+        use_batch_stats = stats is not None
+        if not use_batch_stats:
+            stats = (self.running_mean.float()[None], torch.rsqrt(self.running_var.float() + self.eps)[None])
+        state = Prologue(*stats, self.weight, self.bias, self.negative_slope, self.per_sample, use_batch_stats)
         if self.hands_off:
             return y, state
         return NormFunction.apply(y, *state)

@@ -324,7 +324,7 @@ def _reflect_pad(pad, conv):
 
 def fuse_conv_norms(net):
     """Replace each conv followed by a norm (and a ReLU/LeakyReLU, which becomes an Identity) by a FusedConv, which
-    also writes its output's statistics, and the norm by a ConvNorm, which reduces them; a ReflectionPad2d right
+    also computes its output's statistics, and the norm by the ConvNorm they are for; a ReflectionPad2d right
     before such a conv becomes its reflected indices (an Identity). A ConvNorm whose next layer is a conv has that
     conv, norm or not, made a FusedConv that normalizes and activates its input as it loads it: the ConvNorm hands
     it the pre-norm output and its statistics, and the activation is never written. Returns how many convs.
@@ -349,14 +349,15 @@ def fuse_conv_norms(net):
                 continue
             if pad:
                 seq[i] = nn.Identity()
-            seq[c] = kernels.FusedConv(conv, reflect_pad=pad, stats=norm is not None,
+            activation = activation_of(seq[c + 2]) if norm is not None and c + 2 < len(seq) else None
+            conv_norm = kernels.ConvNorm(norm, *(activation or ())) if norm is not None else None
+            seq[c] = kernels.FusedConv(conv, reflect_pad=pad, norm=conv_norm,
                                        add_bias=type(conv) not in BIAS_CANCELLING_CONVS.values())
             if feeding is not None:
                 feeding.hands_off = True
             feeding, i = None, c + 1
             if norm is not None:
-                activation = activation_of(seq[c + 2]) if c + 2 < len(seq) else None
-                seq[c + 1] = feeding = kernels.ConvNorm(norm, *(activation or ()))
+                seq[c + 1] = feeding = conv_norm
                 if activation is not None:
                     seq[c + 2] = nn.Identity()
                 i = c + 2

@@ -75,13 +75,12 @@ def specializations():
     # plan's largest tiles
     for transposed, precision in ((False, "ieee"), (True, "tf32")):
         yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=True, HAS_AFFINE=True,
-                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, PRECISION=precision, INDEX=tl.int32,
-                                      BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
+                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, UPDATE_RUNNING=transposed,
+                                      PRECISION=precision, INDEX=tl.int32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64,
+                                      BLOCK_T=64)
         yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
-                                            HAS_AFFINE=True, HAS_ACT=True, PRECISION=precision, INDEX=tl.int32,
-                                            BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
-    for update in (False, True):
-        yield conv._combine_stats_kernel, dict(UPDATE_RUNNING=update, BLOCK_T=64, BLOCK_C=128)
+                                            HAS_AFFINE=True, HAS_ACT=True, SUM_PARTS=transposed, PRECISION=precision,
+                                            INDEX=tl.int32, BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):

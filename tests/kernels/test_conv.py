@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from fastp2p import networks
 from fastp2p.engine import resolve_engine
 from fastp2p.engine.fusion import fuse_network
-from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, combine_stats
-from fastp2p.kernels.conv import ConvGeometry
+from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, conv_forward
+from fastp2p.kernels.conv import ConvGeometry, Prologue, Statistics
 from fastp2p.options import OptionError
 from tests.conftest import requires_cuda
 from tests.test_engine import OFF, assert_same_training, make_opt, train_steps
@@ -70,9 +70,10 @@ def batch_statistics(x, per_sample, eps=1e-5):
                          ids=["fp32", "bf16"])  # the interpreter's bf16 tl.dot is not the GPU's
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conv_matches_pytorch_forward_statistics_and_gradients(name, dtype):
-    """Output and its per-(sample, channel) and per-channel statistics; gradients of the input (through the
-    prologue's norm, statistics included), weight, bias and the norm's affine parameters. In bf16 the input is bf16
-    and the parameters fp32 (as under autocast), against the fp32 ops on the same values."""
+    """Output and its per-(sample, channel) and per-channel statistics, and BatchNorm's running statistics updated
+    from the latter; gradients of the input (through the prologue's norm, statistics included), weight, bias and the
+    norm's affine parameters. In bf16 the input is bf16 and the parameters fp32 (as under autocast), against the fp32
+    ops on the same values."""
     N, C_in, H, W, C_out, kernel, geometry, has_bias, prologue = CASES[name]
     atol, rtol = (ATOL, RTOL) if dtype == torch.float32 else TOLERANCES[dtype]
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
@@ -95,14 +96,23 @@ def test_conv_matches_pytorch_forward_statistics_and_gradients(name, dtype):
     if prologue is not None:
         stats = batch_statistics(x_ref.detach(), not batch_norm)
         options = (prologue[1], not batch_norm, True)
-    y, *parts = ConvFunction.apply(x, weight, bias, *stats, norm_weight, norm_bias, geometry, options, True)
+    y, *out_stats = ConvFunction.apply(x, weight, bias, *stats, norm_weight, norm_bias, geometry, options,
+                                       Statistics(per_sample=True, eps=1e-5))
     assert y.dtype == dtype
     assert_close_verbose(y, ref, atol, rtol, "output")
-    for per_sample in (True, False):
-        mean, rstd = combine_stats(parts, per_sample, 1e-5)
+    running = (torch.zeros(C_out, device=DEVICE), torch.ones(C_out, device=DEVICE),
+               torch.zeros((), dtype=torch.long, device=DEVICE), 0.1)
+    with torch.no_grad():
+        _, batch_stats = conv_forward(x, weight, bias, geometry, None if options is None else Prologue(
+            *stats, norm_weight, norm_bias, *options), Statistics(per_sample=False, eps=1e-5, running=running))
+    for per_sample, (mean, rstd) in ((True, out_stats), (False, batch_stats)):
         mean_ref, rstd_ref = batch_statistics(ref.detach(), per_sample)
         assert_close_verbose(mean, mean_ref, atol, rtol, f"mean per_sample={per_sample}")
         assert_close_verbose(rstd, rstd_ref, atol, rtol, f"rstd per_sample={per_sample}")
+    var_ref, mean_ref = torch.var_mean(ref.detach(), (0, 2, 3))
+    assert_close_verbose(running[0], 0.1 * mean_ref, atol, rtol, "running_mean")
+    assert_close_verbose(running[1], 0.9 + 0.1 * var_ref, atol, rtol, "running_var")
+    assert running[2].item() == 1
     actual = torch.autograd.grad(y, [x, *params], grad.to(dtype))
     for what, a, e in zip(("dx", "dweight", "dbias", "dnorm_weight", "dnorm_bias"), actual, expected):
         assert_close_verbose(a, e, atol, rtol, what)
