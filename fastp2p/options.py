@@ -400,7 +400,12 @@ def parse_gpu_ids(text):
         ids = [int(part) for part in str(text).split(",") if part.strip() != ""]
     except ValueError:
         raise OptionError(f"--gpu_ids must be comma-separated integers or -1, got {text!r}") from None
-    return [i for i in ids if i >= 0]
+    ids = [i for i in ids if i >= 0]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:  # under torchrun two processes would share a GPU, which NCCL refuses at the first all-reduce
+        raise OptionError(f"--gpu_ids {text} lists GPU {','.join(map(str, repeated))} more than once: one process "
+                          "trains on each listed GPU")
+    return ids
 
 
 def apply_suffix(opt):

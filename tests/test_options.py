@@ -63,6 +63,7 @@ def test_suffix_extends_the_name():
     (["--crop_size", "300"], "larger than --load_size"),
     (["--model", "pix2pix", "--crop_size", "128", "--load_size", "128"], "unet_256"),
     (["--gpu_ids", "a,b"], "--gpu_ids"),
+    (["--gpu_ids", "0,1,0"], "--gpu_ids 0,1,0 lists GPU 0 more than once"),
     (["--dataroot", "/no/such/folder"], "not a folder"),
     (["--model", "test"], "fastp2p.test only"),
     (["--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
