@@ -24,6 +24,7 @@ from fastp2p.options import OptionError
 from fastp2p.progress import Progress
 
 CURVES_IMAGE = "curves.png"
+WANDB_RUN_ID = "wandb_run_id"  # in the checkpoint folder: the wandb run a resumed training run continues
 
 
 def tensor2im(image_tensor):
@@ -210,10 +211,23 @@ class Visualizer:
             self.tensorboard = SummaryWriter(os.path.join(self.folder, "tensorboard"))
             print(f"TensorBoard logs: {os.path.join(self.folder, 'tensorboard')}")
         if opt.use_wandb:
-            import wandb
+            self.wandb = self.start_wandb(opt)
 
-            config = {key: value for key, value in vars(opt).items() if key not in ("parser", "device")}
-            self.wandb = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder)
+    def start_wandb(self, opt):
+        """A wandb run for this training run; a resumed one (--continue_train) continues the run it started, whose
+        id it kept in the checkpoint folder, so the curves go on in one place."""
+        import wandb
+
+        config = {key: value for key, value in vars(opt).items() if key not in ("parser", "device")}
+        id_path = os.path.join(self.folder, WANDB_RUN_ID)
+        resume = {}
+        if getattr(opt, "continue_train", False) and os.path.exists(id_path):
+            with open(id_path) as f:
+                resume = dict(id=f.read().strip(), resume="allow")
+        run = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder, **resume)
+        with open(id_path, "w") as f:
+            f.write(run.id)
+        return run
 
     def write(self, message):
         """A line for the console and the loss log."""
