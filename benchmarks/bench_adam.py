@@ -1,10 +1,12 @@
-"""The optimizer alone: one Adam step over a model's trained parameters, with and without --step_cast's copy, against
-the device's copy roof. At batch 1 the step is a large share of an iteration, and it is memory-bound: fp32 Adam
-reads the parameter, its gradient and both moments and writes three of them back, 28 bytes per parameter; the
-step copy reads 4 and writes 2 more per conv parameter.
+"""The optimizer alone: one Adam step over a model's trained parameters, with and without --step_cast's copy, by
+torch's Adam and by the Triton Adam of --adam_kernel triton, against the device's copy roof. At batch 1 the step is
+a large share of an iteration, and it is memory-bound: fp32 Adam reads the parameter, its gradient and both moments
+and writes three of them back, 28 bytes per parameter; torch's step copy reads 4 and writes 2 more per conv
+parameter, the Triton kernel's writes 2 from the value it has just computed.
 
-On a GPU the step is torch's fused Adam, capturable, replayed as one CUDA graph (as the trainer's graphed step runs
-it); on the CPU it is the foreach Adam, eagerly (a check that the script runs, not a figure to compare).
+On a GPU torch's step is its fused Adam, capturable, and each step is replayed as one CUDA graph (as the trainer's
+graphed step runs it); on the CPU torch's is the foreach Adam and the Triton kernel runs in Triton's interpreter,
+eagerly (a check that the script runs, not a figure to compare).
 
     python benchmarks/bench_adam.py --out benchmarks/results --commit SHA          # GPU: pix2pix 57.2M, CycleGAN 28.3M
     python benchmarks/bench_adam.py --device cpu --small --iters 2 --repeats 1     # CPU check
@@ -28,7 +30,8 @@ from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.engine.weight_cast import StepCopies
 
 ADAM_BYTES_PER_PARAMETER = 28  # fp32: read p, grad, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq
-COPY_BYTES_PER_PARAMETER = 6  # read the fp32 weight, write its bf16 copy
+COPY_BYTES_PER_PARAMETER = {"torch": 6, "triton": 2}  # read the fp32 weight (torch's copy only), write its bf16 copy
+ROW_NAMES = {"torch": "adam", "triton": "triton_adam"}
 
 
 def trained_networks(model, small):
@@ -65,14 +68,25 @@ def as_graph(device, fn):
     return graph.replay
 
 
-def adam_row(model, nets, device, step_cast, args):
+def build_adam(kernel, params, device):
+    """The trainer's Adam on ``device``: torch's (fused and capturable on a GPU), or the Triton kernel."""
+    cuda = device.type == "cuda"
+    lr = torch.tensor(2e-4, device=device) if cuda else 2e-4
+    if kernel == "triton":
+        if not cuda:
+            os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton first compiles a kernel
+        from fastp2p.kernels import TritonAdam
+
+        return TritonAdam(params, lr=lr, betas=(0.5, 0.999))
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=True if cuda else None,
+                            foreach=None if cuda else True, capturable=cuda)
+
+
+def adam_row(model, nets, device, kernel, step_cast, args):
     params = [p for net in nets for p in net.parameters()]
     for p in params:
         p.grad = torch.randn_like(p)
-    cuda = device.type == "cuda"
-    lr = torch.tensor(2e-4, device=device) if cuda else 2e-4
-    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=True if cuda else None,
-                                 foreach=None if cuda else True, capturable=cuda)
+    optimizer = build_adam(kernel, params, device)
     copied = 0
     if step_cast:
         for net in nets:
@@ -82,8 +96,8 @@ def adam_row(model, nets, device, step_cast, args):
     step = as_graph(device, optimizer.step)
     seconds = timed(device, step, args.iters, args.repeats)
     count = sum(p.numel() for p in params)
-    moved = ADAM_BYTES_PER_PARAMETER * count + COPY_BYTES_PER_PARAMETER * copied
-    return dict(model=model, row="adam+step_copy" if step_cast else "adam", parameters=count,
+    moved = ADAM_BYTES_PER_PARAMETER * count + COPY_BYTES_PER_PARAMETER[kernel] * copied
+    return dict(model=model, row=ROW_NAMES[kernel] + ("+step_copy" if step_cast else ""), parameters=count,
                 copied_parameters=copied, ms=round(seconds * 1e3, 4), bytes=moved,
                 gb_per_s=round(moved / seconds / 1e9, 1))
 
@@ -101,6 +115,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", default=["pix2pix", "cycle_gan"], choices=["pix2pix", "cycle_gan"])
+    p.add_argument("--kernels", nargs="+", default=list(ROW_NAMES), choices=list(ROW_NAMES),
+                   help="torch's Adam (fused on a GPU) and/or the Triton kernel")
     p.add_argument("--small", action="store_true", help="ngf/ndf 16 and the smaller generators (the CPU check)")
     p.add_argument("--iters", type=int, default=50, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
@@ -113,11 +129,13 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     for model in args.models:
-        for step_cast in (False, True):
-            nets = [net.to(device).to(memory_format=torch.channels_last) for net in trained_networks(model, args.small)]
-            rows.append(adam_row(model, nets, device, step_cast, args))
-            print(rows[-1], flush=True)
-            del nets
+        for kernel in args.kernels:
+            for step_cast in (False, True):
+                nets = [net.to(device).to(memory_format=torch.channels_last)
+                        for net in trained_networks(model, args.small)]
+                rows.append(adam_row(model, nets, device, kernel, step_cast, args))
+                print(rows[-1], flush=True)
+                del nets
     roof = copy_roof(device, args)
     for row in rows:
         row["of_copy_roof"] = round(row["gb_per_s"] / roof, 3)

@@ -258,8 +258,16 @@ def add_engine_options(parser, inference=False):
         p.add_argument(f"--{name}", default="auto", choices=("auto", "on", "off"),
                        help=INFERENCE_HELP.get(name, what) if inference else what)
     if inference:
-        parser.set_defaults(compile=None)
+        parser.set_defaults(compile=None, adam_kernel="torch", adam_moments="fp32")
     else:
+        p.add_argument("--adam_kernel", default="auto", choices=("auto", "torch", "triton"),
+                       help="what steps Adam: torch's (fused with --fused_adam), or one Triton kernel per step that "
+                            "also writes --step_cast's low-precision weight copies (no separate copy kernel); same "
+                            "math and checkpoints; not with --overlap_optimizer; auto = torch until a GPU "
+                            "measurement shows triton is faster")
+        p.add_argument("--adam_moments", default="fp32", choices=("fp32", "bf16"),
+                       help="with --adam_kernel triton: Adam's moments in fp32 (the reference) or bf16 (half their "
+                            "memory traffic, rounded moments)")
         p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
                        help="torch.compile every network (instead of CUDA graphs), in torch.compile's mode given "
                             "(--compile alone: its default mode)")

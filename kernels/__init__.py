@@ -3,8 +3,8 @@
 One op per group of files: the fused norm + activation has its Triton kernels in norm_act_kernels.py, their launch
 in norm_act.py and its autograd Function and nn.Module in norm_act_module.py, and the implicit-GEMM conv with its
 norm prologue and statistics epilogue likewise in conv_kernels.py, conv.py and conv_module.py; pad.py (reflection
-pad) and losses.py (GAN and L1 losses) hold all three parts of their smaller ops; launch.py the launch arithmetic
-they share.
+pad) and losses.py (GAN and L1 losses) hold all three parts of their smaller ops, adam.py the Adam kernel and the
+optimizer that launches it; launch.py the launch arithmetic they share.
 
 The names below are loaded on first use (PEP 562): Triton is an optional extra, and fastp2p.engine imports this
 package at its top, so importing it needs no Triton and spends none of Triton's import time (a second on a CPU
@@ -21,6 +21,7 @@ _EXPORTS = {
     "pad": ("FusedReflectionPad2d", "ReflectionPadFunction", "reflection_pad_backward", "reflection_pad_forward"),
     "losses": ("FusedGANLoss", "FusedL1Loss", "GanLossFunction", "L1LossFunction", "gan_loss", "gan_loss_forward",
                "gan_target", "l1_loss", "l1_loss_forward"),
+    "adam": ("TritonAdam",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = list(_MODULE_OF)

@@ -25,6 +25,10 @@ class EngineConfig:
     fused_conv: bool = False
     """Triton convs with the norm's statistics in their epilogue and the norm + activation in their prologue"""
     fused_adam: bool = False
+    triton_adam: bool = False
+    """Adam stepped by one Triton kernel per parameter group, which also writes the step copies (see kernels/adam)"""
+    adam_moment_dtype: torch.dtype = torch.float32
+    """the dtype of Adam's moments under triton_adam"""
     foreach_cast: bool = False
     """autocast's conv weight casts as one multi-tensor kernel per forward (see weight_cast)"""
     step_cast: bool = False
@@ -44,9 +48,14 @@ class EngineConfig:
     """wrap the networks in DistributedDataParallel (more than one process under torchrun)"""
 
     def adam(self, params, opt, device):
-        """The reference's Adam, fused and/or capturable as this run asks; under CUDA graphs its learning rate is a
-        device tensor, which the captured step reads and the LR schedule writes in place."""
+        """The reference's Adam, torch's (fused and/or capturable) or the Triton kernel's, as this run asks; under
+        CUDA graphs its learning rate is a device tensor, which the captured step reads and the LR schedule writes
+        in place."""
         lr = torch.tensor(opt.lr, device=device) if self.cuda_graph else opt.lr
+        if self.triton_adam:
+            from fastp2p.kernels import TritonAdam  # imports Triton
+
+            return TritonAdam(params, lr=lr, betas=(opt.beta1, 0.999), moment_dtype=self.adam_moment_dtype)
         return torch.optim.Adam(params, lr=lr, betas=(opt.beta1, 0.999), fused=self.fused_adam or None,
                                 capturable=self.cuda_graph)
 
@@ -57,10 +66,11 @@ class EngineConfig:
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}[self.amp_dtype]
-        on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "foreach_cast",
-                                "step_cast", "overlap_optimizer", "batch_passes", "two_streams", "cuda_graph",
-                                "cudnn_search_all", "ddp")
+        on = [name for name in ("channels_last", "fused_kernels", "fused_conv", "fused_adam", "triton_adam",
+                                "foreach_cast", "step_cast", "overlap_optimizer", "batch_passes", "two_streams",
+                                "cuda_graph", "cudnn_search_all", "ddp")
               if getattr(self, name)]
+        on += ["bf16 Adam moments"] if self.adam_moment_dtype == torch.bfloat16 else []
         on += [f"compile ({self.compile})"] if self.compile else []
         plain = self.amp_dtype is None and not on
         return f"engine: {amp}" + (", reference path" if plain else "".join(", " + name for name in on))
@@ -139,6 +149,24 @@ def resolve_engine(opt, device):
     if two_streams and two_streams_blockers:
         raise OptionError(f"--two_streams on is not possible here: {'; '.join(two_streams_blockers)}")
 
+    # 'auto': torch's Adam until a GPU measurement (bench_adam.py) shows the Triton kernel faster
+    triton_adam = opt.adam_kernel == "triton"
+    triton_adam_blockers = [reason for reason, blocked in (
+        ("it needs Triton (pip install 'fastp2p[triton]')", not has_triton),
+        ("on the CPU it runs in Triton's interpreter (slow, for tests): set TRITON_INTERPRET=1 before starting",
+         not cuda and os.environ.get("TRITON_INTERPRET") != "1"),
+        ("--overlap_optimizer steps each parameter from its own gradient hook, the kernel all of them at once",
+         overlap_optimizer),
+        ("--fused_adam on asks for torch's fused Adam", opt.fused_adam == "on"),
+    ) if blocked]
+    if triton_adam and triton_adam_blockers:
+        raise OptionError(f"--adam_kernel triton is not possible here: {'; '.join(triton_adam_blockers)}")
+    if opt.adam_moments == "bf16" and not triton_adam:
+        raise OptionError("--adam_moments bf16 needs --adam_kernel triton (torch's Adam keeps its moments in the "
+                          "parameters' dtype)")
+    fused_adam = switch(opt.fused_adam, cuda and not triton_adam)
+    adam_moment_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[opt.adam_moments]
+
     per_sample_norms = opt.norm in PER_SAMPLE_NORMS
     batch_passes = switch(opt.batch_passes, cuda and per_sample_norms)
     if batch_passes and not per_sample_norms:
@@ -157,7 +185,8 @@ def resolve_engine(opt, device):
     if cuda_graph and graph_blockers:
         raise OptionError(f"--cuda_graph on is not possible here: {'; '.join(graph_blockers)}")
     return EngineConfig(amp_dtype=amp_dtype, channels_last=switch(opt.channels_last, cuda),
-                        fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=switch(opt.fused_adam, cuda),
+                        fused_kernels=fused_kernels, fused_conv=fused_conv, fused_adam=fused_adam,
+                        triton_adam=triton_adam, adam_moment_dtype=adam_moment_dtype,
                         foreach_cast=foreach_cast, step_cast=step_cast, overlap_optimizer=overlap_optimizer,
                         batch_passes=batch_passes, two_streams=two_streams,
                         cuda_graph=cuda_graph, compile=opt.compile,

@@ -7,8 +7,9 @@ parameters into the modules for the call (as torch.func.functional_call does), a
 gradients back to the fp32 parameters with one torch._foreach_copy_. The copies are made
 - per forward (``--foreach_cast``): one multi-tensor cast at each call;
 - per optimizer step (``--step_cast``): kept between steps and rewritten by one multi-tensor copy right after each
-  step of the optimizer that owns the weights, so a forward reads them without casting anything and a network
-  called several times in a step (CycleGAN's generators) reads the same copy each time.
+  step of the optimizer that owns the weights (or by that step's own kernel under --adam_kernel triton), so a
+  forward reads them without casting anything and a network called several times in a step (CycleGAN's
+  generators) reads the same copy each time.
 
 The values are autocast's: the same rounding of the same fp32 weights, and a single use's gradient is the same
 bits. A network called several times in one step has its gradients summed in fp32 across calls, where
@@ -136,8 +137,14 @@ class StepCopies:
             self.copies[index].copy_(parameter)
 
     def refresh_after_steps_of(self, optimizers):
-        """Hook ``refresh`` onto each optimizer that updates some of these parameters: it then runs right after
-        that optimizer's step (inside a captured CUDA graph too), and not after a step fp16's scaler skips."""
+        """Keep the copies current after each step of an optimizer that updates some of these parameters (inside a
+        captured CUDA graph too, and not after a step fp16's scaler skips): an optimizer that writes copies in its
+        own step (``write_copies``: the Triton Adam, --adam_kernel triton) is handed those of its parameters; on any
+        other, ``refresh`` is hooked to run right after its step."""
         for optimizer in optimizers:
-            if any(id(p) in self.index for group in optimizer.param_groups for p in group["params"]):
+            stepped = [self.index[id(p)] for group in optimizer.param_groups for p in group["params"]
+                       if id(p) in self.index]
+            if stepped and hasattr(optimizer, "write_copies"):
+                optimizer.write_copies([self.originals[i] for i in stepped], [self.copies[i] for i in stepped])
+            elif stepped:
                 optimizer.register_step_post_hook(lambda _optimizer, _args, _kwargs: self.refresh())
