@@ -101,8 +101,9 @@ def _adam_kernel(
     else:
         exp_avg = grad - (grad - exp_avg) * (1.0 - lerp_weight)
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
-    denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-    param = param + -step_size * exp_avg / denom
+    # IEEE square root and divisions, as torch computes them (Triton's defaults are approximate on a GPU)
+    denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+    param = param + tl.div_rn(-step_size * exp_avg, denom)
     tl.store(param_ptr + offs, param, mask=mask)
     tl.store(exp_avg_ptr + offs, _rounded(exp_avg, MOMENT_DTYPE), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, _rounded(exp_avg_sq, MOMENT_DTYPE), mask=mask)

@@ -20,6 +20,7 @@ from fastp2p.models import create_model
 from fastp2p.options import OptionError
 from tests.conftest import requires_cuda
 from tests.test_engine import OFF, STEPS, assert_same_training, make_opt, train_steps
+from tests.test_engine import one_process_group  # noqa: F401 (a fixture used by name)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ULPS = 2.5e-7  # relative: two fp32 ulps
@@ -184,6 +185,13 @@ def test_fp16_with_its_loss_scaler_trains_like_torch_adam(monkeypatch):
     kernel = train_steps("pix2pix", OFF + BF16_STEP_CAST + ["--adam_kernel", "triton"], STEPS, **fp16)
     assert_same_training(kernel, train_steps("pix2pix", OFF + BF16_STEP_CAST, STEPS, **fp16), 1e-4, 1e-6, 1e-6)
     assert [scaler.get_scale() for scaler in scalers] == [2.0 ** (8 + STEPS)] * 2
+
+
+def test_gradients_in_ddps_buckets_train_like_no_ddp(one_process_group):
+    """DDP's gradients are views into its all-reduce buckets (gradient_as_bucket_view), here of channels-last
+    parameters: the kernel reads them where they are, in the parameters' strides."""
+    flags = OFF + BF16_STEP_CAST + ["--channels_last", "on", "--adam_kernel", "triton"]
+    assert_same_training(train_steps("pix2pix", flags, STEPS, ddp=True), train_steps("pix2pix", flags, STEPS), 0, 0, 0)
 
 
 def trained_model(flags, steps, state=None):
