@@ -130,8 +130,8 @@ def _conv_kernel(
     Convolution: ih = oh * STRIDE - PAD + kh. Transposed: oh = ih * STRIDE - PAD + kh, so an output of parity class
     (ph, pw) reads the taps kh = (ph + PAD) % STRIDE + STRIDE * t at ih = oh // STRIDE + (ph + PAD) // STRIDE - t.
     """
-    pid_m, pid_n, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    m = ((pid_m // (STRIDE * STRIDE if TRANSPOSED else 1)) * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX)
+    pid_m, pid_n, n = tl.program_id(0).to(INDEX), tl.program_id(1).to(INDEX), tl.program_id(2).to(INDEX)
+    m = (pid_m // (STRIDE * STRIDE if TRANSPOSED else 1)) * BLOCK_M + tl.arange(0, BLOCK_M)
     qh, qw = m // QW, m % QW
     if TRANSPOSED:
         parity = pid_m % (STRIDE * STRIDE)
@@ -144,7 +144,7 @@ def _conv_kernel(
     n_ok = offs_n < C_out
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K_TOTAL, BLOCK_K):
-        k = (k0 + tl.arange(0, BLOCK_K)).to(INDEX)
+        k = k0 + tl.arange(0, BLOCK_K).to(INDEX)
         c, tap = k % C_in, k // C_in
         th, tw = tap // TW, tap % TW
         if TRANSPOSED:
@@ -172,18 +172,23 @@ def _conv_kernel(
         count = tl.sum(row_ok.to(tl.float32), axis=0)
         tile_mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / tl.maximum(count, 1.0)
         deviation = tl.where(mask, acc - tile_mean[None, :], 0.0)
-        tile = n * tl.num_programs(0) + pid_m
-        tl.store(part_mean_ptr + tile * C_out + offs_n, tile_mean, mask=n_ok)
-        tl.store(part_m2_ptr + tile * C_out + offs_n, tl.sum(deviation * deviation, axis=0), mask=n_ok)
-        tl.store(part_count_ptr + tile, count)  # the same value from every channel block
+        tile_m2 = tl.sum(deviation * deviation, axis=0)
         g = n // SAMPLES_PER_GROUP
         group_tiles = SAMPLES_PER_GROUP * tl.num_programs(0)
-        # the ticket of (group g, channel block pid_n), passed as _last_to_finish's counter 0
-        if _last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
-            mean, m2, rows = _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, g * group_tiles, group_tiles,
-                                            C_out, offs_n, n_ok, BLOCK_T)
-            _finish_stats(mean, m2, rows, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
-                          g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
+        if group_tiles == 1:  # the tile is the whole group
+            _finish_stats(tile_mean, tile_m2, count, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr,
+                          batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
+        else:
+            tile = n * tl.num_programs(0) + pid_m
+            tl.store(part_mean_ptr + tile * C_out + offs_n, tile_mean, mask=n_ok)
+            tl.store(part_m2_ptr + tile * C_out + offs_n, tile_m2, mask=n_ok)
+            tl.store(part_count_ptr + tile, count)  # the same value from every channel block
+            # the ticket of (group g, channel block pid_n), passed as _last_to_finish's counter 0
+            if _last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
+                mean, m2, rows = _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, g * group_tiles,
+                                                group_tiles, C_out, offs_n, n_ok, BLOCK_T)
+                _finish_stats(mean, m2, rows, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr,
+                              batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
@@ -210,11 +215,11 @@ def _conv_wgrad_kernel(
     A convolution's weight gradient has A = dy and B = its input; a transposed convolution's A = its input and
     B = dy. The conv's input is normalized on load with the prologue when it had one.
     """
-    pid_a, pid_j, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_a, pid_j, pid_s = tl.program_id(0).to(INDEX), tl.program_id(1).to(INDEX), tl.program_id(2).to(INDEX)
     n = pid_s // SPLITS
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < C_a
-    j = (pid_j * BLOCK_J + tl.arange(0, BLOCK_J)).to(INDEX)
+    j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     j_ok = j < J_TOTAL
     c, tap = j % C_b, j // C_b
     kh, kw = tap // KW, tap % KW
@@ -222,7 +227,7 @@ def _conv_wgrad_kernel(
     start = (pid_s % SPLITS) * CHUNK
     end = tl.minimum(start + CHUNK, GH * GW)
     for r0 in range(start, end, BLOCK_R):
-        r = (r0 + tl.arange(0, BLOCK_R)).to(INDEX)
+        r = r0 + tl.arange(0, BLOCK_R).to(INDEX)
         r_ok = r < end
         gh, gw = r // GW, r % GW
         a = _load_input(a_ptr, n, gh[:, None], gw[:, None], offs_a, a_ok, r_ok[:, None] & a_ok[None, :],

@@ -14,10 +14,11 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .launch import cdiv, tiling
+from .launch import cdiv, next_power_of_2, tiling
 
 # launch.tiling's bounds for a row's [BLOCK_W, BLOCK_C] tile: 128 channels when they are inner, else up to 256 columns
 _TILE_BOUNDS = dict(min_channels=128, max_channels=128, max_length=256)
+INTERPRETER_TILE = 1 << 16  # elements of the backward's tile in the interpreter, whose cost is mostly per program
 
 
 @triton.jit
@@ -95,13 +96,21 @@ def _pad_backward_kernel(
     dx_ptr,  # [N, C, H, W] through its own strides
     C, H, W, top, bottom, left, right,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, h, offs_w, offs_c, mask = _row_tile(H, W, C, BLOCK_W, BLOCK_C)
-    # the row as a vector: Triton 3.9's interpreter rejects a mask combined with a scalar condition
-    total = _reflected_grad(dy_ptr + n * stride_dyn, offs_w * 0 + h, offs_w, H, W, top, bottom, left, right, offs_c,
+    """dx of BLOCK_H rows (1 on a GPU) x BLOCK_W columns x BLOCK_C channels of one sample."""
+    pid_c, pid_h, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # pid_h = n * row blocks + block
+    row_blocks = tl.cdiv(H, BLOCK_H)
+    n = (pid_h // row_blocks).to(tl.int64)
+    offs = tl.arange(0, BLOCK_H * BLOCK_W)
+    h = (pid_h % row_blocks) * BLOCK_H + offs // BLOCK_W
+    offs_w = pid_w * BLOCK_W + offs % BLOCK_W
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = ((h < H) & (offs_w < W))[:, None] & (offs_c < C)[None, :]
+    total = _reflected_grad(dy_ptr + n * stride_dyn, h, offs_w, H, W, top, bottom, left, right, offs_c,
                             stride_dyh, stride_dyw, stride_dyc, mask)
-    dst = dx_ptr + n * stride_dxn + h * stride_dxh + offs_w[:, None] * stride_dxw + offs_c[None, :] * stride_dxc
+    dst = (dx_ptr + n * stride_dxn + h[:, None] * stride_dxh + offs_w[:, None] * stride_dxw
+           + offs_c[None, :] * stride_dxc)
     tl.store(dst, total.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -142,9 +151,12 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     N, C, H, W = input_shape
     dx = torch.empty(input_shape, device=dy.device, dtype=dy.dtype, memory_format=memory_format)
     block_w, block_c, num_warps = tiling(dx, W, **_TILE_BOUNDS)
-    _pad_backward_kernel[(cdiv(C, block_c), N * H, cdiv(W, block_w))](
+    # a row per program on a GPU; in the interpreter as many as fit a tile (its cost is mostly per program)
+    block_h = 1 if dy.device.type == "cuda" else min(next_power_of_2(H),
+                                                     max(1, INTERPRETER_TILE // (block_w * block_c)))
+    _pad_backward_kernel[(cdiv(C, block_c), N * cdiv(H, block_h), cdiv(W, block_w))](
         dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
-        BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
+        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return dx
 
 

@@ -390,9 +390,9 @@ def make_opt(model, *flags):
     return opt
 
 
-def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
-    """Per-step losses and final weights of a run from seed 0 on fixed random batches; ``config_changes``
-    replace fields of the EngineConfig the flags resolve to."""
+def train_steps(model_name, flags, steps, batch_size=2, image_size=32, **config_changes):
+    """Per-step losses and final weights of a run from seed 0 on fixed random batches of image_size pixels a side;
+    ``config_changes`` replace fields of the EngineConfig the flags resolve to."""
     opt = make_opt(model_name, *flags, "--batch_size", str(batch_size))
     torch.manual_seed(0)
     import random
@@ -403,8 +403,8 @@ def train_steps(model_name, flags, steps, batch_size=2, **config_changes):
     gen = torch.Generator().manual_seed(1)
     history = []
     for _ in range(steps):
-        batch = {"A": torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1,
-                 "B": torch.rand(batch_size, 3, 32, 32, generator=gen) * 2 - 1,
+        batch = {"A": torch.rand(batch_size, 3, image_size, image_size, generator=gen) * 2 - 1,
+                 "B": torch.rand(batch_size, 3, image_size, image_size, generator=gen) * 2 - 1,
                  "A_paths": ["a"] * batch_size, "B_paths": ["b"] * batch_size}
         model.set_input(batch)
         train_step()

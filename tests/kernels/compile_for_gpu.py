@@ -82,7 +82,7 @@ def specializations():
                                             HAS_AFFINE=True, HAS_ACT=True, SUM_PARTS=transposed, PRECISION=precision,
                                             INDEX=tl.int32, BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
     yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
-    yield pad._pad_backward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
+    yield pad._pad_backward_kernel, dict(BLOCK_H=1, BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
         for write_grad in (False, True):
             yield losses._loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
