@@ -1,7 +1,8 @@
 """Launch plan and host side of the implicit-GEMM convolution, whose kernels are in conv_kernels.py: the tiles and the
 weight gradient's split from the GEMM's sizes and the GPU's; conv_forward (with the statistics of its output, as
-the Statistics of the norm after it ask), conv_input_grad and conv_weight_grad, which launch them; normalize, the
-norm and activation applied on their own where no fused conv consumes them."""
+the Statistics of the norm after it ask), conv_input_grad (with the sums of its input norm's backward) and
+conv_weight_grad, which launch them; normalize, the norm and activation applied on their own where no fused conv
+consumes them."""
 
 import dataclasses
 from typing import NamedTuple
@@ -56,6 +57,14 @@ class Statistics(NamedTuple):
     running: tuple | None = None
 
 
+class NormGradient(NamedTuple):
+    """The sums (dz, dz * xhat per group and channel) of a norm's backward that the input-gradient conv computes of
+    its output, the gradient of act(norm(x)) for the Prologue `norm`, reflection-padded by `pad`."""
+    x: torch.Tensor
+    norm: Prologue
+    pad: int
+
+
 def _precision(t):
     """fp32 operands multiply in full fp32 ('ieee'), as the reference's convolutions with TF32 off; the setting is
     ignored for 16-bit operands."""
@@ -82,29 +91,37 @@ def _prologue_args(prologue, x):
     return args, dict(PROLOGUE=True, HAS_AFFINE=has_affine, HAS_ACT=slope is not None)
 
 
-def _statistics_args(statistics, N, tiles, c_blocks, y):
-    """Kernel arguments of the statistics epilogue (dummies without): buffers, group size, eps and momentum; its
-    flags; and the (mean, rstd) [GROUPS, C_out] it writes, GROUPS = N or 1."""
-    if statistics is None:
-        return (y,) * 9 + (1, 0.0, 0.0), dict(STATS=False, UPDATE_RUNNING=False, BLOCK_T=1), None
+def _epilogue_args(epilogue, N, tiles, c_blocks, y):
+    """Kernel arguments of a Statistics or NormGradient epilogue (dummies without): pointers, scalars and the norm
+    input's strides; its flags; and the two [GROUPS, C_out] fp32 results it writes (GROUPS = N or 1), else None."""
+    if epilogue is None:
+        return ((y,) * 10, (1, 0.0, 0.0, 1, 1, 0), (0,) * 4,
+                dict(STATS=False, UPDATE_RUNNING=False, NORM_GRAD=False, BLOCK_T=1), None)
     C, device = y.shape[1], y.device
-    groups, samples_per_group = (N, 1) if statistics.per_sample else (1, N)
-    part_mean = torch.empty((N, tiles, C), device=device, dtype=torch.float32)
-    mean = torch.empty((groups, C), device=device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    running = statistics.running
-    args = (part_mean, torch.empty_like(part_mean), torch.empty((N, tiles), device=device, dtype=torch.float32),
-            _tickets(device, groups * c_blocks), mean, rstd, *(running[:3] if running else (mean, rstd, mean)),
-            samples_per_group, statistics.eps, running[3] if running else 0.0)
-    flags = dict(STATS=True, UPDATE_RUNNING=running is not None,
-                 BLOCK_T=min(next_power_of_2(samples_per_group * tiles), 64))
-    return args, flags, (mean, rstd)
+    statistics = isinstance(epilogue, Statistics)
+    groups, samples_per_group = (N, 1) if (epilogue if statistics else epilogue.norm).per_sample else (1, N)
+    part_a = torch.empty((N, tiles, C), device=device, dtype=torch.float32)
+    out_a = torch.empty((groups, C), device=device, dtype=torch.float32)
+    out_b = torch.empty_like(out_a)
+    buffers = (part_a, torch.empty_like(part_a), torch.empty((N, tiles), device=device, dtype=torch.float32),
+               _tickets(device, groups * c_blocks), out_a, out_b)
+    flags = dict(STATS=statistics, UPDATE_RUNNING=statistics and epilogue.running is not None,
+                 NORM_GRAD=not statistics, BLOCK_T=min(next_power_of_2(samples_per_group * tiles), 64))
+    if statistics:
+        running = epilogue.running
+        pointers = (*buffers, *(running[:3] if running else (out_a,) * 3), out_a)
+        scalars = (samples_per_group, epilogue.eps, running[3] if running else 0.0, 1, 1, 0)
+        return pointers, scalars, (0,) * 4, flags, (out_a, out_b)
+    x = epilogue.x
+    scalars = (samples_per_group, 0.0, 0.0, x.shape[2], x.shape[3], epilogue.pad)
+    return (*buffers, out_a, out_a, out_a, x), scalars, x.stride(), flags, (out_a, out_b)
 
 
 def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, padding, reflect, bias=None,
-          prologue=None, statistics=None, memory_format=None):
+          prologue=None, epilogue=None, memory_format=None):
     """Launch _conv_kernel; weight_view: (tensor, its strides as [C_out, C_in, KH, KW]). Returns y (in x's memory
-    format unless given) and, with statistics, the output's (mean, rstd), else None."""
+    format unless given) and what the epilogue computes: a Statistics' (mean, rstd), a NormGradient's (sum_dz,
+    sum_dzx), else None."""
     N, C_in, H, W = x.shape
     (KH, KW), (OH, OW) = kernel, out_size
     y = torch.empty((N, out_channels, OH, OW), device=x.device, dtype=x.dtype,
@@ -118,17 +135,20 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
     block_m = _block(rows, 128 if cuda else 1024)
     block_n, block_k = _block(out_channels, 128), _block(k_total, 64 if cuda else 256)
     tiles, c_blocks = cdiv(rows, block_m) * classes, cdiv(out_channels, block_n)
-    statistics_args, statistics_flags, stats = _statistics_args(statistics, N, tiles, c_blocks, y)
-    prologue_args, flags = _prologue_args(prologue, x)
+    pointers, scalars, norm_strides, epilogue_flags, results = _epilogue_args(epilogue, N, tiles, c_blocks, y)
+    # the norm's arguments are the prologue's, or the NormGradient's norm (of the output)
+    norm_grad = epilogue_flags["NORM_GRAD"]
+    prologue_args, flags = _prologue_args(epilogue.norm if norm_grad else prologue, x)
+    flags["PROLOGUE"] = prologue is not None
     weight, w_strides = weight_view
     _conv_kernel[(tiles, c_blocks, N)](
-        x, weight, x if bias is None else bias, y, *prologue_args[:4], *statistics_args[:9],
+        x, weight, x if bias is None else bias, y, *prologue_args[:4], *pointers,
         C_in, H, W, out_channels, OH, OW, KH, KW, stride, padding, TW, QW, rows, k_total, *prologue_args[4:],
-        *statistics_args[9:], *x.stride(), *w_strides, *y.stride(),
+        *scalars, *x.stride(), *w_strides, *y.stride(), *norm_strides,
         TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None, PRECISION=_precision(x), INDEX=_index(x),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_m * block_n >= 128 * 128 else 4,
-        **flags, **statistics_flags)
-    return y, stats
+        **flags, **epilogue_flags)
+    return y, results
 
 
 def conv_forward(x, weight, bias, geometry, prologue=None, statistics=None):
@@ -147,19 +167,21 @@ def conv_forward(x, weight, bias, geometry, prologue=None, statistics=None):
                  geometry.reflect, bias, prologue, statistics)
 
 
-def conv_input_grad(dy, weight, geometry, input_size, memory_format=None):
+def conv_input_grad(dy, weight, geometry, input_size, memory_format=None, x=None, prologue=None):
     """Gradient of conv_forward's output dy with respect to the conv's input activation, of spatial size input_size
     (H, W), in memory_format (default dy's); with a reflection pad, with respect to the padded activation
-    (H + 2 pad, W + 2 pad)."""
+    (H + 2 pad, W + 2 pad). With the conv's prologue (and x, its pre-norm input) also the sums (sum_dz, sum_dzx)
+    [GROUPS, C] of the norm's backward (see norm_act_backward's sums), else None."""
     s = weight.stride()
     KH, KW = weight.shape[2:]
+    pad = geometry.padding if geometry.reflect else 0
+    epilogue = None if prologue is None else NormGradient(x, prologue, pad)
     if geometry.transposed:  # a convolution of dy; weight [C_in, C_out] read as [out=C_in, in=C_out]
         return _conv(dy, (weight, s), weight.shape[0], (KH, KW), input_size, False, geometry.stride,
-                     geometry.padding, False, memory_format=memory_format)[0]
-    pad = 0 if geometry.reflect else geometry.padding
-    size = tuple(n + 2 * geometry.padding for n in input_size) if geometry.reflect else input_size
+                     geometry.padding, False, epilogue=epilogue, memory_format=memory_format)
+    size = tuple(n + 2 * pad for n in input_size)
     return _conv(dy, (weight, (s[1], s[0], s[2], s[3])), weight.shape[1], (KH, KW), size, True, geometry.stride,
-                 pad, False, memory_format=memory_format)[0]
+                 geometry.padding - pad, False, epilogue=epilogue, memory_format=memory_format)
 
 
 def conv_weight_grad(x, dy, weight, geometry, prologue=None):

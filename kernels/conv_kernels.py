@@ -6,12 +6,20 @@ produces a norm's input also writes, per output tile, the mean and the sum of sq
 over the tile's rows (rows of one sample, so InstanceNorm and BatchNorm groups both are unions of tiles): no
 statistics pass reads the output again, and the last tile of a group (sample, or batch) and channel block to
 finish combines the group's tiles into its mean and rstd and updates BatchNorm's running statistics, so no combine
-kernel runs either. The conv that consumes the normalized activation normalizes it while it
-loads its input tile, (x - mean) * rstd * weight + bias and the (Leaky)ReLU, so the activation is never written;
-a reflection pad before it becomes reflected indices. Tensors are walked through their strides, so NCHW and NHWC
+kernel runs either. The conv that consumes the normalized activation normalizes it while it loads its input tile,
+(x - mean) * rstd * weight + bias and the (Leaky)ReLU, so the activation is never written; a reflection pad before
+it becomes reflected indices. Tensors are walked through their strides, so NCHW and NHWC
 both work; the reduction axis is (tap, channel) with the channel fastest, which reads NHWC rows contiguously. The
 index arithmetic within a sample is in INDEX (int32 on a GPU; int64 in the interpreter, which checks every narrower
 integer operation for overflow, at a cost), the sample offsets in int64.
+
+Backward, by bytes moved per layer of activation size A: the norm's backward needs the sums over each group of dz
+and dz * xhat (dz the gradient of the norm's affine output), then applies dx from them. Done apart, the reduction
+pass reads x and the activation's gradient da (2A) after the input-gradient conv wrote da (A), and the apply pass
+reads both again and writes dx (3A). The input-gradient conv holds each da tile in registers as it finishes it:
+with NORM_GRAD it loads x there (A), applies the activation's derivative and adds the tile's sums, combined by the
+group's last tile like the statistics, so the reduction pass and its launch go (5A + da's write -> 4A). The weight
+gradient kernel never sees da, so the norm's backward has nothing to share with it.
 
 _conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
 (oh % stride, ow % stride): within a class the taps that reach an output are fixed, so no product is masked out
@@ -25,7 +33,7 @@ the chunks' partial sums in a fixed order (no separate sum, and the same result 
 import triton
 import triton.language as tl
 
-from .norm_act_kernels import _finish_stats, _last_to_finish
+from .norm_act_kernels import _finish_stats, _group_params, _last_to_finish, _pre_activation
 from .pad import _reflect
 
 
@@ -96,6 +104,33 @@ def _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, first, TILES, C, 
 
 
 @triton.jit
+def _sum_tiles(part_a_ptr, part_b_ptr, first, TILES, C, offs_c, c_mask, BLOCK_T: tl.constexpr):
+    """The sums over a group's TILES tiles, tile `first` on, of two per-tile values [tiles, C], in a fixed order."""
+    total_a = tl.zeros([BLOCK_T, offs_c.shape[0]], tl.float32)
+    total_b = tl.zeros([BLOCK_T, offs_c.shape[0]], tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        mask = (t < TILES)[:, None] & c_mask[None, :]
+        offsets = (first + t)[:, None] * C + offs_c[None, :]
+        total_a += tl.load(part_a_ptr + offsets, mask=mask, other=0.0)
+        total_b += tl.load(part_b_ptr + offsets, mask=mask, other=0.0)
+    return tl.sum(total_a, axis=0), tl.sum(total_b, axis=0)
+
+
+@triton.jit
+def _finish_group(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
+                  offs_c, c_mask, C, eps, momentum, STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr):
+    """Store group g's results: with STATS its mean and rstd from (mean a, squared deviations b, rows count), and
+    the running statistics' update; else the sums a and b as they are."""
+    if STATS:
+        _finish_stats(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
+                      offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
+    else:
+        tl.store(out_a_ptr + g * C + offs_c, a, mask=c_mask)
+        tl.store(out_b_ptr + g * C + offs_c, b, mask=c_mask)
+
+
+@triton.jit
 def _conv_kernel(
     x_ptr,  # [N, C_in, H, W] through strides: the input (pre-norm with PROLOGUE)
     w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww, any float
@@ -104,11 +139,14 @@ def _conv_kernel(
     y_ptr,  # [N, C_out, OH, OW] through strides, out
     mean_ptr, rstd_ptr,  # [GROUPS, C_in] fp32 statistics of the input's norm, read with PROLOGUE
     nw_ptr, nb_ptr,  # [C_in] the input norm's affine parameters, read with HAS_AFFINE
-    part_mean_ptr, part_m2_ptr,  # [N, TILES, C_out] fp32, out with STATS: mean and squared deviations per tile
+    # with NORM_GRAD, mean_ptr to nb_ptr are those of the norm of nx instead, the output's channels
+    part_a_ptr, part_b_ptr,  # [N, TILES, C_out] fp32, out: each tile's mean and squared deviations with STATS, sums
+    # of dz and dz * xhat with NORM_GRAD
     part_count_ptr,  # [N, TILES] fp32, out with STATS: the rows of each tile
-    tickets_ptr,  # [GROUPS, C_out blocks] int32, zero, with STATS: see _last_to_finish
-    out_mean_ptr, out_rstd_ptr,  # [GROUPS, C_out] fp32, out with STATS: the output's statistics
+    tickets_ptr,  # [GROUPS, C_out blocks] int32, zero, with STATS or NORM_GRAD: see _last_to_finish
+    out_a_ptr, out_b_ptr,  # [GROUPS, C_out] fp32, out: the group's mean and rstd (STATS), or sums (NORM_GRAD)
     running_mean_ptr, running_var_ptr, batches_ptr,  # [C_out], [C_out], [] int64: updated when UPDATE_RUNNING
+    nx_ptr,  # [N, C_out, XH, XW] through strides stride_nx*, read with NORM_GRAD: the norm's input
     C_in, H, W, C_out, OH, OW, KH, KW, STRIDE, PAD,
     TW,  # taps per kernel row that a program walks: KW, or cdiv(KW, STRIDE) with TRANSPOSED
     QW,  # output columns per program row: OW, or cdiv(OW, STRIDE) with TRANSPOSED (one parity class)
@@ -117,15 +155,17 @@ def _conv_kernel(
     group_stride, negative_slope,
     SAMPLES_PER_GROUP,  # of the output's statistics: 1 per sample (InstanceNorm), N per batch (BatchNorm)
     eps, momentum,
+    XH, XW, PAD_OUT,  # with NORM_GRAD: nx's plane, and the reflection pad by which y's is larger
     stride_xn, stride_xc, stride_xh, stride_xw, stride_wo, stride_wr, stride_wh, stride_ww,
-    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_yn, stride_yc, stride_yh, stride_yw, stride_nxn, stride_nxc, stride_nxh, stride_nxw,
     TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr, PROLOGUE: tl.constexpr, HAS_AFFINE: tl.constexpr,
     HAS_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
-    PRECISION: tl.constexpr, INDEX: tl.constexpr,
+    NORM_GRAD: tl.constexpr, PRECISION: tl.constexpr, INDEX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """y[n, :, oh, ow] for one [BLOCK_M output positions, BLOCK_N channels] tile of sample n; with STATS, the tile's
-    statistics, and the group's from its last tile to finish.
+    statistics, and the group's from its last tile to finish; with NORM_GRAD, y being the gradient of act(norm(nx))
+    (reflection-padded by PAD_OUT), the sums of the norm's backward likewise.
 
     Convolution: ih = oh * STRIDE - PAD + kh. Transposed: oh = ih * STRIDE - PAD + kh, so an output of parity class
     (ph, pw) reads the taps kh = (ph + PAD) % STRIDE + STRIDE * t at ih = oh // STRIDE + (ph + PAD) // STRIDE - t.
@@ -168,27 +208,47 @@ def _conv_kernel(
     y_offsets = (n.to(tl.int64) * stride_yn + (oh * stride_yh + ow * stride_yw)[:, None]
                  + offs_n[None, :] * stride_yc)
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    if STATS:
-        count = tl.sum(row_ok.to(tl.float32), axis=0)
-        tile_mean = tl.sum(tl.where(mask, acc, 0.0), axis=0) / tl.maximum(count, 1.0)
-        deviation = tl.where(mask, acc - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(deviation * deviation, axis=0)
+    if STATS or NORM_GRAD:
         g = n // SAMPLES_PER_GROUP
         group_tiles = SAMPLES_PER_GROUP * tl.num_programs(0)
+        count = tl.sum(row_ok.to(tl.float32), axis=0)
+        if STATS:
+            tile_a = tl.sum(tl.where(mask, acc, 0.0), axis=0) / tl.maximum(count, 1.0)
+            deviation = tl.where(mask, acc - tile_a[None, :], 0.0)
+            tile_b = tl.sum(deviation * deviation, axis=0)
+        else:
+            x_offsets = (n.to(tl.int64) * stride_nxn + offs_n[None, :] * stride_nxc
+                         + (_reflect(oh - PAD_OUT, XH) * stride_nxh + _reflect(ow - PAD_OUT, XW) * stride_nxw)[:, None])
+            mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, g, offs_n, n_ok, C_out,
+                                                     HAS_AFFINE)
+            xhat, z = _pre_activation(tl.load(nx_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32), mean, rstd,
+                                      weight, bias)
+            dz = acc
+            if HAS_ACT:
+                dz = tl.where(z > 0, dz, dz * negative_slope)
+            dz = tl.where(mask, dz, 0.0)
+            tile_a, tile_b = tl.sum(dz, axis=0), tl.sum(dz * xhat, axis=0)
         if group_tiles == 1:  # the tile is the whole group
-            _finish_stats(tile_mean, tile_m2, count, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr,
-                          batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
+            _finish_group(tile_a, tile_b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr,
+                          batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, STATS, UPDATE_RUNNING)
         else:
             tile = n * tl.num_programs(0) + pid_m
-            tl.store(part_mean_ptr + tile * C_out + offs_n, tile_mean, mask=n_ok)
-            tl.store(part_m2_ptr + tile * C_out + offs_n, tile_m2, mask=n_ok)
-            tl.store(part_count_ptr + tile, count)  # the same value from every channel block
+            tl.store(part_a_ptr + tile * C_out + offs_n, tile_a, mask=n_ok)
+            tl.store(part_b_ptr + tile * C_out + offs_n, tile_b, mask=n_ok)
+            if STATS:
+                tl.store(part_count_ptr + tile, count)  # the same value from every channel block
             # the ticket of (group g, channel block pid_n), passed as _last_to_finish's counter 0
             if _last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
-                mean, m2, rows = _combine_tiles(part_mean_ptr, part_m2_ptr, part_count_ptr, g * group_tiles,
-                                                group_tiles, C_out, offs_n, n_ok, BLOCK_T)
-                _finish_stats(mean, m2, rows, out_mean_ptr, out_rstd_ptr, running_mean_ptr, running_var_ptr,
-                              batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, UPDATE_RUNNING)
+                if STATS:
+                    group_a, group_b, group_rows = _combine_tiles(part_a_ptr, part_b_ptr, part_count_ptr,
+                                                                  g * group_tiles, group_tiles, C_out, offs_n, n_ok,
+                                                                  BLOCK_T)
+                else:
+                    group_a, group_b = _sum_tiles(part_a_ptr, part_b_ptr, g * group_tiles, group_tiles, C_out,
+                                                  offs_n, n_ok, BLOCK_T)
+                    group_rows = count  # unused
+                _finish_group(group_a, group_b, group_rows, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr,
+                              batches_ptr, g, pid_n, offs_n, n_ok, C_out, eps, momentum, STATS, UPDATE_RUNNING)
 
 
 @triton.jit

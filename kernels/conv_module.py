@@ -23,7 +23,8 @@ class ConvFunction(torch.autograd.Function):
     prologue_options: (negative_slope, per_sample, use_batch_stats) of the norm applied on load, None for none. The
     input gradient of a conv with a prologue goes through the norm's backward from the saved pre-norm x and its
     statistics (mean and rstd, which the producing ConvNorm made without a graph), so it includes the statistics'
-    dependence on x. With statistics the output's (mean, rstd) are returned too, non-differentiable.
+    dependence on x; the input-gradient kernel reduces it for that backward, which then only applies dx. With
+    statistics the output's (mean, rstd) are returned too, non-differentiable.
     """
 
     @staticmethod
@@ -49,14 +50,15 @@ class ConvFunction(torch.autograd.Function):
         need_affine = prologue is not None and any(ctx.needs_input_grad[5:7])
         dx = dnorm_weight = dnorm_bias = dweight = dbias = None
         if need_x or need_affine:
-            da = conv_input_grad(dy, weight, geometry, x.shape[2:], memory_format_of(x))
+            # with a prologue, the kernel also reduces da for the norm's backward, which then only applies dx
+            da, sums = conv_input_grad(dy, weight, geometry, x.shape[2:], memory_format_of(x), x, prologue)
             padding = (geometry.padding,) * 4 if geometry.reflect else None
             if prologue is not None:  # da is the activation's gradient (padded with a reflection pad)
                 slope, per_sample, use_batch_stats = options
                 dx, dnorm_weight, dnorm_bias, _ = norm_act_backward(
                     None if padding else da, da if padding else None, x, norm_weight, norm_bias, mean, rstd, None,
                     per_sample=per_sample, use_batch_stats=use_batch_stats, negative_slope=slope, dropout_p=0.0,
-                    padding=padding, need_input_grad=need_x, need_affine_grad=need_affine)
+                    padding=padding, need_input_grad=need_x, need_affine_grad=need_affine, sums=sums)
             elif padding:
                 dx = reflection_pad_backward(da, padding, x.shape, memory_format_of(x))
             else:

@@ -190,13 +190,14 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
 
 def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, per_sample, use_batch_stats,
                       negative_slope, dropout_p, padding=None, dy_relu=None, need_input_grad=True,
-                      need_affine_grad=True, need_residual_grad=False):
+                      need_affine_grad=True, need_residual_grad=False, sums=None):
     """Gradients (dx, dweight, dbias, dresidual) of norm_act_forward from those of its outputs, dy of y,
     dy_padded of y_padded and dy_relu of relu_out (None for an output without one); rng_state must hold the key
     the forward used, and padding its padding.
 
     dx is None unless need_input_grad; dweight/dbias are None without affine or need_affine_grad; dresidual, the
-    output's whole gradient, is None unless need_residual_grad.
+    output's whole gradient, is None unless need_residual_grad. sums: the group sums (sum_dz, sum_dzx) [GROUPS, C]
+    fp32 of the gradient when its producer computed them (the fused conv's input gradient): only the apply runs.
     """
     x = _dense(x)
     C = x.shape[1]
@@ -229,20 +230,24 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
             x, *grads, *outs, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=False, RESIDUAL=need_residual_grad, **flags)
         return (dx if need_input_grad else None), None, None, dresidual
-    sum_dz = torch.empty((groups, C), device=x.device, dtype=torch.float32)
-    sum_dzx = torch.empty_like(sum_dz)
-    splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
+    if sums is not None:
+        (sum_dz, sum_dzx), splits = sums, None  # reduced already
+    else:
+        sum_dz = torch.empty((groups, C), device=x.device, dtype=torch.float32)
+        sum_dzx = torch.empty_like(sum_dz)
+        splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
     if splits == 1:
         _backward_group_kernel[(c_blocks, groups)](
             x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, INPUT_GRAD=input_pass, **flags)
     else:
-        part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
-        part_dzx = torch.empty_like(part_dz)
-        _backward_partial_kernel[(c_blocks, groups, splits)](
-            x, *grads, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
-            C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
-            **flags)
+        if splits is not None:
+            part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
+            part_dzx = torch.empty_like(part_dz)
+            _backward_partial_kernel[(c_blocks, groups, splits)](
+                x, *grads, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
+                C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
+                **flags)
         if input_pass:
             _backward_apply_kernel[(c_blocks, groups, cdiv(rows, block_hw))](
                 x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,

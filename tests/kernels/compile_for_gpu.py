@@ -72,12 +72,12 @@ def specializations():
                 yield norm_act._backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
                                                             INPUT_GRAD=input_grad)
     # the conv kernels (slow to compile: bf16 alone, see main): each flag on in one of two specializations, at the GPU
-    # plan's largest tiles
+    # plan's largest tiles; the transposed one as an input gradient with the norm's backward sums
     for transposed, precision in ((False, "ieee"), (True, "tf32")):
-        yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=True, HAS_AFFINE=True,
-                                      HAS_ACT=True, HAS_BIAS=True, STATS=True, UPDATE_RUNNING=transposed,
-                                      PRECISION=precision, INDEX=tl.int32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64,
-                                      BLOCK_T=64)
+        yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=not transposed,
+                                      HAS_AFFINE=True, HAS_ACT=True, HAS_BIAS=not transposed, STATS=not transposed,
+                                      UPDATE_RUNNING=not transposed, NORM_GRAD=transposed, PRECISION=precision,
+                                      INDEX=tl.int32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, BLOCK_T=64)
         yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
                                             HAS_AFFINE=True, HAS_ACT=True, SUM_PARTS=transposed, PRECISION=precision,
                                             INDEX=tl.int32, BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
