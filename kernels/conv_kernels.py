@@ -18,8 +18,8 @@ and dz * xhat (dz the gradient of the norm's affine output), then applies dx fro
 pass reads x and the activation's gradient da (2A) after the input-gradient conv wrote da (A), and the apply pass
 reads both again and writes dx (3A). The input-gradient conv holds each da tile in registers as it finishes it:
 with NORM_GRAD it loads x there (A), applies the activation's derivative and adds the tile's sums, combined by the
-group's last tile like the statistics, so the reduction pass and its launch go (5A + da's write -> 4A). The weight
-gradient kernel never sees da, so the norm's backward has nothing to share with it.
+group's last tile like the statistics, so the reduction pass and its launch go (6A -> 5A, da's write included). The
+weight gradient kernel never sees da, so the norm's backward has nothing to share with it.
 
 _conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
 (oh % stride, ow % stride): within a class the taps that reach an output are fixed, so no product is masked out
