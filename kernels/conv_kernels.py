@@ -33,27 +33,25 @@ the chunks' partial sums in a fixed order (no separate sum, and the same result 
 import triton
 import triton.language as tl
 
-from .norm_act_kernels import _finish_stats, _group_params, _last_to_finish, _pre_activation
+from .norm_act_kernels import _finish_stats, _last_to_finish
 from .pad import _reflect
 
 
 @triton.jit
-def _normalize(v, valid, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope,
-               HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr):
-    """act((v - mean) * rstd * weight + bias) where valid, 0 elsewhere (the zero padding of the activation).
+def _normalized(v, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, HAS_AFFINE: tl.constexpr):
+    """xhat = (v - mean) * rstd and z = xhat * weight + bias, the norm's output before the activation.
 
-    v, valid: [R, K]; the statistics of sample n ([GROUPS, C], row n * group_stride) and the affine parameters are
-    loaded per column, for channels c ([K], masked by c_ok), and broadcast over the rows.
+    v: [R, K]; the statistics of sample n ([GROUPS, C], row n * group_stride) and the affine parameters are loaded
+    per column, for channels c ([K], masked by c_ok), and broadcast over the rows.
     """
     stat = n * group_stride + c
-    z = ((v - tl.load(mean_ptr + stat, mask=c_ok, other=0.0)[None, :])
-         * tl.load(rstd_ptr + stat, mask=c_ok, other=0.0)[None, :])
+    xhat = ((v - tl.load(mean_ptr + stat, mask=c_ok, other=0.0)[None, :])
+            * tl.load(rstd_ptr + stat, mask=c_ok, other=0.0)[None, :])
+    z = xhat
     if HAS_AFFINE:
-        z = (z * tl.load(nw_ptr + c, mask=c_ok, other=1.0).to(tl.float32)[None, :]
+        z = (xhat * tl.load(nw_ptr + c, mask=c_ok, other=1.0).to(tl.float32)[None, :]
              + tl.load(nb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :])
-    if HAS_ACT:
-        z = tl.where(z > 0, z, z * negative_slope)
-    return tl.where(valid, z, 0.0)
+    return xhat, z
 
 
 @triton.jit
@@ -70,9 +68,11 @@ def _load_input(x_ptr, n, ih, iw, c, c_ok, valid, H, W, stride_n, stride_c, stri
         valid = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     offsets = n.to(tl.int64) * stride_n + (c * stride_c)[None, :] + ih * stride_h + iw * stride_w
     v = tl.load(x_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
-    if PROLOGUE:
-        v = _normalize(v, valid, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, negative_slope,
-                       HAS_AFFINE, HAS_ACT)
+    if PROLOGUE:  # act(z) where valid, 0 elsewhere (the zero padding of the activation)
+        _, v = _normalized(v, n, c, c_ok, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, HAS_AFFINE)
+        if HAS_ACT:
+            v = tl.where(v > 0, v, v * negative_slope)
+        v = tl.where(valid, v, 0.0)
     return v
 
 
@@ -219,10 +219,8 @@ def _conv_kernel(
         else:
             x_offsets = (n.to(tl.int64) * stride_nxn + offs_n[None, :] * stride_nxc
                          + (_reflect(oh - PAD_OUT, XH) * stride_nxh + _reflect(ow - PAD_OUT, XW) * stride_nxw)[:, None])
-            mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, g, offs_n, n_ok, C_out,
-                                                     HAS_AFFINE)
-            xhat, z = _pre_activation(tl.load(nx_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32), mean, rstd,
-                                      weight, bias)
+            xhat, z = _normalized(tl.load(nx_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32), n, offs_n, n_ok,
+                                  mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, HAS_AFFINE)
             dz = acc
             if HAS_ACT:
                 dz = tl.where(z > 0, dz, dz * negative_slope)
