@@ -193,7 +193,7 @@ def test_fused_conv_trains_like_the_reference(model_name, flags, image_size):
     losses, and its weights within half an Adam step (lr 2e-4), with cuDNN in true fp32.
 
     In CycleGAN's, about 1 % of some generator tensors' elements, whose gradient is at rounding level, can move by up
-    to 1.4 Adam steps more or less (seen on a GPU at full size), as Adam turns the sign of rounding noise into a step;
+    to 1.4 Adam steps more or less (seen at full size), as Adam turns the sign of rounding noise into a step;
     there the weights must agree within 1e-5 but for at most 5 % of each tensor, and within 2.5 steps everywhere. A
     wrong gradient moves most elements. (cuDNN in fp32: full_fp32_convolutions.)"""
     reference = train_steps(model_name, OFF + flags, 2, batch_size=1, image_size=image_size)
