@@ -17,27 +17,28 @@ from triton.compiler import ASTSource
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("run without TRITON_INTERPRET=1: the interpreter's kernels cannot be compiled")
 
-from fastp2p.kernels import conv, losses, norm_act, pad  # noqa: E402
+from fastp2p.kernels import adam, conv, losses, norm_act, pad  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "inv_numel"}
+FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "inv_numel", "lerp_weight", "beta2",
+                 "one_minus_beta2", "log2_beta1_high", "log2_beta1_low", "log2_beta2_high", "log2_beta2_low"}
 NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp32 statistics and affine parameters
 CONV_DATA = {"x_ptr", "y_ptr", "a_ptr", "b_ptr"}  # the rest: fp32 weights, statistics, norm affine, partials
 CONV_KERNELS = (conv._conv_kernel, conv._conv_wgrad_kernel)
 
 
 def signature(fn, data_type, constexprs):
-    """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed and batch count,
-    int32 tickets and sizes."""
+    """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed, batch count and
+    Adam's address table, int32 tickets, Adam's block rows and sizes."""
     data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
     data = CONV_DATA if fn in CONV_KERNELS else data
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
             types[name] = "constexpr"
-        elif name in ("seed_ptr", "batches_ptr"):
+        elif name in ("seed_ptr", "batches_ptr", "table_ptr"):
             types[name] = "*i64"
-        elif name == "tickets_ptr":
+        elif name in ("tickets_ptr", "block_rows_ptr"):
             types[name] = "*i32"
         elif name.endswith("_ptr"):
             types[name] = "*" + (data_type if name in data else "fp32")
@@ -86,6 +87,8 @@ def specializations():
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
         for write_grad in (False, True):
             yield losses._loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
+    for moments, copies in ((tl.float32, tl.bfloat16), (tl.bfloat16, tl.float16)):
+        yield adam._adam_kernel, dict(MOMENT_DTYPE=moments, COPY_DTYPE=copies, BLOCK=1024, BLOCK_ROWS=128)
 
 
 def main():
