@@ -6,14 +6,16 @@ moments, writes the parameter and the moments, and writes the parameter's bf16/f
 registers (parameters without a copy, such as norm weights, are stepped alone).
 
 Multi-tensor, through a table of addresses: each row holds the addresses of one parameter's tensors (parameter,
-gradient, moments, copy, step count) and its size, and each program steps one block of one row. The tensors stay
-where torch keeps them, so the optimizer is a torch.optim.Adam whose state is the reference's: ``state_dict`` has
-its keys and per-parameter tensors, ``load_state_dict`` and checkpoints work unchanged, DDP's bucket-view gradients
-and parameters replaced by a resume are read where they are. Flat buffers with the parameters as views would need
-no table, but a view's torch.save writes its whole buffer, and autograd (a new gradient each step unless zeroed in
-place, a kernel per parameter), DDP and ``load_state_dict`` each put new tensors in place of views. The table is
-rebuilt whenever an address changes (new gradients, a loaded state), which the caching allocator makes rare in
-eager runs; a CUDA graph records the table's upload with the step, and the optimizer keeps the tables it reads.
+gradient, moments, copy, step count) and its size, and each program steps one block of one row (without a mask but
+for a row's last block, and 16 bytes per access where every address allows, as a contiguous kernel would). The
+tensors stay where torch keeps them, so the optimizer is a torch.optim.Adam whose state is the reference's:
+``state_dict`` has its keys and per-parameter tensors, ``load_state_dict`` and checkpoints work unchanged, DDP's
+bucket-view gradients and parameters replaced by a resume are read where they are. Flat buffers with the parameters
+as views would need no table, but a view's torch.save writes its whole buffer, and autograd (a new gradient each
+step unless zeroed in place, a kernel per parameter), DDP and ``load_state_dict`` each put new tensors in place of
+views. The table is rebuilt whenever an address changes (new gradients, a loaded state), which the caching allocator
+makes rare in eager runs; a CUDA graph records the table's upload with the step, and the optimizer keeps the tables
+it reads.
 
 The math is torch.optim.Adam's without weight decay or amsgrad (the reference's use), as its foreach and
 single-tensor paths compute it: the first moment by torch's lerp, the second by mul then addcmul, the bias
@@ -64,34 +66,28 @@ def _rounded(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _adam_kernel(
-    table_ptr,  # [rows, ROW] int64: addresses of each parameter's tensors, its numel and its first block
-    block_rows_ptr,  # [programs] int32: the row each program steps a block of
-    lr_ptr,  # [] the group's learning rate (fp32 tensor under CUDA graphs, else fp64)
-    tickets_ptr,  # [1] int32, 0 between launches: programs finished so far
-    num_rows,
-    lerp_weight, beta2, one_minus_beta2, eps,  # fp32, as torch casts them for the elementwise ops
-    log2_beta1_high, log2_beta1_low, log2_beta2_high, log2_beta2_low,  # see split_double
-    MOMENT_DTYPE: tl.constexpr, COPY_DTYPE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    row_index = tl.load(block_rows_ptr + pid).to(tl.int64)
-    row = table_ptr + row_index * ROW
-    offs = (pid - tl.load(row + FIRST_BLOCK)) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < tl.load(row + NUMEL)
-    param_ptr = tl.load(row + PARAM).to(tl.pointer_type(tl.float32))
-    grad_ptr = tl.load(row + GRAD).to(tl.pointer_type(tl.float32))
-    exp_avg_ptr = tl.load(row + EXP_AVG).to(tl.pointer_type(MOMENT_DTYPE))
-    exp_avg_sq_ptr = tl.load(row + EXP_AVG_SQ).to(tl.pointer_type(MOMENT_DTYPE))
-    step = tl.load(tl.load(row + STEP).to(tl.pointer_type(tl.float32))).to(tl.float64) + 1.0
+def _pointer(row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in a table row's column as a pointer; ALIGNED (every address in the table is a multiple of 16
+    bytes) lets the compiler move 16 bytes per load and store."""
+    pointer = tl.load(row + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
 
-    # bias corrections in double precision as the reference's Python computes them (beta ** step as
-    # 2 ** (step * log2(beta))), rounded to fp32 where torch casts its scalars
-    beta1_power = tl.exp2(step * (tl.cast(log2_beta1_high, tl.float64) + tl.cast(log2_beta1_low, tl.float64)))
-    beta2_power = tl.exp2(step * (tl.cast(log2_beta2_high, tl.float64) + tl.cast(log2_beta2_low, tl.float64)))
-    step_size = (tl.load(lr_ptr).to(tl.float64) / (1.0 - beta1_power)).to(tl.float32)
-    bias_correction2_sqrt = tl.sqrt(1.0 - beta2_power).to(tl.float32)
 
+@triton.jit
+def _step_elements(row, offs, numel, step_size, bias_correction2_sqrt, lerp_weight, beta2, one_minus_beta2, eps,
+                   MOMENT_DTYPE: tl.constexpr, COPY_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+                   MASKED: tl.constexpr):
+    """Adam on the elements ``offs`` of a row's tensors; MASKED for a row's last, partial block only (a mask of
+    unknown extent keeps the compiler from vectorizing the loads of a full block)."""
+    mask = None
+    if MASKED:
+        mask = offs < numel
+    param_ptr = _pointer(row, PARAM, tl.float32, ALIGNED)
+    grad_ptr = _pointer(row, GRAD, tl.float32, ALIGNED)
+    exp_avg_ptr = _pointer(row, EXP_AVG, MOMENT_DTYPE, ALIGNED)
+    exp_avg_sq_ptr = _pointer(row, EXP_AVG_SQ, MOMENT_DTYPE, ALIGNED)
     param = tl.load(param_ptr + offs, mask=mask)
     grad = tl.load(grad_ptr + offs, mask=mask)
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
@@ -107,15 +103,47 @@ def _adam_kernel(
     tl.store(param_ptr + offs, param, mask=mask)
     tl.store(exp_avg_ptr + offs, _rounded(exp_avg, MOMENT_DTYPE), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, _rounded(exp_avg_sq, MOMENT_DTYPE), mask=mask)
-    copy_address = tl.load(row + COPY)
-    if copy_address != 0:
-        tl.store(copy_address.to(tl.pointer_type(COPY_DTYPE)) + offs, _rounded(param, COPY_DTYPE), mask=mask)
+    if tl.load(row + COPY) != 0:
+        tl.store(_pointer(row, COPY, COPY_DTYPE, ALIGNED) + offs, _rounded(param, COPY_DTYPE), mask=mask)
+
+
+@triton.jit
+def _adam_kernel(
+    table_ptr,  # [rows, ROW] int64: addresses of each parameter's tensors, its numel and its first block
+    block_rows_ptr,  # [programs] int32: the row each program steps a block of
+    lr_ptr,  # [] the group's learning rate (fp32 tensor under CUDA graphs, else fp64)
+    tickets_ptr,  # [1] int32, 0 between launches: programs finished so far
+    num_rows,
+    lerp_weight, beta2, one_minus_beta2, eps,  # fp32, as torch casts them for the elementwise ops
+    log2_beta1_high, log2_beta1_low, log2_beta2_high, log2_beta2_low,  # see split_double
+    MOMENT_DTYPE: tl.constexpr, COPY_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = table_ptr + tl.load(block_rows_ptr + pid).to(tl.int64) * ROW
+    start = (pid - tl.load(row + FIRST_BLOCK)) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    numel = tl.load(row + NUMEL)
+    step = tl.load(tl.load(row + STEP).to(tl.pointer_type(tl.float32))).to(tl.float64) + 1.0
+
+    # bias corrections in double precision as the reference's Python computes them (beta ** step as
+    # 2 ** (step * log2(beta))), rounded to fp32 where torch casts its scalars
+    beta1_power = tl.exp2(step * (tl.cast(log2_beta1_high, tl.float64) + tl.cast(log2_beta1_low, tl.float64)))
+    beta2_power = tl.exp2(step * (tl.cast(log2_beta2_high, tl.float64) + tl.cast(log2_beta2_low, tl.float64)))
+    step_size = (tl.load(lr_ptr).to(tl.float64) / (1.0 - beta1_power)).to(tl.float32)
+    bias_correction2_sqrt = tl.sqrt(1.0 - beta2_power).to(tl.float32)
+    if start + BLOCK <= numel:
+        _step_elements(row, offs, numel, step_size, bias_correction2_sqrt, lerp_weight, beta2, one_minus_beta2, eps,
+                       MOMENT_DTYPE, COPY_DTYPE, ALIGNED, MASKED=False)
+    else:
+        _step_elements(row, offs, numel, step_size, bias_correction2_sqrt, lerp_weight, beta2, one_minus_beta2, eps,
+                       MOMENT_DTYPE, COPY_DTYPE, ALIGNED, MASKED=True)
 
     # The last program to take a ticket (acq_rel: every other program has read its step count by then) increments
     # every row's count and resets the tickets for the next launch.
     if tl.atomic_add(tickets_ptr, 1) == tl.num_programs(0) - 1:
-        for start in range(0, num_rows, BLOCK_ROWS):
-            rows = start + tl.arange(0, BLOCK_ROWS)
+        for first_row in range(0, num_rows, BLOCK_ROWS):
+            rows = first_row + tl.arange(0, BLOCK_ROWS)
             in_table = rows < num_rows
             step_ptrs = tl.load(table_ptr + rows.to(tl.int64) * ROW + STEP, mask=in_table, other=0).to(
                 tl.pointer_type(tl.float32))
@@ -200,12 +228,13 @@ class TritonAdam(torch.optim.Adam):
         return host.to(device, non_blocking=True)
 
     def table(self, index, rows, device):
-        """(table, block rows, block count) for ``rows`` (parameter, gradient, moments, copy, step), built and
-        uploaded again only when an address has changed."""
+        """(table, block rows, block count, whether every address is a multiple of 16 bytes) for ``rows``
+        (parameter, gradient, moments, copy, step), built and uploaded again only when an address has changed."""
         addresses = [tensor.data_ptr() if tensor is not None else 0 for row in rows for tensor in row]
         cached = self.tables.get(index)
         if cached is None or cached[0] != addresses:
-            cached = self.tables[index] = (addresses, *self.build_table(rows, device))
+            aligned = all(address % 16 == 0 for address in addresses)
+            cached = self.tables[index] = (addresses, *self.build_table(rows, device), aligned)
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             self.graph_tables.append(cached[1:3])  # what the graph reads at every replay, whatever comes after
         return cached[1:]
@@ -252,12 +281,12 @@ class TritonAdam(torch.optim.Adam):
 
     def launch(self, index, group, rows):
         device = rows[0][0].device
-        table, block_rows, blocks = self.table(index, rows, device)
+        table, block_rows, blocks, aligned = self.table(index, rows, device)
         if self.tickets is None:
             self.tickets = torch.zeros(1, dtype=torch.int32, device=device)
         beta1, beta2 = group["betas"]
         _adam_kernel[(blocks,)](
             table, block_rows, self.lr_pointer(index, group), self.tickets, len(rows),
             1 - beta1, beta2, 1 - beta2, group["eps"], *split_double(math.log2(beta1)), *split_double(math.log2(beta2)),
-            MOMENT_DTYPE=TRITON_DTYPES[self.moment_dtype], COPY_DTYPE=TRITON_DTYPES[self.copy_dtype],
+            MOMENT_DTYPE=TRITON_DTYPES[self.moment_dtype], COPY_DTYPE=TRITON_DTYPES[self.copy_dtype], ALIGNED=aligned,
             BLOCK=block_size(device), BLOCK_ROWS=128)

@@ -87,8 +87,9 @@ def specializations():
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
         for write_grad in (False, True):
             yield losses._loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
-    for moments, copies in ((tl.float32, tl.bfloat16), (tl.bfloat16, tl.float16)):
-        yield adam._adam_kernel, dict(MOMENT_DTYPE=moments, COPY_DTYPE=copies, BLOCK=1024, BLOCK_ROWS=128)
+    for moments, copies, aligned in ((tl.float32, tl.bfloat16, True), (tl.bfloat16, tl.float16, False)):
+        yield adam._adam_kernel, dict(MOMENT_DTYPE=moments, COPY_DTYPE=copies, ALIGNED=aligned, BLOCK=1024,
+                                      BLOCK_ROWS=128)
 
 
 def main():
