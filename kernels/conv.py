@@ -11,8 +11,8 @@ import torch
 import triton.language as tl
 
 from .conv_kernels import _conv_kernel, _conv_wgrad_kernel
-from .launch import cdiv, next_power_of_2, target_programs, tiling
-from .norm_act import _TILE_BOUNDS, _dense, _strides, _tickets
+from .launch import cdiv, next_power_of_2, target_programs, tickets, tiling
+from .norm_act import _TILE_BOUNDS, _dense, _strides
 from .norm_act_kernels import _forward_apply_kernel
 from .pad import memory_format_of
 
@@ -104,7 +104,7 @@ def _epilogue_args(epilogue, N, tiles, c_blocks, y):
     out_a = torch.empty((groups, C), device=device, dtype=torch.float32)
     out_b = torch.empty_like(out_a)
     buffers = (part_a, torch.empty_like(part_a), torch.empty((N, tiles), device=device, dtype=torch.float32),
-               _tickets(device, groups * c_blocks), out_a, out_b)
+               tickets(device, groups * c_blocks), out_a, out_b)
     flags = dict(STATS=statistics, UPDATE_RUNNING=statistics and epilogue.running is not None,
                  NORM_GRAD=not statistics, BLOCK_T=min(next_power_of_2(samples_per_group * tiles), 64))
     if statistics:
@@ -207,11 +207,11 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     sum_parts = N * splits > 1
     parts = (torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32) if sum_parts
              else dweight[None])
-    tickets = _tickets(x.device, grid[0] * grid[1]) if sum_parts else dweight
+    arrivals = tickets(x.device, grid[0] * grid[1]) if sum_parts else dweight
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
     _conv_wgrad_kernel[grid](
-        a, b, dweight, parts, tickets, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride,
+        a, b, dweight, parts, arrivals, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride,
         geometry.padding, j_total, chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *dweight.stride(),
         *parts.stride(), REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
         PROLOGUE_B=normalized and not geometry.transposed, SUM_PARTS=sum_parts, PRECISION=_precision(x),

@@ -27,6 +27,22 @@ def next_power_of_2(n):
     return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
+_TICKETS = {}
+
+
+def tickets(device, count):
+    """At least `count` zeroed int32 counters on `device` for kernels whose last program to finish combines the
+    others' partial results (it counts arrivals on them and sets them back to zero). The launches on one stream share
+    them, since they run in order; each stream has its own, since kernels on two streams run at once
+    (--two_streams). A larger buffer is added when one is needed; the smaller ones stay alive, since a CUDA graph
+    captured with them keeps using them."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    buffers = _TICKETS.setdefault((device, stream), [])
+    if not buffers or buffers[-1].numel() < count:
+        buffers.append(torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
+    return buffers[-1]
+
+
 TILE = 2048  # elements a tile aims at: 8 warps from there, 4 below
 
 

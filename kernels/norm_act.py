@@ -4,7 +4,7 @@ buffers the kernels read and write; norm_act_forward and norm_act_backward, whic
 
 import torch
 
-from .launch import cdiv, next_power_of_2, target_programs, tiling
+from .launch import cdiv, next_power_of_2, target_programs, tickets, tiling
 from .norm_act_kernels import (_backward_apply_kernel, _backward_group_kernel, _backward_partial_kernel,
                                _forward_apply_kernel, _forward_group_kernel, _stats_partial_kernel)
 from .pad import check_padding, memory_format_of
@@ -51,19 +51,6 @@ def _split_plan(x, groups, rows, block_c, block_hw):
 def _combine_rows(splits, block_c):
     """BLOCK_R of a last-program combine: all chunks in one [BLOCK_R, BLOCK_C] tile when they fit (no serial loop)."""
     return min(next_power_of_2(splits), max(16, 8192 // block_c))
-
-
-_TICKETS = {}
-
-
-def _tickets(device, count):
-    """At least `count` zeroed int32 counters for _last_to_finish on `device`, shared by every launch: each
-    launch leaves them zero, and launches run in stream order. A larger buffer is added when one is needed;
-    the smaller ones stay alive, since a CUDA graph captured with them keeps using them."""
-    buffers = _TICKETS.setdefault(device, [])
-    if not buffers or buffers[-1].numel() < count:
-        buffers.append(torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
-    return buffers[-1]
 
 
 def _check_batch_stats_size(x, per_sample):
@@ -180,7 +167,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
         _stats_partial_kernel[(c_blocks, groups, splits)](
-            x, part_mean, part_m2, _tickets(x.device, groups * c_blocks), mean, rstd, *running,
+            x, part_mean, part_m2, tickets(x.device, groups * c_blocks), mean, rstd, *running,
             C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
             BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
     _forward_apply_kernel[(c_blocks, mean.shape[0], cdiv(out_rows, block_hw))](
@@ -245,7 +232,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
             part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
             part_dzx = torch.empty_like(part_dz)
             _backward_partial_kernel[(c_blocks, groups, splits)](
-                x, *grads, *pointers, part_dz, part_dzx, _tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
+                x, *grads, *pointers, part_dz, part_dzx, tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
                 C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
                 **flags)
         if input_pass:

@@ -175,7 +175,7 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
     GPU, else in chunks (partial sums that the last chunk to finish combines, then apply). Force each path by
     the GPU size the plan assumes; the groups (2304 rows per sample) are longer than one tile, and BatchNorm's
     span both samples."""
-    from fastp2p.kernels import norm_act
+    from fastp2p.kernels import launch, norm_act
 
     launched = set()
 
@@ -197,7 +197,7 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
         expected = {name for name in expected if "backward" in name}
     assert launched == expected
     # each split launch's last program resets the tickets it counted with, for the next launch
-    assert not any(tickets.any() for buffers in norm_act._TICKETS.values() for tickets in buffers)
+    assert not any(tickets.any() for buffers in launch._TICKETS.values() for tickets in buffers)
 
 
 @requires_cuda
