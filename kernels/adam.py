@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv
+from .launch import cdiv, tickets
 
 # the int64 columns of a table row, in the order TritonAdam.build_table writes them
 PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, COPY, STEP, NUMEL, FIRST_BLOCK = (tl.constexpr(column) for column in range(8))
@@ -175,7 +175,6 @@ class TritonAdam(torch.optim.Adam):
         self.tables = {}  # group index -> (addresses, device table, device block rows, block count)
         self.graph_tables = []  # the tables, on the host and the device, that captured CUDA graphs read
         self.lr_on_device = {}  # group index -> (lr, fp64 device tensor) for a group whose lr is a float
-        self.tickets = None
         self.register_load_state_dict_post_hook(lambda optimizer: optimizer.conform_state())
 
     def write_copies(self, parameters, copies):
@@ -219,10 +218,12 @@ class TritonAdam(torch.optim.Adam):
         return kept[1]
 
     def upload(self, values, dtype, device):
-        """``values`` as a tensor on ``device``, copied without a host sync (and so capturable)."""
+        """``values`` as a tensor on ``device``, copied without a host sync from pinned memory (a copy a CUDA graph
+        can capture: it reads that host memory again at every replay)."""
         host = torch.tensor(values, dtype=dtype)
         if device.type != "cuda":
             return host
+        host = host.pin_memory()
         if torch.cuda.is_current_stream_capturing():
             self.graph_tables.append(host)  # the graph copies this host memory to the device at every replay
         return host.to(device, non_blocking=True)
@@ -282,11 +283,9 @@ class TritonAdam(torch.optim.Adam):
     def launch(self, index, group, rows):
         device = rows[0][0].device
         table, block_rows, blocks, aligned = self.table(index, rows, device)
-        if self.tickets is None:
-            self.tickets = torch.zeros(1, dtype=torch.int32, device=device)
         beta1, beta2 = group["betas"]
         _adam_kernel[(blocks,)](
-            table, block_rows, self.lr_pointer(index, group), self.tickets, len(rows),
+            table, block_rows, self.lr_pointer(index, group), tickets(device, 1), len(rows),
             1 - beta1, beta2, 1 - beta2, group["eps"], *split_double(math.log2(beta1)), *split_double(math.log2(beta2)),
             MOMENT_DTYPE=TRITON_DTYPES[self.moment_dtype], COPY_DTYPE=TRITON_DTYPES[self.copy_dtype], ALIGNED=aligned,
             BLOCK=block_size(device), BLOCK_ROWS=128)
