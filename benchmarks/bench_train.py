@@ -13,8 +13,9 @@ real loader (create_fast_loader) and timing the wait for each batch.
 Rows (cumulative; --rows picks among them by name):
     GPU: reference, +amp (bf16), +channels_last, +fused_kernels, +fused_adam, +foreach_cast, +step_cast (which
          replaces --foreach_cast), +batch_passes (CycleGAN, and any model with per-sample norms), +cuda_graph,
-         +cudnn_search_all (the default fast path), +two_streams (CycleGAN) and +overlap_optimizer (both off by
-         default until measured; the latter's row leaves --two_streams off), and apart,
+         +cudnn_search_all (the default fast path), +two_streams (CycleGAN), +overlap_optimizer and +triton_adam
+         (the three off by default until measured; a row leaves off what it replaces or cannot run beside:
+         +overlap_optimizer --two_streams, +triton_adam --fused_adam and --overlap_optimizer), and apart,
          the reference networks under torch.compile in bf16 + channels-last (CUDA graphs off: --compile brings its
          own): compile (its default mode), compile_reduce_overhead and, only when asked for, compile_max_autotune
          (long to compile).
@@ -68,13 +69,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 GPU_CHAIN = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-             "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer")
+             "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
 CPU_CHAIN = ("channels_last", "fused_adam", "batch_passes", "amp", "foreach_cast", "step_cast", "overlap_optimizer")
 TECHNIQUES = ("amp", "channels_last", "fused_kernels", "fused_adam", "foreach_cast", "step_cast", "batch_passes",
-              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer")
-# an earlier technique left off from the row of a later one that does its work its own way (the step copies) or
-# cannot run beside it (the overlapped optimizer's own side stream)
-LEFT_OFF_BY = {"foreach_cast": "step_cast", "two_streams": "overlap_optimizer"}
+              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
+# an earlier technique left off from the row of a later one that does its work its own way (the step copies, the
+# Triton Adam's step) or cannot run beside it (the overlapped optimizer's own side stream, its per-parameter steps)
+LEFT_OFF_BY = {"foreach_cast": "step_cast", "two_streams": "overlap_optimizer", "fused_adam": "triton_adam",
+               "overlap_optimizer": "triton_adam"}
 # the rival a user would try first: the reference networks under torch.compile, bf16 channels-last, per mode
 COMPILE_ROWS = {"compile": "default", "compile_reduce_overhead": "reduce-overhead",
                 "compile_max_autotune": "max-autotune"}
@@ -167,12 +169,18 @@ def row_flags(name, chain, skipped=frozenset()):
         return ["--reference"]
     if name == "auto":
         return []
-    on = {"amp", "channels_last"} if name in COMPILE_ROWS else set(chain[:chain.index(name) + 1])
-    on -= {technique for technique, later in LEFT_OFF_BY.items() if later in on}
+    if name in COMPILE_ROWS:
+        on = {"amp", "channels_last"}
+    else:  # latest first, so a technique left off by a later one does not leave off what it would replace
+        on = set()
+        for technique in reversed(chain[:chain.index(name) + 1]):
+            if LEFT_OFF_BY.get(technique) not in on:
+                on.add(technique)
     on -= skipped
-    flags = ["--amp", "bf16" if "amp" in on else "off"]
-    for technique in TECHNIQUES[1:]:
-        flags += [f"--{technique}", "on" if technique in on else "off"]
+    flags = ["--amp", "bf16" if "amp" in on else "off", "--adam_kernel", "triton" if "triton_adam" in on else "torch"]
+    for technique in TECHNIQUES:
+        if technique not in ("amp", "triton_adam"):  # the on/off switches
+            flags += [f"--{technique}", "on" if technique in on else "off"]
     return flags + (["--compile", COMPILE_ROWS[name]] if name in COMPILE_ROWS else [])
 
 

@@ -4,8 +4,8 @@ first:
 
 1. cuda_tests: the CUDA tests of the engine, the kernels and inference (paths that have not run on a GPU yet);
 2. goals: the reference row and the fast path's rows (+cuda_graph with cuDNN's default 10 algorithms, then
-   +cudnn_search_all, the default, then +two_streams for CycleGAN and +overlap_optimizer) of the four goal
-   configurations: pix2pix bs1 and bs16, CycleGAN bs1 and bs4;
+   +cudnn_search_all, the default, then +two_streams for CycleGAN, +overlap_optimizer and +triton_adam) of the
+   four goal configurations: pix2pix bs1 and bs16, CycleGAN bs1 and bs4;
 3. profile: kernel counts and device time per category (convolutions, norms, optimizer, casts...) per iteration
    of the same four configurations, eager (the kernels a graph replays);
 4. adam: the optimizer step alone at pix2pix's 57.2M and CycleGAN's 28.3M parameters against the copy roof;
@@ -66,8 +66,8 @@ def stages(args):
         ]
     repeats = ["--repeats", "3", "--no_loader"]
     goals = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows", "reference",
-              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "--budget_s", "60", "--out",
-              os.path.join(out, f"goals_{model}")]
+              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam", "--budget_s", "60",
+              "--out", os.path.join(out, f"goals_{model}")]
              for model, sizes in GOAL_CONFIGS.items()]
     configs = [f"{model}:{size}:batch_passes" for model, sizes in GOAL_CONFIGS.items() for size in sizes]
     rival = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows",

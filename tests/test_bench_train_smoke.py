@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
 
 
@@ -35,3 +37,24 @@ def test_rows_that_need_a_gpu_are_refused_on_the_cpu(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--rows", "cuda_graph",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "none of the rows" in run.stderr
+
+
+def test_every_gpu_row_asks_for_a_combination_the_engine_accepts():
+    """Each cumulative GPU row's switches pass the engine's checks for a GPU, with its own technique on and what
+    it replaces off: a row that kept on what its technique cannot run beside (--fused_adam under --adam_kernel
+    triton, say) would only fail on a lent machine."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train
+    from fastp2p.engine import resolve_engine
+    from fastp2p.options import parse_options
+
+    cuda = torch.device("cuda", 0)
+    args = bench_train.parse_args(["--device", "cpu", "--small"])
+    args.device, args.chain = cuda, bench_train.GPU_CHAIN
+    for model in ("pix2pix", "cycle_gan"):
+        for row in set(bench_train.GPU_CHAIN) - bench_train.inapplicable(args, model):
+            argv = bench_train.model_flags(args, model, 1) + bench_train.model_row_flags(args, model, row)
+            config = resolve_engine(parse_options(argv, is_train=True), cuda)
+            assert getattr(config, "amp_dtype" if row == "amp" else row), (model, row)
+            replaced = [earlier for earlier, later in bench_train.LEFT_OFF_BY.items() if later == row]
+            assert not any(getattr(config, earlier) for earlier in replaced), (model, row)
