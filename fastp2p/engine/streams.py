@@ -7,6 +7,12 @@ while they run. The side stream starts after the work queued before it (its inpu
 for it before anything that follows (D's optimizer step, the next iteration), which also keeps every tensor the
 side stream used or allocated alive until it is done with it, with no record_stream. Both are captured in a CUDA
 graph as a fork and a join.
+
+The generator step's A and B halves are not put on two streams. With --batch_passes (the GPU default for per-sample
+norms) they already run together, each generator's passes as one batch, which fills the GPU better than two streams
+of batch 1 would. Without it the halves are not independent: each generator runs in both (G_A makes fake_B in one
+and rec_B in the other), so both halves write both generators' gradients, and a BatchNorm generator's running
+statistics would be updated from two streams at once, in an order that changes them.
 """
 
 import torch
