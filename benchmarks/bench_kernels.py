@@ -223,6 +223,8 @@ def progress(rows):
 
 
 def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
+    from fastp2p.kernels import norm_act  # Triton's modules load after main() has chosen the interpreter or not
+
     rows = []
     for model, kind, shape, activation, dropout, pad, skip in norm_cases(args, args.smoke):
         for dtype_name in args.dtypes:
@@ -250,8 +252,10 @@ def bench_norms(args, device, timer, roof, fused_norm_act, graph_timer=None):
                 variant = (f"{kind}_train+{activation}" + (f"+dropout{dropout}" if dropout else "")
                            + ("+skip+plain" if skip else "") + (f"+pad{pad}" if pad else ""))
                 skip_bytes = 2 * nbytes if skip else 0  # forward: read the skip, write y; backward: write its grad
-                rows += make_row("norm_act", model, shape, dtype_name, layout, variant, results,
-                                 nbytes + out_bytes + skip_bytes, 2 * nbytes + out_bytes + skip_bytes // 2, roof)
+                plan = norm_act.reduction_plan(x, per_sample=kind == "instance")
+                rows += [dict(row, plan=plan) for row in make_row(
+                    "norm_act", model, shape, dtype_name, layout, variant, results,
+                    nbytes + out_bytes + skip_bytes, 2 * nbytes + out_bytes + skip_bytes // 2, roof)]
                 progress(rows[-2:])
     return rows
 
@@ -447,10 +451,12 @@ def markdown(meta, rows):
              f"commit `{meta['commit'][:12]}`, {meta['date']}", "",
              f"copy bandwidth (roof): {meta['copy_gbps']:.0f} GB/s. `{meta['command']}`", "",
              "Eager columns time the Python call (host launch overhead included); graph columns replay the forward "
-             "from a CUDA graph under no_grad (GPU time only).", "",
+             "from a CUDA graph under no_grad (GPU time only). A norm's plan: programs per reduction launch, the chunks "
+             "each group's rows are cut into, and the tiles its last program loads one after the other to combine "
+             "them (none: one launch per pass).", "",
              "| op | model | shape | dtype | layout | variant | dir | torch ms | fused ms | speedup | fused GB/s | "
-             "% of copy | graph torch ms | graph fused ms | graph speedup | graph % of copy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "% of copy | graph torch ms | graph fused ms | graph speedup | graph % of copy | plan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['op']} | {row['model']} | {'x'.join(map(str, row['shape']))} | {row['dtype']} | "
@@ -458,7 +464,9 @@ def markdown(meta, rows):
             f"{row['fused_ms']:.4f} | {row['speedup']:.2f}x | {row['fused_gbps']:.0f} | "
             f"{100 * row['fused_fraction_of_copy']:.0f}% | " + (
                 f"{row['torch_graph_ms']:.4f} | {row['fused_graph_ms']:.4f} | {row['graph_speedup']:.2f}x | "
-                f"{100 * row['fused_graph_fraction_of_copy']:.0f}% |" if "fused_graph_ms" in row else " |  |  |  |"))
+                f"{100 * row['fused_graph_fraction_of_copy']:.0f}% |" if "fused_graph_ms" in row else " |  |  |  |")
+            + (f" {plan['programs']} programs, {plan['splits']} chunks, {plan['combine_loads']} combine loads |"
+               if (plan := row.get("plan")) else "  |"))
     return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,19 @@ def _combine_rows(splits, block_c):
     return min(next_power_of_2(splits), max(16, 8192 // block_c))
 
 
+def reduction_plan(x, per_sample):
+    """How the statistics (forward) and the sums (backward) of a training step on x are reduced, for reports:
+    programs per reduction launch, the chunks (splits) each group's rows are cut into, and the [BLOCK_R, BLOCK_C]
+    tiles the last program to finish loads one after the other to combine them (0 when one launch does it all)."""
+    x = _dense(x)
+    groups, rows = _groups(x, per_sample)
+    block_hw, block_c, _ = tiling(x, rows, **_TILE_BOUNDS)
+    splits, _ = _split_plan(x, groups, rows, block_c, block_hw)
+    combine_loads = 0 if splits == 1 else cdiv(splits, _combine_rows(splits, block_c))
+    return dict(programs=cdiv(x.shape[1], block_c) * groups * splits, splits=splits, combine_loads=combine_loads,
+                tile=[block_hw, block_c])
+
+
 def _check_batch_stats_size(x, per_sample):
     N, C, H, W = x.shape
     if per_sample and H * W <= 1:

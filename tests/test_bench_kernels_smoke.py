@@ -18,7 +18,9 @@ def test_smoke_mode_writes_json_and_markdown(tmp_path):
     assert {"device", "torch", "triton", "commit", "command", "copy_gbps"} <= set(data)
     assert {row["op"] for row in data["rows"]} == {"norm_act", "unet_skip", "reflection_pad", "gan_loss", "l1_loss"}
     assert all(row["fused_ms"] > 0 and row["torch_ms"] > 0 for row in data["rows"])
-    assert result.with_suffix(".md").exists()
+    norms = [row for row in data["rows"] if row["op"] == "norm_act"]
+    assert all(row["plan"]["programs"] >= row["plan"]["splits"] >= 1 for row in norms)  # the plan that was timed
+    assert "combine loads |" in result.with_suffix(".md").read_text()
 
 
 def test_without_cuda_it_asks_for_smoke_mode(tmp_path):
