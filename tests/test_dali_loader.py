@@ -3,7 +3,8 @@
 What is checked: the crop and flip of A and B are one draw (read back exactly from a coordinate
 pattern), the files and draws are the torch path's (same paths; pixels equal up to interpolation,
 measured as statistics since DALI's cubic resize is not PIL's), shapes, dtype, range, channels-last
-layout, epoch length with a partial last batch, the 2-rank split, and errors for bad files. The
+layout, epoch length with a partial last batch, the 2-rank split, errors for bad files, 16-bit and other
+kinds of file decoded to the torch path's pixels, and the kinds DALI misreads refused before training. The
 torchvision-decode loader's logic runs here with a PIL decoder standing in for nvJPEG.
 """
 
@@ -12,9 +13,11 @@ import glob
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import weakref
+import zlib
 
 import numpy as np
 import pytest
@@ -229,3 +232,117 @@ def test_torchvision_decode_logic_matches_torch_path(shared_data):
             assert got[key].shape == want[key].shape
             assert got[key].is_contiguous(memory_format=torch.channels_last)
             assert (got[key] - want[key]).abs().mean() < 0.004
+
+
+
+# ---------------------------------------------------------------- 16-bit files and other kinds PIL reads
+
+
+def sixteen_bit_png(path, values):
+    """A 16-bit PNG of ``values``, (H, W) gray or (H, W, C) with C = 2, 3, 4, written by hand: PIL writes gray only."""
+    values = np.asarray(values, dtype=">u2")
+    channels = 1 if values.ndim == 2 else values.shape[2]
+    rows = b"".join(b"\0" + row.tobytes() for row in values)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], 16, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def gradient16(w, h, tag=0):
+    """16-bit values across the range, nearly all above 255 (clipped to 8 bits, white)."""
+    x, y = np.meshgrid(np.arange(w), np.arange(h))
+    return (x * 60000 // (w - 1) + y * 40 + tag * 400).astype(np.uint16)
+
+
+def assert_close_to_torch_path(fast, reference):
+    for got, want in zip(fast, reference, strict=True):
+        for key in "AB":
+            diff = (got[key] - want[key]).abs()
+            assert diff.mean() < 0.004 and diff.max() < 0.1  # the resize's interpolation, as for 8-bit files
+            assert (got[key] > 0.99).float().mean() < 0.05  # clipped to 8 bits, most pixels would be white
+
+
+@needs_dali
+def test_16_bit_gray_pairs_decode_as_the_torch_path(tmp_path, dali_loader):
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        a = gradient16(96, 80, i)
+        sixteen_bit_png(tmp_path / "train" / f"{i}.png", np.hstack([a, 65535 - a]))
+    opt = make_opt(tmp_path, load_size=72, crop_size=64, batch_size=2)
+    assert_close_to_torch_path(dali_loader(opt), create_dataset(opt))
+
+
+@needs_dali
+def test_16_bit_gray_and_colour_unpaired_decode_as_the_torch_path(tmp_path, dali_loader):
+    for side in "AB":
+        (tmp_path / f"train{side}").mkdir()
+    for i in range(3):
+        sixteen_bit_png(tmp_path / "trainA" / f"{i}.png", gradient16(80, 96, i))
+        a = gradient16(96, 80, i)
+        sixteen_bit_png(tmp_path / "trainB" / f"{i}.png", np.dstack([a, a[::-1], 65535 - a]))  # opens as 8-bit RGB
+    opt = make_opt(tmp_path, dataset_mode="unaligned", preprocess="scale_width_and_crop", load_size=72,
+                   crop_size=64, output_nc=1, batch_size=2)
+    assert_close_to_torch_path(dali_loader(opt), create_dataset(opt))
+
+
+def mpo(path, image):
+    image.save(path, format="MPO", save_all=True, append_images=[image.transpose(Image.Transpose.ROTATE_180)])
+
+
+# name -> (write the file from a 16-bit (H, W) array, PIL mode it opens as, most grey levels DALI may differ by)
+KINDS = {
+    "gray16.png": (sixteen_bit_png, "I;16", 0),
+    "gray16_big_endian.tif": (lambda p, v: Image.fromarray(v.astype(">u2")).save(p), "I;16B", 0),
+    "gray16.ppm": (lambda p, v: p.write_bytes(b"P5 96 80 65535\n" + v.astype(">u2").tobytes()), "I", 0),
+    "gray8.png": (lambda p, v: Image.fromarray((v >> 8).astype(np.uint8)).save(p), "L", 0),
+    "bilevel.png": (lambda p, v: Image.fromarray(v > 30000).save(p), "1", 0),
+    "rgb16.png": (lambda p, v: sixteen_bit_png(p, np.dstack([v, v[::-1], 65535 - v])), "RGB", 1),  # PIL: v >> 8
+    "gray_alpha16.png": (lambda p, v: sixteen_bit_png(p, np.dstack([v, v[::-1]])), "RGBA", 1),
+    "palette.tif": (lambda p, v: Image.fromarray((v >> 8).astype(np.uint8)).convert("P").save(p), "P", 1),
+    "mpo.jpg": (lambda p, v: mpo(p, Image.fromarray((v >> 8).astype(np.uint8)).convert("RGB")), "RGB", 1),
+}
+
+
+@needs_dali
+@pytest.mark.parametrize("name", KINDS)
+def test_each_kind_of_file_decodes_to_the_torch_path_pixels(tmp_path, name, dali_loader):
+    """No resize (--preprocess crop): the decoders' pixels themselves are compared."""
+    write, mode, levels = KINDS[name]
+    write(tmp_path / name, gradient16(96, 80))
+    with Image.open(tmp_path / name) as image:
+        assert image.mode == mode
+    opt = make_opt(tmp_path, dataset_mode="single", preprocess="crop", crop_size=80, batch_size=1)
+    (got,), (want,) = dali_loader(opt), create_dataset(opt)
+    assert got["A"].shape == want["A"].shape == (1, 3, 80, 80)
+    assert (got["A"] - want["A"]).abs().max() * 127.5 <= levels + 1e-3
+
+
+REFUSED = {
+    "int32.tif": (lambda p, v: Image.fromarray(v).convert("I").save(p), r"TIFF mode I\)"),  # DALI failed
+    "gray_alpha.tif": (lambda p, v: Image.fromarray((v >> 8).astype(np.uint8)).convert("LA").save(p),
+                       r"TIFF mode LA\)"),  # DALI's pixels wrong, without an error
+    "bilevel.tif": (lambda p, v: Image.fromarray(v > 30000).save(p), r"TIFF mode 1\)"),  # DALI failed
+    "maxval1000.ppm": (lambda p, v: p.write_bytes(b"P5 96 80 1000\n" + (v % 1001).astype(">u2").tobytes()),
+                       "PPM of maxval 1000"),  # PIL scales 1000 to 255, DALI does not: near black
+}
+
+
+@needs_dali
+@pytest.mark.parametrize("name", REFUSED)
+def test_files_dali_misreads_are_refused_before_the_first_batch(tmp_path, name, dali_loader):
+    """One such file in trainB, which epoch 0 may not draw: still refused when the loader is built, naming it."""
+    for side in "AB":
+        (tmp_path / f"train{side}").mkdir()
+        for i in range(3):
+            sixteen_bit_png(tmp_path / f"train{side}" / f"{i}.png", gradient16(96, 80, i))
+    write, problem = REFUSED[name]
+    write(tmp_path / "trainB" / name, gradient16(96, 80))
+    opt = make_opt(tmp_path, dataset_mode="unaligned", load_size=72, crop_size=64)
+    with pytest.raises(DatasetError, match=rf"DALI cannot decode \S*{name} \({problem}.*--data_loader torch"):
+        dali_loader(opt)
+    opt.serial_batches = True  # B = index % 4: one epoch reads every B file
+    assert str(tmp_path / "trainB" / name) in [p for batch in create_dataset(opt) for p in batch["B_paths"]]

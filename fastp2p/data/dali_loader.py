@@ -25,7 +25,9 @@ halves: mean |diff| about 0.2 grey levels, max 2-3). The crop and flip are exact
 Errors: an unreadable file is reported by its header check (PIL) before it reaches DALI, as a
 DatasetError naming it; a file whose header reads but whose data is corrupt fails inside the DALI
 decoder, reported as a DatasetError naming the batch's files. DALI decodes JPEG, PNG, BMP, TIFF and
-PPM; grayscale and palette files are converted to RGB as PIL's ``convert('RGB')`` does.
+PPM to the pixels of the torch path's ``image_folder.to_rgb`` (16-bit grayscale scaled to 8 bits, not
+clipped; grayscale and palette converted to RGB), except for the kinds of file it fails on or decodes
+wrongly without an error (``_SAME_AS_PIL``): those are refused, naming the file, before the first batch.
 """
 
 import importlib.util
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from fastp2p.data.image_folder import DatasetError, mixed_sizes_error
-from fastp2p.data.plan import FedLoader
+from fastp2p.data.plan import FedLoader, ImageSizes
 
 
 def dali_available():
@@ -56,12 +58,46 @@ _FIELD = {
 }
 
 
+# PIL format -> the PIL modes DALI decodes to to_rgb's pixels (None: all), within one grey level (16-bit RGB and
+# TIFF palettes round differently), as measured with DALI 2.4's CPU decoder (tests/test_dali_loader.py pins the
+# 16-bit ones). Left out: TIFFs of 1 bit or 32-bit integers (DALI fails), TIFFs of floats or of gray or palette
+# with alpha (DALI's pixels differ, without an error), PPMs of floats.
+_SAME_AS_PIL = {"JPEG": None, "MPO": None, "PNG": None, "BMP": None,
+                "TIFF": {"L", "P", "RGB", "RGBA", "CMYK", "I;16", "I;16B"}, "PPM": {"1", "L", "RGB", "I"}}
+
+
+def _ppm_rescaled(image):
+    """Whether PIL scales a PPM's samples to 8 or 16 bits (maxval not 255 or 65535), which DALI does not do: PIL's
+    decoder arguments are then (rawmode, maxval), a bare rawmode when it reads the samples as they are."""
+    args = image.tile[0].args
+    return isinstance(args, tuple) and args[1] not in (255, 65535)
+
+
+class _CheckedSizes(ImageSizes):
+    """Header sizes that refuse a file DALI would not decode to the torch path's pixels, naming it and the fix."""
+
+    def header(self, path, image):
+        modes = _SAME_AS_PIL.get(image.format, ())
+        if modes is not None and image.mode not in modes:
+            kind = f"{image.format} mode {image.mode}"
+        elif image.format == "PPM" and _ppm_rescaled(image):
+            kind = f"PPM of maxval {image.tile[0].args[1]}"
+        else:
+            return image.size
+        raise DatasetError(f"DALI cannot decode {path} ({kind}) as PIL does; convert it to PNG, "
+                           "or use --data_loader torch")
+
+
 class DALILoader(FedLoader):
     """DALI pipeline fed from the epoch plan: decode (``mixed`` on a GPU, ``cpu`` with device_id=None),
     split, resize, crop, flip and normalise, HWC float in [-1, 1]."""
 
+    Sizes = _CheckedSizes
+
     def __init__(self, opt, device_id=None, num_threads=None, prefetch=2):
         super().__init__(opt)
+        for path in dict.fromkeys(p for side in self.sides for p in side.paths):
+            self.sizes.full(path)  # every header now, not when a B file is first drawn: refusals come before training
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.aligned = opt.dataset_mode == "aligned"
         self._feed = iter(())

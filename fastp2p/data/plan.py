@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fastp2p import distributed
-from fastp2p.data.image_folder import image_size
+from fastp2p.data.image_folder import read_image
 from fastp2p.data.transforms import get_params
 
 
@@ -122,9 +122,14 @@ class ImageSizes:
     def full(self, path):
         """(w, h) of the file."""
         if path not in self.known:
-            self.known[path] = image_size(path)
+            self.known[path] = read_image(path, lambda image: self.header(path, image))
             self.dataset.check_fits_crop(path, self.drawn(self.known[path]))
         return self.known[path]
+
+    def header(self, path, image):
+        """(w, h) of ``image``, opened from ``path`` but not decoded: where a loader refuses files its decoder
+        would read differently from PIL, before any batch."""
+        return image.size
 
     def __call__(self, path):
         """(w, h) that get_params sees: the A half for an A|B file."""
@@ -222,11 +227,13 @@ def crop_flip_normalize(store, idx, x, y, flip, crop_h, crop_w):
 class PlannedLoader:
     """What every fast loader shares with the torch loader: the dataset, its epoch plan, len, set_epoch."""
 
+    Sizes = ImageSizes  # the header reader: a loader whose decoder is not PIL's checks its files in a subclass
+
     def __init__(self, opt):
         self.opt = opt
         self.dataset = build_dataset(opt)
         self.sides = dataset_sides(self.dataset)
-        self.sizes = ImageSizes(self.dataset)
+        self.sizes = self.Sizes(self.dataset)
         self.skip_batches = 0
         self.plan = None
 
