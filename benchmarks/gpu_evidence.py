@@ -38,10 +38,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 GOAL_CONFIGS = {"pix2pix": ("1", "16"), "cycle_gan": ("1", "4")}
 # the CUDA tests in two runs, the paths that have never run on a GPU first (the engine's streams, graphs and step
-# copies, the Triton convs and Adam, inference), then the kernels measured on one before; the sm_90 compile checks
-# ("compiled") are left to the CPU's CI
+# copies, the Triton convs and Adam, inference, and torchvision's decode, absent from the CPU's CI), then the kernels
+# measured on one before; the sm_90 compile checks ("compiled") are left to the CPU's CI
 CUDA_TESTS = (["tests/test_engine.py", "tests/kernels/test_conv.py", "tests/kernels/test_adam.py",
-               "tests/test_inference.py"],
+               "tests/test_inference.py",
+               "tests/test_dali_loader.py::test_torchvision_decode_of_16_bit_pngs_matches_the_torch_path"],
               ["tests/kernels", "--deselect", "tests/kernels/test_conv.py", "--deselect", "tests/kernels/test_adam.py"])
 
 

@@ -27,7 +27,8 @@ from PIL import Image
 from fastp2p import distributed
 from fastp2p.data import DatasetError, create_dataset
 from fastp2p.data.dali_loader import dali_available
-from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader
+from fastp2p.data.image_folder import to_rgb
+from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, decode_on_gpu, eight_bits, torchvision_available
 from tests.test_gpu_cache import make_opt, write_pairs
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda130)")
@@ -319,6 +320,39 @@ def test_each_kind_of_file_decodes_to_the_torch_path_pixels(tmp_path, name, dali
     (got,), (want,) = dali_loader(opt), create_dataset(opt)
     assert got["A"].shape == want["A"].shape == (1, 3, 80, 80)
     assert (got["A"] - want["A"]).abs().max() * 127.5 <= levels + 1e-3
+
+
+SIXTEEN_BIT_PNGS = ("gray16.png", "rgb16.png", "gray_alpha16.png")
+
+
+@pytest.mark.parametrize("name", SIXTEEN_BIT_PNGS)
+def test_torchvision_16_bit_pngs_read_as_the_torch_path(tmp_path, name):
+    """torchvision decodes a 16-bit PNG to uint16 (the values given here, as its RGB mode gives them); its loader
+    reads them as the torch path does: a gray PNG scaled, colour or alpha by the high byte. Left as uint16, the
+    values would be normalized far outside [-1, 1]."""
+    write, _, _ = KINDS[name]
+    values = gradient16(96, 80)
+    write(tmp_path / name, values)
+    channels = {"gray16.png": [values] * 3, "rgb16.png": [values, values[::-1], 65535 - values],
+                "gray_alpha16.png": [values] * 3}[name]
+    decoded = torch.from_numpy(np.stack(channels).astype(np.int32)).to(torch.uint16)
+    got = eight_bits(decoded, (tmp_path / name).read_bytes())
+    with Image.open(tmp_path / name) as image:
+        want = torch.from_numpy(np.asarray(to_rgb(image)).copy()).permute(2, 0, 1)
+    assert got.dtype == torch.uint8 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", SIXTEEN_BIT_PNGS)
+def test_torchvision_decode_of_16_bit_pngs_matches_the_torch_path(tmp_path, name):
+    """The same through torchvision's own decoder, where it imports (its build must match torch's)."""
+    if not torchvision_available():
+        pytest.skip("torchvision is not installed, or does not import beside this torch")
+    KINDS[name][0](tmp_path / name, gradient16(96, 80))
+    encoded = torch.frombuffer(bytearray((tmp_path / name).read_bytes()), dtype=torch.uint8)
+    (got,) = decode_on_gpu([encoded], torch.device("cpu"))
+    with Image.open(tmp_path / name) as image:
+        want = torch.from_numpy(np.asarray(to_rgb(image)).copy()).permute(2, 0, 1)
+    assert got.dtype == torch.uint8 and (got.int() - want.int()).abs().max() <= 1
 
 
 REFUSED = {

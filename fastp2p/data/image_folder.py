@@ -91,9 +91,14 @@ def to_rgb(image):
     PIL converts 16-bit values to 8 bits by clipping at 255, which turns most of such an image white.
     """
     if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.int64).clip(0, 65535)
-        image = Image.fromarray(((values * 255 + 65535 // 2) // 65535).astype(np.uint8))
+        image = Image.fromarray(sixteen_to_eight_bits(np.asarray(image).astype(np.int64).clip(0, 65535)).astype(np.uint8))
     return image.convert("RGB")
+
+
+def sixteen_to_eight_bits(values):
+    """16-bit grayscale values (a wide integer numpy array or torch tensor) scaled to 0..255, rounded: how every
+    loader reads a 16-bit grayscale file."""
+    return (values * 255 + 65535 // 2) // 65535
 
 
 def load_rgb(path):

@@ -13,6 +13,7 @@ mean |diff| about 0.2 grey levels, max 2-3). The crop and flip are exact.
 
 import torch
 
+from fastp2p.data.image_folder import sixteen_to_eight_bits
 from fastp2p.data.plan import FedLoader, crop_flip_normalize
 
 
@@ -35,8 +36,19 @@ def decode_on_gpu(encoded, device):
     if jpegs:
         decoded = iter(tvio.decode_jpeg(jpegs, mode=tvio.ImageReadMode.RGB, device=device))
         out = [next(decoded) if j else None for j in jpeg]
-    return [o if o is not None else tvio.decode_image(e, mode=tvio.ImageReadMode.RGB).to(device)
+    return [o if o is not None else eight_bits(tvio.decode_image(e, mode=tvio.ImageReadMode.RGB), e).to(device)
             for o, e in zip(out, encoded)]
+
+
+def eight_bits(image, encoded):
+    """torchvision's decode of a 16-bit PNG (uint16) -> the uint8 values the torch path reads from the file: a
+    grayscale PNG scaled as image_folder.to_rgb scales it, one with colour or alpha by its high byte, as PIL reads
+    those. Other images pass through."""
+    if image.dtype == torch.uint8:
+        return image
+    wide = image.to(torch.int32)
+    grayscale = encoded[25] == 0  # the PNG header's colour type
+    return (sixteen_to_eight_bits(wide) if grayscale else wide >> 8).to(torch.uint8)
 
 
 class TorchvisionDecodeLoader(FedLoader):
