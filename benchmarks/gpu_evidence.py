@@ -11,7 +11,9 @@ first:
 4. adam: the optimizer step alone at pix2pix's 57.2M and CycleGAN's 28.3M parameters against the copy roof;
 5. norms_bs1: each of the ResNet's fused InstanceNorm layers at batch 1, channels-last against NCHW and torch's,
    eager and replayed from a graph (where a channels-last norm was found launch-bound);
-6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
+6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left;
+then goals.md (goals_report.py): each goal configuration against its targets, the reference and the rival, and each
+switch that `auto` leaves off until measured against the row without it.
 
 Each stage runs under its own time limit (together under 9 minutes on an H200), and a stage that fails or runs out
 of time costs only its share. Everything goes to --out, with env.json (device, driver, versions, the commit passed
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import tarfile
 import time
+
+import goals_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -156,6 +160,10 @@ def main(argv=None):
         print(lines[-1], flush=True)
         with open(os.path.join(args.out, "summary.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
+    verdicts = goals_report.report(args.out)  # read from the rows just written; printed for the device's log tail
+    with open(os.path.join(args.out, "goals.md"), "w") as f:
+        f.write(verdicts)
+    print(verdicts, end="", flush=True)
     if args.archive:
         with tarfile.open(args.archive, "w:gz") as archive:
             archive.add(args.out, arcname=os.path.basename(os.path.normpath(args.out)))

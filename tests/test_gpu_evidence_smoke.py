@@ -33,6 +33,7 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
     (norms,) = (out / "norms_bs1").glob("kernels_*_norms_smoke.json")
     assert {row["layout"] for row in json.loads(norms.read_text())["rows"]} == {"nhwc", "nchw"}
     assert json.loads((out / "env.json").read_text())["dry_run"] is True
+    assert (out / "goals.md").read_text().startswith("# Training goals")  # the CPU rows meet none of them
     assert (tmp_path / "evidence.tar.gz").stat().st_size > 0
 
 
