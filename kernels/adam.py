@@ -174,6 +174,7 @@ class TritonAdam(torch.optim.Adam):
         self.copy_dtype = torch.bfloat16
         self.tables = {}  # group index -> (addresses, device table, device block rows, block count)
         self.graph_tables = []  # the tables, on the host and the device, that captured CUDA graphs read
+        self.spare_pinned = {}  # (dtype, numel) -> pinned host memory, for a table uploaded during capture
         self.lr_on_device = {}  # group index -> (lr, fp64 device tensor) for a group whose lr is a float
         self.register_load_state_dict_post_hook(lambda optimizer: optimizer.conform_state())
 
@@ -219,14 +220,27 @@ class TritonAdam(torch.optim.Adam):
 
     def upload(self, values, dtype, device):
         """``values`` as a tensor on ``device``, copied without a host sync from pinned memory (a copy a CUDA graph
-        can capture: it reads that host memory again at every replay)."""
+        can capture: it reads that host memory again at every replay).
+
+        Pinned memory is not allocated while a graph is captured (the allocator queries CUDA events to reuse its
+        blocks, which capture forbids in some torch versions): each eager upload also pins a spare buffer of its
+        size, which a capture, rebuilding the table for the gradients it allocates, fills and keeps."""
         host = torch.tensor(values, dtype=dtype)
         if device.type != "cuda":
             return host
-        host = host.pin_memory()
+        size = (dtype, host.numel())
         if torch.cuda.is_current_stream_capturing():
-            self.graph_tables.append(host)  # the graph copies this host memory to the device at every replay
-        return host.to(device, non_blocking=True)
+            pinned = self.spare_pinned.pop(size, None)
+            if pinned is None:
+                raise RuntimeError("the Adam kernel's table changed size during CUDA graph capture: run an eager step "
+                                   "with the same parameters first")
+            pinned.copy_(host)
+            self.graph_tables.append(pinned)  # the graph copies this host memory to the device at every replay
+        else:
+            pinned = host.pin_memory()
+            if size not in self.spare_pinned:
+                self.spare_pinned[size] = torch.empty(host.numel(), dtype=dtype, pin_memory=True)
+        return pinned.to(device, non_blocking=True)
 
     def table(self, index, rows, device):
         """(table, block rows, block count, whether every address is a multiple of 16 bytes) for ``rows``
