@@ -65,13 +65,13 @@ def goal_lines(rows):
             continue
         vs_reference = speed / throughput(reference) if throughput(reference) else None
         vs_rival = speed / throughput(rival) if throughput(rival) else None
-        met = [speed >= target]
+        checks = [speed >= target, None if vs_rival is None else vs_rival >= RIVAL_FACTOR]  # None: not measured
         if target_ratio is not None:
-            met.append(vs_reference is not None and vs_reference >= target_ratio)
-        met.append(vs_rival is not None and vs_rival >= RIVAL_FACTOR)
+            checks.append(None if vs_reference is None else vs_reference >= target_ratio)
+        met = "no" if False in checks else "not measured" if None in checks else "yes"
         lines.append(f"| {model} bs{batch} | {speed:.1f} | {target} | {_ratio(vs_reference)} | "
                      f"{'' if target_ratio is None else f'{target_ratio}x'} | {_ratio(vs_rival)} | {RIVAL_FACTOR:g}x | "
-                     f"{'yes' if all(met) else 'no'} |")
+                     f"{met} |")
     return lines
 
 
