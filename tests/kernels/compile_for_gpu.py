@@ -3,9 +3,16 @@
 Triton's interpreter, which runs the kernel tests on a CPU, accepts code that the compiler rejects (it runs the
 Python, it does not type it). This script runs the real compiler (Python AST -> TTIR -> TTGIR -> LLVM -> PTX ->
 ptxas, all bundled with Triton) for an H100 target, so such errors show up in CI. It must run without
-TRITON_INTERPRET, hence a separate process: ``python tests/kernels/compile_for_gpu.py``.
+TRITON_INTERPRET, hence a separate process: ``python tests/kernels/compile_for_gpu.py [--jobs N]``.
+
+Each compile runs on one core (the MLIR passes in Python's process, then ptxas, most of a conv kernel's time), so
+the specializations are shared among --jobs worker processes (default: one per core, at most 8), the slowest first.
 """
 
+import argparse
+import concurrent.futures
+import functools
+import multiprocessing
 import os
 import sys
 
@@ -92,18 +99,72 @@ def specializations():
                                       BLOCK_ROWS=128)
 
 
-def main():
-    failures = 0
+def tasks():
+    """(data type, index into specializations()) of every compile, the slowest first (the conv kernels, then the
+    norm kernels with their flags on) so that no long compile is left to run alone at the end; one compile per
+    distinct (kernel, signature, constexprs): the Adam kernel's signature takes no data type."""
+    specs = list(specializations())
+    seen, found = set(), []
     for data_type in ("fp32", "bf16"):
-        for fn, constexprs in specializations():
+        for index, (fn, constexprs) in enumerate(specs):
             if data_type == "fp32" and fn in CONV_KERNELS:  # an fp32 'ieee' GEMM compiles for minutes on 2 cores
                 continue
+            key = (fn.__name__, repr(sorted(signature(fn, data_type, constexprs).items())), repr(constexprs))
+            if key not in seen:
+                seen.add(key)
+                found.append((data_type, index))
+
+    def cost(task):
+        fn, constexprs = specs[task[1]]
+        return (fn not in CONV_KERNELS, not any(value is True for value in constexprs.values()))
+
+    return sorted(found, key=cost)  # a stable sort: the order above within each rank
+
+
+@functools.cache
+def specialization(index):
+    return list(specializations())[index]
+
+
+def describe(data_type, index):
+    fn, constexprs = specialization(index)
+    return f"{fn.__name__} {data_type} {constexprs}"
+
+
+def compile_task(data_type, index):
+    """In a worker: compile one specialization; None, or the error as text (a compiler's exception may not pickle)."""
+    fn, constexprs = specialization(index)
+    try:
+        compile_kernel(fn, data_type, constexprs)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def default_jobs():
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes (default: %(default)s)")
+    jobs = max(1, parser.parse_args(argv).jobs)
+    todo = tasks()
+    failures = 0
+    # spawned workers (not forked from this process, which has imported torch and Triton); leaving the with-block
+    # waits for all of them to exit, also after an error
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(compile_task, *task): task for task in todo}
+        for future in concurrent.futures.as_completed(futures):  # report every failing specialization, not the first
+            task = futures[future]
             try:
-                compile_kernel(fn, data_type, constexprs)
-            except Exception as error:  # report every failing specialization, not just the first
+                error = future.result()
+            except Exception as crash:  # the worker died (e.g. a crash in the compiler): this and the pending ones
+                error = f"worker process failed: {type(crash).__name__}: {crash}"
+            if error is not None:
                 failures += 1
-                print(f"FAILED {fn.__name__} {data_type} {constexprs}: {type(error).__name__}: {error}")
-    print(f"compiled for {TARGET}: {failures} failures")
+                print(f"FAILED {describe(*task)}: {error}", flush=True)
+    print(f"compiled {len(todo)} specializations for {TARGET} in {jobs} processes: {failures} failures")
     return 1 if failures else 0
 
 
