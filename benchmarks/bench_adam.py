@@ -5,7 +5,7 @@ and writes three of them back, 28 bytes per parameter; torch's step copy reads 4
 parameter, the Triton kernel's writes 2 from the value it has just computed.
 
 On a GPU torch's step is its fused Adam, capturable, and each step is replayed as one CUDA graph (as the trainer's
-graphed step runs it); on the CPU torch's is the foreach Adam and the Triton kernel runs in Triton's interpreter,
+graphed step runs it); on the CPU torch's is the trainer's CPU Adam and the Triton kernel runs in Triton's interpreter,
 eagerly (a check that the script runs, not a figure to compare).
 
     python benchmarks/bench_adam.py --out benchmarks/results --commit SHA          # GPU: pix2pix 57.2M, CycleGAN 28.3M
@@ -23,9 +23,9 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from fastp2p import networks
+from fastp2p.engine.config import EngineConfig
 from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.engine.weight_cast import StepCopies
 
@@ -69,17 +69,13 @@ def as_graph(device, fn):
 
 
 def build_adam(kernel, params, device):
-    """The trainer's Adam on ``device``: torch's (fused and capturable on a GPU), or the Triton kernel."""
+    """The trainer's Adam on ``device`` (EngineConfig.adam): torch's, fused and capturable with a device learning
+    rate on a GPU as the graphed step uses it, or the Triton kernel."""
     cuda = device.type == "cuda"
-    lr = torch.tensor(2e-4, device=device) if cuda else 2e-4
-    if kernel == "triton":
-        if not cuda:
-            os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton first compiles a kernel
-        from fastp2p.kernels import TritonAdam
-
-        return TritonAdam(params, lr=lr, betas=(0.5, 0.999))
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=True if cuda else None,
-                            foreach=None if cuda else True, capturable=cuda)
+    if kernel == "triton" and not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton first compiles a kernel
+    config = EngineConfig(fused_adam=cuda, triton_adam=kernel == "triton", cuda_graph=cuda)
+    return config.adam(params, argparse.Namespace(lr=2e-4, beta1=0.5), device)
 
 
 def adam_row(model, nets, device, kernel, step_cast, args):

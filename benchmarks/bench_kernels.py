@@ -451,9 +451,9 @@ def markdown(meta, rows):
              f"commit `{meta['commit'][:12]}`, {meta['date']}", "",
              f"copy bandwidth (roof): {meta['copy_gbps']:.0f} GB/s. `{meta['command']}`", "",
              "Eager columns time the Python call (host launch overhead included); graph columns replay the forward "
-             "from a CUDA graph under no_grad (GPU time only). A norm's plan: programs per reduction launch, the chunks "
-             "each group's rows are cut into, and the tiles its last program loads one after the other to combine "
-             "them (none: one launch per pass).", "",
+             "from a CUDA graph under no_grad (GPU time only). A norm's plan: programs per reduction launch, the "
+             "chunks each group's rows are cut into, and the tiles its last program loads one after the other to "
+             "combine them (none: one launch per pass).", "",
              "| op | model | shape | dtype | layout | variant | dir | torch ms | fused ms | speedup | fused GB/s | "
              "% of copy | graph torch ms | graph fused ms | graph speedup | graph % of copy | plan |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

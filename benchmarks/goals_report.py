@@ -53,15 +53,15 @@ def clearly_faster(row, baseline):
 
 
 def goal_lines(rows):
-    lines = ["| config | default fast path img/s | target | x reference | target | x compile rival | target | met |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | default fast path img/s | target | x reference | target | x compile rival | target "
+             "| met |", "|---|---|---|---|---|---|---|---|"]
     for (model, batch), (target, target_ratio) in GOALS.items():
         fast, reference, rival = (rows.get((model, batch, name)) for name in (DEFAULT_ROW, "reference", RIVAL_ROW))
         speed = throughput(fast)
+        ratio_target = "" if target_ratio is None else f"{target_ratio}x"
         if speed is None:
             why = "not run" if fast is None else f"failed: {fast['error'][:80]}"
-            lines.append(f"| {model} bs{batch} | {why} | {target} |  | {'' if target_ratio is None else f'{target_ratio}x'} "
-                         f"|  | {RIVAL_FACTOR:g}x | no |")
+            lines.append(f"| {model} bs{batch} | {why} | {target} |  | {ratio_target} |  | {RIVAL_FACTOR:g}x | no |")
             continue
         vs_reference = speed / throughput(reference) if throughput(reference) else None
         vs_rival = speed / throughput(rival) if throughput(rival) else None
@@ -70,7 +70,7 @@ def goal_lines(rows):
             checks.append(None if vs_reference is None else vs_reference >= target_ratio)
         met = "no" if False in checks else "not measured" if None in checks else "yes"
         lines.append(f"| {model} bs{batch} | {speed:.1f} | {target} | {_ratio(vs_reference)} | "
-                     f"{'' if target_ratio is None else f'{target_ratio}x'} | {_ratio(vs_rival)} | {RIVAL_FACTOR:g}x | "
+                     f"{ratio_target} | {_ratio(vs_rival)} | {RIVAL_FACTOR:g}x | "
                      f"{met} |")
     return lines
 
@@ -80,7 +80,8 @@ def _ratio(value):
 
 
 def switch_lines(rows):
-    lines = ["| config | technique | img/s | baseline | baseline img/s | ratio | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = ["| config | technique | img/s | baseline | baseline img/s | ratio | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for model, batch in GOALS:
         for technique, candidates in BASELINES.items():
             row = rows.get((model, batch, technique))

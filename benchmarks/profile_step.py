@@ -21,7 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, build, inapplicable, model_flags, random_batches, row_flags, run_steps, sync  # noqa: E402
+from bench_train import GPU_CHAIN, build, inapplicable, model_flags, random_batches  # noqa: E402
+from bench_train import row_flags, run_steps, sync  # noqa: E402
 
 
 # kernel name patterns per category, first match wins (cuDNN, cutlass and Triton kernel names as they appear)

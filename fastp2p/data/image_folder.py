@@ -91,7 +91,8 @@ def to_rgb(image):
     PIL converts 16-bit values to 8 bits by clipping at 255, which turns most of such an image white.
     """
     if image.mode in SIXTEEN_BIT_MODES:
-        image = Image.fromarray(sixteen_to_eight_bits(np.asarray(image).astype(np.int64).clip(0, 65535)).astype(np.uint8))
+        values = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(sixteen_to_eight_bits(values).astype(np.uint8))
     return image.convert("RGB")
 
 
