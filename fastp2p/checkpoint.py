@@ -17,8 +17,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections import OrderedDict
@@ -100,6 +102,18 @@ def write_error(folder, what, error):
     return CheckpointError(f"cannot write {what} into {folder}: {reason}; the checkpoints already there are kept")
 
 
+# The only names a checkpoint folder's saves write: a prefix's network files and training state. A journal is
+# read from the folder, which may come from elsewhere, so a name outside these kinds (a path, ``..``) is refused.
+SET_FILE_NAME = re.compile(r"(latest|\d+|iter_\d+)_(net_[A-Za-z0-9_]+\.pth|train_state\.pth)")
+JOURNAL_NAME = re.compile(re.escape(JOURNAL_PREFIX) + r"([0-9a-f]{12})\.json")
+
+
+def check_set_file_name(name):
+    """Refuse a name that a checkpoint set may not hold (anything but a plain network or training-state name)."""
+    if not isinstance(name, str) or not SET_FILE_NAME.fullmatch(name):
+        raise CheckpointError(f"a checkpoint set holds only network and training-state files, not {name!r}")
+
+
 class CheckpointSet:
     """Files written as one unit: after a crash at any instant, a folder holds the whole old set or the whole
     new one. Use as a context manager: ``save`` and ``link`` stage files, leaving the block commits them, an
@@ -114,9 +128,16 @@ class CheckpointSet:
     def _temp(self, name):
         return f"{TEMP_PREFIX}{self.token}_{name}"
 
+    def _stage(self, name):
+        """The temporary name of ``name``, recorded for the journal; names recover_folder would refuse are never
+        staged."""
+        check_set_file_name(name)
+        self.staged[name] = self._temp(name)
+        return self.staged[name]
+
     def save(self, name, obj):
         """Stage ``obj`` as ``name`` (torch.save, fsynced); returns the file's SHA-256."""
-        temp = self.staged[name] = self._temp(name)  # staged first: a failed write is discarded too
+        temp = self._stage(name)  # staged first: a failed write is discarded too
         with open(os.path.join(self.folder, temp), "wb") as f:
             writer = _HashingWriter(f)
             torch.save(obj, writer)
@@ -127,8 +148,7 @@ class CheckpointSet:
 
     def link(self, name, same_as):
         """Stage ``name`` with the bytes of the staged ``same_as``: a hard link, or a copy where links fail."""
-        source, temp = os.path.join(self.folder, self.staged[same_as]), self._temp(name)
-        self.staged[name] = temp
+        source, temp = os.path.join(self.folder, self.staged[same_as]), self._stage(name)
         try:
             os.link(source, os.path.join(self.folder, temp))
         except OSError:
@@ -180,6 +200,41 @@ class CheckpointSet:
         self.staged = OrderedDict()
 
 
+def is_regular_file(path):
+    """True for a plain file (not a link, folder, FIFO or device), without following a link."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_journal(folder, entry):
+    """The {final name: temporary name} map of a committed save's journal, each name checked before any is used.
+
+    A journal names only this folder's own kinds of files (SET_FILE_NAME), each under the temporary name its save
+    gave it, and every file it names is a plain file here (a temporary one still to be renamed, or the final one
+    already renamed): anything else is a crafted or damaged journal, refused whole with one line."""
+    path = os.path.join(folder, entry)
+    token = JOURNAL_NAME.fullmatch(entry).group(1)
+    advice = (f"remove it (and the {TEMP_PREFIX}{token}_* files beside it) to drop that save, or pick another "
+              f"--name")
+    try:
+        with open(path, "rb") as f:
+            staged = json.loads(f.read(1 << 20).decode())["files"]
+        if not isinstance(staged, dict) or not staged:
+            raise ValueError("no files listed")
+        for name, temp in staged.items():
+            check_set_file_name(name)
+            if temp != f"{TEMP_PREFIX}{token}_{name}":
+                raise ValueError(f"{name!r} is staged under {temp!r}, not its save's temporary name")
+            if not (is_regular_file(os.path.join(folder, temp)) or is_regular_file(os.path.join(folder, name))):
+                raise ValueError(f"neither {temp} nor {name} is a plain file in the folder")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"refusing the save journal {path}: {reason}; {advice}") from None
+    return staged
+
+
 def roll_forward(folder, journal, staged):
     """Rename a committed set's files into place (those still under temporary names), then drop its journal."""
     for name, temp in staged.items():
@@ -193,27 +248,25 @@ def roll_forward(folder, journal, staged):
 def recover_folder(folder):
     """Finish the saves a dead run had committed and remove the temporary files of those it had not.
 
-    Returns a line saying what was done, or None. Call it only while holding the folder's run lock: the
-    temporary files of a live run's save look the same."""
+    Every journal is checked before anything is renamed or removed (``read_journal``), so a folder with one
+    crafted or damaged journal is left exactly as it was. Returns a line saying what was done, or None. Call it
+    only while holding the folder's run lock: the temporary files of a live run's save look the same."""
     if not os.path.isdir(folder):
         return None
-    finished = 0
-    for entry in sorted(os.listdir(folder)):
-        if entry.startswith(JOURNAL_PREFIX) and entry.endswith(".json"):
-            path = os.path.join(folder, entry)
-            with open(path) as f:
-                staged = json.load(f)["files"]
-            roll_forward(folder, path, staged)
-            finished += 1
-    stale = [entry for entry in os.listdir(folder) if entry.startswith(TEMP_PREFIX)]
-    size = sum(os.path.getsize(os.path.join(folder, entry)) for entry in stale)
+    journals = [(entry, read_journal(folder, entry)) for entry in sorted(os.listdir(folder))
+                if JOURNAL_NAME.fullmatch(entry)]
+    for entry, staged in journals:
+        roll_forward(folder, os.path.join(folder, entry), staged)
+    stale = [entry for entry in os.listdir(folder)
+             if entry.startswith(TEMP_PREFIX) and not os.path.isdir(os.path.join(folder, entry))]
+    size = sum(os.lstat(os.path.join(folder, entry)).st_size for entry in stale)
     for entry in stale:
-        os.remove(os.path.join(folder, entry))
+        os.remove(os.path.join(folder, entry))  # a link planted under such a name goes, not what it points at
     if stale:
         fsync_folder(folder)
     done = []
-    if finished:
-        done.append(f"finished {finished} checkpoint save(s) that an interrupted run had committed")
+    if journals:
+        done.append(f"finished {len(journals)} checkpoint save(s) that an interrupted run had committed")
     if stale:
         done.append(f"removed {len(stale)} temporary file(s) ({size / 2**20:.1f} MiB) of an interrupted save")
     return "; ".join(done) or None

@@ -105,6 +105,28 @@ def test_a_second_run_into_a_live_runs_folder_is_refused(tmp_path, aligned_root,
     assert not (folder / "train_opt.txt").exists()
 
 
+@pytest.mark.parametrize("continue_train", [False, True])
+def test_a_crafted_journal_in_a_shared_folder_stops_the_run_before_it_touches_anything(tmp_path, aligned_root,
+                                                                                      capsys, continue_train):
+    """A downloaded checkpoint folder whose save journal would move a file over one outside the folder: every start
+    with that --name (a fresh run too, which runs the recovery) stops in one line, and no file is moved."""
+    flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0))
+    assert train_cli.main(flags) == 0
+    folder = tmp_path / "checkpoints" / "p2p"
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's file")
+    (folder / ".tmp_0123456789ab_latest_net_G.pth").write_bytes(b"attacker's bytes")
+    (folder / ".commit_0123456789ab.json").write_text(
+        '{"files": {"../../victim.txt": ".tmp_0123456789ab_latest_net_G.pth"}}')
+    before = sorted(os.listdir(folder)), (folder / "latest_net_G.pth").read_bytes()
+    capsys.readouterr()
+    assert train_cli.main(flags + (["--continue_train", "--n_epochs", "2"] if continue_train else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"refusing the save journal {folder / '.commit_0123456789ab.json'}" in err
+    assert victim.read_bytes() == b"the user's file"
+    assert (sorted(os.listdir(folder)), (folder / "latest_net_G.pth").read_bytes()) == before
+
+
 def test_diverged_weights_are_never_saved(tmp_path, unaligned_root, capsys):
     flags = ["--model", "cycle_gan", "--dataroot", unaligned_root, *small_net_flags(tmp_path, "huge"), "--seed", "5",
              "--n_epochs", "1", "--n_epochs_decay", "0", "--print_freq", "100", "--pool_size", "3",
