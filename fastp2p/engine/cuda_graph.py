@@ -28,6 +28,9 @@ class DeviceImagePool(ImagePool):
     Filling is deterministic (the first ``pool_size`` images are stored), so the host knows when it
     ends without looking at device data. Afterwards each image is swapped with a random stored one with
     probability 0.5, as in the reference, using torch's generator instead of python's ``random``.
+    The bank of stored images is built by the query that fills the pool (or by a load of a full pool), eagerly:
+    built on the first query after it, it would be built inside the CUDA graph captured on that step, and each
+    replay would rebuild it from freed memory, losing every swap.
     """
 
     def __init__(self, pool_size):
@@ -35,16 +38,21 @@ class DeviceImagePool(ImagePool):
         self.bank = None  # [pool_size, C, H, W] once full
 
     def is_full(self):
-        return self.pool_size == 0 or self.num_imgs >= self.pool_size
+        """Full, and its bank built: from here on a query allocates nothing, as a graph capture needs."""
+        return self.pool_size == 0 or self.bank is not None
+
+    def _bank_when_full(self):
+        if self.bank is None and self.num_imgs >= self.pool_size:
+            self.bank = torch.cat(self.images, 0)
+            self.images = []
 
     def query(self, images):
         if self.pool_size == 0:
             return images
-        if not self.is_full():
-            return super().query(images)
         if self.bank is None:
-            self.bank = torch.cat(self.images, 0)
-            self.images = []
+            returned = super().query(images)
+            self._bank_when_full()
+            return returned
         returned = []
         for image in images.detach():
             take_old = torch.rand((), device=image.device) > 0.5
@@ -62,6 +70,7 @@ class DeviceImagePool(ImagePool):
     def load_state_dict(self, state, device=None):
         super().load_state_dict(state, device)
         self.bank = None
+        self._bank_when_full()
 
 
 WARMUP_STEPS = 3
@@ -105,6 +114,10 @@ class GraphedTrainStep:
         pools_full = all(getattr(self.model, name).is_full() for name in self.model.pool_names)
         return self.warmup_left <= 0 and pools_full and batch[0].shape[0] == self.model.opt.batch_size
 
+    def pool_banks(self):
+        """The identity of each pool's stored images: a capture must find them built and leave them in place."""
+        return [id(getattr(self.model, name).bank) for name in self.model.pool_names]
+
     def matches_graph(self, batch):
         return all(t.shape == s.shape and t.stride() == s.stride() for t, s in zip(batch, self.static_inputs))
 
@@ -126,9 +139,13 @@ class GraphedTrainStep:
             self.static_inputs = tuple(t.clone() for t in batch)
             model.real_A, model.real_B = self.static_inputs
             torch.cuda.synchronize()
+            banks = self.pool_banks()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
                 self.step()
+            if self.pool_banks() != banks:
+                raise RuntimeError("an image pool built its bank inside the CUDA graph's capture: each replay would "
+                                   "rebuild it from freed memory")
             distributed.print_main("Recorded CUDA graph of the training iteration")
         elif self.matches_graph(batch):
             for static, fresh in zip(self.static_inputs, batch):
