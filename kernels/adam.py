@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, tickets
+from .launch import cdiv, grid, sized_for_gpu, tickets
 
 # the int64 columns of a table row, in the order TritonAdam.build_table writes them
 PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, COPY, STEP, NUMEL, FIRST_BLOCK = (tl.constexpr(column) for column in range(8))
@@ -44,7 +44,7 @@ TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.f
 def block_size(device):
     """Elements per program: a few per thread on a GPU; more in the interpreter, whose cost is mostly per program
     (but every program of a launch, a bias's too, works on arrays of this size)."""
-    return 1024 if device.type == "cuda" else 16384
+    return 1024 if sized_for_gpu(device) else 16384
 
 
 def split_double(x):
@@ -298,7 +298,7 @@ class TritonAdam(torch.optim.Adam):
         device = rows[0][0].device
         table, block_rows, blocks, aligned = self.table(index, rows, device)
         beta1, beta2 = group["betas"]
-        _adam_kernel[(blocks,)](
+        _adam_kernel[grid(blocks)](
             table, block_rows, self.lr_pointer(index, group), tickets(device, 1), len(rows),
             1 - beta1, beta2, 1 - beta2, group["eps"], *split_double(math.log2(beta1)), *split_double(math.log2(beta2)),
             MOMENT_DTYPE=TRITON_DTYPES[self.moment_dtype], COPY_DTYPE=TRITON_DTYPES[self.copy_dtype], ALIGNED=aligned,

@@ -11,7 +11,7 @@ import torch
 import triton.language as tl
 
 from .conv_kernels import _conv_kernel, _conv_wgrad_kernel
-from .launch import cdiv, next_power_of_2, target_programs, tickets, tiling
+from .launch import cdiv, grid, next_power_of_2, sized_for_gpu, target_programs, tickets, tiling
 from .norm_act import _TILE_BOUNDS, _dense, _strides
 from .norm_act_kernels import _forward_apply_kernel
 from .pad import memory_format_of
@@ -73,7 +73,7 @@ def _precision(t):
 
 def _index(t):
     """The kernels' index dtype: int32 on a GPU, int64 in the interpreter (see conv_kernels)."""
-    return tl.int32 if t.device.type == "cuda" else tl.int64
+    return tl.int32 if sized_for_gpu(t.device) else tl.int64
 
 
 def _block(size, largest):
@@ -130,7 +130,7 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
     step = stride if transposed else 1
     TW, QW = cdiv(KW, step), cdiv(OW, step)
     rows, k_total = cdiv(OH, step) * QW, cdiv(KH, step) * TW * C_in
-    cuda = x.device.type == "cuda"
+    cuda = sized_for_gpu(x.device)
     # In the interpreter every program runs in Python: large tiles keep the program count small.
     block_m = _block(rows, 128 if cuda else 1024)
     block_n, block_k = _block(out_channels, 128), _block(k_total, 64 if cuda else 256)
@@ -141,7 +141,7 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
     prologue_args, flags = _prologue_args(epilogue.norm if norm_grad else prologue, x)
     flags["PROLOGUE"] = prologue is not None
     weight, w_strides = weight_view
-    _conv_kernel[(tiles, c_blocks, N)](
+    _conv_kernel[grid(tiles, c_blocks, N)](
         x, weight, x if bias is None else bias, y, *prologue_args[:4], *pointers,
         C_in, H, W, out_channels, OH, OW, KH, KW, stride, padding, TW, QW, rows, k_total, *prologue_args[4:],
         *scalars, *x.stride(), *w_strides, *y.stride(), *norm_strides,
@@ -193,7 +193,7 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     C_b, H_b, W_b = b.shape[1:]
     KH, KW = weight.shape[2:]
     j_total, rows = KH * KW * C_b, GH * GW
-    cuda = x.device.type == "cuda"
+    cuda = sized_for_gpu(x.device)
     block_a, block_j = _block(C_a, 64), _block(j_total, 64 if cuda else 256)
     block_r = 64 if cuda else 512
     base = cdiv(C_a, block_a) * cdiv(j_total, block_j) * N
@@ -202,15 +202,15 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     chunk = cdiv(cdiv(rows, splits), block_r) * block_r
     splits = cdiv(rows, chunk)
     dweight = torch.empty_like(weight, dtype=torch.float32)  # [C_a, C_b, KH, KW], as either conv's weight
-    grid = (cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)
+    wgrad_grid = grid(cdiv(C_a, block_a), cdiv(j_total, block_j), N * splits)
     # one partial sum is written straight into dweight; several go to a buffer, which the kernel sums into it
     sum_parts = N * splits > 1
     parts = (torch.empty((N * splits, C_a, C_b, KH, KW), device=x.device, dtype=torch.float32) if sum_parts
              else dweight[None])
-    arrivals = tickets(x.device, grid[0] * grid[1]) if sum_parts else dweight
+    arrivals = tickets(x.device, wgrad_grid[0] * wgrad_grid[1]) if sum_parts else dweight
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
-    _conv_wgrad_kernel[grid](
+    _conv_wgrad_kernel[wgrad_grid](
         a, b, dweight, parts, arrivals, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride,
         geometry.padding, j_total, chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *dweight.stride(),
         *parts.stride(), REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
@@ -228,7 +228,7 @@ def normalize(x, mean, rstd, weight, bias, negative_slope):
     y = torch.empty_like(x)
     block_hw, block_c, num_warps = tiling(x, rows, **_TILE_BOUNDS)
     has_affine = weight is not None
-    _forward_apply_kernel[(cdiv(C, block_c), groups, cdiv(rows, block_hw))](
+    _forward_apply_kernel[grid(cdiv(rows, block_hw), groups, cdiv(C, block_c))](
         x, y, y, y, y, mean, rstd, weight if has_affine else mean, bias if has_affine else mean, mean,
         C, H * W, rows, H, W, 0, 0, 0, 0, *_strides(x), *_strides(x), *_strides(x),
         0.0 if negative_slope is None else negative_slope, 0.0, HAS_AFFINE=has_affine,

@@ -10,12 +10,29 @@ import functools
 import torch
 
 
+def sized_for_gpu(device):
+    """Whether launch plans are sized for a GPU (else for Triton's interpreter, whose cost is per program): the one
+    test of it, so that a test can check on the CPU the plans a GPU gets."""
+    return device.type == "cuda"
+
+
 @functools.cache
 def target_programs(device, waves=4):
     """Programs worth launching for a split reduction: `waves` per SM on a GPU, a handful in the interpreter."""
-    if device.type == "cuda":
+    if sized_for_gpu(device):
         return waves * torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+"""CUDA's limits on a launch grid's x, y and z sizes: what grows with the batch or the image goes in x"""
+
+
+def grid(*dims):
+    """A launch grid, checked against GRID_LIMITS: a grid over them is a ValueError naming it, not a failed launch."""
+    if any(not 0 <= size <= limit for size, limit in zip(dims, GRID_LIMITS)):
+        raise ValueError(f"launch grid {dims} is outside CUDA's limits {GRID_LIMITS[:len(dims)]} (x, y, z)")
+    return dims
 
 
 def cdiv(a, b):

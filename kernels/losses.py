@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .launch import cdiv, target_programs
+from .launch import cdiv, grid, target_programs
 
 GAN_MODES = {"vanilla": 0, "lsgan": 1, "wgangp": 2}
 L1_MODE = 3
@@ -96,7 +96,7 @@ def _launch(a, b, mode, target, write_grad):
     grad4 = _as_4d(grad) if write_grad else a4
     programs = max(1, min(cdiv(a.numel(), BLOCK), target_programs(a.device, waves=2)))
     partials = torch.empty(programs, device=a.device, dtype=torch.float32)
-    _loss_kernel[(programs,)](
+    _loss_kernel[grid(programs)](
         a4, b4, grad4, partials, a.numel(), *a4.shape[1:], *a4.stride(), *b4.stride(), *grad4.stride(),
         float(target), 1.0 / max(a.numel(), 1), MODE=mode, WRITE_GRAD=write_grad, BLOCK=BLOCK)
     loss = partials.reshape(()) if programs == 1 else partials.sum()

@@ -4,7 +4,7 @@ buffers the kernels read and write; norm_act_forward and norm_act_backward, whic
 
 import torch
 
-from .launch import cdiv, next_power_of_2, target_programs, tickets, tiling
+from .launch import cdiv, grid, next_power_of_2, target_programs, tickets, tiling
 from .norm_act_kernels import (_backward_apply_kernel, _backward_group_kernel, _backward_partial_kernel,
                                _forward_apply_kernel, _forward_group_kernel, _stats_partial_kernel)
 from .pad import check_padding, memory_format_of
@@ -173,17 +173,17 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         running = (running_mean, running_var, batches_tracked) if update_running else (mean, rstd, mean)
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
         if splits == 1:
-            _forward_group_kernel[(c_blocks, groups)](
+            _forward_group_kernel[grid(c_blocks, groups)](
                 *tensors, mean, rstd, *running, *pointers, C, HW, rows, out_rows, *geometry, *strides, eps, momentum,
                 *scalars, UPDATE_RUNNING=update_running, **flags)
             return y, y_padded, mean, rstd
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
-        _stats_partial_kernel[(c_blocks, groups, splits)](
+        _stats_partial_kernel[grid(c_blocks, groups, splits)](
             x, part_mean, part_m2, tickets(x.device, groups * c_blocks), mean, rstd, *running,
             C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
             BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
-    _forward_apply_kernel[(c_blocks, mean.shape[0], cdiv(out_rows, block_hw))](
+    _forward_apply_kernel[grid(cdiv(out_rows, block_hw), mean.shape[0], c_blocks)](
         *tensors, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
     return y, y_padded, mean, rstd
 
@@ -226,7 +226,7 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
                  BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
     if not ((input_pass and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradients only
-        _backward_apply_kernel[(c_blocks, stats_groups, cdiv(rows, block_hw))](
+        _backward_apply_kernel[grid(cdiv(rows, block_hw), stats_groups, c_blocks)](
             x, *grads, *outs, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=False, RESIDUAL=need_residual_grad, **flags)
         return (dx if need_input_grad else None), None, None, dresidual
@@ -237,19 +237,19 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
         sum_dzx = torch.empty_like(sum_dz)
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
     if splits == 1:
-        _backward_group_kernel[(c_blocks, groups)](
+        _backward_group_kernel[grid(c_blocks, groups)](
             x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, INPUT_GRAD=input_pass, **flags)
     else:
         if splits is not None:
             part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
             part_dzx = torch.empty_like(part_dz)
-            _backward_partial_kernel[(c_blocks, groups, splits)](
+            _backward_partial_kernel[grid(c_blocks, groups, splits)](
                 x, *grads, *pointers, part_dz, part_dzx, tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
                 C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
                 **flags)
         if input_pass:
-            _backward_apply_kernel[(c_blocks, groups, cdiv(rows, block_hw))](
+            _backward_apply_kernel[grid(cdiv(rows, block_hw), groups, c_blocks)](
                 x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
                 BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, **flags)
     dweight = dbias = None

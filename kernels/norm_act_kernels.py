@@ -268,7 +268,7 @@ def _forward_apply_kernel(
     HAS_AFFINE: tl.constexpr, HAS_ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr, RESIDUAL: tl.constexpr,
     WRITE_Y: tl.constexpr, PAD: tl.constexpr, RELU_OUT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_r, g, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row blocks: the grid's unbounded axis
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     mean, rstd, weight, bias = _group_params(mean_ptr, rstd_ptr, w_ptr, b_ptr, g, offs_c, c_mask, C, HAS_AFFINE)
@@ -435,7 +435,7 @@ def _backward_apply_kernel(
     HAS_DY: tl.constexpr, PAD: tl.constexpr, RESIDUAL: tl.constexpr, RELU_OUT: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, g, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_r, g, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row blocks: the grid's unbounded axis
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     rows = pid_r * BLOCK_HW + tl.arange(0, BLOCK_HW)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .launch import cdiv, next_power_of_2, tiling
+from .launch import cdiv, grid, next_power_of_2, sized_for_gpu, tiling
 
 # launch.tiling's bounds for a row's [BLOCK_W, BLOCK_C] tile: 128 channels when they are inner, else up to 256 columns
 _TILE_BOUNDS = dict(min_channels=128, max_channels=128, max_length=256)
@@ -31,7 +31,7 @@ def _reflect(i, size):
 @triton.jit
 def _row_tile(rows_per_sample, width, C, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     """This program's tile: sample n, row r of it, BLOCK_W columns x BLOCK_C channels, and their mask."""
-    pid_c, row, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * rows_per_sample + r
+    row, pid_c, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # row = n * rows_per_sample + r
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (offs_w < width)[:, None] & (offs_c < C)[None, :]
@@ -99,7 +99,7 @@ def _pad_backward_kernel(
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx of BLOCK_H rows (1 on a GPU) x BLOCK_W columns x BLOCK_C channels of one sample."""
-    pid_c, pid_h, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # pid_h = n * row blocks + block
+    pid_h, pid_c, pid_w = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # pid_h = n * row blocks + block
     row_blocks = tl.cdiv(H, BLOCK_H)
     n = (pid_h // row_blocks).to(tl.int64)
     offs = tl.arange(0, BLOCK_H * BLOCK_W)
@@ -139,7 +139,7 @@ def reflection_pad_forward(x, padding):
     H_out, W_out = H + top + bottom, W + left + right
     y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
     block_w, block_c, num_warps = tiling(y, W_out, **_TILE_BOUNDS)
-    _pad_forward_kernel[(cdiv(C, block_c), N * H_out, cdiv(W_out, block_w))](
+    _pad_forward_kernel[grid(N * H_out, cdiv(C, block_c), cdiv(W_out, block_w))](
         x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return y
@@ -152,9 +152,9 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     dx = torch.empty(input_shape, device=dy.device, dtype=dy.dtype, memory_format=memory_format)
     block_w, block_c, num_warps = tiling(dx, W, **_TILE_BOUNDS)
     # a row per program on a GPU; in the interpreter as many as fit a tile (its cost is mostly per program)
-    block_h = 1 if dy.device.type == "cuda" else min(next_power_of_2(H),
+    block_h = 1 if sized_for_gpu(dy.device) else min(next_power_of_2(H),
                                                      max(1, INTERPRETER_TILE // (block_w * block_c)))
-    _pad_backward_kernel[(cdiv(C, block_c), N * cdiv(H, block_h), cdiv(W, block_w))](
+    _pad_backward_kernel[grid(N * cdiv(H, block_h), cdiv(C, block_c), cdiv(W, block_w))](
         dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
         BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return dx
