@@ -26,7 +26,7 @@ class EngineConfig:
     """Triton convs with the norm's statistics in their epilogue and the norm + activation in their prologue"""
     fused_adam: bool = False
     triton_adam: bool = False
-    """Adam stepped by one Triton kernel per parameter group, which also writes the step copies (see kernels/adam)"""
+    """Adam stepped by one Triton kernel per parameter group, which also writes the step copies (see fastp2p.kernels.adam)"""
     adam_moment_dtype: torch.dtype = torch.float32
     """the dtype of Adam's moments under triton_adam"""
     foreach_cast: bool = False

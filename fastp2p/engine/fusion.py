@@ -34,7 +34,7 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import nn
 
-from fastp2p import kernels  # Triton is an optional extra: its modules load on first use (see kernels/__init__.py)
+from fastp2p import kernels  # Triton is an optional extra: its modules load on first use (see fastp2p/kernels/__init__.py)
 from fastp2p.networks import ResnetBlock, UnetSkipConnectionBlock
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}

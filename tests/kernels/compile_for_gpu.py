@@ -31,13 +31,13 @@ FLOAT_SCALARS = {"eps", "momentum", "negative_slope", "dropout_p", "target", "in
                  "one_minus_beta2", "log2_beta1_high", "log2_beta1_low", "log2_beta2_high", "log2_beta2_low"}
 NORM_DATA = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # the other pointers are fp32 statistics and affine parameters
 CONV_DATA = {"x_ptr", "y_ptr", "a_ptr", "b_ptr"}  # the rest: fp32 weights, statistics, norm affine, partials
-CONV_KERNELS = (conv._conv_kernel, conv._conv_wgrad_kernel)
+CONV_KERNELS = (conv.conv_kernel, conv.conv_wgrad_kernel)
 
 
 def signature(fn, data_type, constexprs):
     """Triton types by argument name: tensors of the layer's dtype, fp32 statistics, int64 seed, batch count and
     Adam's address table, int32 tickets, Adam's block rows and sizes."""
-    data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses._loss_kernel else NORM_DATA
+    data = {"a_ptr", "b_ptr", "grad_ptr"} if fn is losses.loss_kernel else NORM_DATA
     data = CONV_DATA if fn in CONV_KERNELS else data
     types = {}
     for name in fn.arg_names:
@@ -65,37 +65,37 @@ def specializations():
     flags = [dict(HAS_AFFINE=on, HAS_ACT=on, HAS_DROPOUT=on, PAD=on) for on in (False, True)]
     tile = dict(BLOCK_HW=32, BLOCK_C=64)
     for update in (False, True):
-        yield norm_act._stats_partial_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, **tile)
+        yield norm_act.stats_partial_kernel, dict(UPDATE_RUNNING=update, BLOCK_R=64, **tile)
     for flag in flags:
         on = flag["PAD"]
         forward = dict(**flag, RESIDUAL=on, WRITE_Y=on, RELU_OUT=on, **tile)
         backward = dict(**flag, HAS_DY=on, RELU_OUT=on, **tile)
         for update in (False, True):
-            yield norm_act._forward_group_kernel, dict(UPDATE_RUNNING=update, **forward)
-        yield norm_act._forward_apply_kernel, forward
-        yield norm_act._backward_partial_kernel, dict(**backward, BLOCK_R=64)
+            yield norm_act.forward_group_kernel, dict(UPDATE_RUNNING=update, **forward)
+        yield norm_act.forward_apply_kernel, forward
+        yield norm_act.backward_partial_kernel, dict(**backward, BLOCK_R=64)
         for batch_stats in (False, True):
-            yield norm_act._backward_apply_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on)
+            yield norm_act.backward_apply_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on)
             for input_grad in (False, True):
-                yield norm_act._backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
+                yield norm_act.backward_group_kernel, dict(**backward, BATCH_STATS=batch_stats, RESIDUAL=on,
                                                             INPUT_GRAD=input_grad)
     # the conv kernels (slow to compile: bf16 alone, see main): each flag on in one of two specializations, at the GPU
     # plan's largest tiles; the transposed one as an input gradient with the norm's backward sums
     for transposed, precision in ((False, "ieee"), (True, "tf32")):
-        yield conv._conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=not transposed,
+        yield conv.conv_kernel, dict(TRANSPOSED=transposed, REFLECT=not transposed, PROLOGUE=not transposed,
                                       HAS_AFFINE=True, HAS_ACT=True, HAS_BIAS=not transposed, STATS=not transposed,
                                       UPDATE_RUNNING=not transposed, NORM_GRAD=transposed, PRECISION=precision,
                                       INDEX=tl.int32, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, BLOCK_T=64)
-        yield conv._conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
+        yield conv.conv_wgrad_kernel, dict(REFLECT=not transposed, PROLOGUE_A=transposed, PROLOGUE_B=not transposed,
                                             HAS_AFFINE=True, HAS_ACT=True, SUM_PARTS=transposed, PRECISION=precision,
                                             INDEX=tl.int32, BLOCK_A=64, BLOCK_J=64, BLOCK_R=64)
-    yield pad._pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
-    yield pad._pad_backward_kernel, dict(BLOCK_H=1, BLOCK_W=16, BLOCK_C=64)
+    yield pad.pad_forward_kernel, dict(BLOCK_W=16, BLOCK_C=64)
+    yield pad.pad_backward_kernel, dict(BLOCK_H=1, BLOCK_W=16, BLOCK_C=64)
     for mode in (*losses.GAN_MODES.values(), losses.L1_MODE):
         for write_grad in (False, True):
-            yield losses._loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
+            yield losses.loss_kernel, dict(MODE=mode, WRITE_GRAD=write_grad, BLOCK=losses.BLOCK)
     for moments, copies, aligned in ((tl.float32, tl.bfloat16, True), (tl.bfloat16, tl.float16, False)):
-        yield adam._adam_kernel, dict(MOMENT_DTYPE=moments, COPY_DTYPE=copies, ALIGNED=aligned, BLOCK=1024,
+        yield adam.adam_kernel, dict(MOMENT_DTYPE=moments, COPY_DTYPE=copies, ALIGNED=aligned, BLOCK=1024,
                                       BLOCK_ROWS=128)
 
 

@@ -164,8 +164,8 @@ class NanFilledEmpty:
         return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
 
 
-@pytest.mark.parametrize("programs, expected", [(1, {"_forward_group_kernel", "_backward_group_kernel"}),
-                                                 (64, {"_stats_partial_kernel", "_backward_partial_kernel"})],
+@pytest.mark.parametrize("programs, expected", [(1, {"forward_group_kernel", "backward_group_kernel"}),
+                                                 (64, {"stats_partial_kernel", "backward_partial_kernel"})],
                          ids=["one-kernel", "split"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -187,8 +187,8 @@ def test_both_reduction_paths_match_reference(programs, expected, mode, channels
             launched.add(self.name)
             return self.kernel[grid]
 
-    for name in ("_forward_group_kernel", "_backward_group_kernel", "_stats_partial_kernel",
-                 "_backward_partial_kernel"):
+    for name in ("forward_group_kernel", "backward_group_kernel", "stats_partial_kernel",
+                 "backward_partial_kernel"):
         monkeypatch.setattr(norm_act, name, Spy(name))
     monkeypatch.setattr(norm_act, "target_programs", lambda device: programs)
     monkeypatch.setattr(norm_act, "torch", NanFilledEmpty())

@@ -5,12 +5,12 @@ buffers the kernels read and write; norm_act_forward and norm_act_backward, whic
 import torch
 
 from .launch import cdiv, grid, next_power_of_2, target_programs, tickets, tiling
-from .norm_act_kernels import (_backward_apply_kernel, _backward_group_kernel, _backward_partial_kernel,
-                               _forward_apply_kernel, _forward_group_kernel, _stats_partial_kernel)
+from .norm_act_kernels import (backward_apply_kernel, backward_group_kernel, backward_partial_kernel,
+                               forward_apply_kernel, forward_group_kernel, stats_partial_kernel)
 from .pad import check_padding, memory_format_of
 
 # launch.tiling's bounds for a [BLOCK_HW, BLOCK_C] tile: when channels are inner, at least 64 of them and 16 rows
-_TILE_BOUNDS = dict(min_channels=64, min_length=16)
+NORM_TILE_BOUNDS = dict(min_channels=64, min_length=16)
 
 
 def _hw_stride(t):
@@ -25,7 +25,7 @@ def _hw_stride(t):
                      "pass an NCHW or channels-last tensor")
 
 
-def _strides(t):
+def flat_strides(t):
     return t.stride(0), t.stride(1), _hw_stride(t)
 
 
@@ -57,9 +57,9 @@ def reduction_plan(x, per_sample):
     """How the statistics (forward) and the sums (backward) of a training step on x are reduced, for reports:
     programs per reduction launch, the chunks (splits) each group's rows are cut into, and the [BLOCK_R, BLOCK_C]
     tiles the last program to finish loads one after the other to combine them (0 when one launch does it all)."""
-    x = _dense(x)
+    x = dense(x)
     groups, rows = _groups(x, per_sample)
-    block_hw, block_c, _ = tiling(x, rows, **_TILE_BOUNDS)
+    block_hw, block_c, _ = tiling(x, rows, **NORM_TILE_BOUNDS)
     splits, _ = _split_plan(x, groups, rows, block_c, block_hw)
     combine_loads = 0 if splits == 1 else cdiv(splits, _combine_rows(splits, block_c))
     return dict(programs=cdiv(x.shape[1], block_c) * groups * splits, splits=splits, combine_loads=combine_loads,
@@ -99,7 +99,7 @@ def empty_skip_concat(x, skip_width):
                        memory_format=memory_format_of(x))
 
 
-def _dense(x):
+def dense(x):
     """x itself when it is NCHW- or channels-last-contiguous, else a contiguous copy: the kernels walk x, its
     output, the residual, dx and the residual's gradient with x's strides, and empty_like(x) has them only for a
     dense x (a channel slice, say, is not)."""
@@ -136,11 +136,11 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     only the padded form is asked for, y_padded without padding), mean/rstd fp32 [GROUPS, C] for backward
     (GROUPS = N per sample, else 1).
     """
-    x = _dense(x)
+    x = dense(x)
     N, C, H, W = x.shape
     HW = H * W
     groups, rows = _groups(x, per_sample)
-    block_hw, block_c, num_warps = tiling(x, rows, **_TILE_BOUNDS)
+    block_hw, block_c, num_warps = tiling(x, rows, **NORM_TILE_BOUNDS)
     c_blocks = cdiv(C, block_c)
     geometry = _pad_geometry(x, padding)
     if relu_out is not None and residual is not None:
@@ -155,7 +155,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
     tensors = (x, dummy if y is None else y, dummy if y_padded is None else y_padded,
                dummy if residual is None else residual, dummy if relu_out is None else relu_out)
     pointers = (weight if has_affine else dummy, bias if has_affine else dummy, rng_state if dropout_p > 0 else dummy)
-    strides = (*_strides(x), *_strides(walked), *_strides(x if relu_out is None else relu_out))
+    strides = (*flat_strides(x), *flat_strides(walked), *flat_strides(x if relu_out is None else relu_out))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
                  RESIDUAL=residual is not None, WRITE_Y=y is not None, PAD=padding is not None,
@@ -173,17 +173,17 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, rng_state, *, p
         running = (running_mean, running_var, batches_tracked) if update_running else (mean, rstd, mean)
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
         if splits == 1:
-            _forward_group_kernel[grid(c_blocks, groups)](
+            forward_group_kernel[grid(c_blocks, groups)](
                 *tensors, mean, rstd, *running, *pointers, C, HW, rows, out_rows, *geometry, *strides, eps, momentum,
                 *scalars, UPDATE_RUNNING=update_running, **flags)
             return y, y_padded, mean, rstd
         part_mean = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
-        _stats_partial_kernel[grid(c_blocks, groups, splits)](
+        stats_partial_kernel[grid(c_blocks, groups, splits)](
             x, part_mean, part_m2, tickets(x.device, groups * c_blocks), mean, rstd, *running,
-            C, HW, rows, chunk, splits, *_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
+            C, HW, rows, chunk, splits, *flat_strides(x), eps, momentum, UPDATE_RUNNING=update_running,
             BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_R=_combine_rows(splits, block_c), num_warps=num_warps)
-    _forward_apply_kernel[grid(cdiv(out_rows, block_hw), mean.shape[0], c_blocks)](
+    forward_apply_kernel[grid(cdiv(out_rows, block_hw), mean.shape[0], c_blocks)](
         *tensors, mean, rstd, *pointers, C, HW, out_rows, *geometry, *strides, *scalars, **flags)
     return y, y_padded, mean, rstd
 
@@ -199,11 +199,11 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     output's whole gradient, is None unless need_residual_grad. sums: the group sums (sum_dz, sum_dzx) [GROUPS, C]
     fp32 of the gradient when its producer computed them (the fused conv's input gradient): only the apply runs.
     """
-    x = _dense(x)
+    x = dense(x)
     C = x.shape[1]
     HW = x.shape[2] * x.shape[3]
     groups, rows = _groups(x, per_sample)
-    block_hw, block_c, num_warps = tiling(x, rows, **_TILE_BOUNDS)
+    block_hw, block_c, num_warps = tiling(x, rows, **NORM_TILE_BOUNDS)
     c_blocks = cdiv(C, block_c)
     has_affine = weight is not None
     need_affine_grad = need_affine_grad and has_affine
@@ -219,14 +219,14 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
     outs = (dummy if dx is None else dx, dummy if dresidual is None else dresidual)
     pointers = (mean, rstd, weight if has_affine else dummy, bias if has_affine else dummy,
                 rng_state if dropout_p > 0 else dummy)
-    strides = tuple(stride for t in (x, dy, dy_padded, dy_relu) for stride in _strides(x if t is None else t))
+    strides = tuple(stride for t in (x, dy, dy_padded, dy_relu) for stride in flat_strides(x if t is None else t))
     scalars = (0.0 if negative_slope is None else negative_slope, dropout_p)
     flags = dict(HAS_AFFINE=has_affine, HAS_ACT=negative_slope is not None, HAS_DROPOUT=dropout_p > 0,
                  HAS_DY=dy is not None, PAD=dy_padded is not None, RELU_OUT=dy_relu is not None,
                  BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
     stats_groups = mean.shape[0]  # 1 for BatchNorm, in training and eval alike
     if not ((input_pass and use_batch_stats) or need_affine_grad):  # BatchNorm eval, input gradients only
-        _backward_apply_kernel[grid(cdiv(rows, block_hw), stats_groups, c_blocks)](
+        backward_apply_kernel[grid(cdiv(rows, block_hw), stats_groups, c_blocks)](
             x, *grads, *outs, *pointers, dummy, dummy, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=False, RESIDUAL=need_residual_grad, **flags)
         return (dx if need_input_grad else None), None, None, dresidual
@@ -237,19 +237,19 @@ def norm_act_backward(dy, dy_padded, x, weight, bias, mean, rstd, rng_state, *, 
         sum_dzx = torch.empty_like(sum_dz)
         splits, chunk = _split_plan(x, groups, rows, block_c, block_hw)
     if splits == 1:
-        _backward_group_kernel[grid(c_blocks, groups)](
+        backward_group_kernel[grid(c_blocks, groups)](
             x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
             BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, INPUT_GRAD=input_pass, **flags)
     else:
         if splits is not None:
             part_dz = torch.empty((groups, splits, C), device=x.device, dtype=torch.float32)
             part_dzx = torch.empty_like(part_dz)
-            _backward_partial_kernel[grid(c_blocks, groups, splits)](
+            backward_partial_kernel[grid(c_blocks, groups, splits)](
                 x, *grads, *pointers, part_dz, part_dzx, tickets(x.device, groups * c_blocks), sum_dz, sum_dzx,
                 C, HW, rows, chunk, splits, *geometry, *strides, *scalars, BLOCK_R=_combine_rows(splits, block_c),
                 **flags)
         if input_pass:
-            _backward_apply_kernel[grid(cdiv(rows, block_hw), groups, c_blocks)](
+            backward_apply_kernel[grid(cdiv(rows, block_hw), groups, c_blocks)](
                 x, *grads, *outs, *pointers, sum_dz, sum_dzx, C, HW, rows, *geometry, *strides, *scalars,
                 BATCH_STATS=use_batch_stats, RESIDUAL=need_residual_grad, **flags)
     dweight = dbias = None

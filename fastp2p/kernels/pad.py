@@ -22,7 +22,7 @@ INTERPRETER_TILE = 1 << 16  # elements of the backward's tile in the interpreter
 
 
 @triton.jit
-def _reflect(i, size):
+def reflect(i, size):
     """Index into an axis of `size` that padded index i (relative to the first real element) reads."""
     i = tl.where(i < 0, -i, i)
     return tl.where(i >= size, 2 * (size - 1) - i, i)
@@ -39,7 +39,7 @@ def _row_tile(rows_per_sample, width, C, BLOCK_W: tl.constexpr, BLOCK_C: tl.cons
 
 
 @triton.jit
-def _pad_forward_kernel(
+def pad_forward_kernel(
     x_ptr,  # [N, C, H, W] through strides
     y_ptr,  # [N, C, H + top + bottom, W + left + right] through its own strides
     C, H, W, H_out, W_out, top, left,
@@ -47,8 +47,8 @@ def _pad_forward_kernel(
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n, oh, offs_w, offs_c, mask = _row_tile(H_out, W_out, C, BLOCK_W, BLOCK_C)
-    ih = _reflect(oh - top, H)
-    iw = _reflect(offs_w - left, W)
+    ih = reflect(oh - top, H)
+    iw = reflect(offs_w - left, W)
     src = x_ptr + n * stride_xn + ih * stride_xh + iw[:, None] * stride_xw + offs_c[None, :] * stride_xc
     dst = y_ptr + n * stride_yn + oh * stride_yh + offs_w[:, None] * stride_yw + offs_c[None, :] * stride_yc
     tl.store(dst, tl.load(src, mask=mask), mask=mask)
@@ -69,7 +69,7 @@ def _padded_row_sum(row_ptr, row_ok, ow_direct, ow_low, low_ok, ow_high, high_ok
 
 
 @triton.jit
-def _reflected_grad(dy_ptr, h, w, H, W, top, bottom, left, right, offs_c, stride_h, stride_w, stride_c, mask):
+def reflected_grad(dy_ptr, h, w, H, W, top, bottom, left, right, offs_c, stride_h, stride_w, stride_c, mask):
     """fp32 gradient of input elements (h, w) ([BLOCK] each) of an [H, W] plane padded by (left, right, top,
     bottom): the sum of dy over the (at most 3 x 3) padded positions that read each of them.
 
@@ -91,7 +91,7 @@ def _reflected_grad(dy_ptr, h, w, H, W, top, bottom, left, right, offs_c, stride
 
 
 @triton.jit
-def _pad_backward_kernel(
+def pad_backward_kernel(
     dy_ptr,  # [N, C, H_out, W_out] through strides
     dx_ptr,  # [N, C, H, W] through its own strides
     C, H, W, top, bottom, left, right,
@@ -107,7 +107,7 @@ def _pad_backward_kernel(
     offs_w = pid_w * BLOCK_W + offs % BLOCK_W
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = ((h < H) & (offs_w < W))[:, None] & (offs_c < C)[None, :]
-    total = _reflected_grad(dy_ptr + n * stride_dyn, h, offs_w, H, W, top, bottom, left, right, offs_c,
+    total = reflected_grad(dy_ptr + n * stride_dyn, h, offs_w, H, W, top, bottom, left, right, offs_c,
                             stride_dyh, stride_dyw, stride_dyc, mask)
     dst = (dx_ptr + n * stride_dxn + h[:, None] * stride_dxh + offs_w[:, None] * stride_dxw
            + offs_c[None, :] * stride_dxc)
@@ -139,7 +139,7 @@ def reflection_pad_forward(x, padding):
     H_out, W_out = H + top + bottom, W + left + right
     y = torch.empty((N, C, H_out, W_out), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
     block_w, block_c, num_warps = tiling(y, W_out, **_TILE_BOUNDS)
-    _pad_forward_kernel[grid(N * H_out, cdiv(C, block_c), cdiv(W_out, block_w))](
+    pad_forward_kernel[grid(N * H_out, cdiv(C, block_c), cdiv(W_out, block_w))](
         x, y, C, H, W, H_out, W_out, top, left, *x.stride(), *y.stride(),
         BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return y
@@ -154,7 +154,7 @@ def reflection_pad_backward(dy, padding, input_shape, memory_format):
     # a row per program on a GPU; in the interpreter as many as fit a tile (its cost is mostly per program)
     block_h = 1 if sized_for_gpu(dy.device) else min(next_power_of_2(H),
                                                      max(1, INTERPRETER_TILE // (block_w * block_c)))
-    _pad_backward_kernel[grid(N * cdiv(H, block_h), cdiv(C, block_c), cdiv(W, block_w))](
+    pad_backward_kernel[grid(N * cdiv(H, block_h), cdiv(C, block_c), cdiv(W, block_w))](
         dy, dx, C, H, W, top, bottom, left, right, *dy.stride(), *dx.stride(),
         BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=num_warps)
     return dx

@@ -10,10 +10,10 @@ from typing import NamedTuple
 import torch
 import triton.language as tl
 
-from .conv_kernels import _conv_kernel, _conv_wgrad_kernel
+from .conv_kernels import conv_kernel, conv_wgrad_kernel
 from .launch import cdiv, grid, next_power_of_2, sized_for_gpu, target_programs, tickets, tiling
-from .norm_act import _TILE_BOUNDS, _dense, _strides
-from .norm_act_kernels import _forward_apply_kernel
+from .norm_act import NORM_TILE_BOUNDS, dense, flat_strides
+from .norm_act_kernels import forward_apply_kernel
 from .pad import memory_format_of
 
 MIN_DOT = 16  # tl.dot's smallest block on a GPU
@@ -119,7 +119,7 @@ def _epilogue_args(epilogue, N, tiles, c_blocks, y):
 
 def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, padding, reflect, bias=None,
           prologue=None, epilogue=None, memory_format=None):
-    """Launch _conv_kernel; weight_view: (tensor, its strides as [C_out, C_in, KH, KW]). Returns y (in x's memory
+    """Launch conv_kernel; weight_view: (tensor, its strides as [C_out, C_in, KH, KW]). Returns y (in x's memory
     format unless given) and what the epilogue computes: a Statistics' (mean, rstd), a NormGradient's (sum_dz,
     sum_dzx), else None."""
     N, C_in, H, W = x.shape
@@ -141,7 +141,7 @@ def _conv(x, weight_view, out_channels, kernel, out_size, transposed, stride, pa
     prologue_args, flags = _prologue_args(epilogue.norm if norm_grad else prologue, x)
     flags["PROLOGUE"] = prologue is not None
     weight, w_strides = weight_view
-    _conv_kernel[grid(tiles, c_blocks, N)](
+    conv_kernel[grid(tiles, c_blocks, N)](
         x, weight, x if bias is None else bias, y, *prologue_args[:4], *pointers,
         C_in, H, W, out_channels, OH, OW, KH, KW, stride, padding, TW, QW, rows, k_total, *prologue_args[4:],
         *scalars, *x.stride(), *w_strides, *y.stride(), *norm_strides,
@@ -210,7 +210,7 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
     arrivals = tickets(x.device, wgrad_grid[0] * wgrad_grid[1]) if sum_parts else dweight
     prologue_args, flags = _prologue_args(prologue, x)
     normalized = flags.pop("PROLOGUE")  # the conv's input: a with a transposed conv, else b
-    _conv_wgrad_kernel[wgrad_grid](
+    conv_wgrad_kernel[wgrad_grid](
         a, b, dweight, parts, arrivals, *prologue_args[:4], C_a, GH, GW, C_b, H_b, W_b, KW, geometry.stride,
         geometry.padding, j_total, chunk, splits, *prologue_args[4:], *a.stride(), *b.stride(), *dweight.stride(),
         *parts.stride(), REFLECT=geometry.reflect, PROLOGUE_A=normalized and geometry.transposed,
@@ -222,15 +222,15 @@ def conv_weight_grad(x, dy, weight, geometry, prologue=None):
 def normalize(x, mean, rstd, weight, bias, negative_slope):
     """act((x - mean) * rstd * weight + bias) by the fused norm's apply kernel, from statistics [GROUPS, C] (GROUPS:
     N or 1)."""
-    x = _dense(x)
+    x = dense(x)
     N, C, H, W = x.shape
     groups, rows = mean.shape[0], N * H * W // mean.shape[0]
     y = torch.empty_like(x)
-    block_hw, block_c, num_warps = tiling(x, rows, **_TILE_BOUNDS)
+    block_hw, block_c, num_warps = tiling(x, rows, **NORM_TILE_BOUNDS)
     has_affine = weight is not None
-    _forward_apply_kernel[grid(cdiv(rows, block_hw), groups, cdiv(C, block_c))](
+    forward_apply_kernel[grid(cdiv(rows, block_hw), groups, cdiv(C, block_c))](
         x, y, y, y, y, mean, rstd, weight if has_affine else mean, bias if has_affine else mean, mean,
-        C, H * W, rows, H, W, 0, 0, 0, 0, *_strides(x), *_strides(x), *_strides(x),
+        C, H * W, rows, H, W, 0, 0, 0, 0, *flat_strides(x), *flat_strides(x), *flat_strides(x),
         0.0 if negative_slope is None else negative_slope, 0.0, HAS_AFFINE=has_affine,
         HAS_ACT=negative_slope is not None, HAS_DROPOUT=False, RESIDUAL=False, WRITE_Y=True, PAD=False,
         RELU_OUT=False, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)

@@ -1,4 +1,4 @@
-"""Triton kernels of fastp2p, installed as ``fastp2p.kernels``.
+"""Triton kernels of fastp2p.
 
 One op per group of files: the fused norm + activation has its Triton kernels in norm_act_kernels.py, their launch
 in norm_act.py and its autograd Function and nn.Module in norm_act_module.py, and the implicit-GEMM conv with its

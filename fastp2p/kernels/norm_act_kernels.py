@@ -30,7 +30,7 @@ References read while writing this: Liger-Kernel group_norm, stable-fast's chann
 import triton
 import triton.language as tl
 
-from .pad import _reflect, _reflected_grad
+from .pad import reflect, reflected_grad
 
 
 @triton.jit
@@ -51,7 +51,7 @@ def _padded_source_rows(rows, HW, H, W, pad_t, pad_b, pad_l, pad_r):
     pos = rows % HW_out
     h, w = pos // W_out - pad_t, pos % W_out - pad_l
     inner = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    return (rows // HW_out) * HW + _reflect(h, H) * W + _reflect(w, W), inner
+    return (rows // HW_out) * HW + reflect(h, H) * W + reflect(w, W), inner
 
 
 @triton.jit
@@ -125,7 +125,7 @@ def _moments(x_ptr, g, start, end, HW, offs_c, c_mask, stride_n, stride_c, strid
 
 
 @triton.jit
-def _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
+def finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
                   offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING: tl.constexpr):
     """Store a group's mean and 1/std (biased variance), update the running statistics (and, from channel block 0,
     the batch count: BatchNorm's num_batches_tracked, without a kernel of its own); returns rstd."""
@@ -185,7 +185,7 @@ def _apply_tile(x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr, mean, rstd, weight, bias, s
 
 
 @triton.jit
-def _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+def last_to_finish(tickets_ptr, g, pid_c, SPLITS):
     """Whether this program is the last of the SPLITS chunk programs of (group g, channel block pid_c) to finish.
 
     Each takes a ticket after storing its partial results; the barrier orders the whole program's stores before
@@ -201,11 +201,11 @@ def _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
 
 
 @triton.jit
-def _stats_partial_kernel(
+def stats_partial_kernel(
     x_ptr,  # [N, C, HW] through strides, any float dtype
     part_mean_ptr,  # [GROUPS, SPLITS, C] fp32, out: mean of each chunk of a group's rows
     part_m2_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of squared deviations of each chunk
-    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see _last_to_finish
+    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see last_to_finish
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out: the group's statistics, from the chunks
     running_mean_ptr,  # [C], updated in place when UPDATE_RUNNING
     running_var_ptr,  # [C], updated in place with the unbiased variance when UPDATE_RUNNING
@@ -225,7 +225,7 @@ def _stats_partial_kernel(
     out = (g * SPLITS + split) * C + offs_c
     tl.store(part_mean_ptr + out, mean, mask=c_mask)
     tl.store(part_m2_ptr + out, m2, mask=c_mask)
-    if _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+    if last_to_finish(tickets_ptr, g, pid_c, SPLITS):
         pivot = tl.load(part_mean_ptr + g * SPLITS * C + offs_c, mask=c_mask, other=0.0)  # as in the chunks
         count = tl.zeros([BLOCK_C], tl.float32)  # the same for every channel; a vector keeps loop types fixed
         mean = tl.zeros([BLOCK_C], tl.float32)
@@ -247,12 +247,12 @@ def _stats_partial_kernel(
             mean += delta * (block_count / new_count)
             m2 += block_m2 + delta * delta * (count * block_count / new_count)
             count = new_count
-        _finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+        finish_stats(mean + pivot, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
                       g, pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
 
 
 @triton.jit
-def _forward_apply_kernel(
+def forward_apply_kernel(
     x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw, any float dtype
     y_ptr,  # [N, C, HW] with x's strides and dtype, out when WRITE_Y
     yp_ptr,  # [N, C, HW_out] through strides stride_p*, dtype of x: the padded output, out when PAD
@@ -280,8 +280,8 @@ def _forward_apply_kernel(
 
 
 @triton.jit
-def _forward_group_kernel(
-    x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr,  # as in _forward_apply_kernel
+def forward_group_kernel(
+    x_ptr, y_ptr, yp_ptr, r_ptr, yr_ptr,  # as in forward_apply_kernel
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32, out
     running_mean_ptr, running_var_ptr, batches_ptr,  # [C], [C], [] int64, updated in place when UPDATE_RUNNING
     w_ptr, b_ptr, seed_ptr,
@@ -300,7 +300,7 @@ def _forward_group_kernel(
     c_mask = offs_c < C
     mean, m2, count = _moments(x_ptr, g, 0, ROWS, HW, offs_c, c_mask, stride_n, stride_c, stride_hw,
                                BLOCK_HW, BLOCK_C)
-    rstd = _finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g,
+    rstd = finish_stats(mean, m2, count, mean_ptr, rstd_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g,
                          pid_c, offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
     weight, bias = _channel_params(w_ptr, b_ptr, offs_c, c_mask, HAS_AFFINE)
     for r0 in range(0, OUT_ROWS, BLOCK_HW):
@@ -335,7 +335,7 @@ def _grad_tile(
     if PAD:
         pos = rows % HW
         sample_ptr = dyp_ptr + (g + rows // HW).to(tl.int64) * stride_pn
-        dout += _reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
+        dout += reflected_grad(sample_ptr, pos // W, pos % W, H, W, pad_t, pad_b, pad_l, pad_r, offs_c,
                                 (W + pad_l + pad_r) * stride_phw, stride_phw, stride_pc, mask)
     if RELU_OUT:
         # where the output is positive: z > 0, whatever the activation (dropped elements get no gradient anyway)
@@ -363,7 +363,7 @@ def _store_dx(dx_ptr, dr_ptr, xhat, dz, dout, mask, offsets, rstd, weight, mean_
 
 
 @triton.jit
-def _backward_partial_kernel(
+def backward_partial_kernel(
     x_ptr,  # [N, C, HW] through strides stride_n, stride_c, stride_hw
     dy_ptr,  # [N, C, HW] through strides stride_d*: the output's gradient, read when HAS_DY
     dyp_ptr,  # [N, C, HW_out] through strides stride_p*: the padded output's gradient, read when PAD
@@ -372,7 +372,7 @@ def _backward_partial_kernel(
     w_ptr, b_ptr, seed_ptr,
     part_dz_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz over each chunk
     part_dzx_ptr,  # [GROUPS, SPLITS, C] fp32, out: sum of dz * xhat over each chunk
-    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see _last_to_finish
+    tickets_ptr,  # [GROUPS, C_BLOCKS] int32, zero: see last_to_finish
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: the group's sums, from the chunks
     C, HW, ROWS, CHUNK, SPLITS,
     H, W, pad_t, pad_b, pad_l, pad_r,  # x's plane and the padding of the output dyp belongs to, read when PAD
@@ -406,7 +406,7 @@ def _backward_partial_kernel(
     out = (g * SPLITS + split) * C + offs_c
     tl.store(part_dz_ptr + out, tl.sum(acc_dz, axis=0), mask=c_mask)
     tl.store(part_dzx_ptr + out, tl.sum(acc_dzx, axis=0), mask=c_mask)
-    if _last_to_finish(tickets_ptr, g, pid_c, SPLITS):
+    if last_to_finish(tickets_ptr, g, pid_c, SPLITS):
         total_dz = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
         total_dzx = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
         for r0 in range(0, SPLITS, BLOCK_R):
@@ -420,8 +420,8 @@ def _backward_partial_kernel(
 
 
 @triton.jit
-def _backward_apply_kernel(
-    x_ptr, dy_ptr, dyp_ptr, dyr_ptr,  # as in _backward_partial_kernel
+def backward_apply_kernel(
+    x_ptr, dy_ptr, dyp_ptr, dyr_ptr,  # as in backward_partial_kernel
     dx_ptr, dr_ptr,  # [N, C, HW] with x's strides, out: the input's gradient, and the residual's when RESIDUAL
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
@@ -454,8 +454,8 @@ def _backward_apply_kernel(
 
 
 @triton.jit
-def _backward_group_kernel(
-    x_ptr, dy_ptr, dyp_ptr, dyr_ptr, dx_ptr, dr_ptr,  # as in _backward_apply_kernel; dx, dr only when INPUT_GRAD
+def backward_group_kernel(
+    x_ptr, dy_ptr, dyp_ptr, dyr_ptr, dx_ptr, dr_ptr,  # as in backward_apply_kernel; dx, dr only when INPUT_GRAD
     mean_ptr, rstd_ptr,  # [GROUPS, C] fp32
     w_ptr, b_ptr, seed_ptr,
     sum_dz_ptr, sum_dzx_ptr,  # [GROUPS, C] fp32, out: group sums (for the affine gradients)

@@ -108,7 +108,7 @@ def _step_elements(row, offs, numel, step_size, bias_correction2_sqrt, lerp_weig
 
 
 @triton.jit
-def _adam_kernel(
+def adam_kernel(
     table_ptr,  # [rows, ROW] int64: addresses of each parameter's tensors, its numel and its first block
     block_rows_ptr,  # [programs] int32: the row each program steps a block of
     lr_ptr,  # [] the group's learning rate (fp32 tensor under CUDA graphs, else fp64)
@@ -163,7 +163,7 @@ def in_layout_of(parameter, tensor, dtype):
 
 
 class TritonAdam(torch.optim.Adam):
-    """torch.optim.Adam (no weight decay, no amsgrad) stepped by _adam_kernel, one launch per parameter group,
+    """torch.optim.Adam (no weight decay, no amsgrad) stepped by adam_kernel, one launch per parameter group,
     which also writes the low-precision copies handed to ``write_copies``. Capturable: step counts and, when the
     group's learning rate is a tensor, the learning rate are read on the device."""
 
@@ -298,7 +298,7 @@ class TritonAdam(torch.optim.Adam):
         device = rows[0][0].device
         table, block_rows, blocks, aligned = self.table(index, rows, device)
         beta1, beta2 = group["betas"]
-        _adam_kernel[grid(blocks)](
+        adam_kernel[grid(blocks)](
             table, block_rows, self.lr_pointer(index, group), tickets(device, 1), len(rows),
             1 - beta1, beta2, 1 - beta2, group["eps"], *split_double(math.log2(beta1)), *split_double(math.log2(beta2)),
             MOMENT_DTYPE=TRITON_DTYPES[self.moment_dtype], COPY_DTYPE=TRITON_DTYPES[self.copy_dtype], ALIGNED=aligned,

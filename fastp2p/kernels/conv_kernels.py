@@ -21,11 +21,11 @@ with NORM_GRAD it loads x there (A), applies the activation's derivative and add
 group's last tile like the statistics, so the reduction pass and its launch go (6A -> 5A, da's write included). The
 weight gradient kernel never sees da, so the norm's backward has nothing to share with it.
 
-_conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
+conv_kernel computes a convolution or a transposed convolution. The transposed one runs per output parity class
 (oh % stride, ow % stride): within a class the taps that reach an output are fixed, so no product is masked out
 the way a scatter-as-gather over all taps would. The same kernel gives the input gradients: a convolution's is the
 transposed convolution of dy with the roles of the weight's two channel axes swapped, and the reverse.
-_conv_wgrad_kernel computes the weight gradient as a GEMM over the positions of one operand's grid, the other
+conv_wgrad_kernel computes the weight gradient as a GEMM over the positions of one operand's grid, the other
 gathered through the conv's taps, per sample and split into chunks; the last chunk of a weight tile to finish adds
 the chunks' partial sums in a fixed order (no separate sum, and the same result in every run).
 """
@@ -33,8 +33,8 @@ the chunks' partial sums in a fixed order (no separate sum, and the same result 
 import triton
 import triton.language as tl
 
-from .norm_act_kernels import _finish_stats, _last_to_finish
-from .pad import _reflect
+from .norm_act_kernels import finish_stats, last_to_finish
+from .pad import reflect
 
 
 @triton.jit
@@ -62,8 +62,8 @@ def _load_input(x_ptr, n, ih, iw, c, c_ok, valid, H, W, stride_n, stride_c, stri
     [R, K]; positions in the padding read their reflection (REFLECT) or 0, and with PROLOGUE the input is normalized
     and activated as it is loaded."""
     if REFLECT:
-        ih = _reflect(ih, H)
-        iw = _reflect(iw, W)
+        ih = reflect(ih, H)
+        iw = reflect(iw, W)
     else:
         valid = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     offsets = n.to(tl.int64) * stride_n + (c * stride_c)[None, :] + ih * stride_h + iw * stride_w
@@ -123,7 +123,7 @@ def _finish_group(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_v
     """Store group g's results: with STATS its mean and rstd from (mean a, squared deviations b, rows count), and
     the running statistics' update; else the sums a and b as they are."""
     if STATS:
-        _finish_stats(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
+        finish_stats(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_var_ptr, batches_ptr, g, pid_c,
                       offs_c, c_mask, C, eps, momentum, UPDATE_RUNNING)
     else:
         tl.store(out_a_ptr + g * C + offs_c, a, mask=c_mask)
@@ -131,7 +131,7 @@ def _finish_group(a, b, count, out_a_ptr, out_b_ptr, running_mean_ptr, running_v
 
 
 @triton.jit
-def _conv_kernel(
+def conv_kernel(
     x_ptr,  # [N, C_in, H, W] through strides: the input (pre-norm with PROLOGUE)
     w_ptr,  # weight as [C_out, C_in, KH, KW] through strides stride_wo, stride_wr, stride_wh, stride_ww, any float
     # dtype (fp32 master weights are cast to x's dtype as they are loaded: no cast kernel per forward)
@@ -143,7 +143,7 @@ def _conv_kernel(
     part_a_ptr, part_b_ptr,  # [N, TILES, C_out] fp32, out: each tile's mean and squared deviations with STATS, sums
     # of dz and dz * xhat with NORM_GRAD
     part_count_ptr,  # [N, TILES] fp32, out with STATS: the rows of each tile
-    tickets_ptr,  # [GROUPS, C_out blocks] int32, zero, with STATS or NORM_GRAD: see _last_to_finish
+    tickets_ptr,  # [GROUPS, C_out blocks] int32, zero, with STATS or NORM_GRAD: see last_to_finish
     out_a_ptr, out_b_ptr,  # [GROUPS, C_out] fp32, out: the group's mean and rstd (STATS), or sums (NORM_GRAD)
     running_mean_ptr, running_var_ptr, batches_ptr,  # [C_out], [C_out], [] int64: updated when UPDATE_RUNNING
     nx_ptr,  # [N, C_out, XH, XW] through strides stride_nx*, read with NORM_GRAD: the norm's input
@@ -218,7 +218,7 @@ def _conv_kernel(
             tile_b = tl.sum(deviation * deviation, axis=0)
         else:
             x_offsets = (n.to(tl.int64) * stride_nxn + offs_n[None, :] * stride_nxc
-                         + (_reflect(oh - PAD_OUT, XH) * stride_nxh + _reflect(ow - PAD_OUT, XW) * stride_nxw)[:, None])
+                         + (reflect(oh - PAD_OUT, XH) * stride_nxh + reflect(ow - PAD_OUT, XW) * stride_nxw)[:, None])
             xhat, z = _normalized(tl.load(nx_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32), n, offs_n, n_ok,
                                   mean_ptr, rstd_ptr, nw_ptr, nb_ptr, group_stride, HAS_AFFINE)
             dz = acc
@@ -235,8 +235,8 @@ def _conv_kernel(
             tl.store(part_b_ptr + tile * C_out + offs_n, tile_b, mask=n_ok)
             if STATS:
                 tl.store(part_count_ptr + tile, count)  # the same value from every channel block
-            # the ticket of (group g, channel block pid_n), passed as _last_to_finish's counter 0
-            if _last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
+            # the ticket of (group g, channel block pid_n), passed as last_to_finish's counter 0
+            if last_to_finish(tickets_ptr + g * tl.num_programs(1) + pid_n, 0, 0, group_tiles):
                 if STATS:
                     group_a, group_b, group_rows = _combine_tiles(part_a_ptr, part_b_ptr, part_count_ptr,
                                                                   g * group_tiles, group_tiles, C_out, offs_n, n_ok,
@@ -250,13 +250,13 @@ def _conv_kernel(
 
 
 @triton.jit
-def _conv_wgrad_kernel(
+def conv_wgrad_kernel(
     a_ptr,  # [N, C_a, GH, GW] through strides: the operand on the GEMM's grid (dy, or a transposed conv's input)
     b_ptr,  # [N, C_b, H_b, W_b] through strides: the operand gathered through the taps
     out_ptr,  # [C_a, C_b, KH, KW] fp32 through strides stride_o*, out: the weight gradient
     part_ptr,  # [N * SPLITS, C_a, C_b, KH, KW] fp32 through strides stride_p*, with SUM_PARTS: partial sums
-    tickets_ptr,  # [C_a blocks, J blocks] int32, zero, with SUM_PARTS: see _last_to_finish
-    mean_ptr, rstd_ptr, nw_ptr, nb_ptr,  # the prologue's norm of the conv's input (a or b), as in _conv_kernel
+    tickets_ptr,  # [C_a blocks, J blocks] int32, zero, with SUM_PARTS: see last_to_finish
+    mean_ptr, rstd_ptr, nw_ptr, nb_ptr,  # the prologue's norm of the conv's input (a or b), as in conv_kernel
     C_a, GH, GW, C_b, H_b, W_b, KW, STRIDE, PAD, J_TOTAL, CHUNK, SPLITS,
     group_stride, negative_slope,
     stride_an, stride_ac, stride_ah, stride_aw, stride_bn, stride_bc, stride_bh, stride_bw,
@@ -302,8 +302,8 @@ def _conv_wgrad_kernel(
     if SUM_PARTS:
         part_offsets = offs_a[:, None] * stride_pa + (c * stride_pb + kh * stride_ph + kw * stride_pw)[None, :]
         tl.store(part_ptr + pid_s.to(tl.int64) * stride_ps + part_offsets, acc, mask=mask)
-        # the ticket of weight tile (pid_a, pid_j), passed as _last_to_finish's counter 0
-        if _last_to_finish(tickets_ptr + pid_a * tl.num_programs(1) + pid_j, 0, 0, tl.num_programs(2)):
+        # the ticket of weight tile (pid_a, pid_j), passed as last_to_finish's counter 0
+        if last_to_finish(tickets_ptr + pid_a * tl.num_programs(1) + pid_j, 0, 0, tl.num_programs(2)):
             acc = tl.zeros([BLOCK_A, BLOCK_J], tl.float32)
             for part in range(0, tl.num_programs(2)):
                 acc += tl.load(part_ptr + part * stride_ps + part_offsets, mask=mask, other=0.0)

@@ -30,7 +30,7 @@ def _strided_offsets(idx, S1, S2, S3, stride0, stride1, stride2, stride3):
 
 
 @triton.jit
-def _loss_kernel(
+def loss_kernel(
     a_ptr,  # [S0, S1, S2, S3] prediction (GAN modes) or first L1 input, through strides, any float dtype
     b_ptr,  # [S0, S1, S2, S3] second L1 input through its own strides, read only when MODE == 3
     grad_ptr,  # [S0, S1, S2, S3] through its own strides, out when WRITE_GRAD: d(mean loss)/da
@@ -90,13 +90,13 @@ def gan_target(mode, target_is_real, real_label=1.0, fake_label=0.0):
 
 
 def _launch(a, b, mode, target, write_grad):
-    """One pass of _loss_kernel: the fp32 mean loss and, if asked, its gradient with respect to a."""
+    """One pass of loss_kernel: the fp32 mean loss and, if asked, its gradient with respect to a."""
     a4, b4 = _as_4d(a), _as_4d(b)
     grad = torch.empty_like(a) if write_grad else None
     grad4 = _as_4d(grad) if write_grad else a4
     programs = max(1, min(cdiv(a.numel(), BLOCK), target_programs(a.device, waves=2)))
     partials = torch.empty(programs, device=a.device, dtype=torch.float32)
-    _loss_kernel[grid(programs)](
+    loss_kernel[grid(programs)](
         a4, b4, grad4, partials, a.numel(), *a4.shape[1:], *a4.stride(), *b4.stride(), *grad4.stride(),
         float(target), 1.0 / max(a.numel(), 1), MODE=mode, WRITE_GRAD=write_grad, BLOCK=BLOCK)
     loss = partials.reshape(()) if programs == 1 else partials.sum()
