@@ -28,12 +28,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from fastp2p.errors import CheckpointError
+
 TEMP_PREFIX = ".tmp_"
 JOURNAL_PREFIX = ".commit_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or made for another network."""
 
 
 def network_filename(epoch, name):

@@ -13,10 +13,10 @@ import sys
 import torch
 from torch.export import Dim
 
-from fastp2p.checkpoint import CheckpointError
+from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.inference import load_model
 from fastp2p.networks import UNET_DOWNS, image_size_problem
-from fastp2p.options import OptionError, parse_options
+from fastp2p.options import parse_options
 
 FORMATS = ("pt2", "onnx")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -26,13 +26,13 @@ from PIL import Image
 from torch import nn
 
 from fastp2p import distributed
-from fastp2p.checkpoint import CheckpointError
 from fastp2p.data import load_rgb
 from fastp2p.data.transforms import get_params, transform_image
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import capture_after_warmup
+from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models import create_model
-from fastp2p.options import OptionError, parse_options, use_cuda
+from fastp2p.options import parse_options, use_cuda
 from fastp2p.visualizer import tensor2im
 
 

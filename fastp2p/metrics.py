@@ -28,18 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.data import IMG_EXTENSIONS, DatasetError, load_rgb
+from fastp2p.data import IMG_EXTENSIONS, load_rgb
 from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.errors import DatasetError, MetricError
 
 PSNR_CAP = 100.0
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 KID_SUBSET_SIZE = 1000  # torchmetrics' default; smaller sets use all their images in each subset
 FEATURE_BATCH = 32  # images per feature-network pass when scoring a folder
 FAKE_SUFFIX, REAL_SUFFIX = "_fake_B", "_real_B"
-
-
-class MetricError(Exception):
-    """Input the metrics cannot score, or a metric that cannot run here; said in one line."""
 
 
 class MissingPackage(MetricError):

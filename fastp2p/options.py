@@ -19,6 +19,7 @@ from fastp2p.data.datasets import DATASET_MODES as DATASET_CLASSES
 from fastp2p.data.loader import WORKER_START_METHODS
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
+from fastp2p.errors import OptionError
 from fastp2p.losses import GAN_MODES
 from fastp2p.models import MODELS as MODEL_CLASSES
 from fastp2p.networks import DISCRIMINATORS, GENERATORS, INIT_TYPES, LR_POLICIES, NORM_TYPES
@@ -26,10 +27,6 @@ from fastp2p.networks import DISCRIMINATORS, GENERATORS, INIT_TYPES, LR_POLICIES
 # The choices come from the code that implements them, so a flag and its implementation cannot drift apart.
 MODELS = tuple(MODEL_CLASSES)
 DATASET_MODES = tuple(DATASET_CLASSES)
-
-
-class OptionError(ValueError):
-    """A flag value that the trainer cannot work with."""
 
 
 def closest(word, candidates):

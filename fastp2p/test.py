@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import CheckpointError
-from fastp2p.data import DatasetError, create_dataset
+from fastp2p.data import create_dataset
 from fastp2p.data.builtin import builtin_dataroot
+from fastp2p.errors import CheckpointError, DatasetError, OptionError
 from fastp2p.inference import load_model, prepare_inference
-from fastp2p.options import OptionError, parse_options, save_options, use_cuda
+from fastp2p.options import parse_options, save_options, use_cuda
 from fastp2p.visualizer import HTMLPage, save_visuals
 
 

@@ -18,21 +18,16 @@ import time
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import (CheckpointError, CheckpointSet, FolderLock, file_digest, load_prefix, network_filename,
-                                read_checkpoint, recover_folder, training_state_filename)
-from fastp2p.data import DatasetError
+from fastp2p.checkpoint import (CheckpointSet, FolderLock, file_digest, load_prefix, network_filename, read_checkpoint,
+                                recover_folder, training_state_filename)
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.metrics import FeatureDistances, GeneratorScorer, MetricError
+from fastp2p.errors import CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError
+from fastp2p.metrics import FeatureDistances, GeneratorScorer
 from fastp2p.models import create_model
-from fastp2p.options import OptionError, parse_options, save_options, use_cuda
+from fastp2p.options import parse_options, save_options, use_cuda
 from fastp2p.visualizer import Visualizer, require_wandb
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or a weight became NaN or infinite; no checkpoint is written from that state."""
-
 
 STATE_KEYS = ("seed", "epoch", "epoch_iter", "total_iters", "model", "rng")
 STATE_SUFFIX = training_state_filename("")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from fastp2p import distributed
 from fastp2p.chart import draw_chart
+from fastp2p.errors import OptionError
 from fastp2p.metrics import format_scores, to_uint8
-from fastp2p.options import OptionError
 from fastp2p.progress import Progress
 
 CURVES_IMAGE = "curves.png"

@@ -12,11 +12,11 @@ import gc
 import sys
 
 import torch
+from test_data import make_opt  # this script's folder, tests/, is first on sys.path
 
-from fastp2p.data import DatasetError
 from fastp2p.data.dali_loader import DALILoader
 from fastp2p.data.loader import DataLoaderWrapper
-from test_data import make_opt  # this script's folder, tests/, is first on sys.path
+from fastp2p.errors import DatasetError
 
 
 class CollectingDataset(torch.utils.data.Dataset):

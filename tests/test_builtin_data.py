@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastp2p.data import DatasetError, builtin_dataroot, create_dataset
+from fastp2p.data import builtin_dataroot, create_dataset
 from fastp2p.data.builtin import LABEL_COLOURS, MARKER
+from fastp2p.errors import DatasetError
 
 
 @pytest.fixture(scope="module")

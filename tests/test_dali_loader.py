@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 
 from fastp2p import distributed
-from fastp2p.data import DatasetError, create_dataset
+from fastp2p.data import create_dataset
 from fastp2p.data.dali_loader import dali_available
 from fastp2p.data.image_folder import to_rgb
 from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, decode_on_gpu, eight_bits, torchvision_available
+from fastp2p.errors import DatasetError
 from tests.test_gpu_cache import make_opt, write_pairs
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda130)")
@@ -233,7 +234,6 @@ def test_torchvision_decode_logic_matches_torch_path(shared_data):
             assert got[key].shape == want[key].shape
             assert got[key].is_contiguous(memory_format=torch.channels_last)
             assert (got[key] - want[key]).abs().mean() < 0.004
-
 
 
 # ---------------------------------------------------------------- 16-bit files and other kinds PIL reads

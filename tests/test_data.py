@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fastp2p.data import DatasetError, create_dataset, get_params, make_dataset, shard_indices
+from fastp2p.data import create_dataset, get_params, make_dataset, shard_indices
 from fastp2p.data.datasets import AlignedDataset, SingleDataset, UnalignedDataset
 from fastp2p.data.plan import sample_rng
 from fastp2p.data.transforms import to_tensor
+from fastp2p.errors import DatasetError
 
 
 def make_opt(dataroot, **overrides):

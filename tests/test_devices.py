@@ -7,7 +7,8 @@ import torch
 from fastp2p import distributed
 from fastp2p import test as test_cli
 from fastp2p import train as train_cli
-from fastp2p.options import OptionError, parse_options, use_cuda
+from fastp2p.errors import OptionError
+from fastp2p.options import parse_options, use_cuda
 
 
 @pytest.fixture

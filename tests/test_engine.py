@@ -19,13 +19,14 @@ from fastp2p import distributed, networks
 from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine
 from fastp2p.engine.cuda_graph import DDP_WARMUP_STEPS, DeviceImagePool
-from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
 from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm, HandOffSequential,
                                    drop_cancelled_conv_biases, fuse_network, run_layers)
+from fastp2p.engine.weight_cast import cast_conv_parameters_per_forward
+from fastp2p.errors import OptionError
 from fastp2p.image_pool import ImagePool
 from fastp2p.models import create_model
 from fastp2p.models.base_model import BaseModel
-from fastp2p.options import OptionError, parse_options
+from fastp2p.options import parse_options
 from tests.conftest import requires_cuda
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from fastp2p import test as test_cli
-from fastp2p.checkpoint import CheckpointError, network_state_dict
+from fastp2p.checkpoint import network_state_dict
 from fastp2p.engine import EngineConfig
+from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.inference import FastGenerator, Translator, read_train_options
 from fastp2p.networks import define_G, init_weights
-from fastp2p.options import OptionError, parse_options, save_options
+from fastp2p.options import parse_options, save_options
 from tests.conftest import requires_cuda
 
 

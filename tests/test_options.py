@@ -7,7 +7,8 @@ import pytest
 
 from fastp2p import test as test_cli
 from fastp2p import train as train_cli
-from fastp2p.options import MODELS, OptionError, build_parser, format_options, parse_options, save_options
+from fastp2p.errors import OptionError
+from fastp2p.options import MODELS, build_parser, format_options, parse_options, save_options
 
 
 def parse(*args, is_train=True):

@@ -4,9 +4,11 @@
 loaders live in their own modules, which ``select.create_fast_loader`` imports when a run asks for one.
 """
 
+from fastp2p.errors import DatasetError
+
 from .builtin import builtin_dataroot
 from .datasets import AlignedDataset, SingleDataset, UnalignedDataset
-from .image_folder import IMG_EXTENSIONS, DatasetError, load_rgb, make_dataset
+from .image_folder import IMG_EXTENSIONS, load_rgb, make_dataset
 from .loader import DataLoaderWrapper, create_dataset
 from .plan import shard_indices
 from .transforms import get_params, transform_image

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from .image_folder import DatasetError
+from fastp2p.errors import DatasetError
 
 VERSION = 1
 SIZE = 128

@@ -35,8 +35,9 @@ import importlib.util
 import numpy as np
 import torch
 
-from fastp2p.data.image_folder import DatasetError, mixed_sizes_error
+from fastp2p.data.image_folder import mixed_sizes_error
 from fastp2p.data.plan import FedLoader, ImageSizes
+from fastp2p.errors import DatasetError
 
 
 def dali_available():

@@ -28,7 +28,9 @@ import warnings
 
 import torch.utils.data
 
-from .image_folder import DatasetError, image_size, is_image_file, load_rgb, make_dataset
+from fastp2p.errors import DatasetError
+
+from .image_folder import image_size, is_image_file, load_rgb, make_dataset
 from .plan import ab_half, sample_draws, sample_rng
 from .transforms import PREPROCESS_MODES, transform_image
 

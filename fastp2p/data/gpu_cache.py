@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastp2p.data.image_folder import DatasetError, load_rgb
+from fastp2p.data.image_folder import load_rgb
 from fastp2p.data.plan import PlannedLoader, ab_half, crop_box, crop_flip_normalize, resized_size
+from fastp2p.errors import DatasetError
 
 DEFAULT_BUDGET_FRACTION = 0.25
 

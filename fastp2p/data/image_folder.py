@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from fastp2p.errors import DatasetError
+
 IMG_EXTENSIONS = (
     ".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".ppm", ".PPM",
     ".bmp", ".BMP", ".tif", ".TIF", ".tiff", ".TIFF",
@@ -33,10 +35,6 @@ Image.MAX_IMAGE_PIXELS = None
 
 # PIL modes of 16-bit grayscale: "I;16*" as decoded from PNG or TIFF, "I" as older Pillow decodes 16-bit PNG.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-class DatasetError(ValueError):
-    """The dataset on disk cannot be used as asked: the message says what is wrong and where."""
 
 
 def mixed_sizes_error(detail):

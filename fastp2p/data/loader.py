@@ -22,11 +22,12 @@ import os
 import torch
 import torch.utils.data
 
+from fastp2p.errors import DatasetError
+
 from .. import distributed
 from .datasets import DATASET_MODES
-from .image_folder import DatasetError, mixed_sizes_error
+from .image_folder import mixed_sizes_error
 from .plan import mix_seed, seed_of, shard_indices
-
 
 WORKER_START_METHODS = ("spawn", "forkserver", "fork")
 

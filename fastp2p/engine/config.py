@@ -12,7 +12,7 @@ import os
 import torch
 
 from fastp2p import distributed
-from fastp2p.options import OptionError
+from fastp2p.errors import OptionError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

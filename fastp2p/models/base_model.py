@@ -14,8 +14,8 @@ from collections import OrderedDict
 import torch
 
 from fastp2p import checkpoint
-from fastp2p.data import DatasetError
 from fastp2p.distributed import is_main_process, print_main
+from fastp2p.errors import DatasetError
 from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_weights
 
 

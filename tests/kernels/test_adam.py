@@ -15,12 +15,18 @@ from torch import nn
 
 from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.errors import OptionError
 from fastp2p.kernels import TritonAdam
 from fastp2p.models import create_model
-from fastp2p.options import OptionError
 from tests.conftest import requires_cuda
-from tests.test_engine import OFF, STEPS, assert_same_training, make_opt, train_steps
-from tests.test_engine import one_process_group  # noqa: F401 (a fixture used by name)
+from tests.test_engine import (
+    OFF,
+    STEPS,
+    assert_same_training,
+    make_opt,
+    one_process_group,  # noqa: F401 (a fixture used by name)
+    train_steps,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ULPS = 2.5e-7  # relative: two fp32 ulps

@@ -13,13 +13,18 @@ import torch.nn.functional as F
 from fastp2p import networks
 from fastp2p.engine import resolve_engine
 from fastp2p.engine.fusion import fuse_network
+from fastp2p.errors import OptionError
 from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, conv_forward
 from fastp2p.kernels.conv import ConvGeometry, Prologue, Statistics
-from fastp2p.options import OptionError
 from tests.conftest import requires_cuda
-from tests.test_engine import OFF, assert_same_training, make_opt, train_steps
-from tests.test_engine import full_fp32_convolutions  # noqa: F401 (autouse: cuDNN references in true fp32)
 from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
+from tests.test_engine import (
+    OFF,
+    assert_same_training,
+    full_fp32_convolutions,  # noqa: F401 (autouse: cuDNN references in true fp32)
+    make_opt,
+    train_steps,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
@@ -174,7 +179,6 @@ def test_fused_conv_network_matches_reference(name, with_fused_norms):
     for (key, b_ref), b in zip(reference.state_dict().items(), fused.state_dict().values()):
         assert_close_verbose(b.float(), b_ref.float(), 1e-5, 1e-4, key)
     assert_close_verbose(fused.eval()(x), reference.eval()(x), 1e-4, 1e-4, "eval output")
-
 
 
 # CycleGAN on the CPU: its layers at small sizes that pass through them (16 x 16 images through the ResNet generators'

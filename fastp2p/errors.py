@@ -1,0 +1,29 @@
+"""The errors a user can cause, each said in one line by the command that meets it (exit code 2), never a traceback.
+
+They live here, apart from the code that raises them, so that any module can raise or catch one without importing
+the option parser, the checkpoint code or the data pipeline.
+"""
+
+
+class UserError(Exception):
+    """Input that fastp2p cannot work with: the message says what is wrong and what to do."""
+
+
+class OptionError(UserError, ValueError):
+    """A flag value, or a combination of flags, that the trainer cannot work with."""
+
+
+class DatasetError(UserError, ValueError):
+    """The dataset on disk cannot be used as asked: the message says what is wrong and where."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing, unreadable, refused, or made for another network."""
+
+
+class MetricError(UserError):
+    """Input the metrics cannot score, or a metric that cannot run here."""
+
+
+class NonFiniteError(UserError, RuntimeError):
+    """A loss or a weight became NaN or infinite; no checkpoint is written from that state."""
