@@ -5,6 +5,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from fastp2p.errors import OptionError
+
 
 def is_distributed():
     return dist.is_available() and dist.is_initialized()
@@ -32,13 +34,50 @@ def print_main(*args, **kwargs):
 def init_distributed(use_cuda):
     """Join the torchrun process group when WORLD_SIZE > 1 and return this process's device.
 
-    On a GPU that is the current CUDA device, which options.use_cuda chose from --gpu_ids. NCCL on GPUs,
-    gloo on CPUs. A single process (python -m, or torchrun with one process) stays ungrouped, so no
-    collective is ever paid for.
+    On a GPU that is the current CUDA device, which use_gpu chose from --gpu_ids. NCCL on GPUs, gloo on CPUs. A
+    single process (python -m, or torchrun with one process) stays ungrouped, so no collective is ever paid for.
     """
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
+def init_device(gpu_ids):
+    """This process's device for --gpu_ids (see use_gpu), in the torchrun process group when there is one."""
+    return init_distributed(use_gpu(gpu_ids))
+
+
+def use_gpu(gpu_ids):
+    """Pick this process's device from --gpu_ids and say whether it is a GPU.
+
+    One process trains on the first listed id; under torchrun the process of local rank r on gpu_ids[r]. The
+    chosen GPU becomes torch's current device, which init_distributed hands out. Without CUDA a request for a
+    GPU warns and falls back to the CPU.
+    """
+    if not gpu_ids:
+        return False
+    listed = ",".join(map(str, gpu_ids))
+    if not torch.cuda.is_available():
+        print(f"warning: --gpu_ids {listed} asks for a GPU but CUDA is not available; "
+              f"running on CPU (pass --gpu_ids -1 to say so)")
+        return False
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+    if len(gpu_ids) < local_processes:
+        raise OptionError(f"--gpu_ids {listed} lists {len(gpu_ids)} GPU(s) for the {local_processes} processes "
+                          f"on this machine: give one id per process, e.g. --gpu_ids "
+                          f"{','.join(map(str, range(local_processes)))}")
+    count = torch.cuda.device_count()
+    missing = [str(gpu) for gpu in gpu_ids if gpu >= count]
+    if missing:
+        raise OptionError(f"--gpu_ids {listed}: no GPU {','.join(missing)} on this machine, which has {count} "
+                          f"visible GPU(s), numbered from 0")
+    if len(gpu_ids) > local_processes and local_rank == 0:
+        print(f"warning: --gpu_ids {listed} lists {len(gpu_ids)} GPUs for {local_processes} process(es), one GPU "
+              f"each: GPUs {','.join(map(str, gpu_ids[local_processes:]))} stay idle (start one process per GPU "
+              f"with torchrun --nproc_per_node={len(gpu_ids)})")
+    torch.cuda.set_device(gpu_ids[local_rank])
+    return True
 
 
 def barrier():

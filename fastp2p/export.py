@@ -15,6 +15,7 @@ from torch.export import Dim
 
 from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.inference import load_model
+from fastp2p.models import ModelRuntime
 from fastp2p.networks import UNET_DOWNS, image_size_problem
 from fastp2p.options import parse_options
 
@@ -65,8 +66,8 @@ def export(opt):
     problem = image_size_problem(opt, opt.crop_size, opt.crop_size, discriminator=False)
     if problem:
         raise OptionError(f"--crop_size {opt.crop_size}: {problem}")
-    opt.gpu_ids, opt.device = [], torch.device("cpu")  # traced on the CPU; the program runs on any device
-    ((_, net),) = load_model(opt).networks()  # pix2pix's G, or the test model's G[--model_suffix]
+    opt = opt.replace(gpu_ids=())  # traced on the CPU; the program runs on any device
+    ((_, net),) = load_model(opt, ModelRuntime()).networks()  # pix2pix's G, or the test model's G[--model_suffix]
     net = net.eval().to(DTYPES[opt.dtype])
     example = (torch.rand(2, opt.input_nc, opt.crop_size, opt.crop_size, dtype=DTYPES[opt.dtype]) * 2 - 1,)
     folder = os.path.dirname(os.path.abspath(opt.out))

@@ -1,7 +1,7 @@
 """Inference on the fast engine, and the generator of a checkpoint folder as a Python function.
 
-``fastp2p.test`` and :class:`Translator` load a model the same way (``load_model``) and put its generators on the
-engine the same way (``prepare_inference``): under ``--amp`` autocast, channels-last, and with ``--cuda_graph`` one
+``fastp2p.test`` and :class:`Translator` load a model and put its generators on the engine the same way
+(``build_inference``): under ``--amp`` autocast, channels-last, and with ``--cuda_graph`` one
 CUDA graph per generator replayed from a static input buffer. ``--reference`` (the CPU default) leaves the networks
 as the reference runs them.
 
@@ -18,7 +18,6 @@ and no ``--no_dropout``) draws its masks per batch, so there the images are othe
 
 import os
 import random
-import re
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +27,17 @@ from torch import nn
 from fastp2p import distributed
 from fastp2p.data import load_rgb
 from fastp2p.data.transforms import get_params, transform_image
-from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.engine.cuda_graph import capture_after_warmup
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.engine.cuda_graph import WARMUP_STEPS, capture, on_side_stream
 from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models import create_model
-from fastp2p.options import parse_options, use_cuda
+from fastp2p.options import parse_options, read_train_options
 from fastp2p.visualizer import tensor2im
 
 
-def load_model(opt):
-    """The model of ``opt`` with its checkpoint loaded (``opt.device`` set); diverged weights are refused."""
-    model = create_model(opt)
+def load_model(opt, runtime):
+    """The model of ``opt``, built on ``runtime``, with its checkpoint loaded; diverged weights are refused."""
+    model = create_model(opt, runtime)
     model.setup(opt)
     diverged = model.nonfinite_networks()
     if diverged:
@@ -81,7 +80,7 @@ class FastGenerator(nn.Module):
     def __init__(self, net, config, device):
         super().__init__()
         self.net = net
-        self.device, self.dtype = device, config.amp_dtype
+        self.device, self.dtype = device, config.amp
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.use_graph = config.cuda_graph
         self.graph = self.static_input = self.static_output = None
@@ -92,7 +91,10 @@ class FastGenerator(nn.Module):
 
     def capture(self, x):
         self.static_input = x.clone()
-        self.graph, self.static_output = capture_after_warmup(lambda: self.run(self.static_input), self.device)
+        stream = torch.cuda.Stream(self.device)
+        for _ in range(WARMUP_STEPS):
+            on_side_stream(stream, lambda: self.run(self.static_input))
+        self.graph, self.static_output = capture(lambda: self.run(self.static_input), stream)
 
     def forward(self, x):
         x = x.to(self.device).contiguous(memory_format=self.memory_format)
@@ -108,35 +110,18 @@ class FastGenerator(nn.Module):
         return self.static_output.clone()
 
 
-def prepare_inference(model, opt):
-    """Put the model's generators on the engine ``opt`` asks for (after ``load_model``); returns the EngineConfig.
-
-    Each generator object is replaced wherever the model refers to it (the test model names its G twice)."""
-    config = resolve_engine(opt, model.device)
+def build_inference(opt, device):
+    """The model of ``opt`` with its checkpoint loaded, its generators on the engine ``opt`` asks for: (model,
+    EngineConfig). With --batch_size above 1 each BatchNorm normalizes each image alone (PerSampleBatchNorm)."""
+    config = resolve_engine(opt, device)
+    model = load_model(opt, runtime_for(config, device))
     prepare_model(model, config)
-    fast = config.amp_dtype is not None or config.channels_last or config.cuda_graph
-    if fast and model.device.type == "cuda":
-        # one image size (a --preprocess that crops or resizes): time cuDNN's algorithms once, as the trainer does
-        torch.backends.cudnn.benchmark = opt.preprocess not in ("scale_width", "none")
     for _, net in model.networks():
         if opt.batch_size > 1:
             normalize_per_sample(net)
-        if fast:
-            runner = FastGenerator(net, config, model.device)
-            for attribute, value in list(vars(model).items()):
-                if value is net:
-                    setattr(model, attribute, runner)
-    return config
-
-
-OPTIONS_LINE = re.compile(r"^\s*(\w+): (.*?)(?:\t\[default: .*\])?$")
-
-
-def read_train_options(folder):
-    """name -> value text of the ``train_opt.txt`` the trainer wrote into ``folder`` (options.format_options)."""
-    path = os.path.join(folder, "train_opt.txt")
-    with open(path) as f:
-        return {m[1]: m[2].strip() for m in map(OPTIONS_LINE.match, f.read().splitlines()) if m}
+    if config.amp is not None or config.channels_last or config.cuda_graph:
+        model.wrap_networks(lambda net: FastGenerator(net, config, device))
+    return model, config
 
 
 GENERATOR_FLAGS = ("netG", "ngf", "norm", "no_dropout", "input_nc", "output_nc", "crop_size", "preprocess")
@@ -187,13 +172,11 @@ class Translator:
 
     def __init__(self, folder, epoch="latest", generator=None, **flags):
         self.opt = opt = checkpoint_options(folder, epoch, generator, flags)
-        opt.device = distributed.init_distributed(use_cuda(opt))
-        self.model = load_model(opt)
-        self.config = prepare_inference(self.model, opt)
+        self.model, self.config = build_inference(opt, distributed.init_device(opt.gpu_ids))
 
     @torch.no_grad()
     def run(self, batch):
-        return self.model.netG(batch.to(self.model.device)).float()
+        return self.model.generator()(batch.to(self.model.device)).float()
 
     def preprocess(self, image):
         """A PIL image or path -> the tensor fastp2p.test feeds the generator (one fixed crop draw)."""

@@ -238,11 +238,11 @@ class GeneratorScorer:
             raise MetricError("--eval_freq on unpaired data scores FID and KID alone, which need torchmetrics and "
                               "the Inception weights: pip install 'fastp2p[metrics]'")
         test_time = {"phase": self.phase, "load_size": opt.crop_size, "no_flip": True, "serial_batches": True}
-        self.dataset = DATASET_MODES[opt.dataset_mode](argparse.Namespace(**{**vars(opt), **test_time}))
+        self.dataset = DATASET_MODES[opt.dataset_mode](opt.replace(**test_time))
         self.generator = unwrap(getattr(model, "net" + model.model_names[0]))
         self.sides = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
         self.batch_size = 1 if opt.norm in ("batch", "syncbatch") else opt.batch_size
-        self.device, self.memory_format, self.amp_dtype = opt.device, model.input_memory_format, amp_dtype
+        self.device, self.memory_format, self.amp_dtype = model.device, model.runtime.memory_format, amp_dtype
         self.seed = opt.seed
         self.distances = distances
         self.keep = keep

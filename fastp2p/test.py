@@ -20,9 +20,9 @@ import torch
 from fastp2p import distributed
 from fastp2p.data import create_dataset
 from fastp2p.data.builtin import builtin_dataroot
-from fastp2p.errors import CheckpointError, DatasetError, OptionError
-from fastp2p.inference import load_model, prepare_inference
-from fastp2p.options import parse_options, save_options, use_cuda
+from fastp2p.errors import UserError
+from fastp2p.inference import build_inference
+from fastp2p.options import parse_options, save_options
 from fastp2p.visualizer import HTMLPage, save_visuals
 
 
@@ -55,16 +55,16 @@ each file has the bytes it has when written in turn"""
 
 
 def run(opt):
-    opt.device = distributed.init_distributed(use_cuda(opt))
+    device = distributed.init_device(opt.gpu_ids)
     if opt.dataroot is None:
-        opt.dataroot = default_dataroot(opt)
+        opt = opt.replace(dataroot=default_dataroot(opt))
         print(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
-    opt.seed = 0 if opt.seed is None else opt.seed
+    opt = opt.replace(seed=0 if opt.seed is None else opt.seed)
     torch.manual_seed(opt.seed)
     save_options(opt)
     dataset = create_dataset(opt)  # no --data_loader: the reference's pixels, nothing decoded past --num_test
-    model = load_model(opt)
-    print(prepare_inference(model, opt).describe())
+    model, config = build_inference(opt, device)
+    print(config.describe())
     folder = results_folder(opt)
     page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")
     path_key = "B_paths" if opt.direction == "BtoA" and opt.dataset_mode != "single" else "A_paths"
@@ -98,7 +98,7 @@ def main(argv=None):
     opt = parse_options(argv, is_train=False)
     try:
         return run(opt)
-    except (DatasetError, CheckpointError, OptionError) as e:
+    except UserError as e:
         print(f"fastp2p.test: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -9,8 +9,6 @@ on SIGINT/SIGTERM (in a single process; under DDP a signal ends the run).
 
 import math
 import os
-import random
-import secrets
 import signal
 import sys
 import time
@@ -18,83 +16,17 @@ import time
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import (CheckpointSet, FolderLock, file_digest, load_prefix, network_filename, read_checkpoint,
-                                recover_folder, training_state_filename)
+from fastp2p.checkpoint import (CheckpointSet, FolderLock, load_prefix, network_filename, recover_folder,
+                                training_state_filename)
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
-from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.errors import CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.errors import DatasetError, MetricError, NonFiniteError, OptionError, UserError
 from fastp2p.metrics import FeatureDistances, GeneratorScorer
 from fastp2p.models import create_model
-from fastp2p.options import parse_options, save_options, use_cuda
+from fastp2p.options import parse_options, save_options
+from fastp2p.resume import find_resume_point, restore_rng, resumed_options, rng_state, seed_everything
 from fastp2p.visualizer import Visualizer, require_wandb
-
-STATE_KEYS = ("seed", "epoch", "epoch_iter", "total_iters", "model", "rng")
-STATE_SUFFIX = training_state_filename("")
-
-
-def read_training_state(folder, prefix):
-    """(state, None) for a complete checkpoint set ``prefix`` in ``folder``, or (None, what is wrong with it).
-
-    Complete: the training state reads, has every key, and each network file has the SHA-256 the state recorded
-    when the set was written (a file replaced since, by hand or by another program, breaks the set)."""
-    try:
-        state = read_checkpoint(os.path.join(folder, training_state_filename(prefix)))
-    except CheckpointError as error:
-        return None, str(error)
-    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        return None, f"its training state lacks {', '.join(missing)}"
-    for name, digest in state.get("networks", {}).items():  # absent in states of fastp2p before sets: unchecked
-        path = os.path.join(folder, network_filename(prefix, name))
-        if not os.path.isfile(path):
-            return None, f"{os.path.basename(path)} is missing"
-        if file_digest(path) != digest:
-            return None, f"{os.path.basename(path)} is not the file saved with its training state"
-    return state, None
-
-
-def newest_complete_set(folder, exclude):
-    """The complete set with a training state that has trained furthest, other than ``exclude``: (prefix, state)."""
-    found = []
-    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
-        prefix = entry[: -len(STATE_SUFFIX)] if entry.endswith(STATE_SUFFIX) and not entry.startswith(".") else None
-        if prefix and prefix != str(exclude):
-            state, _ = read_training_state(folder, prefix)
-            if state is not None:
-                found.append((state["total_iters"], prefix, state))
-    return max(found, key=lambda item: item[0])[1:] if found else (None, None)
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def rng_state():
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def shared_seed(seed):
-    """The run's seed: the given one, or one drawn on rank 0 and sent to every rank."""
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-    if distributed.is_distributed():
-        box = [seed]
-        torch.distributed.broadcast_object_list(box, src=0)
-        seed = box[0]
-    return seed
-
 
 class Trainer:
     """One training run: data, model, the epoch loop, checkpoints and logs."""
@@ -112,29 +44,27 @@ class Trainer:
 
     def start(self, opt):
         require_wandb(opt)
-        opt.device = distributed.init_distributed(use_cuda(opt))
+        self.device = distributed.init_device(opt.gpu_ids)
         if distributed.is_main_process():
             self.lock = FolderLock(self.folder).acquire()
             recovered = recover_folder(self.folder)
             if recovered:
                 print(f"{self.folder}: {recovered}")
         distributed.barrier()  # the other ranks read the checkpoints once rank 0 has recovered them
-        self.engine = resolve_engine(opt, opt.device)
-        if opt.device.type == "cuda":
-            torch.backends.cudnn.benchmark = opt.preprocess != "scale_width"  # as the reference
+        self.engine = resolve_engine(opt, self.device)
         if opt.dataroot is None:
-            opt.dataroot = builtin_dataroot()
+            opt = opt.replace(dataroot=builtin_dataroot())
             distributed.print_main(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
-        self.resume_state = self.find_resume_state()
-        opt.seed = self.resume_state["seed"] if self.resume_state else shared_seed(opt.seed)
+        resume = find_resume_point(opt, self.folder)
+        self.opt = opt = resumed_options(opt, resume)
         seed_everything(opt.seed + distributed.rank())
         if distributed.is_main_process():
             save_options(opt)
-        self.dataset = create_fast_loader(opt, opt.data_loader)
+        self.dataset = create_fast_loader(opt, opt.data_loader, self.device)
         if len(self.dataset) == 0:
             raise DatasetError(f"no training images found under {opt.dataroot}")
         distributed.print_main(f"The number of training images = {len(self.dataset)}")
-        self.model = create_model(opt)
+        self.model = create_model(opt, runtime_for(self.engine, self.device))
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
@@ -146,8 +76,8 @@ class Trainer:
         self.last_saved = "none (nothing saved yet)"
         self.epoch_iter = 0
         self.total_iters = 0
-        if self.resume_state:
-            self.restore(self.resume_state)
+        if resume:
+            self.restore(resume.state)
 
     def build_scorer(self):
         """--eval_freq's scorer, built before training so that a split or package it lacks stops the run now. FID
@@ -156,10 +86,10 @@ class Trainer:
         distances = None
         if distributed.is_main_process():
             try:
-                distances = FeatureDistances(self.opt.device)
+                distances = FeatureDistances(self.device)
             except MetricError as error:
                 print(f"--eval_freq: no FID/KID ({error})")
-        return GeneratorScorer(self.opt, self.model, self.engine.amp_dtype, distances,
+        return GeneratorScorer(self.opt, self.model, self.engine.amp, distances,
                                keep=distributed.is_main_process())
 
     def evaluate(self):
@@ -183,54 +113,10 @@ class Trainer:
             self.lock.release()
             self.lock = None
 
-    def find_resume_state(self):
-        """With --continue_train, the complete checkpoint set to resume from exactly, if any.
-
-        The set --epoch/--load_iter name is used when complete; otherwise the complete set that has trained
-        furthest, said so, whose weights are then the ones loaded. Without any training state the weights alone
-        are loaded (the reference's --epoch_count rule)."""
-        opt = self.opt
-        if not opt.continue_train:
-            return None
-        wanted = load_prefix(opt)
-        path = os.path.join(self.folder, training_state_filename(wanted))
-        if not os.path.isfile(path):
-            distributed.print_main(f"no training state at {path}: loading network weights only and starting at "
-                                   f"--epoch_count {opt.epoch_count}, as the reference trainer does")
-            return None
-        state, problem = read_training_state(self.folder, wanted)
-        prefix = wanted
-        if problem:
-            prefix, state = newest_complete_set(self.folder, exclude=wanted)
-            if state is None:
-                raise CheckpointError(f"cannot resume from '{wanted}' in {self.folder}: {problem}, and no other "
-                                      f"complete checkpoint set with a training state is there")
-            distributed.print_main(f"'{wanted}' is not a complete checkpoint set ({problem}): resuming from "
-                                   f"'{prefix}' instead, the complete set that trained furthest")
-            opt.epoch, opt.load_iter = prefix, 0  # the weights loaded are this set's
-        if "networks" not in state:
-            distributed.print_main(f"'{prefix}' was saved by an earlier fastp2p, without the digests that tie its "
-                                   f"network files to its training state: they are taken as they are")
-        distributed.print_main(f"resuming exactly from '{prefix}' in {self.folder}: epoch {state['epoch']}, "
-                               f"{state['epoch_iter']} images into it")
-        return state
-
     def restore(self, state):
-        """Continue where the saved run stood. The LR schedule is re-derived from the current flags for the epoch
-        reached (raising --n_epochs or --n_epochs_decay extends a run); --epoch_count applies to weights-only
-        resumes, as the saved run already says where it began."""
-        stepped = state["model"]["schedulers"][0]["last_epoch"] if state["model"]["schedulers"] else 0
-        began = state["epoch"] - stepped
-        if self.opt.epoch_count != began:
-            distributed.print_main(f"--epoch_count {self.opt.epoch_count} is not used: the training state says the "
-                                   f"run began at epoch {began}, and it resumes at epoch {state['epoch']}")
-            self.opt.epoch_count = began
+        """Continue where the saved run stood (its options, from resumed_options, already begin where it began)."""
         self.model.load_training_state(state["model"])
-        saved = state["rng"]
-        if len(saved) != distributed.world_size():
-            distributed.print_main(f"the training state holds RNG states of {len(saved)} processes, this run has "
-                                   f"{distributed.world_size()}: random draws will not continue exactly")
-        set_rng_state(saved[distributed.rank() % len(saved)])
+        restore_rng(state["rng"])
         self.epoch, self.epoch_iter, self.total_iters = state["epoch"], state["epoch_iter"], state["total_iters"]
         if self.epoch > self.last_epoch():
             raise OptionError(f"nothing to train: the training state is at epoch {self.epoch}, past --n_epochs + "
@@ -306,8 +192,7 @@ class Trainer:
             t_data = iter_start - iter_data_time
             self.total_iters += opt.batch_size
             self.epoch_iter += opt.batch_size
-            model.set_input(data)
-            self.train_step()
+            self.train_step(data)
             progress.update(t_data)
 
             if self.total_iters % opt.display_freq == 0:
@@ -333,8 +218,8 @@ class Trainer:
                 return False
             iter_data_time = time.perf_counter()
 
-        if opt.device.type == "cuda":
-            torch.cuda.synchronize(opt.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         figures = progress.end_epoch()
         learning_rates = self.learning_rates()  # the epoch's, before the schedule steps
         model.update_learning_rate()
@@ -380,7 +265,7 @@ def main(argv=None):
         # tears its group down while a peer is still connected
         distributed.barrier()
         return code
-    except (DatasetError, CheckpointError, OptionError, NonFiniteError, MetricError) as e:
+    except UserError as e:
         print(f"fastp2p.train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: a save under way was dropped or completed whole

@@ -218,7 +218,7 @@ class Visualizer:
         id it kept in the checkpoint folder, so the curves go on in one place."""
         import wandb
 
-        config = {key: value for key, value in vars(opt).items() if key not in ("parser", "device")}
+        config = opt.values()
         id_path = os.path.join(self.folder, WANDB_RUN_ID)
         resume = {}
         if getattr(opt, "continue_train", False) and os.path.exists(id_path):

@@ -18,7 +18,7 @@ import torch
 from fastp2p import distributed
 from fastp2p import train as train_cli
 from fastp2p.checkpoint import network_state_dict, unwrap
-from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.models import BaseModel, create_model
 from fastp2p.options import parse_options
 
@@ -47,18 +47,18 @@ def global_batch(step, size):
 
 def run_steps(out, steps, batch, argv):
     opt = parse_options(argv, is_train=True)
-    opt.device = distributed.init_distributed(use_cuda=False)
+    device = distributed.init_distributed(use_cuda=False)
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(opt.seed + rank)  # as the trainer seeds: DDP must make rank 0's init everyone's
-    model = create_model(opt)
+    config = resolve_engine(opt, device)
+    model = create_model(opt, runtime_for(config, device))
     model.setup(opt)
-    train_step = prepare_model(model, resolve_engine(opt, opt.device))
+    train_step = prepare_model(model, config)
     losses, first_grads = [], None
     for step in range(steps):
         data = {name: images[rank::world] for name, images in global_batch(step, batch * world).items()}
         data["A_paths"] = data["B_paths"] = [""] * batch
-        model.set_input(data)
-        train_step()
+        train_step(data)
         losses.append(model.get_current_losses())
         if first_grads is None:
             first_grads = {name: {key: p.grad.clone() for key, p in unwrap(net).named_parameters()}

@@ -153,7 +153,7 @@ def plant(folder, files, staged_files=()):
     ("../outside/latest_net_G.pth", f".tmp_{TOKEN}_../outside/latest_net_G.pth"),
     ("notes.txt", f".tmp_{TOKEN}_notes.txt"),                          # a plain name, but not one of a set's kinds
     ("latest_net_G.pth", f".tmp_{TOKEN}_latest_net_D.pth"),            # another file's temporary name
-    ("latest_net_G.pth", f".tmp_ffffffffffff_latest_net_G.pth"),       # another save's temporary name
+    ("latest_net_G.pth", ".tmp_ffffffffffff_latest_net_G.pth"),       # another save's temporary name
 ])
 def test_a_journal_naming_anything_but_its_own_sets_files_is_refused_and_nothing_is_touched(tmp_path, final, temp):
     """A crafted journal must not make the recovery rename, create or remove anything, inside the folder or out."""

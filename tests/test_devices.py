@@ -8,7 +8,7 @@ from fastp2p import distributed
 from fastp2p import test as test_cli
 from fastp2p import train as train_cli
 from fastp2p.errors import OptionError
-from fastp2p.options import parse_options, use_cuda
+from fastp2p.options import parse_options
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def torchrun_env(monkeypatch, local_rank, local_world_size):
 
 
 def device_for(*args):
-    return distributed.init_distributed(use_cuda(parse_options(list(args), is_train=True)))
+    return distributed.init_device(parse_options(list(args), is_train=True).gpu_ids)
 
 
 def test_one_process_trains_on_the_first_listed_gpu(fake_gpus, capsys):

@@ -146,9 +146,9 @@ def test_cuda_graph_replays_the_eager_bf16_forward():
     device = torch.device("cuda")
     net = define_G(3, 3, 16, "unet_128", "batch", False).to(device).eval()
     init_weights(net, "normal", 0.3)
-    config = EngineConfig(amp_dtype=torch.bfloat16, channels_last=True, cuda_graph=True)
+    config = EngineConfig(amp=torch.bfloat16, channels_last=True, cuda_graph=True)
     graphed = FastGenerator(net, config, device)
-    eager = FastGenerator(net, EngineConfig(amp_dtype=torch.bfloat16, channels_last=True), device)
+    eager = FastGenerator(net, EngineConfig(amp=torch.bfloat16, channels_last=True), device)
     def close(a, b):  # the same kernels unless cudnn.benchmark (an earlier test sets it) chose others
         return (a.float() - b.float()).abs().max() <= 1e-2
 

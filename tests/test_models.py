@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastp2p.engine import EngineConfig, prepare_model
+from fastp2p.checkpoint import CheckpointSet
 from fastp2p.errors import CheckpointError
 from fastp2p.models import create_model
 from fastp2p.networks import init_weights
@@ -41,6 +42,13 @@ def make_batches(n, batch_size, size, seed=0):
     return [{"A": torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1,
              "B": torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1,
              "A_paths": [f"a{i}.png"] * batch_size, "B_paths": [f"b{i}.png"] * batch_size} for i in range(n)]
+
+
+def save_networks(model, prefix):
+    """Write the model's network files for ``prefix`` as the trainer does, as one checkpoint set."""
+    with CheckpointSet(model.save_dir) as files:
+        for filename, state in model.network_files(prefix):
+            files.save(filename, state)
 
 
 def built_model(opt, seed=0):
@@ -244,8 +252,8 @@ def test_save_and_load_round_trip(tmp_path):
     model = built_model(opt, seed=0)
     model.set_input(make_batches(1, 1, 32)[0])
     model.optimize_parameters()
-    model.save_networks("latest")
-    model.save_networks(3)
+    save_networks(model, "latest")
+    save_networks(model, 3)
     names = sorted(p.name for p in (tmp_path / "exp").iterdir())
     assert names == sorted(f"{e}_net_{n}.pth" for e in ("latest", 3) for n in ("G_A", "G_B", "D_A", "D_B"))
 
@@ -259,7 +267,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_load_iter_picks_the_iter_prefix(tmp_path):
     model = built_model(make_opt(tmp_path))
-    model.save_networks("iter_40")
+    save_networks(model, "iter_40")
     built_model(make_opt(tmp_path, continue_train=True, load_iter=40))
     with pytest.raises(CheckpointError, match="latest_net_G.pth"):
         built_model(make_opt(tmp_path, continue_train=True))
@@ -267,13 +275,13 @@ def test_load_iter_picks_the_iter_prefix(tmp_path):
 
 @pytest.mark.parametrize("other", [dict(norm="instance"), dict(netG="resnet_6blocks"), dict(ngf=8)])
 def test_loading_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, other):
-    built_model(make_opt(tmp_path)).save_networks("latest")
+    save_networks(built_model(make_opt(tmp_path)), "latest")
     with pytest.raises(CheckpointError, match="does not match the network built from the given flags"):
         built_model(make_opt(tmp_path, continue_train=True, **other))
 
 
 def test_dropout_has_no_weights_so_no_dropout_still_loads(tmp_path):
-    built_model(make_opt(tmp_path, no_dropout=False)).save_networks("latest")
+    save_networks(built_model(make_opt(tmp_path, no_dropout=False)), "latest")
     built_model(make_opt(tmp_path, continue_train=True, no_dropout=True))
 
 
@@ -299,7 +307,7 @@ def test_training_state_round_trip_resumes_exactly(tmp_path):
     first = built_model(opt)
     run(first, range(2))
     first.update_learning_rate()
-    first.save_networks("latest")
+    save_networks(first, "latest")
     torch.save(first.training_state(), tmp_path / "state.pt")
 
     resumed = built_model(make_opt(tmp_path, "cycle_gan", pool_size=1, continue_train=True), seed=9)
@@ -335,7 +343,7 @@ def test_training_state_keeps_the_fp16_loss_scale(tmp_path):
 
 def test_test_model_runs_a_pix2pix_generator(tmp_path):
     trained = built_model(make_opt(tmp_path))
-    trained.save_networks("latest")
+    save_networks(trained, "latest")
     model = built_model(make_opt(tmp_path, model="test", isTrain=False))
     assert model.model_names == ["G"]
     model.eval()
@@ -351,10 +359,10 @@ def test_test_model_runs_a_pix2pix_generator(tmp_path):
 
 
 def test_test_model_suffix_loads_one_cycle_gan_generator(tmp_path):
-    built_model(make_opt(tmp_path, "cycle_gan")).save_networks("latest")
+    save_networks(built_model(make_opt(tmp_path, "cycle_gan")), "latest")
     model = built_model(make_opt(tmp_path, model="test", isTrain=False, netG="resnet_6blocks", norm="instance",
                                  no_dropout=True, model_suffix="_A"))
-    assert model.model_names == ["G_A"] and model.netG_A is model.netG
+    assert model.model_names == ["G_A"] and model.generator() is model.netG_A and not hasattr(model, "netG")
 
 
 def test_test_model_rejects_other_dataset_modes_and_training(tmp_path):

@@ -129,8 +129,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
             return original(trainer)
         model_step = trainer.train_step
 
-        def counted_step():
-            model_step()
+        def counted_step(batch):
+            model_step(batch)
             calls["iterations"] += 1
             if calls["iterations"] == 8:  # epoch 2, third batch of six
                 trainer.request_stop()

@@ -9,6 +9,7 @@ import types
 
 from fastp2p import metrics
 from fastp2p import train as train_cli
+from fastp2p.options import parse_options
 from fastp2p.visualizer import CURVES_IMAGE, WANDB_RUN_ID, LossHistory, Visualizer
 from tests.test_metrics import TinyFeatures
 from tests.test_train_cli import aligned_root, unaligned_root  # noqa: F401 (pytest fixtures)
@@ -78,13 +79,12 @@ class FakeWandb(types.ModuleType):
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
     wandb = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", wandb)
-    opt = argparse.Namespace(checkpoints_dir=str(tmp_path), name="run", no_tensorboard=True, no_html=True,
-                             use_wandb=True, wandb_project_name="proj", batch_size=2, n_epochs=2, n_epochs_decay=0,
-                             continue_train=False)
+    opt = parse_options(["--checkpoints_dir", str(tmp_path), "--name", "run", "--no_tensorboard", "--no_html",
+                         "--use_wandb", "--wandb_project_name", "proj", "--batch_size", "2", "--n_epochs", "2",
+                         "--n_epochs_decay", "0"])
     Visualizer(opt).close()
     assert (tmp_path / "run" / WANDB_RUN_ID).read_text() == "run-1"
-    opt.continue_train = True
-    Visualizer(opt).close()
+    Visualizer(opt.replace(continue_train=True)).close()
     inits = [call[1] for call in wandb.calls if call[0] == "init"]
     assert "id" not in inits[0] and (inits[1]["id"], inits[1]["resume"]) == ("run-1", "allow")
 

@@ -22,7 +22,6 @@ mode's layout, images too small for ``--preprocess crop``) or, for a single file
 unreadable or too small, when that item is loaded.
 """
 
-import argparse
 import os
 import warnings
 
@@ -53,13 +52,6 @@ class BaseDataset(torch.utils.data.Dataset):
             raise DatasetError("no --dataroot given")
         if not os.path.isdir(self.root):
             raise DatasetError(f"--dataroot {self.root} does not exist or is not a folder")
-
-    def __getstate__(self):
-        """What a spawned loader worker receives: the options without their parser, which cannot be pickled and
-        which only the printed options table uses."""
-        state = dict(self.__dict__)
-        state["opt"] = argparse.Namespace(**{k: v for k, v in vars(self.opt).items() if k != "parser"})
-        return state
 
     def __getitem__(self, item):
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)

@@ -65,19 +65,18 @@ class EpochSampler(torch.utils.data.Sampler):
 class DataLoaderWrapper:
     """What ``create_dataset`` returns: iterate it for batches; ``len()`` is samples per epoch (reference)."""
 
-    def __init__(self, opt, dataset):
+    def __init__(self, opt, dataset, device=None):
         self.opt = opt
         self.dataset = dataset
         self.sampler = EpochSampler(len(dataset), seed_of(opt), shuffle=not opt.serial_batches,
                                     rank=distributed.rank(), world_size=distributed.world_size())
-        device = getattr(opt, "device", None)
         workers = int(opt.num_threads)
         self.dataloader = torch.utils.data.DataLoader(
             dataset,
             batch_size=opt.batch_size,
             sampler=self.sampler,
             num_workers=workers,
-            pin_memory=device is not None and torch.device(device).type == "cuda",
+            pin_memory=device is not None and device.type == "cuda",
             persistent_workers=workers > 0,
             multiprocessing_context=worker_context(getattr(opt, "worker_start", "spawn")) if workers > 0 else None,
             drop_last=False,
@@ -140,10 +139,11 @@ def worker_message(text):
     return text[text.rindex(marker) + len(marker):].strip() if marker in text else text
 
 
-def create_dataset(opt):
-    """Build the dataset for ``opt.dataset_mode`` and its loader; bad data raises DatasetError now."""
+def create_dataset(opt, device=None):
+    """Build the dataset for ``opt.dataset_mode`` and its loader (memory pinned for a GPU ``device``); bad data
+    raises DatasetError now."""
     if opt.dataset_mode not in DATASET_MODES:
         raise ValueError(f"--dataset_mode {opt.dataset_mode!r} is not one of {', '.join(DATASET_MODES)}")
     dataset = DATASET_MODES[opt.dataset_mode](opt)
     distributed.print_main(f"dataset [{type(dataset).__name__}] was created")
-    return DataLoaderWrapper(opt, dataset)
+    return DataLoaderWrapper(opt, dataset, device)

@@ -21,13 +21,6 @@ from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, torchvision
 KINDS = ("auto", "torch", "dali", "gpu_cache")
 
 
-def _device(opt):
-    device = getattr(opt, "device", None)
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _say(text):
     distributed.print_main(f"data loader: {text}")
 
@@ -43,13 +36,13 @@ def _gpu_decode(opt, device):
     return None
 
 
-def create_fast_loader(opt, kind="auto", budget_bytes=None):
-    """The loader for ``kind``; ``budget_bytes`` caps the GPU cache (default: a quarter of free memory)."""
+def create_fast_loader(opt, kind="auto", device=torch.device("cpu"), budget_bytes=None):
+    """The loader for ``kind`` feeding ``device``; ``budget_bytes`` caps the GPU cache (default: a quarter of free
+    memory)."""
     if kind not in KINDS:
         raise ValueError(f"--data_loader {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "torch":
-        return create_dataset(opt)
-    device = _device(opt)
+        return create_dataset(opt, device)
     if kind == "gpu_cache" or (kind == "auto" and device.type == "cuda"):
         try:
             loader = GPUCacheLoader(opt, device, budget_bytes)
@@ -66,4 +59,4 @@ def create_fast_loader(opt, kind="auto", budget_bytes=None):
              "using the torch loader")
     elif kind == "gpu_cache":
         _say("using the torch loader")
-    return create_dataset(opt)
+    return create_dataset(opt, device)

@@ -19,6 +19,7 @@ asks of the step, and how each is met:
 import torch
 
 from fastp2p import distributed
+from fastp2p.engine.path import REORDERED_FP32, Check, FastPath, Stage
 from fastp2p.image_pool import ImagePool
 
 
@@ -80,78 +81,104 @@ DDP_WARMUP_STEPS = 11
 """eager DDP iterations before a capture (torch's notes on CUDA graphs with DistributedDataParallel)"""
 
 
-def capture_after_warmup(fn, device, warmup=WARMUP_STEPS):
-    """``fn()`` recorded as a CUDA graph after ``warmup`` eager calls on a side stream (capture needs lazily made
-    state, and cuDNN's algorithm choice, to exist first). Returns the graph and what ``fn`` returned during the
-    capture: tensors that each replay rewrites."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
+def on_side_stream(stream, fn):
+    """fn() on ``stream``, after the work queued so far and before what follows: capture needs lazily made state
+    (and cuDNN's algorithm choice) to be made away from the default stream first."""
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
     with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
+        output = fn()
+    current.wait_stream(stream)
+    return output
+
+
+def capture(fn, stream):
+    """fn() recorded as a CUDA graph on ``stream`` (the one its warm-up ran on): (graph, what fn returned, which
+    each replay rewrites). Training and inference capture through here."""
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         output = fn()
     return graph, output
 
 
 class GraphedTrainStep:
-    """Callable that runs ``step`` (a TrainStep, or an AutocastStep around one) eagerly at first, then as a graph.
+    """Callable that runs ``step`` (a TrainStep, or an AutocastStep around one) on each batch eagerly at first, then
+    as a graph replayed from static input buffers it owns: the batch's tensors are copied into them, in the
+    model's device and memory format, and the model reads them through its own set_input.
 
     ``stream`` is the side stream of the warm-up steps and of the capture; under ``ddp`` DDP must be built on it.
     """
 
     def __init__(self, model, step, stream, ddp=False):
-        self.model = model
-        self.step = step
-        self.stream = stream
+        self.model, self.step, self.stream = model, step, stream
+        self.pools = [getattr(model, name) for name in model.pool_names]
+        self.runtime, self.batch_size = model.runtime, model.opt.batch_size
         self.warmup_left = DDP_WARMUP_STEPS if ddp else WARMUP_STEPS
         self.graph = None
-        self.static_inputs = None
+        self.static = None  # the batch the graph was captured on: its tensors are the graph's input buffers
 
     def ready_to_capture(self, batch):
-        pools_full = all(getattr(self.model, name).is_full() for name in self.model.pool_names)
-        return self.warmup_left <= 0 and pools_full and batch[0].shape[0] == self.model.opt.batch_size
+        return (self.warmup_left <= 0 and all(pool.is_full() for pool in self.pools)
+                and len(next(iter(self.tensors(batch).values()))) == self.batch_size)
+
+    @staticmethod
+    def tensors(batch):
+        return {key: value for key, value in batch.items() if torch.is_tensor(value)}
+
+    def matches_graph(self, batch):
+        static = self.tensors(self.static)
+        return all(t.shape == static[key].shape and t.dtype == static[key].dtype
+                   for key, t in self.tensors(batch).items())
+
+    def buffers_for(self, batch):
+        """The batch with its tensors as new device buffers in the model's memory format (set_input then reads them
+        without a copy, inside the capture too)."""
+        return {key: value.to(self.runtime.device, memory_format=self.runtime.memory_format).clone()
+                if torch.is_tensor(value) else value for key, value in batch.items()}
 
     def pool_banks(self):
         """The identity of each pool's stored images: a capture must find them built and leave them in place."""
-        return [id(getattr(self.model, name).bank) for name in self.model.pool_names]
+        return [id(pool.bank) for pool in self.pools]
 
-    def matches_graph(self, batch):
-        return all(t.shape == s.shape and t.stride() == s.stride() for t, s in zip(batch, self.static_inputs))
-
-    def run_on_side_stream(self):
-        """Eager warm-up away from the default stream, as capture requires of lazily initialized state."""
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            self.step()
-        torch.cuda.current_stream().wait_stream(self.stream)
-
-    def __call__(self):
-        model = self.model
-        batch = (model.real_A, model.real_B)
+    def __call__(self, batch):
         if self.graph is None:
             if not self.ready_to_capture(batch):
                 self.warmup_left -= 1
-                self.run_on_side_stream()
+                on_side_stream(self.stream, lambda: self.step(batch))
                 return
-            self.static_inputs = tuple(t.clone() for t in batch)
-            model.real_A, model.real_B = self.static_inputs
-            torch.cuda.synchronize()
+            self.static = self.buffers_for(batch)
             banks = self.pool_banks()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
-                self.step()
+            self.graph, _ = capture(lambda: self.step(self.static), self.stream)
             if self.pool_banks() != banks:
                 raise RuntimeError("an image pool built its bank inside the CUDA graph's capture: each replay would "
                                    "rebuild it from freed memory")
             distributed.print_main("Recorded CUDA graph of the training iteration")
-        elif self.matches_graph(batch):
-            for static, fresh in zip(self.static_inputs, batch):
-                static.copy_(fresh, non_blocking=True)
-            model.real_A, model.real_B = self.static_inputs
-        else:
-            self.step()  # e.g. the last, partial batch of an epoch
-            return
+            return self.graph.replay()
+        if not self.matches_graph(batch):
+            return self.step(batch)  # e.g. the last, partial batch of an epoch
+        for key, fresh in self.tensors(batch).items():
+            self.static[key].copy_(fresh, non_blocking=True)
+        self.model.set_input({**batch, **self.tensors(self.static)})  # the new paths; no tensor is copied
         self.graph.replay()
+
+
+def graph_the_step(prep):
+    stream = prep.capture_stream or torch.cuda.Stream(prep.device)
+    prep.step = GraphedTrainStep(prep.model, prep.step, stream, ddp=prep.config.ddp)
+
+
+CUDA_GRAPH = FastPath(
+    "cuda_graph", "replay each training iteration as one CUDA graph",
+    inference_help="replay the generator's forward as one CUDA graph from a static input buffer (a batch of another "
+                   "shape, such as the last, runs eagerly)",
+    auto=lambda s: not s.ddp,  # under DDP the captured all-reduces wait for a measurement on several GPUs; 'on' opts in
+    blockers=lambda s, on: [reason for reason, blocked in (
+        ("it needs a GPU", not s.cuda),
+        ("fp16 needs a GradScaler, whose inf checks sync with the host", s.value("amp") == torch.float16),
+        ("--compile brings its own graphs", s.value("compile") is not None),
+    ) if blocked] if on else [],
+    hooks={Stage.GRAPH: graph_the_step}, runtime=lambda choices, config: choices.update(image_pool=DeviceImagePool),
+    bench_row="cuda_graph", check=Check(REORDERED_FP32, cpu=False, compares=(
+        "K graph replays against K eager steps from the same state, with a full image pool, a learning-rate change "
+        "and an eager partial batch between replays")))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastp2p import kernels  # Triton is an optional extra: its modules load on first use (see fastp2p/kernels/__init__.py)
+from fastp2p.engine.path import FP32_KERNELS, Check, FastPath, Stage
 from fastp2p.networks import ResnetBlock, UnetSkipConnectionBlock
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
@@ -382,10 +383,41 @@ def fuse_network(net, fused_kernels=True, fused_conv=False):
     return sum(convert(net) for convert in CONVERTERS if convert in wanted)
 
 
-def use_fused_losses(model):
-    """Replace the model's GAN and L1 criteria by the fused ones (same call signatures)."""
-    if hasattr(model, "criterionGAN"):
-        model.criterionGAN = kernels.FusedGANLoss(model.opt.gan_mode)
-    for name in ("criterionL1", "criterionCycle", "criterionIdt"):
-        if hasattr(model, name):
-            setattr(model, name, kernels.FusedL1Loss())
+def fuse_layers(prep):
+    """The LAYERS hook of both paths: one pass of the converters, which --fused_kernels and --fused_conv share."""
+    for net in prep.networks:
+        fuse_network(net, fused_kernels=prep.config.fused_kernels, fused_conv=prep.config.fused_conv)
+
+
+def fused_losses(choices, config):
+    """The models' GAN and L1 criteria as the fused kernels (same call signatures)."""
+    choices.update(gan_loss=lambda mode: kernels.FusedGANLoss(mode), l1_loss=kernels.FusedL1Loss)
+
+
+def triton_blockers(s):
+    """Why Triton's kernels cannot run here, if they cannot."""
+    return [reason for reason, blocked in (
+        ("it needs Triton: pip install 'fastp2p[triton]'", not s.triton),
+        ("on the CPU it runs in Triton's interpreter (slow, for tests): set TRITON_INTERPRET=1 before starting",
+         not s.cuda and not s.interpreter),
+    ) if blocked]
+
+
+def fused_layer_blockers(s, on):
+    """Triton's, and --compile's: it traces the networks itself and would break its graphs at every fused layer."""
+    if not on:
+        return []
+    compiled = ["--compile traces the networks itself, breaking its graphs at every fused layer (and fuses the "
+                "norms itself); the pair has no parity test"] if s.value("compile") is not None else []
+    return triton_blockers(s) + compiled
+
+
+FUSED_KERNELS = FastPath(
+    "fused_kernels", "Triton fused norm + activation and fused GAN/L1 losses", auto=lambda s: s.cuda,
+    blockers=fused_layer_blockers, hooks={Stage.LAYERS: fuse_layers},
+    runtime=fused_losses, bench_row="fused_kernels", check=Check(FP32_KERNELS))
+FUSED_CONV = FastPath(
+    "fused_conv", "Triton implicit-GEMM convs that write their norm's statistics and apply the norm + activation "
+                  "before them as they load their input (ResNet, PatchGAN, U-Net convs with a norm); auto stays off "
+                  "until a GPU measurement shows a layer beating cuDNN + the fused norm",
+    auto=lambda s: False, blockers=fused_layer_blockers, hooks={Stage.LAYERS: fuse_layers}, check=Check(FP32_KERNELS))

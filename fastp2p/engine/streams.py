@@ -17,6 +17,8 @@ statistics would be updated from two streams at once, in an order that changes t
 
 import torch
 
+from fastp2p.engine.path import REORDERED_FP32, Check, FastPath
+
 
 class TwoStreams:
     """``run(first, second)``, BaseModel.run_independent's contract: first() on the current stream and second() on
@@ -33,3 +35,19 @@ class TwoStreams:
         with torch.cuda.stream(self.side):
             second()
         current.wait_stream(self.side)
+
+
+TWO_STREAMS = FastPath(
+    "two_streams", "CycleGAN: update D_A and D_B, each forward and backward, on two CUDA streams at once (they share "
+                   "nothing; at small batches one leaves most of the GPU idle); not with DDP or --overlap_optimizer; "
+                   "auto leaves it off until a GPU measurement shows it pays",
+    auto=lambda s: False,
+    blockers=lambda s, on: [reason for reason, blocked in (
+        ("it needs a GPU", not s.cuda),
+        ("only CycleGAN has two independent updates (D_A and D_B)", s.model != "cycle_gan"),
+        ("DDP's reducer would all-reduce from the side stream, which is not tested", s.ddp),
+        ("--overlap_optimizer steps on a side stream of its own", s.value("overlap_optimizer")),
+    ) if blocked] if on else [],
+    runtime=lambda choices, config: choices.update(run_independent=TwoStreams(choices["device"]).run),
+    bench_row="two_streams", check=Check(REORDERED_FP32, cpu=False, compares="D_A's and D_B's updates on two "
+                                                                             "streams against one stream"))

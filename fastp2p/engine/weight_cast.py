@@ -19,6 +19,8 @@ autocast's per-step weight cache sums them in the low precision first. Checkpoin
 import torch
 from torch import nn
 
+from fastp2p.engine.path import LOW_PRECISION, Check, FastPath, Stage
+
 
 def keep_layouts(ctx, tensors):
     """Remember the fp32 tensors' layouts for gradients_in_fp32; a tensor the forward did not reach gets None."""
@@ -148,3 +150,45 @@ class StepCopies:
                 optimizer.write_copies([self.originals[i] for i in stepped], [self.copies[i] for i in stepped])
             elif stepped:
                 optimizer.register_step_post_hook(lambda _optimizer, _args, _kwargs: self.refresh())
+
+
+def can_cast(s):
+    """The copies are autocast's: they need --amp, and --compile traces the networks itself."""
+    return s.value("amp") is not None and s.value("compile") is None
+
+
+CAST_NEEDS = "it needs --amp bf16 or fp16 (it casts for autocast) and no --compile (which traces the networks itself)"
+
+
+def cast_per_forward(prep):
+    for net in prep.networks:
+        cast_conv_parameters_per_forward(net, prep.device.type)
+
+
+def make_step_copies(prep):
+    prep.step_copies = [StepCopies(net, prep.device.type, prep.config.amp) for net in prep.networks]
+
+
+def refresh_step_copies_after_steps(prep):
+    for copies in prep.step_copies:
+        copies.refresh_after_steps_of(prep.model.optimizers)
+
+
+FOREACH_CAST = FastPath(
+    "foreach_cast", "with --amp, cast each network's conv weights in one multi-tensor kernel per forward (and their "
+                    "gradients back in one) instead of a kernel per weight",
+    auto=lambda s: s.cuda,
+    blockers=lambda s, on: [reason for reason, blocked in (
+        (CAST_NEEDS, not can_cast(s)),
+        ("--step_cast makes the weights' low-precision copies already (per optimizer step): turn one off",
+         s.value("step_cast")),
+    ) if blocked] if on else [],
+    hooks={Stage.WEIGHT_COPIES: cast_per_forward}, bench_row="foreach_cast",
+    check=Check(LOW_PRECISION, needs=("--amp", "bf16")))
+STEP_CAST = FastPath(
+    "step_cast", "with --amp, keep low-precision copies of each network's conv weights that one multi-tensor copy "
+                 "rewrites after each optimizer step, so no forward casts weights (checkpoints keep fp32); auto "
+                 "prefers it to --foreach_cast",
+    auto=lambda s: s.cuda, blockers=lambda s, on: [CAST_NEEDS] if on and not can_cast(s) else [],
+    hooks={Stage.WEIGHT_COPIES: make_step_copies, Stage.OPTIMIZERS: refresh_step_copies_after_steps},
+    bench_row="step_cast", replaces=("foreach_cast",), check=Check(LOW_PRECISION, needs=("--amp", "bf16")))

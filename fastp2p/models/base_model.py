@@ -16,16 +16,19 @@ import torch
 from fastp2p import checkpoint
 from fastp2p.distributed import is_main_process, print_main
 from fastp2p.errors import DatasetError
+from fastp2p.models.runtime import current_runtime
 from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_weights
 
 
 class BaseModel:
-    """Subclasses fill the name lists and build ``net<name>`` for each name in ``model_names``."""
+    """Subclasses fill the name lists and build ``net<name>`` for each name in ``model_names``. How the step runs is
+    ``self.runtime``'s (models/runtime.py): the engine's choices, handed over when the model is built."""
 
     def __init__(self, opt):
         self.opt = opt
         self.isTrain = opt.isTrain
-        self.device = opt.device
+        self.runtime = current_runtime()
+        self.device = self.runtime.device
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
         self.loss_names = []
         self.model_names = []
@@ -35,10 +38,7 @@ class BaseModel:
         self.schedulers = []
         self.image_paths = []
         self.metric = 0  # what the plateau policy watches; the reference never changes it either
-        self.input_memory_format = torch.contiguous_format  # the engine sets channels_last
         self.grad_scaler = None  # build_optimizers sets it: fp16's GradScaler, or one that does nothing
-        self.batch_passes = False  # the engine sets it: see run_passes
-        self.steps_in_backward = {}  # optimizer -> engine.overlap.StepsInBackward, under --overlap_optimizer
 
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
@@ -48,17 +48,24 @@ class BaseModel:
         """(name, parameters) of each optimizer of a training model, in the reference's order (G before D)."""
         raise NotImplementedError
 
-    def build_optimizers(self, engine):
-        """Adam for each of ``trained_parameters`` as ``engine`` asks (the reference's, or fused/capturable), the LR
-        schedulers, and the loss scaler: built once, by the engine, after it has converted the networks (the
-        conversions keep each parameter object, so the optimizers see the parameters the step updates)."""
+    def build_optimizers(self, make_adam, grad_scaler):
+        """``make_adam(params)`` (the engine's Adam: the reference's, or fused/capturable/Triton) for each of
+        ``trained_parameters``, the LR schedulers, and the loss scaler: built once, by the engine, after it has
+        converted the networks (the conversions keep each parameter object, so the optimizers see the parameters
+        the step updates)."""
         self.optimizers = []
         for name, params in self.trained_parameters():
-            optimizer = engine.adam(params, self.opt, self.device)
+            optimizer = make_adam(params)
             setattr(self, "optimizer_" + name, optimizer)
             self.optimizers.append(optimizer)
         self.schedulers = [get_scheduler(optimizer, self.opt) for optimizer in self.optimizers]
-        self.grad_scaler = engine.grad_scaler(self.device)
+        self.grad_scaler = grad_scaler
+
+    def wrap_networks(self, wrap):
+        """Call each network through ``wrap(net)`` from now on (DDP, an inference runner); ``checkpoint.unwrap``
+        reaches the plain module, whose state_dict keys the checkpoints keep."""
+        for name in self.model_names:
+            setattr(self, "net" + name, wrap(getattr(self, "net" + name)))
 
     def setup(self, opt):
         """Initialize weights (G before D), load checkpoints when testing or resuming."""
@@ -71,7 +78,7 @@ class BaseModel:
     def set_input(self, data):
         """Take real_A/real_B from a loader batch; ``--direction BtoA`` swaps the two sides."""
         a_to_b = self.opt.direction == "AtoB"
-        layout = self.input_memory_format
+        layout = self.runtime.memory_format
         self.real_A = data["A" if a_to_b else "B"].to(self.device, memory_format=layout, non_blocking=True)
         self.real_B = data["B" if a_to_b else "A"].to(self.device, memory_format=layout, non_blocking=True)
         self.image_paths = data["A_paths" if a_to_b else "B_paths"]
@@ -96,15 +103,14 @@ class BaseModel:
         """net applied to each of ``inputs``, in order. With batch_passes, as one forward over their
         concatenation: the same math when every layer treats samples independently (the engine allows it
         for per-sample norms only), in fewer and larger kernels, which is what small batches need."""
-        if self.batch_passes and len(inputs) > 1:
+        if self.runtime.batch_passes and len(inputs) > 1:
             return net(torch.cat(inputs)).split([x.shape[0] for x in inputs])
         return tuple(net(x) for x in inputs)
 
     def run_independent(self, first, second):
         """first() then second(): two parts of a step that share no network, input or gradient (CycleGAN's D_A and
         D_B updates), which the engine may run on two streams instead (engine.streams.TwoStreams)."""
-        first()
-        second()
+        self.runtime.run_independent(first, second)
 
     def backward(self, loss):
         """loss.backward(), scaled under fp16 (the scaler does nothing otherwise)."""
@@ -113,8 +119,8 @@ class BaseModel:
     def step(self, optimizer):
         """optimizer.step() through the scaler, which under fp16 skips steps with inf/NaN gradients. An optimizer
         the engine steps during backward (steps_in_backward) has stepped already: this waits for those steps."""
-        if optimizer in self.steps_in_backward:
-            self.steps_in_backward[optimizer].finish()
+        if optimizer in self.runtime.steps_in_backward:
+            self.runtime.steps_in_backward[optimizer].finish()
         else:
             self.grad_scaler.step(optimizer)
 
@@ -169,14 +175,6 @@ class BaseModel:
         """(file name, state_dict) of every net for prefix ``epoch``, in the reference's key layout."""
         return [(checkpoint.network_filename(epoch, name), checkpoint.network_state_dict(net))
                 for name, net in self.networks()]
-
-    def save_networks(self, epoch):
-        """``{epoch}_net_{name}.pth`` for every net as one checkpoint set, from rank 0 only."""
-        if not is_main_process():
-            return
-        with checkpoint.CheckpointSet(self.save_dir, f"the '{epoch}' networks") as files:
-            for filename, state in self.network_files(epoch):
-                files.save(filename, state)
 
     @torch.no_grad()
     def nonfinite_networks(self):

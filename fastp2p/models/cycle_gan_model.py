@@ -5,17 +5,26 @@ G_A maps A to B and is judged by D_A; G_B maps B to A and is judged by D_B. Each
 one optimizer, as does each discriminator pair. D sees fakes through an ImagePool (``--pool_size``).
 """
 
-
-from torch import nn
-
 from fastp2p import networks
 from fastp2p.checkpoint import unwrap
-from fastp2p.image_pool import ImagePool
-from fastp2p.losses import GANLoss
 from fastp2p.models.base_model import BaseModel
+from fastp2p.flag_types import finite_non_negative_float
 
 
 class CycleGANModel(BaseModel):
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        """The reference's: no dropout by default; the cycle and identity loss weights."""
+        parser.set_defaults(no_dropout=True)
+        if is_train:
+            parser.add_argument("--lambda_A", type=finite_non_negative_float, default=10.0,
+                                help="weight for cycle loss (A -> B -> A)")
+            parser.add_argument("--lambda_B", type=finite_non_negative_float, default=10.0,
+                                help="weight for cycle loss (B -> A -> B)")
+            parser.add_argument("--lambda_identity", type=finite_non_negative_float, default=0.5,
+                                help="identity loss weight, relative to lambda_A/lambda_B")
+        return parser
+
     def __init__(self, opt):
         super().__init__(opt)
         self.loss_names = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"]
@@ -38,12 +47,12 @@ class CycleGANModel(BaseModel):
                                  "use --lambda_identity 0")
             self.netD_A = networks.define_D(opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.norm).to(self.device)
             self.netD_B = networks.define_D(opt.input_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.norm).to(self.device)
-            self.fake_A_pool = ImagePool(opt.pool_size)
-            self.fake_B_pool = ImagePool(opt.pool_size)
+            self.fake_A_pool = self.runtime.image_pool(opt.pool_size)
+            self.fake_B_pool = self.runtime.image_pool(opt.pool_size)
             self.pool_names = ["fake_A_pool", "fake_B_pool"]
-            self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
-            self.criterionCycle = nn.L1Loss()
-            self.criterionIdt = nn.L1Loss()
+            self.criterionGAN = self.runtime.gan_loss(opt.gan_mode).to(self.device)
+            self.criterionCycle = self.runtime.l1_loss()
+            self.criterionIdt = self.runtime.l1_loss()
 
     def trained_parameters(self):
         return [("G", [*self.netG_A.parameters(), *self.netG_B.parameters()]),
@@ -52,10 +61,10 @@ class CycleGANModel(BaseModel):
     def identity_in_forward(self):
         """With batched passes the identity images join each generator's first pass; the reference (and
         this model otherwise) computes them in backward_G, after the cycle passes."""
-        return self.batch_passes and self.isTrain and self.opt.lambda_identity > 0
+        return self.runtime.batch_passes and self.isTrain and self.opt.lambda_identity > 0
 
     def forward(self):
-        if self.batch_passes and self.isTrain:
+        if self.runtime.batch_passes and self.isTrain:
             # G_A's passes, then G_B's, each as one batch: G_B takes G_A's output (the A cycle's reconstruction)
             # with its own input, so three generator forwards run instead of four; the identity images join the
             # first two

@@ -1,15 +1,24 @@
 """pix2pix as the reference trainer builds it: a conditional GAN with an L1 term, D updated before G each iteration."""
 
 import torch
-from torch import nn
 
 from fastp2p import networks
 from fastp2p.checkpoint import unwrap
-from fastp2p.losses import GANLoss
 from fastp2p.models.base_model import BaseModel
+from fastp2p.flag_types import finite_non_negative_float
 
 
 class Pix2PixModel(BaseModel):
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        """The reference's defaults for pix2pix (BatchNorm U-Net on aligned pairs, vanilla GAN, no pool) and its L1
+        weight."""
+        parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
+        if is_train:
+            parser.set_defaults(pool_size=0, gan_mode="vanilla")
+            parser.add_argument("--lambda_L1", type=finite_non_negative_float, default=100.0, help="weight for L1 loss")
+        return parser
+
     def __init__(self, opt):
         super().__init__(opt)
         self.loss_names = ["G_GAN", "G_L1", "D_real", "D_fake"]
@@ -21,8 +30,8 @@ class Pix2PixModel(BaseModel):
             # D judges (input, output) pairs, so it sees both images' channels
             self.netD = networks.define_D(opt.input_nc + opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D,
                                           opt.norm).to(self.device)
-            self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
-            self.criterionL1 = nn.L1Loss()
+            self.criterionGAN = self.runtime.gan_loss(opt.gan_mode).to(self.device)
+            self.criterionL1 = self.runtime.l1_loss()
 
     def trained_parameters(self):
         return [("G", list(self.netG.parameters())), ("D", list(self.netD.parameters()))]

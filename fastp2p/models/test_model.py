@@ -4,11 +4,20 @@ Loads ``{epoch}_net_G{model_suffix}.pth``, so ``--model_suffix _A`` runs a Cycle
 """
 
 from fastp2p import networks
+from fastp2p.errors import OptionError
 from fastp2p.models.base_model import BaseModel
 
 
 class TestModel(BaseModel):
     __test__ = False  # not a pytest test class despite its name
+
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        if is_train:
+            raise OptionError("--model test is for python -m fastp2p.test only; train with pix2pix or cycle_gan")
+        parser.set_defaults(dataset_mode="single")
+        parser.add_argument("--model_suffix", default="", help="loads [epoch]_net_G[model_suffix].pth, e.g. _A")
+        return parser
 
     def __init__(self, opt):
         if opt.isTrain:
@@ -18,10 +27,13 @@ class TestModel(BaseModel):
                              f"not {opt.dataset_mode!r}")
         super().__init__(opt)
         self.visual_names = ["real", "fake"]
-        self.model_names = ["G" + opt.model_suffix]
-        self.netG = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm,
+        self.model_names = ["G" + opt.model_suffix]  # named as the file it loads
+        generator = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm,
                                       not opt.no_dropout).to(self.device)
-        setattr(self, "netG" + opt.model_suffix, self.netG)  # named as the file it loads
+        setattr(self, "netG" + opt.model_suffix, generator)
+
+    def generator(self):
+        return getattr(self, "net" + self.model_names[0])
 
     def set_input(self, data):
         self.real = data["A"].to(self.device, non_blocking=True)
@@ -29,7 +41,7 @@ class TestModel(BaseModel):
         self.check_image_size(self.real)
 
     def forward(self):
-        self.fake = self.netG(self.real)
+        self.fake = self.generator()(self.real)
 
     def optimize_parameters(self):
         raise RuntimeError("--model test has no training step")

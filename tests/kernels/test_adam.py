@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.engine import prepare_model, resolve_engine
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.errors import OptionError
 from fastp2p.kernels import TritonAdam
 from fastp2p.models import create_model
 from tests.conftest import requires_cuda
-from tests.test_engine import (
+from tests.engine.helpers import (
     OFF,
     STEPS,
     assert_same_training,
@@ -187,7 +187,7 @@ def test_fp16_with_its_loss_scaler_trains_like_torch_adam(monkeypatch):
     scalers, grad_scaler = [], torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: scalers.append(
         grad_scaler(device, init_scale=2.0**8, growth_interval=1, enabled=enabled)) or scalers[-1])
-    fp16 = dict(amp_dtype=torch.float16)
+    fp16 = dict(amp=torch.float16)
     kernel = train_steps("pix2pix", OFF + BF16_STEP_CAST + ["--adam_kernel", "triton"], STEPS, **fp16)
     assert_same_training(kernel, train_steps("pix2pix", OFF + BF16_STEP_CAST, STEPS, **fp16), 1e-4, 1e-6, 1e-6)
     assert [scaler.get_scale() for scaler in scalers] == [2.0 ** (8 + STEPS)] * 2
@@ -205,13 +205,14 @@ def trained_model(flags, steps, state=None):
     opt = make_opt("pix2pix", *OFF, *flags, "--batch_size", "2")
     torch.manual_seed(0)
     random.seed(0)
-    model = create_model(opt)
+    config = resolve_engine(opt, DEVICE)
+    model = create_model(opt, runtime_for(config, DEVICE))
     model.setup(opt)
     if state is not None:  # in the trainer's order: weights at setup, the optimizers' state once they are built
         nets, training, done = state
         for name, net in model.networks():
             net.load_state_dict(nets[name])
-    train_step = prepare_model(model, resolve_engine(opt, DEVICE))
+    train_step = prepare_model(model, config)
     generator = torch.Generator().manual_seed(1)
     batches = [{"A": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1,
                 "B": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1, "A_paths": ["a"] * 2,
@@ -220,8 +221,7 @@ def trained_model(flags, steps, state=None):
         model.load_training_state(training)
         batches = batches[done:]
     for batch in batches[:steps]:
-        model.set_input(batch)
-        train_step()
+        train_step(batch)
     return model
 
 
@@ -270,10 +270,10 @@ def test_auto_is_torchs_fused_adam_and_triton_says_so(monkeypatch):
     """Resolved for a GPU without one (--amp bf16 avoids asking the device about bf16); on the CPU the kernel needs
     the interpreter."""
     auto = resolve_engine(make_opt("pix2pix", "--amp", "bf16"), torch.device("cuda"))
-    assert auto.fused_adam and not auto.triton_adam
+    assert auto.fused_adam and auto.adam_kernel == "torch"
     triton = resolve_engine(make_opt("pix2pix", "--amp", "bf16", "--adam_kernel", "triton", "--adam_moments", "bf16"),
                             torch.device("cuda"))
-    assert triton.triton_adam and not triton.fused_adam and triton.adam_moment_dtype == torch.bfloat16
+    assert triton.adam_kernel == "triton" and not triton.fused_adam and triton.adam_moments == torch.bfloat16
     assert "triton_adam" in triton.describe() and "bf16 Adam moments" in triton.describe()
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(OptionError, match="TRITON_INTERPRET=1"):

@@ -18,7 +18,7 @@ from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, conv_forward
 from fastp2p.kernels.conv import ConvGeometry, Prologue, Statistics
 from tests.conftest import requires_cuda
 from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
-from tests.test_engine import (
+from tests.engine.helpers import (
     OFF,
     assert_same_training,
     full_fp32_convolutions,  # noqa: F401 (autouse: cuDNN references in true fp32)

@@ -1,0 +1,117 @@
+"""What a fast path declares about itself, once: its flag, how it resolves, what it does and how it is checked.
+
+Each path of the engine is one ``FastPath`` object, kept in the module that implements it; ``engine.registry``
+lists them. The option parser, EngineConfig, the engine line a run prints, the resolution against the device, the
+order in which paths are applied to a model, the benchmark rows and the self-check's tolerances are all read from
+these objects, so adding a path is its module and one entry in the registry.
+"""
+
+import dataclasses
+import enum
+from typing import Any, Callable
+
+SWITCH = ("auto", "on", "off")
+
+
+class Stage(enum.IntEnum):
+    """Where in the engine's fixed order a path acts on a model; each stage keeps what earlier ones set up."""
+
+    LAYERS = 1  # replace layers by fused ones (sharing their parameters, so the same keys)
+    MEMORY_FORMAT = 2  # convert parameters in place
+    WEIGHT_COPIES = 3  # low-precision copies of the conv weights, in the layout the conversion left
+    COMPILE = 4
+    OPTIMIZERS = 5  # after the optimizers are built over the same parameters
+    STEP = 6  # wrap the training step
+    GRAPH = 7  # last: capture what is left (after DDP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """How far the self-check and the CPU parity tests let a path's training part from the reference path's: the
+    losses (relative, absolute) and every weight after the optimizer steps (absolute), set by the precision the path
+    computes in and measured by the CPU tests."""
+
+    loss_rtol: float
+    loss_atol: float
+    weight_atol: float
+    precision: str
+
+    def limits(self):
+        return self.loss_rtol, self.loss_atol, self.weight_atol
+
+
+# fp32, the same math in another order (another conv algorithm, one batch for two): a weight may move by a quarter of
+# one Adam step (lr 2e-4) where its gradient is at rounding level
+REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, "fp32")
+FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, "fp32 (Triton kernels)")  # other kernels summing in other orders
+LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, "bf16/fp16")
+SAME_BITS = Tolerance(0.0, 0.0, 0.0, "bit for bit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What the self-check compares for a path, at which tolerance, and the engine flags the path needs besides its
+    own (a weight cast needs --amp): the check runs the path with them against the plain reference path."""
+
+    tolerance: Tolerance
+    needs: tuple = ()
+    compares: str = "one training iteration (D and G steps, both optimizers) against the reference path"
+    cpu: bool = True  # whether the CPU tests and self-check can run it (the others need a GPU)
+
+
+@dataclasses.dataclass(frozen=True)
+class Situation:
+    """What the resolution of a path reads: the device, the installed extras, the run, and the other paths.
+
+    ``asked(name)`` is a path's flag as given, ``value(name)`` its resolved value (resolved on first use, so a
+    path may depend on any other that does not depend on it)."""
+
+    cuda: bool
+    bf16: Callable[[], bool]  # asked only when needed: a CPU build of torch cannot answer it
+    triton: bool
+    interpreter: bool
+    ddp: bool
+    model: str
+    norm: str
+    asked: Callable[[str], Any]
+    value: Callable[[str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """One fast path. ``auto(situation)`` is the value 'auto' resolves to where nothing blocks the path;
+    ``blockers(situation, value)`` the reasons a value cannot run here: asked for explicitly, they are an error that
+    names them, and 'auto' then falls back to ``off``. ``hooks`` act on the model at their stages of the engine's
+    order (engine.prepare_model), ``runtime`` before the model is built (engine.runtime_for)."""
+
+    name: str
+    help: str
+    auto: Callable[[Situation], Any]
+    blockers: Callable[[Situation, Any], list] = lambda situation, value: []
+    choices: tuple | None = SWITCH
+    default: Any = "auto"
+    values: dict = dataclasses.field(default_factory=lambda: {"on": True, "off": False})
+    off: Any = False
+    off_flag: Any = "off"  # the flag value that resolves to ``off`` (what fastp2p.test fixes a training path to)
+    flag: dict = dataclasses.field(default_factory=dict)  # other add_argument keywords (--compile's optional mode)
+    inference_help: str | None = None  # fastp2p.test takes the flag too, with this help
+    hooks: dict = dataclasses.field(default_factory=dict)  # Stage -> hook(preparation), run when the path is on
+    runtime: Callable | None = None  # runtime(choices, config): what the path sets among the model's run-time choices
+    label: Callable[[Any], str | None] | None = None  # its part of the engine line (default: its name when on)
+    bench_row: str | None = None  # its row in the end-to-end benchmark (None: no row of its own)
+    turn_on: tuple | None = None  # the flags that turn the path on (default: --NAME on); also its benchmark row's
+    replaces: tuple = ()  # earlier rows' paths this one does the work of, left off from its row
+    check: Check | None = None
+
+    def value_of(self, asked):
+        """The config value of a flag value other than 'auto'."""
+        return self.values.get(asked, asked)
+
+    def describe(self, value):
+        if self.label is not None:
+            return self.label(value)
+        return self.name if value not in (self.off, None) else None
+
+    def on_flags(self):
+        """The flags that turn this path on (its benchmark row's own flags)."""
+        return list(self.turn_on) if self.turn_on is not None else [f"--{self.name}", "on"]

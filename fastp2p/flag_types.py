@@ -1,0 +1,46 @@
+"""The value types of the flags: argparse ``type=`` functions whose errors say what the flag accepts."""
+
+import argparse
+import math
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def finite_float(text, requirement, accepts):
+    """A float in a range: NaN or an infinity reaching an optimizer, a loss weight or a weight init would fail
+    deep inside torch, or silently turn every weight into NaN."""
+    value = float(text)
+    if not (math.isfinite(value) and accepts(value)):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    return value
+
+
+def finite_non_negative_float(text):
+    return finite_float(text, "a finite number >= 0", lambda value: value >= 0)
+
+
+def finite_positive_float(text):
+    return finite_float(text, "a finite number > 0", lambda value: value > 0)
+
+
+def adam_beta(text):
+    return finite_float(text, "a number in [0, 1), as Adam needs", lambda value: 0 <= value < 1)

@@ -1,0 +1,97 @@
+"""Every fast path that runs on this device trains like the plain reference path, loss by loss and weight by weight,
+at the tolerance its declaration states (engine.registry): one path at a time, and the default fast path (the paths
+'auto' turns on for a GPU) all together. On the CPU the Triton paths run in Triton's interpreter."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters as dynamo_counters
+
+from fastp2p.engine import resolve_engine
+from fastp2p.engine.path import LOW_PRECISION
+from fastp2p.engine.registry import PATHS
+from fastp2p.errors import OptionError
+from tests.engine.helpers import DEVICE, NO_POOL, OFF, STEPS, assert_same_training, make_opt, train_steps
+
+CPU = DEVICE.type == "cpu"
+RUNNABLE = [path for path in PATHS if path.check is not None and (path.check.cpu or not CPU)]
+# CycleGAN's Triton paths on the CPU, at a size Triton's interpreter runs in a minute or two (its time goes by
+# programs, hardly by tensor size): 2 filters, 24 x 24 images, a 2-layer PatchGAN, no identity passes (the same
+# generators a third time), against its own reference at that size. Every fused pattern still runs (norm + ReLU, the
+# blocks' skip adds and pads written by the norms, the 3-pixel output pad, the fused losses). Not 16 x 16: there the
+# InstanceNorms over 4 x 4 and 3 x 3 planes amplify rounding past the tolerances.
+CPU_SMALL = (["--ngf", "2", "--ndf", "2", "--netD", "n_layers", "--n_layers_D", "2", "--lambda_identity", "0"], 24)
+
+
+def flags_of(paths):
+    return [flag for path in paths for flag in (*path.check.needs, *path.on_flags())]
+
+
+def default_fast_path(model):
+    """The paths 'auto' turns on for ``model`` on a GPU (--amp bf16 avoids asking the device about bf16) that can
+    run here."""
+    on = resolve_engine(make_opt(model, "--amp", "bf16"), torch.device("cuda")).on()
+    return [path for path in RUNNABLE if path.name in on]
+
+
+def cases():
+    """(model, case name, flags, tolerance) of every path here, and of the default fast path, where the model
+    allows it (batched passes need per-sample norms, which pix2pix's BatchNorm is not)."""
+    found = []
+    for model in ("pix2pix", "cycle_gan"):
+        for name, paths in [(path.name, [path]) for path in RUNNABLE] + [("default_fast_path",
+                                                                            default_fast_path(model))]:
+            try:
+                resolve_engine(make_opt(model, *OFF, *flags_of(paths)), DEVICE)
+            except OptionError:
+                continue
+            loosest = max((path.check.tolerance for path in paths), key=lambda tolerance: tolerance.weight_atol)
+            found.append(pytest.param(model, flags_of(paths), loosest, id=f"{model}-{name}"))
+    return found
+
+
+@pytest.mark.parametrize("model_name, flags, tolerance", cases())
+def test_fast_path_trains_like_the_reference(model_name, flags, tolerance, request):
+    small = CPU and model_name == "cycle_gan" and ("--fused_kernels" in flags or "--fused_conv" in flags)
+    dynamo_counters.clear()
+    if small:
+        extra, image_size = CPU_SMALL
+        reference = train_steps(model_name, OFF + extra, STEPS, image_size=image_size)
+        run = train_steps(model_name, OFF + extra + flags, STEPS, image_size=image_size)
+    else:
+        reference = request.getfixturevalue("reference_runs")[model_name]
+        run = train_steps(model_name, OFF + flags, STEPS)
+    if "--compile" in flags:  # TorchDynamo must really have captured the networks
+        assert dynamo_counters["stats"]["unique_graphs"] > 0
+        torch._dynamo.reset()
+    assert_same_training(run, reference, *tolerance.limits())
+
+
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+@pytest.mark.parametrize("fused_adam", [False, True], ids=["adam", "fused_adam"])
+def test_fp16_with_grad_scaler_trains_like_the_reference(model_name, fused_adam, reference_runs, monkeypatch):
+    """fp16 autocast with the GradScaler, the path of GPUs without bf16; on the CPU by setting the config directly
+    (--amp fp16 asks for a GPU). The scaler starts at 2**8, where these small nets' scaled gradients stay finite,
+    and doubles after every step: its final scale shows one update per iteration and no skipped step, so the run
+    must follow the reference. (At its default 2**16 it skips the first steps, as designed, and the runs part.)"""
+    scalers = []
+
+    class RecordingScaler(torch.amp.GradScaler):
+        def __init__(self, device, enabled=True):
+            super().__init__(device, init_scale=2.0**8, growth_interval=1, enabled=enabled)
+            scalers.append(self)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
+    run = train_steps(model_name, OFF, STEPS, amp=torch.float16, fused_adam=fused_adam)
+    assert [scaler.get_scale() for scaler in scalers] == [2.0 ** (8 + STEPS)]
+    assert_same_training(run, reference_runs[model_name], *LOW_PRECISION.limits())
+
+
+# Under CUDA graphs CycleGAN's image pool draws on the device (DeviceImagePool, tested on its own in
+# test_cuda_graph), not from python's random as the reference does; the step-by-step comparisons use no pool.
+@pytest.mark.skipif(CPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])
+def test_full_fast_path_on_cuda_stays_near_the_reference(model_name):
+    run = train_steps(model_name, NO_POOL + ["--amp", "bf16", "--channels_last", "on", "--fused_kernels", "on",
+                                             "--fused_adam", "on", "--cuda_graph", "on"], STEPS + 6)
+    reference = train_steps(model_name, OFF + NO_POOL, STEPS + 6)
+    assert_same_training(run, reference, 5e-2, 5e-2, 5e-3)
