@@ -1,37 +1,19 @@
-"""Checkpoint files: the reference trainer's network files, and fastp2p's full training state.
+"""Checkpoint files: the reference trainer's network files, read and written in its key layout.
 
-Network files are plain state_dicts named ``{epoch}_net_{name}.pth`` exactly as the reference writes
-them, so a checkpoint moves both ways between fastp2p and the reference trainer.
-
-Files that belong together (a prefix's networks and its training state, and the epoch snapshot taken at the
-same moment) are written as one set (``CheckpointSet``): each file goes to a temporary name and is
-fsynced, then a small journal naming every file is committed with an atomic rename, then the files are
-renamed into place and the journal removed. A kill before the journal's rename leaves the old set (the
-temporary files are removed at the next start, ``recover_folder``); a kill after it is rolled forward at
-the next start. Either way no folder ever mixes files of two saves. The training state records a SHA-256
-of each network file of its set, so a resume can also tell a set whose files were replaced by hand or by
-another program.
+Network files are plain state_dicts named ``{epoch}_net_{name}.pth`` exactly as the reference writes them, so a
+checkpoint moves both ways between fastp2p and the reference trainer. A file is read with ``weights_only``: one
+that would run code when loaded is refused. How the files of one save are written together is checkpoint_sets.py;
+the one-run-per-folder lock is run_lock.py.
 """
 
-import fcntl
 import hashlib
-import json
 import os
-import re
-import shutil
-import socket
-import stat
-import time
-import uuid
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from fastp2p.errors import CheckpointError
-
-TEMP_PREFIX = ".tmp_"
-JOURNAL_PREFIX = ".commit_"
 
 
 def network_filename(epoch, name):
@@ -49,20 +31,6 @@ def load_prefix(opt):
     return f"iter_{opt.load_iter}" if opt.load_iter > 0 else opt.epoch
 
 
-def fsync_folder(folder):
-    """Make renames and removals in ``folder`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def file_digest(path):
     """SHA-256 of a file's bytes, the identity a training state records for each network file of its set."""
     digest = hashlib.sha256()
@@ -70,204 +38,6 @@ def file_digest(path):
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class _HashingWriter:
-    """A file that hashes what torch.save writes through it, so no file is read back to be hashed."""
-
-    def __init__(self, f):
-        self.f, self.digest = f, hashlib.sha256()
-
-    def write(self, data):
-        self.digest.update(data)
-        return self.f.write(data)
-
-    def flush(self):
-        self.f.flush()
-
-
-def is_write_failure(error):
-    """An OSError, or torch.save's RuntimeError for a write that failed (how a full disk shows up there)."""
-    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and "file write failed" in str(error))
-
-
-def write_error(folder, what, error):
-    """One line for a write that failed (full disk, read-only folder), stating that nothing older was touched."""
-    if isinstance(error, OSError):
-        reason = os.strerror(error.errno) if error.errno else str(error)
-    else:
-        reason = "a write failed (is the disk full?)"
-    return CheckpointError(f"cannot write {what} into {folder}: {reason}; the checkpoints already there are kept")
-
-
-# The only names a checkpoint folder's saves write: a prefix's network files and training state. A journal is
-# read from the folder, which may come from elsewhere, so a name outside these kinds (a path, ``..``) is refused.
-SET_FILE_NAME = re.compile(r"(latest|\d+|iter_\d+)_(net_[A-Za-z0-9_]+\.pth|train_state\.pth)")
-JOURNAL_NAME = re.compile(re.escape(JOURNAL_PREFIX) + r"([0-9a-f]{12})\.json")
-
-
-def check_set_file_name(name):
-    """Refuse a name that a checkpoint set may not hold (anything but a plain network or training-state name)."""
-    if not isinstance(name, str) or not SET_FILE_NAME.fullmatch(name):
-        raise CheckpointError(f"a checkpoint set holds only network and training-state files, not {name!r}")
-
-
-class CheckpointSet:
-    """Files written as one unit: after a crash at any instant, a folder holds the whole old set or the whole
-    new one. Use as a context manager: ``save`` and ``link`` stage files, leaving the block commits them, an
-    exception discards them."""
-
-    def __init__(self, folder, what="checkpoint"):
-        self.folder, self.what = folder, what
-        self.token = uuid.uuid4().hex[:12]
-        self.staged = OrderedDict()  # final name -> temporary name
-        self.digests = {}
-
-    def _temp(self, name):
-        return f"{TEMP_PREFIX}{self.token}_{name}"
-
-    def _stage(self, name):
-        """The temporary name of ``name``, recorded for the journal; names recover_folder would refuse are never
-        staged."""
-        check_set_file_name(name)
-        self.staged[name] = self._temp(name)
-        return self.staged[name]
-
-    def save(self, name, obj):
-        """Stage ``obj`` as ``name`` (torch.save, fsynced); returns the file's SHA-256."""
-        temp = self._stage(name)  # staged first: a failed write is discarded too
-        with open(os.path.join(self.folder, temp), "wb") as f:
-            writer = _HashingWriter(f)
-            torch.save(obj, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        self.digests[name] = writer.digest.hexdigest()
-        return self.digests[name]
-
-    def link(self, name, same_as):
-        """Stage ``name`` with the bytes of the staged ``same_as``: a hard link, or a copy where links fail."""
-        source, temp = os.path.join(self.folder, self.staged[same_as]), self._stage(name)
-        try:
-            os.link(source, os.path.join(self.folder, temp))
-        except OSError:
-            shutil.copyfile(source, os.path.join(self.folder, temp))
-            with open(os.path.join(self.folder, temp), "rb+") as f:
-                os.fsync(f.fileno())
-        self.digests[name] = self.digests[same_as]
-
-    def __enter__(self):
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-        except OSError as error:
-            raise write_error(self.folder, self.what, error) from None
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is None:
-            try:
-                self._commit()
-                return False
-            except Exception as failure:
-                error = failure
-                if not is_write_failure(error):
-                    raise
-        self._discard()
-        if is_write_failure(error):
-            raise write_error(self.folder, self.what, error) from None
-        return False
-
-    def _commit(self):
-        journal = os.path.join(self.folder, f"{JOURNAL_PREFIX}{self.token}.json")
-        temp_journal = os.path.join(self.folder, self._temp("journal.json"))
-        with open(temp_journal, "w") as f:
-            json.dump({"files": self.staged}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_folder(self.folder)  # the staged files' names are durable before the journal points at them
-        os.replace(temp_journal, journal)  # the commit point
-        fsync_folder(self.folder)
-        self.staged, staged = OrderedDict(), self.staged  # from here on, a failure rolls forward at next start
-        roll_forward(self.folder, journal, staged)
-
-    def _discard(self):
-        for temp in self.staged.values():
-            try:
-                os.remove(os.path.join(self.folder, temp))
-            except OSError:
-                pass
-        self.staged = OrderedDict()
-
-
-def is_regular_file(path):
-    """True for a plain file (not a link, folder, FIFO or device), without following a link."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def read_journal(folder, entry):
-    """The {final name: temporary name} map of a committed save's journal, each name checked before any is used.
-
-    A journal names only this folder's own kinds of files (SET_FILE_NAME), each under the temporary name its save
-    gave it, and every file it names is a plain file here (a temporary one still to be renamed, or the final one
-    already renamed): anything else is a crafted or damaged journal, refused whole with one line."""
-    path = os.path.join(folder, entry)
-    token = JOURNAL_NAME.fullmatch(entry).group(1)
-    advice = (f"remove it (and the {TEMP_PREFIX}{token}_* files beside it) to drop that save, or pick another "
-              f"--name")
-    try:
-        with open(path, "rb") as f:
-            staged = json.loads(f.read(1 << 20).decode())["files"]
-        if not isinstance(staged, dict) or not staged:
-            raise ValueError("no files listed")
-        for name, temp in staged.items():
-            check_set_file_name(name)
-            if temp != f"{TEMP_PREFIX}{token}_{name}":
-                raise ValueError(f"{name!r} is staged under {temp!r}, not its save's temporary name")
-            if not (is_regular_file(os.path.join(folder, temp)) or is_regular_file(os.path.join(folder, name))):
-                raise ValueError(f"neither {temp} nor {name} is a plain file in the folder")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"refusing the save journal {path}: {reason}; {advice}") from None
-    return staged
-
-
-def roll_forward(folder, journal, staged):
-    """Rename a committed set's files into place (those still under temporary names), then drop its journal."""
-    for name, temp in staged.items():
-        if os.path.exists(os.path.join(folder, temp)):
-            os.replace(os.path.join(folder, temp), os.path.join(folder, name))
-    fsync_folder(folder)
-    os.remove(journal)
-    fsync_folder(folder)
-
-
-def recover_folder(folder):
-    """Finish the saves a dead run had committed and remove the temporary files of those it had not.
-
-    Every journal is checked before anything is renamed or removed (``read_journal``), so a folder with one
-    crafted or damaged journal is left exactly as it was. Returns a line saying what was done, or None. Call it
-    only while holding the folder's run lock: the temporary files of a live run's save look the same."""
-    if not os.path.isdir(folder):
-        return None
-    journals = [(entry, read_journal(folder, entry)) for entry in sorted(os.listdir(folder))
-                if JOURNAL_NAME.fullmatch(entry)]
-    for entry, staged in journals:
-        roll_forward(folder, os.path.join(folder, entry), staged)
-    stale = [entry for entry in os.listdir(folder)
-             if entry.startswith(TEMP_PREFIX) and not os.path.isdir(os.path.join(folder, entry))]
-    size = sum(os.lstat(os.path.join(folder, entry)).st_size for entry in stale)
-    for entry in stale:
-        os.remove(os.path.join(folder, entry))  # a link planted under such a name goes, not what it points at
-    if stale:
-        fsync_folder(folder)
-    done = []
-    if journals:
-        done.append(f"finished {len(journals)} checkpoint save(s) that an interrupted run had committed")
-    if stale:
-        done.append(f"removed {len(stale)} temporary file(s) ({size / 2**20:.1f} MiB) of an interrupted save")
-    return "; ".join(done) or None
 
 
 def unwrap(net):
@@ -347,44 +117,8 @@ def load_network(net, path, map_location="cpu"):
             if items:
                 shown = ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
                 lines.append(f"  {label}: {shown}")
-        lines.append("  check --netG/--netD, --norm, --ngf/--ndf, --input_nc/--output_nc, --n_layers_D and --no_dropout")
+        lines.append("  check --netG/--netD, --norm, --ngf/--ndf, --input_nc/--output_nc, --n_layers_D and "
+                     "--no_dropout")
         raise CheckpointError("\n".join(lines))
     target.load_state_dict(state, strict=True)
     return net
-
-
-LOCK_NAME = ".fastp2p_run.lock"
-
-
-class FolderLock:
-    """One training run per checkpoint folder: an exclusive ``flock`` on a file in it, which the kernel releases
-    when the holder dies (so the lock of a killed run is simply taken over), holding the holder's pid, host and
-    start time for the message a second run gets."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.fd = None
-
-    def acquire(self):
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            fd = os.open(os.path.join(self.folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise write_error(self.folder, "the run lock", error) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointError(f"another run is training into {self.folder} ({holder}); stop it first, or "
-                                  f"pick another --name") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self):
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock; the file stays, as removing it would race a new holder
-            self.fd = None

@@ -16,8 +16,8 @@ import time
 import torch
 
 from fastp2p import distributed
-from fastp2p.checkpoint import (CheckpointSet, FolderLock, load_prefix, network_filename, recover_folder,
-                                training_state_filename)
+from fastp2p.checkpoint import load_prefix, network_filename, training_state_filename
+from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
@@ -26,7 +26,9 @@ from fastp2p.metrics import FeatureDistances, GeneratorScorer
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, save_options
 from fastp2p.resume import find_resume_point, restore_rng, resumed_options, rng_state, seed_everything
+from fastp2p.run_lock import FolderLock
 from fastp2p.visualizer import Visualizer, require_wandb
+
 
 class Trainer:
     """One training run: data, model, the epoch loop, checkpoints and logs."""

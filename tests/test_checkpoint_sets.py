@@ -8,9 +8,11 @@ import pickle
 import pytest
 import torch
 
-from fastp2p import checkpoint
-from fastp2p.checkpoint import CheckpointSet, FolderLock, read_checkpoint, recover_folder
+from fastp2p import checkpoint_sets
+from fastp2p.checkpoint import read_checkpoint
+from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.errors import CheckpointError
+from fastp2p.run_lock import FolderLock
 
 A, B, C = "latest_net_G.pth", "latest_train_state.pth", "5_net_G.pth"  # sorted: C, A, B
 
@@ -45,7 +47,7 @@ def test_a_kill_at_any_step_of_a_save_leaves_one_whole_set(tmp_path, monkeypatch
         return operation
 
     for name in operations:
-        monkeypatch.setattr(checkpoint.os, name, mortal(getattr(os, name)))
+        monkeypatch.setattr(checkpoint_sets.os, name, mortal(getattr(os, name)))
     monkeypatch.setattr(CheckpointSet, "_discard", lambda self: None)
     write_set(tmp_path / "count", 1)
     steps = count["n"]
@@ -82,7 +84,7 @@ def test_a_failed_write_keeps_the_old_set_and_says_so_in_one_line(tmp_path, monk
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
                            "data/0: file write failed")
 
-    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoint_sets.torch, "save", disk_full)
     with pytest.raises(CheckpointError, match=r"^cannot write checkpoint into .*: a write failed \(is the disk "
                                               r"full\?\); the checkpoints already there are kept$"):
         write_set(tmp_path, 2)

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastp2p.checkpoint_sets import CheckpointSet
 from fastp2p.engine import EngineConfig, prepare_model
-from fastp2p.checkpoint import CheckpointSet
 from fastp2p.errors import CheckpointError
 from fastp2p.models import create_model
 from fastp2p.networks import init_weights

@@ -8,13 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from fastp2p import train as train_cli
-from fastp2p.checkpoint import FolderLock, read_checkpoint
+from fastp2p.checkpoint import read_checkpoint
+from fastp2p.run_lock import FolderLock
 from tests.test_train_cli import aligned_root, unaligned_root  # noqa: F401 (fixtures used by name)
 from tests.test_train_cli import pix2pix_flags, small_net_flags, write_images
 
@@ -230,7 +230,7 @@ def test_a_second_stop_during_a_save_exits_in_one_line_and_keeps_the_old_set(tmp
                                                                              monkeypatch):
     """The second Ctrl-C or SIGTERM raises KeyboardInterrupt wherever the trainer is (request_stop): here inside
     a save, after the networks and before the training state are staged."""
-    from fastp2p.checkpoint import CheckpointSet
+    from fastp2p.checkpoint_sets import CheckpointSet
 
     flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0))
     assert train_cli.main(flags) == 0

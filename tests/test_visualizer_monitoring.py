@@ -12,9 +12,9 @@ from fastp2p import train as train_cli
 from fastp2p.options import parse_options
 from fastp2p.visualizer import CURVES_IMAGE, WANDB_RUN_ID, LossHistory, Visualizer
 from tests.test_metrics import TinyFeatures
+from tests.test_outputs import visuals
 from tests.test_train_cli import aligned_root, unaligned_root  # noqa: F401 (pytest fixtures)
 from tests.test_train_cli import assert_same_weights, cycle_gan_flags, pix2pix_flags
-from tests.test_outputs import visuals
 
 
 def test_loss_history_reads_appended_lines_and_a_resume_replaces_the_redone_tail(tmp_path):

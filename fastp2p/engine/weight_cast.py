@@ -2,9 +2,9 @@
 
 Autocast casts each conv weight and bias to bf16/fp16 with a kernel of its own, and each one's gradient back to
 fp32 with another: a sizeable share of an iteration's kernels at batch 1 (benchmarks/count_ops.py counts them),
-each a launch for a few kilobytes. Here a forward pre-hook swaps low-precision copies of all of a network's conv
-parameters into the modules for the call (as torch.func.functional_call does), and the backward casts their
-gradients back to the fp32 parameters with one torch._foreach_copy_. The copies are made
+each a launch for a few kilobytes. Here each conv becomes one that reads its weight and bias from the copies its
+network's forward pre-hook made for the call, all of them at once, and the backward casts their gradients back to
+the fp32 parameters with one torch._foreach_copy_. The copies are made
 - per forward (``--foreach_cast``): one multi-tensor cast at each call;
 - per optimizer step (``--step_cast``): kept between steps and rewritten by one multi-tensor copy right after each
   step of the optimizer that owns the weights (or by that step's own kernel under --adam_kernel triton), so a
@@ -16,9 +16,12 @@ bits. A network called several times in one step has its gradients summed in fp3
 autocast's per-step weight cache sums them in the low precision first. Checkpoints hold the fp32 weights.
 """
 
+import functools
+
 import torch
 from torch import nn
 
+from fastp2p.engine.layers import rebuilt_as
 from fastp2p.engine.path import LOW_PRECISION, Check, FastPath, Stage
 
 
@@ -80,45 +83,82 @@ def conv_parameter_slots(net):
             for name in ("weight", "bias") if getattr(module, name) is not None]
 
 
-def swap_in_while_autocast(net, device_type, slots, make_copies):
-    """Hooks on ``net`` that, while autocast is on for ``device_type``, put make_copies(dtype) (a copy per slot)
-    into the modules for the forward and the fp32 parameters back after it, also when it raises. An fp32 forward
-    (evaluation outside autocast) uses the fp32 weights as before."""
-    originals = [getattr(module, name) for module, name in slots]
+class CopiesInForward:
+    """The low-precision copies of one network's conv parameters while its forward runs under autocast."""
 
-    def swap_in(_net, _args):
-        if not torch.is_autocast_enabled(device_type):
-            return
-        copies = make_copies(torch.get_autocast_dtype(device_type), originals)
-        for (module, name), copy in zip(slots, copies):
-            module._parameters[name] = copy
+    def __init__(self):
+        self.current = None  # id(parameter) -> its copy, during a forward
 
-    def swap_back(_net, _args, _output):
-        for (module, name), parameter in zip(slots, originals):
-            module._parameters[name] = parameter
+    def of(self, parameter):
+        if self.current is None or parameter is None:
+            return parameter
+        return self.current.get(id(parameter), parameter)
 
-    net.register_forward_pre_hook(swap_in)
-    net.register_forward_hook(swap_back, always_call=True)
+
+class ReadsWeightCopies:
+    """What a converted conv adds to its class: ``weight`` and ``bias`` read their copy while its network's forward
+    runs under autocast (``copies_in_forward``), else the Parameter; the parameters, their keys and everything else of
+    the conv are its own."""
+
+    copies_in_forward = None
+
+    def _copy_or_parameter(self, name):
+        if name not in self._parameters:
+            raise AttributeError(name)  # not registered yet: nn.Module's own check while __init__ registers it
+        parameter = self._parameters[name]
+        return parameter if self.copies_in_forward is None else self.copies_in_forward.of(parameter)
+
+    weight = property(lambda self: self._copy_or_parameter("weight"))
+    bias = property(lambda self: self._copy_or_parameter("bias"))
+
+
+@functools.cache
+def reading_copies(cls):
+    """``cls`` (a conv class) with ReadsWeightCopies in front."""
+    return type(f"{cls.__name__}ReadingCopies", (ReadsWeightCopies, cls), {"__module__": __name__})
+
+
+def read_copies_while_autocast(net, device_type, make_copies):
+    """Make every conv of ``net`` read make_copies(dtype, parameters) (a copy per conv parameter, made by a forward
+    pre-hook on ``net``) while autocast is on for ``device_type``, and its Parameters otherwise (an fp32 forward, after
+    a forward, also one that raised). Returns the fp32 parameters, in the order the copies come."""
+    holder = CopiesInForward()
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)) and not isinstance(child, ReadsWeightCopies):
+                converted = rebuilt_as(child, reading_copies(type(child)))
+                converted.copies_in_forward = holder
+                setattr(parent, name, converted)
+    originals = [getattr(module, name) for module, name in conv_parameter_slots(net)]
+
+    def copies_in(_net, _args):
+        if torch.is_autocast_enabled(device_type):
+            copies = make_copies(torch.get_autocast_dtype(device_type), originals)
+            holder.current = {id(parameter): copy for parameter, copy in zip(originals, copies)}
+
+    def parameters_back(_net, _args, _output):
+        holder.current = None
+
+    net.register_forward_pre_hook(copies_in)
+    net.register_forward_hook(parameters_back, always_call=True)
+    return originals
 
 
 def cast_conv_parameters_per_forward(net, device_type):
     """``--foreach_cast`` on ``net`` (see the module doc); returns how many parameters it casts."""
-    slots = conv_parameter_slots(net)
-    swap_in_while_autocast(net, device_type, slots, lambda dtype, originals: CastParameters.apply(dtype, *originals))
-    return len(slots)
+    return len(read_copies_while_autocast(net, device_type, lambda dtype, originals: CastParameters.apply(
+        dtype, *originals)))
 
 
 class StepCopies:
     """``--step_cast`` on one network: its conv parameters' copies in ``dtype``, rewritten by ``refresh``."""
 
     def __init__(self, net, device_type, dtype):
-        slots = conv_parameter_slots(net)
         self.dtype = dtype
-        self.originals = [getattr(module, name) for module, name in slots]
+        self.originals = read_copies_while_autocast(net, device_type, self.for_forward)
         self.index = {id(p): i for i, p in enumerate(self.originals)}
         self.copies = [torch.empty_like(p, dtype=dtype) for p in self.originals]  # in each parameter's layout
         self.refresh()
-        swap_in_while_autocast(net, device_type, slots, self.for_forward)
 
     def for_forward(self, dtype, originals):
         if dtype != self.dtype:

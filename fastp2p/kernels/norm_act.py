@@ -1,12 +1,13 @@
-"""Launch plan and host side of the fused norm + activation, whose kernels are in norm_act_kernels.py: the tile,
-the one-launch or split choice and the chunking, from the tensor's shape and layout and the GPU's size; the
-buffers the kernels read and write; norm_act_forward and norm_act_backward, which launch them."""
+"""Launch plan and host side of the fused norm + activation, whose kernels are in norm_act_kernels.py (forward) and
+norm_act_backward_kernels.py: the tile, the one-launch or split choice and the chunking, from the tensor's shape and
+layout and the GPU's size; the buffers the kernels read and write; norm_act_forward and norm_act_backward, which
+launch them."""
 
 import torch
 
 from .launch import cdiv, grid, next_power_of_2, target_programs, tickets, tiling
-from .norm_act_kernels import (backward_apply_kernel, backward_group_kernel, backward_partial_kernel,
-                               forward_apply_kernel, forward_group_kernel, stats_partial_kernel)
+from .norm_act_backward_kernels import backward_apply_kernel, backward_group_kernel, backward_partial_kernel
+from .norm_act_kernels import forward_apply_kernel, forward_group_kernel, stats_partial_kernel
 from .pad import check_padding, memory_format_of
 
 # launch.tiling's bounds for a [BLOCK_HW, BLOCK_C] tile: when channels are inner, at least 64 of them and 16 rows

@@ -7,8 +7,8 @@ one optimizer, as does each discriminator pair. D sees fakes through an ImagePoo
 
 from fastp2p import networks
 from fastp2p.checkpoint import unwrap
-from fastp2p.models.base_model import BaseModel
 from fastp2p.flag_types import finite_non_negative_float
+from fastp2p.models.base_model import BaseModel
 
 
 class CycleGANModel(BaseModel):

@@ -8,7 +8,6 @@ from fastp2p.engine.passes import BATCH_PASSES
 from tests.engine.helpers import OFF, STEPS, assert_same_training, make_opt, prepared, train_steps
 
 
-
 def test_batched_discriminator_passes_train_like_separate_ones_with_instance_norm():
     """pix2pix batches D's fake and real passes when its norms are per sample (the default BatchNorm forbids it,
     CycleGAN's batching is covered by test_parity)."""

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from fastp2p import networks
-from fastp2p.engine.fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm, HandOffSequential,
-                                   drop_cancelled_conv_biases, fuse_network, run_layers)
+from fastp2p.engine.conv_fusion import (Conv2dBeforeInstanceNorm, ConvTranspose2dBeforeInstanceNorm,
+                                        drop_cancelled_conv_biases)
+from fastp2p.engine.fused_blocks import HandOffSequential, run_layers
+from fastp2p.engine.fusion import fuse_network
 from fastp2p.models.base_model import BaseModel
 from tests.engine.helpers import DEVICE, NETS, assert_close
-
-
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
@@ -105,7 +105,7 @@ def test_resnet_pads_and_skips_are_written_by_the_norms(use_dropout, monkeypatch
     and are written by it. Each block takes, instead of its first pad, the padded output that the norm before the
     block returns besides its plain output (the skip), and each block's last norm adds the skip. So one pad kernel
     runs per forward, on the input image."""
-    from fastp2p.engine.fusion import FusedResnetBlock
+    from fastp2p.engine.fused_blocks import FusedResnetBlock
     from fastp2p.kernels import FusedNormAct, pad
 
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def test_unet_skips_are_written_by_the_norms(monkeypatch):
     level applies to it, is written by the outer level's down norm and the level's own last norm: 5 levels, so
     one torch.cat runs per forward (the second level's) and two ReLUs (the outermost's, and the innermost's
     after its norm-less down conv)."""
-    from fastp2p.engine.fusion import FusedUnetSkipBlock
+    from fastp2p.engine.fused_blocks import FusedUnetSkipBlock
 
     torch.manual_seed(0)
     reference = networks.define_G(3, 3, 2, "unet_128", "batch", use_dropout=True).to(DEVICE)

@@ -17,7 +17,6 @@ from fastp2p.errors import OptionError
 from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, conv_forward
 from fastp2p.kernels.conv import ConvGeometry, Prologue, Statistics
 from tests.conftest import requires_cuda
-from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
 from tests.engine.helpers import (
     OFF,
     assert_same_training,
@@ -25,6 +24,7 @@ from tests.engine.helpers import (
     make_opt,
     train_steps,
 )
+from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
