@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fastp2p.data.image_folder import mixed_sizes_error
-from fastp2p.data.plan import FedLoader, ImageSizes
+from fastp2p.data.planned_loader import FedLoader, ImageSizes
 from fastp2p.errors import DatasetError
 
 

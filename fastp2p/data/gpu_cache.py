@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from fastp2p.data.image_folder import load_rgb
-from fastp2p.data.plan import PlannedLoader, ab_half, crop_box, crop_flip_normalize, resized_size
+from fastp2p.data.plan import ab_half, crop_box, crop_flip_normalize, resized_size
+from fastp2p.data.planned_loader import PlannedLoader
 from fastp2p.errors import DatasetError
 
 DEFAULT_BUDGET_FRACTION = 0.25

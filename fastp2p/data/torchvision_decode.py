@@ -14,7 +14,8 @@ mean |diff| about 0.2 grey levels, max 2-3). The crop and flip are exact.
 import torch
 
 from fastp2p.data.image_folder import sixteen_to_eight_bits
-from fastp2p.data.plan import FedLoader, crop_flip_normalize
+from fastp2p.data.plan import crop_flip_normalize
+from fastp2p.data.planned_loader import FedLoader
 
 
 def torchvision_available():

@@ -17,13 +17,8 @@ from fastp2p.errors import OptionError
 from fastp2p.kernels import ConvFunction, ConvNorm, FusedConv, conv_forward
 from fastp2p.kernels.conv import ConvGeometry, Prologue, Statistics
 from tests.conftest import requires_cuda
-from tests.engine.helpers import (
-    OFF,
-    assert_same_training,
-    full_fp32_convolutions,  # noqa: F401 (autouse: cuDNN references in true fp32)
-    make_opt,
-    train_steps,
-)
+from tests.engine.helpers import full_fp32_convolutions  # noqa: F401 (autouse: cuDNN references in true fp32)
+from tests.engine.helpers import make_opt
 from tests.kernels.utils import DEVICE, TOLERANCES, assert_close_verbose
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
@@ -181,36 +176,7 @@ def test_fused_conv_network_matches_reference(name, with_fused_norms):
     assert_close_verbose(fused.eval()(x), reference.eval()(x), 1e-4, 1e-4, "eval output")
 
 
-# CycleGAN on the CPU: its layers at small sizes that pass through them (16 x 16 images through the ResNet generators'
-# two downsamplings and six blocks at 4 x 4, and a 2-layer PatchGAN; 2 filters), without the identity passes (the same
-# generators again), in under a minute in Triton's interpreter (the full one takes minutes). Not smaller: at 12 x 12
-# the blocks' InstanceNorms over 3 x 3 planes amplify rounding until Adam's steps part after one iteration.
-CPU_CYCLE_GAN = ["--ngf", "2", "--ndf", "2", "--netD", "n_layers", "--n_layers_D", "2", "--lambda_identity", "0"]
-
-
-@pytest.mark.parametrize("model_name, flags, image_size", [
-    ("pix2pix", [], 32), ("cycle_gan", CPU_CYCLE_GAN, 16),
-    pytest.param("cycle_gan", [], 32, marks=requires_cuda),
-], ids=["pix2pix", "cycle_gan_small", "cycle_gan"])
-def test_fused_conv_trains_like_the_reference(model_name, flags, image_size):
-    """--fused_conv on: two training iterations (ResNet generators and PatchGANs, batch 1) give the reference path's
-    losses, and its weights within half an Adam step (lr 2e-4), with cuDNN in true fp32.
-
-    In CycleGAN's, about 1 % of some generator tensors' elements, whose gradient is at rounding level, can move by up
-    to 1.4 Adam steps more or less (seen at full size), as Adam turns the sign of rounding noise into a step;
-    there the weights must agree within 1e-5 but for at most 5 % of each tensor, and within 2.5 steps everywhere. A
-    wrong gradient moves most elements. (cuDNN in fp32: full_fp32_convolutions.)"""
-    reference = train_steps(model_name, OFF + flags, 2, batch_size=1, image_size=image_size)
-    run = train_steps(model_name, OFF + flags + ["--fused_conv", "on"], 2, batch_size=1, image_size=image_size)
-    if model_name == "pix2pix":
-        assert_same_training(run, reference, 1e-3, 1e-4, 1e-4)
-        return
-    assert_same_training(run, reference, 1e-3, 1e-4, 5e-4)
-    for net, weights in reference[1].items():
-        for key, expected in weights.items():
-            if key not in reference[2][net]:  # the biases InstanceNorm cancels (see assert_same_training)
-                moved = ((run[1][net][key] - expected).abs() > 1e-5).float().mean().item()
-                assert moved <= 0.05, f"{net}.{key}: {moved:.1%} of the elements differ by more than 1e-5"
+# Training with --fused_conv against the reference path, loss by loss: tests/engine/test_parity.py.
 
 
 def test_fused_conv_switch_auto_is_off_and_on_needs_triton_running(monkeypatch):
