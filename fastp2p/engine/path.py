@@ -28,12 +28,14 @@ class Stage(enum.IntEnum):
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """How far the self-check and the CPU parity tests let a path's training part from the reference path's: the
-    losses (relative, absolute) and every weight after the optimizer steps (absolute), set by the precision the path
-    computes in and measured by the CPU tests."""
+    losses (relative, absolute), each network's gradient (relative L2 error; its cosine at least 1 minus that) and
+    every weight after the optimizer steps (absolute), set by the precision the path computes in and measured by the
+    CPU tests."""
 
     loss_rtol: float
     loss_atol: float
     weight_atol: float
+    grad_rel_l2: float
     precision: str
 
     def limits(self):
@@ -42,10 +44,9 @@ class Tolerance:
 
 # fp32, the same math in another order (another conv algorithm, one batch for two): a weight may move by a quarter of
 # one Adam step (lr 2e-4) where its gradient is at rounding level
-REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, "fp32")
-FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, "fp32 (Triton kernels)")  # other kernels summing in other orders
-LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, "bf16/fp16")
-SAME_BITS = Tolerance(0.0, 0.0, 0.0, "bit for bit")
+REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, 1e-3, "fp32")
+FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "fp32 (Triton kernels)")  # other kernels summing in other orders
+LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, 1e-1, "bf16/fp16")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,186 @@
+"""Fast paths against the plain reference path on this device: the same training iterations of the configured model,
+from the same weights, batches and random state, compared loss by loss, gradient by gradient and weight by weight
+at each path's declared tolerance (engine.path.Tolerance). The doctor and the start-up self-check run these.
+
+The comparison runs without dropout and, but for the CUDA graph's own check, without CycleGAN's image pool: the fused
+kernels and the device-side pool draw their random numbers from other generators than the reference's, so with them
+no two paths would see the same masks or the same history. The graph's check compares a graph replayed over a full
+pool against the same paths run eagerly with that pool, with a learning-rate change and a smaller batch between
+replays.
+"""
+
+import dataclasses
+import math
+import random
+import time
+
+import torch
+
+from fastp2p.checkpoint import unwrap
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.engine.cuda_graph import WARMUP_STEPS, DeviceImagePool
+from fastp2p.engine.registry import BY_NAME
+from fastp2p.models import create_model
+from fastp2p.models.base_model import set_lr
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run of the check's iterations leaves: each iteration's losses, the last gradients and the weights."""
+
+    losses: list
+    gradients: dict  # network -> {parameter name: gradient}
+    weights: dict  # network -> {state_dict key: tensor}
+    seconds: list  # each iteration's time, the device synchronised
+    cancelled: set  # (network, key) of the conv biases an InstanceNorm right after them cancels
+
+
+@dataclasses.dataclass
+class Verdict:
+    ok: bool
+    why: str
+    worst: dict = dataclasses.field(default_factory=dict)  # the largest error of each kind found
+
+
+def synthetic_batches(opt, sizes, seed=1):
+    """Batches of random images of the run's crop size, one per entry of ``sizes`` (its batch size)."""
+    generator = torch.Generator().manual_seed(seed)
+    channels = {"A": opt.input_nc, "B": opt.output_nc}
+    return [{**{side: torch.rand(n, c, opt.crop_size, opt.crop_size, generator=generator) * 2 - 1
+                for side, c in channels.items()}, "A_paths": ["a"] * n, "B_paths": ["b"] * n} for n in sizes]
+
+
+def run(opt, config, device, schedule, device_pool=False, seed=0):
+    """Train a model of ``opt`` under ``config`` through ``schedule`` (a batch dict, or "lr" for a learning-rate change
+    as an epoch's end makes), from ``seed``. ``device_pool``: CycleGAN's pool draws on the device, as under graphs."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    runtime = runtime_for(config, device)
+    if device_pool:
+        runtime = dataclasses.replace(runtime, image_pool=DeviceImagePool)
+    model = create_model(opt, runtime)
+    model.setup(opt)
+    cancelled = {(name, key) for name, net in model.networks() for key in biases_cancelled_by_instance_norm(net)}
+    step = prepare_model(model, config)
+    losses, seconds = [], []
+    for item in schedule:
+        if item == "lr":
+            for optimizer in model.optimizers:
+                for group in optimizer.param_groups:
+                    set_lr(group, float(group["lr"]) * 0.5)
+            continue
+        synchronize(device)
+        start = time.perf_counter()
+        step(item)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        losses.append(model.get_current_losses())
+    gradients = {name: {key: p.grad.detach().float().cpu() for key, p in unwrap(net).named_parameters()
+                        if p.grad is not None} for name, net in model.networks()}
+    weights = {name: {key: t.detach().float().cpu() for key, t in unwrap(net).state_dict().items()}
+               for name, net in model.networks()}
+    return Run(losses, gradients, weights, seconds, cancelled)
+
+
+def biases_cancelled_by_instance_norm(net):
+    """Keys of the conv biases an InstanceNorm right after them cancels: their true gradient is 0, the reference's
+    rounding noise that Adam turns into steps of up to lr, and the fused kernels freeze them."""
+    return [f"{prefix}.{i}.bias".lstrip(".") for prefix, module in net.named_modules()
+            if isinstance(module, torch.nn.Sequential) for i in range(len(module) - 1)
+            if getattr(module[i], "bias", None) is not None and isinstance(module[i + 1], torch.nn.InstanceNorm2d)]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_options(opt):
+    """The options the check trains with: the run's networks and shapes, without dropout and image pool."""
+    return opt.replace(no_dropout=True, **({"pool_size": 0} if opt.isTrain else {}))
+
+
+def compare(fast, reference, tolerance):
+    """Verdict of ``fast`` against ``reference``: every loss of every iteration, each network's gradient (relative L2
+    error and cosine of all its parameters' gradients together) and every weight, but for the conv biases an
+    InstanceNorm cancels (rounding noise in the reference, frozen by the fused kernels)."""
+    frozen = reference.cancelled
+    worst = {"loss": 0.0, "gradient_rel_l2": 0.0, "gradient_cosine": 1.0, "weight": 0.0}
+    problems = []
+    for i, (losses, expected) in enumerate(zip(fast.losses, reference.losses)):
+        for name, value in expected.items():
+            error = abs(losses[name] - value)
+            if not math.isfinite(losses[name]) or error > tolerance.loss_atol + tolerance.loss_rtol * abs(value):
+                problems.append(f"loss {name} of iteration {i + 1}: {losses[name]:.6g} vs {value:.6g}")
+            worst["loss"] = max(worst["loss"], error)
+    for net, expected in reference.gradients.items():
+        keys = [key for key in expected if key in fast.gradients[net] and (net, key) not in frozen]
+        if not keys:
+            continue
+        ours = torch.cat([fast.gradients[net][key].flatten() for key in keys])
+        theirs = torch.cat([expected[key].flatten() for key in keys])
+        rel = float((ours - theirs).norm() / theirs.norm().clamp_min(1e-30))
+        cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
+        if not (rel <= tolerance.grad_rel_l2 and cosine >= 1 - tolerance.grad_rel_l2):
+            problems.append(f"gradients of {net}: relative L2 error {rel:.3g}, cosine {cosine:.6f} (tolerance "
+                            f"{tolerance.grad_rel_l2:g})")
+        worst["gradient_rel_l2"] = max(worst["gradient_rel_l2"], rel)
+        worst["gradient_cosine"] = min(worst["gradient_cosine"], cosine)
+    for net, expected in reference.weights.items():
+        for key, value in expected.items():
+            if (net, key) in frozen:
+                continue
+            error = float((fast.weights[net][key] - value).abs().max()) if value.numel() else 0.0
+            if not error <= tolerance.weight_atol:
+                problems.append(f"weight {net}.{key}: max |difference| {error:.3g} > {tolerance.weight_atol:g}")
+            worst["weight"] = max(worst["weight"], error)
+    if problems:
+        return Verdict(False, f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                       worst)
+    return Verdict(True, "within tolerance", worst)
+
+
+def schedule_for(opt, config, iterations=1):
+    """The iterations a check trains: ``iterations`` full batches, and under CUDA graphs enough of them for the
+    capture (after the warm-up) and several replays, with a learning-rate change and a smaller batch between them."""
+    if not config.cuda_graph:
+        return synthetic_batches(opt, [opt.batch_size] * iterations)
+    n, small = opt.batch_size, max(1, opt.batch_size - 1)
+    batches = synthetic_batches(opt, [n] * (WARMUP_STEPS + 2) + [small, n, n])
+    return batches[:WARMUP_STEPS + 2] + ["lr"] + batches[WARMUP_STEPS + 2:]
+
+
+def reference_config(config):
+    """The plain reference path, with the run's DDP."""
+    return type(config)(ddp=config.ddp)
+
+
+def tolerance_of(config):
+    """The loosest tolerance among the paths ``config`` turns on."""
+    tolerances = [BY_NAME[name].check.tolerance for name in config.on() if BY_NAME[name].check is not None]
+    return max(tolerances, key=lambda tolerance: tolerance.weight_atol, default=BY_NAME["channels_last"].check.tolerance)
+
+
+def check_training(opt, config, device):
+    """Verdict of ``config``'s paths against the reference path on the check's iterations, and the two runs."""
+    opt = check_options(opt)
+    schedule = schedule_for(opt, config)
+    reference = run(opt, reference_config(config), device, schedule)
+    fast = run(opt, config, device, schedule)
+    return compare(fast, reference, tolerance_of(config)), fast, reference
+
+
+def check_graph_with_pool(opt, config, device):
+    """CUDA graph replays against the same paths run eagerly, over a full image pool (CycleGAN's pool, of the
+    run's batch size, full after the first iteration) drawing on the device in both."""
+    pool = {"pool_size": opt.batch_size} if "pool_size" in opt.listed else {}
+    opt = opt.replace(no_dropout=True, **pool)
+    schedule = schedule_for(opt, config)
+    eager = run(opt, dataclasses.replace(config, cuda_graph=False), device, schedule, device_pool=True)
+    graphed = run(opt, config, device, schedule, device_pool=True)
+    return compare(graphed, eager, BY_NAME["cuda_graph"].check.tolerance)
+
+
+def resolved_with(opt, device, **flags):
+    """The EngineConfig of ``opt`` with ``flags`` (path name -> flag value) changed."""
+    return resolve_engine(opt.replace(**flags), device)
