@@ -4,6 +4,7 @@ Any ``nn.Module`` that maps uint8 NCHW images to feature vectors can stand in fo
 small one, as the Inception weights are a download).
 """
 
+import os
 import warnings
 from collections import OrderedDict
 
@@ -21,6 +22,20 @@ class MissingPackage(MetricError):
 def first_line(error):
     """An exception's message in one line, or its type's name when it has none."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_weights(path):
+    """Refuse an Inception weights file that is missing or that is no state dict (names to tensors) torch.load
+    reads as torch-fidelity loads it, in one line naming it: said before any scoring, not after, nor ignored."""
+    if not os.path.isfile(path):
+        raise MetricError(f"--inception_weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # an UnpicklingError, a truncated zip's RuntimeError, an EOFError, an OSError
+        raise MetricError(f"--inception_weights {path} is not a weights file torch.load reads "
+                          f"({first_line(error)})") from None
+    if not (isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values())):
+        raise MetricError(f"--inception_weights {path} holds no weights (a state dict of tensors)")
 
 
 class FeatureDistances:
@@ -45,7 +60,9 @@ class FeatureDistances:
             raise MissingPackage("FID and KID with the Inception network need torch-fidelity: "
                                  "pip install 'fastp2p[metrics]'") from None
         except Exception as error:  # the weights download: URLError, HTTPError, a hub RuntimeError, a bad file
-            raise MetricError(f"the Inception network's weights could not be loaded ({first_line(error)})") from None
+            source = "" if weights is None else f" from {weights}"
+            raise MetricError(f"the Inception network's weights could not be loaded{source} "
+                              f"({first_line(error)})") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # KID warns that it keeps every feature vector, which it must
             self.kid = KernelInceptionDistance(feature=self.fid.inception, reset_real_features=False,
