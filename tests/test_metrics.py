@@ -1,12 +1,14 @@
 """fastp2p.metrics: L1/PSNR/SSIM against independent numpy computations, FID/KID through torchmetrics with a small
 feature network (the Inception weights are a download), and ``python -m fastp2p.metrics`` on tiny folders."""
 
+import importlib
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import tomllib
 import urllib.error
 
 import numpy as np
@@ -164,7 +166,7 @@ def run_cli(*args):
 def test_the_command_scores_a_results_folder(tmp_path):
     write_results(tmp_path / "res" / "images", ["a", "b", "c"])
     result = run_cli(tmp_path / "res", "--no_fid")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # nor runpy's warning of a double import
     printed = dict(line.split() for line in result.stdout.splitlines())
     assert list(printed) == ["l1", "psnr", "ssim"]
     saved = json.loads((tmp_path / "res" / "metrics.json").read_text())
@@ -211,3 +213,10 @@ def test_results_folders_score_fid_and_kid_paired_or_against_a_real_folder(tmp_p
     assert list(values) == ["fid", "kid"] and values["fid"] > 0
     with pytest.raises(metrics.MetricError, match="--no_fid turns off"):
         metrics.score_folder(str(tmp_path / "res"), str(real_dir), None)
+
+
+def test_the_console_script_is_the_command():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fastp2p-metrics"]
+    module, name = target.split(":")
+    assert getattr(importlib.import_module(module), name) is metrics.main
