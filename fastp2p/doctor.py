@@ -47,14 +47,16 @@ def only(opt, flags):
 
 
 def alone(opt, device, name):
-    """The EngineConfig of path ``name`` alone (with the paths it needs), or the reason it cannot run here."""
+    """(EngineConfig of path ``name`` alone with the paths it needs, that of those it needs only: its baseline), or
+    (None, the reason it cannot run here)."""
     path = BY_NAME[name]
     if path.check is None:
         return None, "it has no check of its own"
     if device.type != "cuda" and not path.check.cpu:
         return None, "it needs a GPU"
     try:
-        return resolve_engine(only(opt, [*path.check.needs, *path.on_flags()]), device), None
+        return (resolve_engine(only(opt, [*path.check.needs, *path.on_flags()]), device),
+                resolve_engine(only(opt, list(path.check.needs)), device)), None
     except OptionError as error:
         return None, str(error).split(": ", 1)[-1]
 
@@ -83,24 +85,31 @@ def check_paths(opt, device, names, combined):
     """One result per path of ``names``, and one for their combination ``combined`` (the run's engine) when given:
     a path the combination passes with is ok; after a failed combination each path is checked alone."""
     results, together = [], None
-    if combined is not None and combined.on():
-        together = guarded(lambda: check_training(opt, combined, device)[0])
+    beside_amp = [name for name in combined.on() if name != "amp"] if combined is not None else []
+    if beside_amp:  # --amp itself (bf16 against fp32) is checked alone, below
+        together = guarded(lambda: check_training(opt, combined, device, reference_config(combined, True))[0])
         if together.ok and combined.cuda_graph:
             together = guarded(lambda: check_graph_with_pool(opt, combined, device))
-        results.append(result("+".join(combined.on()), together, tolerance=tolerance_of(combined)))
+        results.append(result(combination_name(combined), together, tolerance=tolerance_of(combined)))
     for name in names:
-        if together is not None and together.ok and name in combined.on():
+        if together is not None and together.ok and name in beside_amp:
             results.append(result(name, together, tolerance=BY_NAME[name].check.tolerance))
             continue
-        config, why = alone(opt, device, name)
-        if config is None:
+        configs, why = alone(opt, device, name)
+        if configs is None:
             results.append(result(name, why=why))
             continue
-        verdict = guarded(lambda: check_training(opt, config, device)[0])
+        config, baseline = configs
+        verdict = guarded(lambda: check_training(opt, config, device, baseline)[0])
         if verdict.ok and config.cuda_graph:
             verdict = guarded(lambda: check_graph_with_pool(opt, config, device))
         results.append(result(name, verdict, tolerance=BY_NAME[name].check.tolerance))
     return results
+
+
+def combination_name(config):
+    """The name of the check of ``config``'s paths together (against the plain path in its precision)."""
+    return "together: " + "+".join(name for name in config.on() if name != "amp")
 
 
 def milliseconds(opt, config, device, repeats):
@@ -116,7 +125,8 @@ def add_timings(opt, device, results, asked, repeats):
     rows = [{"name": "reference", "status": "-", "why": "", "ms_per_iteration": reference}]
     for entry in results:
         name = entry["name"]
-        config = asked if name == "+".join(asked.on()) else alone(opt, device, name)[0]
+        configs = alone(opt, device, name)[0] if name in BY_NAME else None
+        config = asked if name == combination_name(asked) else configs[0] if configs else None
         if entry["status"] == "ok" and config is not None:
             entry["ms_per_iteration"] = guarded_time(opt, config, device, repeats)
             if reference and entry["ms_per_iteration"]:

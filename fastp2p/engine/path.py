@@ -27,16 +27,19 @@ class Stage(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """How far the self-check and the CPU parity tests let a path's training part from the reference path's: the
-    losses (relative, absolute), each network's gradient (relative L2 error; its cosine at least 1 minus that) and
-    every weight after the optimizer steps (absolute), set by the precision the path computes in and measured by the
-    CPU tests."""
+    """How far the self-check and the CPU parity tests let a path's training part from the plain path's (in the
+    precision the path needs): the losses (relative, absolute), each network's gradient (relative L2 error of all its
+    parameters' gradients together) and every weight after the optimizer steps (absolute), set by the precision the
+    path computes in and measured by the CPU tests."""
 
     loss_rtol: float
     loss_atol: float
     weight_atol: float
     grad_rel_l2: float
     precision: str
+    weight_share: float = 0.01
+    """the share of a weight's elements that may part by more than weight_atol: where a gradient element is at
+    rounding level, Adam turns the sign of its rounding noise into a step of up to lr either way"""
 
     def limits(self):
         return self.loss_rtol, self.loss_atol, self.weight_atol
@@ -46,13 +49,17 @@ class Tolerance:
 # one Adam step (lr 2e-4) where its gradient is at rounding level
 REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, 1e-3, "fp32")
 FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "fp32 (Triton kernels)")  # other kernels summing in other orders
-LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, 1e-1, "bf16/fp16")
+# autocast's own values, cast or summed elsewhere (a network called twice sums its gradients in fp32): against the
+# plain autocast path of the same precision
+AUTOCAST_VALUES = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "autocast's bf16/fp16 values")
+# bf16/fp16 against fp32: one iteration's gradients part by up to 40 % in the CPU tests (CycleGAN's generators)
+LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, 6e-1, "bf16/fp16 against fp32")
 
 
 @dataclasses.dataclass(frozen=True)
 class Check:
     """What the self-check compares for a path, at which tolerance, and the engine flags the path needs besides its
-    own (a weight cast needs --amp): the check runs the path with them against the plain reference path."""
+    own (a weight cast needs --amp): the check runs the path with them against the plain path with them alone."""
 
     tolerance: Tolerance
     needs: tuple = ()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fastp2p.engine.layers import rebuilt_as
-from fastp2p.engine.path import LOW_PRECISION, Check, FastPath, Stage
+from fastp2p.engine.path import AUTOCAST_VALUES, Check, FastPath, Stage
 
 
 def keep_layouts(ctx, tensors):
@@ -224,11 +224,11 @@ FOREACH_CAST = FastPath(
          s.value("step_cast")),
     ) if blocked] if on else [],
     hooks={Stage.WEIGHT_COPIES: cast_per_forward}, bench_row="foreach_cast",
-    check=Check(LOW_PRECISION, needs=("--amp", "bf16")))
+    check=Check(AUTOCAST_VALUES, needs=("--amp", "bf16")))
 STEP_CAST = FastPath(
     "step_cast", "with --amp, keep low-precision copies of each network's conv weights that one multi-tensor copy "
                  "rewrites after each optimizer step, so no forward casts weights (checkpoints keep fp32); auto "
                  "prefers it to --foreach_cast",
     auto=lambda s: s.cuda, blockers=lambda s, on: [CAST_NEEDS] if on and not can_cast(s) else [],
     hooks={Stage.WEIGHT_COPIES: make_step_copies, Stage.OPTIMIZERS: refresh_step_copies_after_steps},
-    bench_row="step_cast", replaces=("foreach_cast",), check=Check(LOW_PRECISION, needs=("--amp", "bf16")))
+    bench_row="step_cast", replaces=("foreach_cast",), check=Check(AUTOCAST_VALUES, needs=("--amp", "bf16")))

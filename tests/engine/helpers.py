@@ -2,15 +2,16 @@
 from a seed, and comparisons that say where two runs part."""
 
 import dataclasses
-import random
+import math
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from fastp2p import networks
-from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p import parity
+from fastp2p.engine.path import Tolerance
 from fastp2p.engine.registry import PATHS
 from fastp2p.models import create_model
 from fastp2p.options import parse_options
@@ -70,48 +71,20 @@ def prepared(opt, **config_changes):
 
 
 def train_steps(model_name, flags, steps, batch_size=2, image_size=32, **config_changes):
-    """Per-step losses and final weights of a run from seed 0 on fixed random batches of image_size pixels a side;
-    ``config_changes`` replace fields of the EngineConfig the flags resolve to."""
-    torch.manual_seed(0)
-    random.seed(0)
-    model, train_step = prepared(make_opt(model_name, *flags, "--batch_size", str(batch_size)), **config_changes)
-    gen = torch.Generator().manual_seed(1)
-    history = []
-    for _ in range(steps):
-        batch = {"A": torch.rand(batch_size, 3, image_size, image_size, generator=gen) * 2 - 1,
-                 "B": torch.rand(batch_size, 3, image_size, image_size, generator=gen) * 2 - 1,
-                 "A_paths": ["a"] * batch_size, "B_paths": ["b"] * batch_size}
-        train_step(batch)
-        history.append(model.get_current_losses())
-    weights = {name: {k: v.detach().float().cpu() for k, v in unwrap(net).state_dict().items()}
-               for name, net in model.networks()}
-    ignored = {name: bias_before_instance_norm(net) for name, net in model.networks()}
-    return history, weights, ignored
-
-
-def bias_before_instance_norm(net):
-    """Conv biases that InstanceNorm cancels: their true gradient is 0, so Adam steps them by the sign of
-    rounding noise, differently in any two runs, without any effect on the outputs."""
-    names = []
-    for prefix, module in net.named_modules():
-        if isinstance(module, torch.nn.Sequential):
-            for i in range(len(module) - 1):
-                if getattr(module[i], "bias", None) is not None and isinstance(module[i + 1], torch.nn.InstanceNorm2d):
-                    names.append(f"{prefix}.{i}.bias".lstrip("."))
-    return names
+    """A parity.Run (each step's losses, the last gradients, the final weights) of ``steps`` steps from seed 0 on fixed
+    random batches of image_size pixels a side; ``config_changes`` replace fields of the EngineConfig the flags
+    resolve to."""
+    opt = make_opt(model_name, *flags, "--batch_size", str(batch_size))
+    config = dataclasses.replace(resolve_engine(opt, DEVICE), **config_changes)
+    return parity.run(opt, config, DEVICE, parity.synthetic_batches(opt, [batch_size] * steps, size=image_size))
 
 
 def assert_same_training(run, reference, loss_rtol, loss_atol, weight_atol):
-    (history, weights, _), (history_ref, weights_ref, ignored) = run, reference
-    for step, (losses, losses_ref) in enumerate(zip(history, history_ref)):
-        for name in losses_ref:
-            actual, expected = torch.tensor(losses[name]), torch.tensor(losses_ref[name])
-            assert_close(actual, expected, loss_rtol, loss_atol, f"step {step} loss {name}")
-    for net in weights_ref:
-        for key in weights_ref[net]:
-            if key in ignored[net]:
-                continue
-            assert_close(weights[net][key], weights_ref[net][key], 0, weight_atol, f"{net}.{key}")
+    """Every loss of every step within (rtol, atol), and every weight element within weight_atol, but for the conv
+    biases an InstanceNorm cancels (parity.compare, with no element allowed past weight_atol)."""
+    tolerance = Tolerance(loss_rtol, loss_atol, weight_atol, grad_rel_l2=math.inf, precision="test", weight_share=0)
+    verdict = parity.compare(run, reference, tolerance)
+    assert verdict.ok, verdict.why
 
 
 NO_POOL = ["--pool_size", "0"]

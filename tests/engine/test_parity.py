@@ -1,6 +1,6 @@
-"""Every fast path that runs on this device trains like the plain reference path, loss by loss and weight by weight,
-at the tolerance its declaration states (engine.registry): one path at a time, and the default fast path (the paths
-'auto' turns on for a GPU) all together. On the CPU the Triton paths run in Triton's interpreter."""
+"""Every fast path that runs on this device trains like the plain path, loss by loss and weight by weight, at the
+tolerance its declaration states (engine.registry): one path at a time, and the default fast path (the paths 'auto'
+turns on for a GPU) all together. On the CPU the Triton paths run in Triton's interpreter."""
 
 import pytest
 import torch
@@ -22,43 +22,54 @@ RUNNABLE = [path for path in PATHS if path.check is not None and (path.check.cpu
 CPU_SMALL = (["--ngf", "2", "--ndf", "2", "--netD", "n_layers", "--n_layers_D", "2", "--lambda_identity", "0"], 24)
 
 
-def flags_of(paths):
-    return [flag for path in paths for flag in (*path.check.needs, *path.on_flags())]
+def cases():
+    """(model, the flags of the paths checked, the baseline's flags, tolerance) of every path here alone (against the
+    plain path with the flags it needs: a weight cast against plain autocast), and of the default fast path (against
+    the plain path in its precision), where the model allows them (batched passes need per-sample norms, which
+    pix2pix's BatchNorm is not)."""
+    found = []
+    for model in ("pix2pix", "cycle_gan"):
+        for path in RUNNABLE:
+            needs, flags = list(path.check.needs), [*path.check.needs, *path.on_flags()]
+            if runs_here(model, flags):
+                found.append(pytest.param(model, flags, needs, path.check.tolerance, id=f"{model}-{path.name}"))
+        paths = [path for path in default_fast_path(model) if path.name != "amp"]
+        flags = ["--amp", "bf16"] + [flag for path in paths for flag in path.on_flags()]
+        loosest = max((path.check.tolerance for path in paths), key=lambda tolerance: tolerance.weight_atol)
+        found.append(pytest.param(model, flags, ["--amp", "bf16"], loosest, id=f"{model}-default_fast_path"))
+    return found
+
+
+def runs_here(model, flags):
+    try:
+        resolve_engine(make_opt(model, *OFF, *flags), DEVICE)
+        return True
+    except OptionError:
+        return False
 
 
 def default_fast_path(model):
     """The paths 'auto' turns on for ``model`` on a GPU (--amp bf16 avoids asking the device about bf16) that can
-    run here."""
+    run here, each where it can run beside the others."""
     on = resolve_engine(make_opt(model, "--amp", "bf16"), torch.device("cuda")).on()
-    return [path for path in RUNNABLE if path.name in on]
+    chosen = []
+    for path in RUNNABLE:
+        if path.name in on and runs_here(model, [flag for p in chosen + [path] for flag in p.on_flags()]):
+            chosen.append(path)
+    return chosen
 
 
-def cases():
-    """(model, case name, flags, tolerance) of every path here, and of the default fast path, where the model
-    allows it (batched passes need per-sample norms, which pix2pix's BatchNorm is not)."""
-    found = []
-    for model in ("pix2pix", "cycle_gan"):
-        for name, paths in [(path.name, [path]) for path in RUNNABLE] + [("default_fast_path",
-                                                                            default_fast_path(model))]:
-            try:
-                resolve_engine(make_opt(model, *OFF, *flags_of(paths)), DEVICE)
-            except OptionError:
-                continue
-            loosest = max((path.check.tolerance for path in paths), key=lambda tolerance: tolerance.weight_atol)
-            found.append(pytest.param(model, flags_of(paths), loosest, id=f"{model}-{name}"))
-    return found
-
-
-@pytest.mark.parametrize("model_name, flags, tolerance", cases())
-def test_fast_path_trains_like_the_reference(model_name, flags, tolerance, request):
+@pytest.mark.parametrize("model_name, flags, baseline, tolerance", cases())
+def test_fast_path_trains_like_the_reference(model_name, flags, baseline, tolerance, request):
     small = CPU and model_name == "cycle_gan" and ("--fused_kernels" in flags or "--fused_conv" in flags)
     dynamo_counters.clear()
     if small:
         extra, image_size = CPU_SMALL
-        reference = train_steps(model_name, OFF + extra, STEPS, image_size=image_size)
+        reference = train_steps(model_name, OFF + extra + baseline, STEPS, image_size=image_size)
         run = train_steps(model_name, OFF + extra + flags, STEPS, image_size=image_size)
     else:
-        reference = request.getfixturevalue("reference_runs")[model_name]
+        reference = (train_steps(model_name, OFF + baseline, STEPS) if baseline else
+                     request.getfixturevalue("reference_runs")[model_name])
         run = train_steps(model_name, OFF + flags, STEPS)
     if "--compile" in flags:  # TorchDynamo must really have captured the networks
         assert dynamo_counters["stats"]["unique_graphs"] > 0

@@ -66,6 +66,7 @@ def test_every_launch_grid_fits_cudas_limits_at_the_largest_promised_shapes(monk
         net = net.to(memory_format=torch.channels_last)
         x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     recorded = RecordedLaunches(monkeypatch)
+    monkeypatch.setattr(launch, "_TICKETS", {})  # the meta device's counters are not kept for later tests
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type: False)  # autocast knows no meta device
     monkeypatch.setattr(torch, "autocast", lambda device_type, enabled: contextlib.nullcontext())
     net.train()
