@@ -20,8 +20,8 @@ from fastp2p.engine.registry import BY_NAME, PATHS
 from fastp2p.environment import describe, environment
 from fastp2p.errors import OptionError, UserError
 from fastp2p.options import parse_options
-from fastp2p.parity import (check_graph_with_pool, check_options, check_training, reference_config, run,
-                            synthetic_batches, tolerance_of)
+from fastp2p.parity import (TOGETHER, alone, check_options, paths_beside_amp, reference_config, run, run_check,
+                            synthetic_batches)
 
 
 def add_doctor_flags(parser):
@@ -35,81 +35,19 @@ def add_doctor_flags(parser):
     group.add_argument("--repeats", type=int, default=5, help="timed iterations per row (the median is reported)")
 
 
-def only(opt, flags):
-    """``opt`` with every fast path off but for ``flags`` (CLI flags, e.g. ['--amp', 'bf16', '--foreach_cast', 'on'];
-    a flag without a value takes its const, as --compile alone does)."""
-    values = {path.name: path.off_flag for path in PATHS}
-    for i, flag in enumerate(flags):
-        if flag.startswith("--"):
-            given = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else None
-            values[flag[2:]] = given if given is not None else BY_NAME[flag[2:]].flag.get("const")
-    return opt.replace(reference=False, **values)
-
-
-def alone(opt, device, name):
-    """(EngineConfig of path ``name`` alone with the paths it needs, that of those it needs only: its baseline), or
-    (None, the reason it cannot run here)."""
-    path = BY_NAME[name]
-    if path.check is None:
-        return None, "it has no check of its own"
-    if device.type != "cuda" and not path.check.cpu:
-        return None, "it needs a GPU"
-    try:
-        return (resolve_engine(only(opt, [*path.check.needs, *path.on_flags()]), device),
-                resolve_engine(only(opt, list(path.check.needs)), device)), None
-    except OptionError as error:
-        return None, str(error).split(": ", 1)[-1]
-
-
-def result(name, verdict=None, why=None, tolerance=None):
-    entry = {"name": name, "status": "skipped" if verdict is None else ("ok" if verdict.ok else "failed"),
-             "why": why if verdict is None else verdict.why}
-    if verdict is not None:
-        entry["worst"] = verdict.worst
-    if tolerance is not None:
-        entry["tolerance"] = vars(tolerance)
-    return entry
-
-
-def guarded(check):
-    """The verdict of ``check()``, or a failed one with the first line of the error it raised."""
-    from fastp2p.parity import Verdict
-
-    try:
-        return check()
-    except Exception as error:  # a broken kernel may raise anything; the first line is what the user needs
-        return Verdict(False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-
-
 def check_paths(opt, device, names, combined):
     """One result per path of ``names``, and one for their combination ``combined`` (the run's engine) when given:
     a path the combination passes with is ok; after a failed combination each path is checked alone."""
     results, together = [], None
-    beside_amp = [name for name in combined.on() if name != "amp"] if combined is not None else []
-    if beside_amp:  # --amp itself (bf16 against fp32) is checked alone, below
-        together = guarded(lambda: check_training(opt, combined, device, reference_config(combined, True))[0])
-        if together.ok and combined.cuda_graph:
-            together = guarded(lambda: check_graph_with_pool(opt, combined, device))
-        results.append(result(combination_name(combined), together, tolerance=tolerance_of(combined)))
+    if combined is not None and paths_beside_amp(combined):
+        together = run_check(opt, device, TOGETHER, combined)
+        results.append(together)
     for name in names:
-        if together is not None and together.ok and name in beside_amp:
-            results.append(result(name, together, tolerance=BY_NAME[name].check.tolerance))
-            continue
-        configs, why = alone(opt, device, name)
-        if configs is None:
-            results.append(result(name, why=why))
-            continue
-        config, baseline = configs
-        verdict = guarded(lambda: check_training(opt, config, device, baseline)[0])
-        if verdict.ok and config.cuda_graph:
-            verdict = guarded(lambda: check_graph_with_pool(opt, config, device))
-        results.append(result(name, verdict, tolerance=BY_NAME[name].check.tolerance))
+        if together is not None and together["status"] == "ok" and name in paths_beside_amp(combined):
+            results.append({**together, "name": name, "why": "checked with the others: " + together["why"]})
+        else:
+            results.append(run_check(opt, device, name, combined))
     return results
-
-
-def combination_name(config):
-    """The name of the check of ``config``'s paths together (against the plain path in its precision)."""
-    return "together: " + "+".join(name for name in config.on() if name != "amp")
 
 
 def milliseconds(opt, config, device, repeats):
@@ -126,7 +64,7 @@ def add_timings(opt, device, results, asked, repeats):
     for entry in results:
         name = entry["name"]
         configs = alone(opt, device, name)[0] if name in BY_NAME else None
-        config = asked if name == combination_name(asked) else configs[0] if configs else None
+        config = asked if name == TOGETHER else configs[0] if configs else None
         if entry["status"] == "ok" and config is not None:
             entry["ms_per_iteration"] = guarded_time(opt, config, device, repeats)
             if reference and entry["ms_per_iteration"]:

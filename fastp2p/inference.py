@@ -110,10 +110,11 @@ class FastGenerator(nn.Module):
         return self.static_output.clone()
 
 
-def build_inference(opt, device):
-    """The model of ``opt`` with its checkpoint loaded, its generators on the engine ``opt`` asks for: (model,
-    EngineConfig). With --batch_size above 1 each BatchNorm normalizes each image alone (PerSampleBatchNorm)."""
-    config = resolve_engine(opt, device)
+def build_inference(opt, device, config=None):
+    """The model of ``opt`` with its checkpoint loaded, its generators on the engine ``opt`` asks for (or
+    ``config``): (model, EngineConfig). With --batch_size above 1 each BatchNorm normalizes each image alone
+    (PerSampleBatchNorm)."""
+    config = config or resolve_engine(opt, device)
     model = load_model(opt, runtime_for(config, device))
     prepare_model(model, config)
     for _, net in model.networks():

@@ -19,7 +19,8 @@ import torch
 from fastp2p.checkpoint import unwrap
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.engine.cuda_graph import WARMUP_STEPS, DeviceImagePool
-from fastp2p.engine.registry import BY_NAME
+from fastp2p.engine.registry import BY_NAME, PATHS
+from fastp2p.errors import OptionError
 from fastp2p.models import create_model
 from fastp2p.models.base_model import set_lr
 
@@ -97,8 +98,9 @@ def synchronize(device):
 
 
 def check_options(opt):
-    """The options the check trains with: the run's networks and shapes, without dropout and image pool."""
-    return opt.replace(no_dropout=True, **({"pool_size": 0} if opt.isTrain else {}))
+    """The options the check trains with: the run's networks and shapes, from fresh weights (no checkpoint is read),
+    without dropout and image pool."""
+    return opt.replace(no_dropout=True, pool_size=0, continue_train=False)
 
 
 def compare(fast, reference, tolerance):
@@ -180,14 +182,102 @@ def check_training(opt, config, device, baseline):
 def check_graph_with_pool(opt, config, device):
     """CUDA graph replays against the same paths run eagerly, over a full image pool (CycleGAN's pool, of the
     run's batch size, full after the first iteration) drawing on the device in both."""
-    pool = {"pool_size": opt.batch_size} if "pool_size" in opt.listed else {}
-    opt = opt.replace(no_dropout=True, **pool)
+    opt = check_options(opt).replace(pool_size=opt.batch_size)
     schedule = schedule_for(opt, config)
     eager = run(opt, dataclasses.replace(config, cuda_graph=False), device, schedule, device_pool=True)
     graphed = run(opt, config, device, schedule, device_pool=True)
     return compare(graphed, eager, BY_NAME["cuda_graph"].check.tolerance)
 
 
-def resolved_with(opt, device, **flags):
-    """The EngineConfig of ``opt`` with ``flags`` (path name -> flag value) changed."""
-    return resolve_engine(opt.replace(**flags), device)
+# -- the checks of the doctor and of the start-up self-check, each a result -----------------------------------------
+
+TOGETHER = "together"
+"""the check of the run's paths together (beside --amp, against the plain path in the run's precision)"""
+
+
+def only(opt, flags):
+    """``opt`` with every fast path off but for ``flags`` (CLI flags, e.g. ['--amp', 'bf16', '--foreach_cast', 'on'];
+    a flag without a value takes its const, as --compile alone does)."""
+    values = {path.name: path.off_flag for path in PATHS}
+    for i, flag in enumerate(flags):
+        if flag.startswith("--"):
+            given = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else None
+            values[flag[2:]] = given if given is not None else BY_NAME[flag[2:]].flag.get("const")
+    return opt.replace(reference=False, **values)
+
+
+def alone(opt, device, name):
+    """(EngineConfig of path ``name`` alone with the paths it needs, that of those it needs only: its baseline), or
+    (None, the reason it cannot run here)."""
+    path = BY_NAME[name]
+    if path.check is None:
+        return None, "it has no check of its own"
+    if device.type != "cuda" and not path.check.cpu:
+        return None, "it needs a GPU"
+    try:
+        return (resolve_engine(only(opt, [*path.check.needs, *path.on_flags()]), device),
+                resolve_engine(only(opt, list(path.check.needs)), device)), None
+    except OptionError as error:
+        return None, str(error).split(": ", 1)[-1]
+
+
+def result(name, verdict=None, why=None, tolerance=None):
+    entry = {"name": name, "status": "skipped" if verdict is None else ("ok" if verdict.ok else "failed"),
+             "why": why if verdict is None else verdict.why}
+    if verdict is not None:
+        entry["worst"] = verdict.worst
+    if tolerance is not None:
+        entry["tolerance"] = vars(tolerance)
+    return entry
+
+
+def guarded(check):
+    """The verdict of ``check()``, or a failed one with the first line of the error it raised."""
+    try:
+        return check()
+    except Exception as error:  # a broken kernel may raise anything; the first line is what the user needs
+        return Verdict(False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+
+def paths_beside_amp(config):
+    return [name for name in config.on() if name != "amp" and BY_NAME[name].check is not None]
+
+
+def check_inference(opt, config, device, baseline):
+    """Verdict of the generator's forward under ``config`` (fastp2p.test's engine) against ``baseline``'s, in eval
+    mode (dropout's masks come from other generators on each path), on a random batch of the run's shapes."""
+    from fastp2p.inference import build_inference
+
+    outputs = []
+    for engine in (baseline, config):
+        torch.manual_seed(0)
+        model, _ = build_inference(opt.replace(eval=True), device, config=engine)
+        x = torch.rand(opt.batch_size, opt.input_nc, opt.crop_size, opt.crop_size,
+                       generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with torch.no_grad():
+            outputs.append(model.generator()(x.to(device)).float().cpu())
+    reference, fast = outputs
+    tolerance = tolerance_of(config) if paths_beside_amp(config) else BY_NAME["amp"].check.tolerance
+    rel = float((fast - reference).norm() / reference.norm().clamp_min(1e-30))
+    ok = rel <= tolerance.grad_rel_l2
+    return Verdict(ok, "within tolerance" if ok else f"the generator's output: relative L2 error {rel:.3g} > "
+                                                     f"{tolerance.grad_rel_l2:g}", {"output_rel_l2": rel})
+
+
+def run_check(opt, device, name, asked):
+    """The result of check ``name``: TOGETHER (``asked``'s paths beside --amp) or one path alone, training (or, for
+    fastp2p.test's options, inference); a check that raises has failed with its first line."""
+    if name == TOGETHER:
+        config, baseline, why = asked, reference_config(asked, precision=True), None
+    else:
+        configs, why = alone(opt, device, name)
+        config, baseline = configs or (None, None)
+    if config is None:
+        return result(name, why=why)
+    tolerance = tolerance_of(config) if name == TOGETHER else BY_NAME[name].check.tolerance
+    if not opt.isTrain:
+        return result(name, guarded(lambda: check_inference(opt, config, device, baseline)), tolerance=tolerance)
+    verdict = guarded(lambda: check_training(opt, config, device, baseline)[0])
+    if verdict.ok and config.cuda_graph:
+        verdict = guarded(lambda: check_graph_with_pool(opt, config, device))
+    return result(name, verdict, tolerance=tolerance)

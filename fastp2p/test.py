@@ -20,9 +20,11 @@ import torch
 from fastp2p import distributed
 from fastp2p.data import create_dataset
 from fastp2p.data.builtin import builtin_dataroot
+from fastp2p.engine import resolve_engine
 from fastp2p.errors import UserError
 from fastp2p.inference import build_inference
 from fastp2p.options import parse_options, save_options
+from fastp2p.selfcheck import checked_config
 from fastp2p.visualizer import HTMLPage, save_visuals
 
 
@@ -56,6 +58,7 @@ each file has the bytes it has when written in turn"""
 
 def run(opt):
     device = distributed.init_device(opt.gpu_ids)
+    config = checked_config(opt, device, resolve_engine(opt, device))  # before anything is written
     if opt.dataroot is None:
         opt = opt.replace(dataroot=default_dataroot(opt))
         print(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
@@ -63,7 +66,7 @@ def run(opt):
     torch.manual_seed(opt.seed)
     save_options(opt)
     dataset = create_dataset(opt)  # no --data_loader: the reference's pixels, nothing decoded past --num_test
-    model, config = build_inference(opt, device)
+    model, config = build_inference(opt, device, config)
     print(config.describe())
     folder = results_folder(opt)
     page = HTMLPage(folder, f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.epoch}")

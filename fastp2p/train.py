@@ -27,6 +27,7 @@ from fastp2p.models import create_model
 from fastp2p.options import parse_options, save_options
 from fastp2p.resume import find_resume_point, restore_rng, resumed_options, rng_state, seed_everything
 from fastp2p.run_lock import FolderLock
+from fastp2p.selfcheck import checked_config
 from fastp2p.visualizer import Visualizer, require_wandb
 
 
@@ -47,13 +48,13 @@ class Trainer:
     def start(self, opt):
         require_wandb(opt)
         self.device = distributed.init_device(opt.gpu_ids)
+        self.engine = checked_config(opt, self.device, resolve_engine(opt, self.device))  # before anything is written
         if distributed.is_main_process():
             self.lock = FolderLock(self.folder).acquire()
             recovered = recover_folder(self.folder)
             if recovered:
                 print(f"{self.folder}: {recovered}")
         distributed.barrier()  # the other ranks read the checkpoints once rank 0 has recovered them
-        self.engine = resolve_engine(opt, self.device)
         if opt.dataroot is None:
             opt = opt.replace(dataroot=builtin_dataroot())
             distributed.print_main(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")

@@ -33,6 +33,15 @@ class EngineChoices:
         """The names of the paths that are on."""
         return [path.name for path in PATHS if getattr(self, path.name) not in (path.off, None)]
 
+    def as_flags(self):
+        """path name -> the flag value that resolves to this config's value (every path, the off ones too)."""
+        flags = {}
+        for path in PATHS:
+            value = getattr(self, path.name)
+            given = [flag for flag, meant in path.values.items() if meant == value and flag != "auto"]
+            flags[path.name] = given[0] if given else (path.off_flag if value in (path.off, None) else value)
+        return flags
+
 
 EngineConfig = dataclasses.make_dataclass(
     "EngineConfig", [(path.name, object, dataclasses.field(default=path.off)) for path in PATHS]

@@ -43,7 +43,7 @@ class GeneratorScorer:
                               "the Inception weights: pip install 'fastp2p[metrics]'")
         test_time = {"phase": self.phase, "load_size": opt.crop_size, "no_flip": True, "serial_batches": True}
         self.dataset = DATASET_MODES[opt.dataset_mode](opt.replace(**test_time))
-        self.generator = unwrap(getattr(model, "net" + model.model_names[0]))
+        self.generator = unwrap(model.generator())
         self.sides = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
         self.batch_size = 1 if opt.norm in ("batch", "syncbatch") else opt.batch_size
         self.device, self.memory_format, self.amp_dtype = model.device, model.runtime.memory_format, amp_dtype

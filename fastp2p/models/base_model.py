@@ -44,6 +44,11 @@ class BaseModel:
         """(name, net) for every network of this model, in the reference's order (G before D)."""
         return [(name, getattr(self, "net" + name)) for name in self.model_names]
 
+    def generator(self):
+        """The network that translates (the first of ``model_names``: pix2pix's G, CycleGAN's G_A, the test
+        model's G)."""
+        return getattr(self, "net" + self.model_names[0])
+
     def trained_parameters(self):
         """(name, parameters) of each optimizer of a training model, in the reference's order (G before D)."""
         raise NotImplementedError

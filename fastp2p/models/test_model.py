@@ -32,9 +32,6 @@ class TestModel(BaseModel):
                                       not opt.no_dropout).to(self.device)
         setattr(self, "netG" + opt.model_suffix, generator)
 
-    def generator(self):
-        return getattr(self, "net" + self.model_names[0])
-
     def set_input(self, data):
         self.real = data["A"].to(self.device, non_blocking=True)
         self.image_paths = data["A_paths"]

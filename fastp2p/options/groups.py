@@ -14,6 +14,7 @@ from fastp2p.data.datasets import DATASET_MODES
 from fastp2p.data.loader import WORKER_START_METHODS
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
+from fastp2p.engine.path import SWITCH
 from fastp2p.engine.registry import PATHS
 from fastp2p.flag_types import (adam_beta, finite_non_negative_float, finite_positive_float, non_negative_float,
                                 non_negative_int, positive_int)
@@ -208,7 +209,13 @@ def engine_field(path):
 EngineOptions = dataclasses.make_dataclass(
     "EngineOptions", [engine_field(path) for path in PATHS] + [
         ("reference", bool, switch("the plain reference path: every fast path off, whatever the switches above say",
-                                   section=ENGINE))],
+                                   section=ENGINE)),
+        ("selfcheck", str, flag("auto", "check the fast paths this run turns on against the reference path on this "
+                                        "device before it starts (in a separate process, its verdict cached): a path "
+                                        "'auto' chose that fails is turned off, one asked for with 'on' stops the run; "
+                                        "auto = on a GPU when no cached verdict fits", choices=SWITCH, section=ENGINE)),
+        ("selfcheck_timeout", float, flag(600.0, "seconds the self-check may take before a path it is checking counts "
+                                                 "as hung", type=finite_positive_float, section=ENGINE))],
     frozen=True)
 EngineOptions.__module__ = __name__  # pickled by name (spawned loader workers get the options)
 EngineOptions.__doc__ = "The fast paths as asked for (auto, on, off, ...): one field per path of engine.registry."
