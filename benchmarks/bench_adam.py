@@ -26,7 +26,8 @@ import torch
 
 from fastp2p import networks
 from fastp2p.engine.config import EngineConfig
-from fastp2p.engine.cuda_graph import capture_after_warmup
+from fastp2p.engine.cuda_graph import capture, on_side_stream
+from fastp2p.engine.optimizers import build_adam as build_adam_of
 from fastp2p.engine.weight_cast import StepCopies
 
 ADAM_BYTES_PER_PARAMETER = 28  # fp32: read p, grad, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq
@@ -64,18 +65,21 @@ def as_graph(device, fn):
     """``fn`` replayed as a CUDA graph on a GPU (after warm-up on a side stream), else ``fn`` itself."""
     if device.type != "cuda":
         return fn
-    graph, _ = capture_after_warmup(fn, device)
+    stream = torch.cuda.Stream(device)
+    for _ in range(3):  # lazily made state and kernel choices, away from the capture
+        on_side_stream(stream, fn)
+    graph, _ = capture(fn, stream)
     return graph.replay
 
 
 def build_adam(kernel, params, device):
-    """The trainer's Adam on ``device`` (EngineConfig.adam): torch's, fused and capturable with a device learning
+    """The trainer's Adam on ``device`` (engine.optimizers.build_adam): torch's, fused and capturable with a device learning
     rate on a GPU as the graphed step uses it, or the Triton kernel."""
     cuda = device.type == "cuda"
     if kernel == "triton" and not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton first compiles a kernel
-    config = EngineConfig(fused_adam=cuda, triton_adam=kernel == "triton", cuda_graph=cuda)
-    return config.adam(params, argparse.Namespace(lr=2e-4, beta1=0.5), device)
+    config = EngineConfig(fused_adam=cuda, adam_kernel=kernel, adam_moments=torch.float32, cuda_graph=cuda)
+    return build_adam_of(config, params, 2e-4, 0.5, device)
 
 
 def adam_row(model, nets, device, kernel, step_cast, args):

@@ -1,6 +1,6 @@
 """Inference throughput: fastp2p.test's path against the reference's, per batch size, on the same device and images.
 
-Each row builds the model through fastp2p.test's own code (parse_options -> load_model -> prepare_inference) from
+Each row builds the model through fastp2p.test's own code (parse_options -> build_inference) from
 one checkpoint of random weights (so no training run is needed) and times what fastp2p.test does per image after
 decoding: set_input (the host-to-device copy), model.test(), the visuals copied back and turned into the bytes a PNG
 gets (split_samples, tensor2im). Decoding (PIL) and PNG encoding are timed apart, once per image, as the host cost
@@ -34,7 +34,7 @@ from PIL import Image
 
 from fastp2p.data import create_dataset
 from fastp2p.data.builtin import builtin_dataroot
-from fastp2p.inference import load_model, prepare_inference
+from fastp2p.inference import build_inference
 from fastp2p.networks import define_G, init_weights
 from fastp2p.options import parse_options
 from fastp2p.test import split_samples
@@ -136,9 +136,8 @@ def host_cost(opt, batches):
 
 def bench_row(args, base_flags, row, batch_size):
     opt = parse_options(base_flags + ["--batch_size", str(batch_size)] + ROWS[row], is_train=False)
-    opt.device = args.device
-    model = load_model(opt)
-    engine = prepare_inference(model, opt).describe()
+    model, config = build_inference(opt, args.device)
+    engine = config.describe()
     batches = decoded_batches(opt, args.images)
     images = sum(len(data["B_paths"]) for data in batches)
     start = time.perf_counter()

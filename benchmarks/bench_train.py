@@ -40,6 +40,7 @@ what it measured. A row that fails (out of memory, a compile error) is recorded 
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import gc
 import io
@@ -60,8 +61,8 @@ import torch
 
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
-from fastp2p.engine import prepare_model, resolve_engine
-from fastp2p.engine.config import PER_SAMPLE_NORMS
+from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.engine.passes import PER_SAMPLE_NORMS
 from fastp2p.models import create_model
 from fastp2p.options import parse_options
 
@@ -217,15 +218,15 @@ def model_flags(args, model, batch_size, dataroot=None):
     return flags
 
 
-def build(argv, device, seed):
-    """A model exactly as the trainer builds it, from ``seed``, with its training step; set-up printout kept quiet."""
+def build(argv, device, seed, **config_changes):
+    """A model exactly as the trainer builds it, from ``seed``, with its training step; set-up printout kept quiet.
+    ``config_changes`` replace fields of the engine config the flags resolve to."""
     opt = parse_options(argv, is_train=True)
-    opt.device = device
     torch.manual_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()):
-        model = create_model(opt)
+        engine = dataclasses.replace(resolve_engine(opt, device), **config_changes)
+        model = create_model(opt, runtime_for(engine, device))
         model.setup(opt)
-        engine = resolve_engine(opt, device)
         step = prepare_model(model, engine)
     return opt, model, engine, step
 
@@ -247,8 +248,7 @@ def random_batches(opt, device, count=4):
 
 def run_steps(model, step, batches, count, start=0):
     for i in range(start, start + count):
-        model.set_input(batches[i % len(batches)])
-        step()
+        step(batches[i % len(batches)])
 
 
 def warmup_count(args, opt):
@@ -310,8 +310,7 @@ def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
 
     stream = forever()
     for _ in range(warmup_count(args, opt) + 3):
-        model.set_input(next(stream))
-        step()
+        step(next(stream))
     iters = max(5, args.iters or 0, round(model_it_per_s * args.repeat_seconds * 2))
     wait = 0.0
     sync(args.device)
@@ -320,8 +319,7 @@ def measure_loader(args, model_name, batch_size, row_name, model_it_per_s):
         before = time.perf_counter()
         data = next(stream)
         wait += time.perf_counter() - before
-        model.set_input(data)
-        step()
+        step(data)
     sync(args.device)
     total = time.perf_counter() - t0
     losses = model.get_current_losses()

@@ -2,6 +2,8 @@
 It installs this tree in place (no download; torch and Triton are the machine's), then measures, most important
 first:
 
+0. doctor: python -m fastp2p.doctor --all --json on pix2pix and CycleGAN at 256x256 batch 1, so the first GPU
+   that runs this says which fast paths work there (and what each buys), whatever happens after;
 1. cuda_tests: the CUDA tests of the engine, the kernels and inference (paths that have not run on a GPU yet);
 2. goals: the reference row and the fast path's rows (+cuda_graph with cuDNN's default 10 algorithms, then
    +cudnn_search_all, the default, then +two_streams for CycleGAN, +overlap_optimizer and +triton_adam) of the
@@ -44,7 +46,7 @@ GOAL_CONFIGS = {"pix2pix": ("1", "16"), "cycle_gan": ("1", "4")}
 # the CUDA tests in two runs, the paths that have never run on a GPU first (the engine's streams, graphs and step
 # copies, the Triton convs and Adam, inference, and torchvision's decode, absent from the CPU's CI), then the kernels
 # measured on one before; the sm_90 compile checks ("compiled") are left to the CPU's CI
-CUDA_TESTS = (["tests/test_engine.py", "tests/kernels/test_conv.py", "tests/kernels/test_adam.py",
+CUDA_TESTS = (["tests/engine", "tests/kernels/test_conv.py", "tests/kernels/test_adam.py",
                "tests/test_inference.py",
                "tests/test_dali_loader.py::test_torchvision_decode_of_16_bit_pngs_matches_the_torch_path"],
               ["tests/kernels", "--deselect", "tests/kernels/test_conv.py", "--deselect", "tests/kernels/test_adam.py"])
@@ -57,7 +59,11 @@ def stages(args):
                                                                            "bench_adam.py", "bench_kernels.py"))
     if args.dry_run:
         small = ["--device", "cpu", "--small", "--iters", "1", "--repeats", "1", "--warmup", "1", "--no_loader"]
+        tiny = ["--gpu_ids", "-1", "--netG", "unet_128", "--load_size", "128", "--crop_size", "128", "--ngf", "4",
+                "--ndf", "4", "--no_timing", "--paths", "fused_adam"]
         return [
+            ("doctor", 120, [[python, "-m", "fastp2p.doctor", "--model", "pix2pix", *tiny, "--json",
+                              os.path.join(out, "doctor_pix2pix.json")]]),
             ("cuda_tests", 120, [[python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests,
                                   "-k", "not compiled"] for tests in CUDA_TESTS]),
             ("goals", 120, [[python, bench, *small, "--models", "pix2pix", "--batch_sizes", "1", "--rows",
@@ -81,16 +87,19 @@ def stages(args):
     return [
         # a lent machine has torch, Triton and pytest but not this package: installed in place, nothing downloaded
         ("install", 30, [[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ROOT]]),
-        ("cuda_tests", 170, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
+        ("doctor", 100, [[python, "-m", "fastp2p.doctor", "--model", model, "--batch_size", "1", "--all",
+                          "--repeats", "3", "--json", os.path.join(out, f"doctor_{model}.json")]
+                         for model in GOAL_CONFIGS]),
+        ("cuda_tests", 140, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
                               "--durations", "15", *tests, "-k", "not compiled"] for tests in CUDA_TESTS]),
-        ("goals", 150, goals),
-        ("profile", 60, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
+        ("goals", 110, goals),
+        ("profile", 50, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
                           os.path.join(out, "profile")]]),
-        ("adam", 40, [[python, adam, "--out", os.path.join(out, "adam")]]),
+        ("adam", 30, [[python, adam, "--out", os.path.join(out, "adam")]]),
         # the layer rows print as they finish, so a stage stopped at its limit still leaves its first rows in the log
         ("norms_bs1", 20, [[python, kernels, "--ops", "norms", "--models", "resnet_9blocks", "--batches", "1",
                             "--dtypes", "bfloat16", "--graph", "--out", os.path.join(out, "norms_bs1")]]),
-        ("rival", 40, rival),
+        ("rival", 30, rival),
     ]
 
 

@@ -55,6 +55,11 @@ def test_every_gpu_row_asks_for_a_combination_the_engine_accepts():
         for row in set(bench_train.GPU_CHAIN) - bench_train.inapplicable(args, model):
             argv = bench_train.model_flags(args, model, 1) + bench_train.model_row_flags(args, model, row)
             config = resolve_engine(parse_options(argv, is_train=True), cuda)
-            assert getattr(config, "amp_dtype" if row == "amp" else row), (model, row)
+            assert on(config, row), (model, row)
             replaced = [earlier for earlier, later in bench_train.LEFT_OFF_BY.items() if later == row]
-            assert not any(getattr(config, earlier) for earlier in replaced), (model, row)
+            assert not any(on(config, earlier) for earlier in replaced), (model, row)
+
+
+def on(config, row):
+    """Whether the technique of a benchmark row is on in ``config`` (the Triton Adam row is --adam_kernel triton)."""
+    return config.adam_kernel == "triton" if row == "triton_adam" else getattr(config, row) not in (False, None)

@@ -20,7 +20,7 @@ def test_small_count_writes_rows_and_the_fast_path_launches_fewer(tmp_path):
     assert [row["row"] for row in data["rows"]] == ["reference", "+fused_kernels", "+batch_passes"]
     assert reference["triton"] == 0
     assert reference["counts"]["convolution"] == reference["counts"]["convolution_backward"]
-    assert fused["counts"]["triton:_forward_apply_kernel"] > 0 and "native_batch_norm" not in fused["counts"]
+    assert fused["counts"]["triton:forward_apply_kernel"] > 0 and "native_batch_norm" not in fused["counts"]
     assert reference["total"] > fused["total"] > batched["total"]
     assert batched["counts"]["convolution"] < fused["counts"]["convolution"]  # batched passes: fewer conv calls
     assert result.with_suffix(".md").exists()

@@ -21,9 +21,12 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = (out / "summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["cuda_tests", "goals", "profile", "adam", "norms_bs1"]
+    assert [line.split(":")[0] for line in summary] == ["doctor", "cuda_tests", "goals", "profile", "adam",
+                                                          "norms_bs1"]
     assert all(re.search(r": \[0(, 0)*\] after", line) for line in summary), summary  # each command's exit code
     assert "tests collected" in (out / "cuda_tests.log").read_text()
+    doctor = json.loads((out / "doctor_pix2pix.json").read_text())
+    assert doctor["environment"]["torch"] and doctor["paths"] and doctor["passed"], doctor  # environment, paths, verdict
     (goals,) = (out / "goals").glob("train_cpu_*.json")
     assert [row["row"] for row in json.loads(goals.read_text())["rows"]] == ["reference", "+step_cast"]
     assert json.loads((out / "profile" / "profile_categories.json").read_text())[0]["model"] == "pix2pix"

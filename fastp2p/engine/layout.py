@@ -18,6 +18,7 @@ CPU_INSTANCE_NORM = ("on the CPU, torch's InstanceNorm2d backward gives wrong gr
                      "single images (CycleGAN's batch 1); use --channels_last off, or a GPU")
 CHANNELS_LAST = FastPath(
     "channels_last", HELP, auto=lambda s: s.cuda, inference_help=HELP, hooks={Stage.MEMORY_FORMAT: convert},
-    blockers=lambda s, on: [CPU_INSTANCE_NORM] if on and not s.cuda and s.norm == "instance" else [],
+    blockers=lambda s, on: [CPU_INSTANCE_NORM] if on and s.training and not s.cuda and s.norm == "instance"
+    else [],
     runtime=lambda choices, config: choices.update(memory_format=torch.channels_last),
     bench_row="channels_last", check=Check(REORDERED_FP32))

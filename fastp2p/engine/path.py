@@ -29,8 +29,8 @@ class Stage(enum.IntEnum):
 class Tolerance:
     """How far the self-check and the CPU parity tests let a path's training part from the plain path's (in the
     precision the path needs): the losses (relative, absolute), each network's gradient (relative L2 error of all its
-    parameters' gradients together) and every weight after the optimizer steps (absolute), set by the precision the
-    path computes in and measured by the CPU tests."""
+    parameters' gradients together) and every weight after the optimizer steps (absolute, plus loss_rtol of its
+    value), set by the precision the path computes in and measured by the CPU tests."""
 
     loss_rtol: float
     loss_atol: float
@@ -46,12 +46,15 @@ class Tolerance:
 
 
 # fp32, the same math in another order (another conv algorithm, one batch for two): a weight may move by a quarter of
-# one Adam step (lr 2e-4) where its gradient is at rounding level
-REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, 1e-3, "fp32")
+# one Adam step (lr 2e-4) where its gradient is at rounding level; InstanceNorms over small planes amplify the
+# reordering in the gradients to a few 1e-3
+REORDERED_FP32 = Tolerance(1e-4, 1e-5, 5e-5, 1e-2, "fp32")
 FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "fp32 (Triton kernels)")  # other kernels summing in other orders
-# autocast's own values, cast or summed elsewhere (a network called twice sums its gradients in fp32): against the
-# plain autocast path of the same precision
-AUTOCAST_VALUES = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "autocast's bf16/fp16 values")
+# autocast's own values, cast, summed or ordered elsewhere (a network called twice sums its gradients in fp32, a
+# channels-last conv sums in another order before its bf16 rounding): against the plain autocast path of the same
+# precision. Each iteration's bf16 rounding of the parted weights parts the next losses further: about 1 % after
+# four iterations in the CPU tests, and more weight elements' gradients are at bf16's rounding level
+AUTOCAST_VALUES = Tolerance(3e-2, 1e-3, 1e-3, 5e-2, "autocast's bf16/fp16 values", weight_share=0.05)
 # bf16/fp16 against fp32: one iteration's gradients part by up to 40 % in the CPU tests (CycleGAN's generators)
 LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, 6e-1, "bf16/fp16 against fp32")
 
@@ -81,6 +84,7 @@ class Situation:
     ddp: bool
     model: str
     norm: str
+    training: bool  # fastp2p.train (fastp2p.test runs no backward)
     asked: Callable[[str], Any]
     value: Callable[[str], Any]
 
