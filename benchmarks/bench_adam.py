@@ -26,7 +26,7 @@ import torch
 
 from fastp2p import networks
 from fastp2p.engine.config import EngineConfig
-from fastp2p.engine.cuda_graph import capture, on_side_stream
+from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.engine.optimizers import build_adam as build_adam_of
 from fastp2p.engine.weight_cast import StepCopies
 
@@ -65,16 +65,13 @@ def as_graph(device, fn):
     """``fn`` replayed as a CUDA graph on a GPU (after warm-up on a side stream), else ``fn`` itself."""
     if device.type != "cuda":
         return fn
-    stream = torch.cuda.Stream(device)
-    for _ in range(3):  # lazily made state and kernel choices, away from the capture
-        on_side_stream(stream, fn)
-    graph, _ = capture(fn, stream)
+    graph, _ = capture_after_warmup(fn, torch.cuda.Stream(device))
     return graph.replay
 
 
 def build_adam(kernel, params, device):
-    """The trainer's Adam on ``device`` (engine.optimizers.build_adam): torch's, fused and capturable with a device learning
-    rate on a GPU as the graphed step uses it, or the Triton kernel."""
+    """The trainer's Adam on ``device`` (engine.optimizers.build_adam): torch's, fused and capturable with a device
+    learning rate on a GPU as the graphed step uses it, or the Triton kernel."""
     cuda = device.type == "cuda"
     if kernel == "triton" and not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton first compiles a kernel

@@ -28,7 +28,7 @@ from fastp2p import distributed
 from fastp2p.data import load_rgb
 from fastp2p.data.transforms import get_params, transform_image
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
-from fastp2p.engine.cuda_graph import WARMUP_STEPS, capture, on_side_stream
+from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, read_train_options
@@ -91,10 +91,8 @@ class FastGenerator(nn.Module):
 
     def capture(self, x):
         self.static_input = x.clone()
-        stream = torch.cuda.Stream(self.device)
-        for _ in range(WARMUP_STEPS):
-            on_side_stream(stream, lambda: self.run(self.static_input))
-        self.graph, self.static_output = capture(lambda: self.run(self.static_input), stream)
+        self.graph, self.static_output = capture_after_warmup(lambda: self.run(self.static_input),
+                                                              torch.cuda.Stream(self.device))
 
     def forward(self, x):
         x = x.to(self.device).contiguous(memory_format=self.memory_format)

@@ -135,12 +135,12 @@ def compare(fast, reference, tolerance):
             if (net, key) in frozen or not value.numel():
                 continue
             error = (fast.weights[net][key] - value).abs()
-            # relative too: BatchNorm's running statistics are averages of the batches' values, not Adam's steps
-            allowed = tolerance.weight_atol + tolerance.loss_rtol * value.abs()
+            allowed = tolerance.weight_atol + tolerance.weight_rtol * value.abs()
             share = float((~(error <= allowed)).float().mean())  # NaN counts as beyond
             if share > tolerance.weight_share:
                 problems.append(f"weight {net}.{key}: {share:.1%} of its elements part by more than "
-                                f"{tolerance.weight_atol:g} + {tolerance.loss_rtol:g} x |value| (at most {tolerance.weight_share:.0%} may)")
+                                f"{tolerance.weight_atol:g} + {tolerance.weight_rtol:g} x |value| (at most "
+                                f"{tolerance.weight_share:.0%} may)")
             worst["weight"] = max(worst["weight"], float(error.max()))
     if problems:
         return Verdict(False, f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,15 +71,17 @@ def run_checks(opt, config, device, names):
             if os.path.exists(report):
                 os.remove(report)
             command = [sys.executable, "-m", "fastp2p.selfcheck", options, report, ",".join(todo)]
+            process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
             try:
-                finished = subprocess.run(command, env=env, timeout=opt.selfcheck_timeout, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                how = None if finished.returncode == 0 else (
-                    f"its check process died ({describe_exit(finished.returncode)}"
-                    f"{': ' + last_line(finished.stderr) if last_line(finished.stderr) else ''})")
-            except subprocess.TimeoutExpired as error:
+                _, stderr = process.communicate(timeout=opt.selfcheck_timeout)
+                how = None if process.returncode == 0 else (
+                    f"its check process died ({describe_exit(process.returncode)}"
+                    f"{': ' + last_line(stderr) if last_line(stderr) else ''})")
+            except subprocess.TimeoutExpired:
                 how = f"it did not finish within --selfcheck_timeout {opt.selfcheck_timeout:g} s"
-                kill_group(error)
+                os.killpg(process.pid, signal.SIGKILL)  # the check process and whatever it started
+                process.communicate()
             progress = read_report(report)
             done.update(progress["results"])
             started = progress.get("started")
@@ -91,13 +94,6 @@ def run_checks(opt, config, device, names):
             if TOGETHER in done and done[TOGETHER]["status"] == "failed":  # name the culprits
                 todo += [name for name in paths_beside_amp(config) if name not in done and name not in todo]
     return done
-
-
-def kill_group(error):
-    """End a hung check process and whatever it started (it ran in a session of its own)."""
-    process = getattr(error, "process", None)
-    if process is not None:
-        os.killpg(process.pid, 9)
 
 
 def describe_exit(code):
@@ -129,10 +125,13 @@ def verdicts(opt, config, device):
     together = done.get(TOGETHER)
     found = {name: done[name] if name in done else together for name in config.on() if BY_NAME[name].check}
     found = {name: entry for name, entry in found.items() if entry is not None}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(found, f)
-    os.replace(path + ".tmp", path)
+    try:  # a cache that cannot be written costs the next run a check, nothing more
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(found, f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
     return found, False
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -29,8 +30,13 @@ if mode:
             raise RuntimeError("injected: the kernel failed")
         if mode == "crash":
             os.kill(os.getpid(), 11)
-        if mode == "hang":
+        if mode == "hang":  # with a child of its own, which the check's time limit must end too
+            import subprocess
+            import sys
             import time
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+            with open(os.environ["FASTP2P_TEST_CHILD"], "w") as f:
+                f.write(str(child.pid))
             time.sleep(3600)
         y, y_padded, mean, rstd = original(*args, **kwargs)
         return (None if y is None else y * 1.5), (None if y_padded is None else y_padded * 1.5), mean, rstd
@@ -49,6 +55,7 @@ def check_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), root, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("FASTP2P_TEST_CHILD", str(tmp_path / "child.pid"))
     return lambda mode: monkeypatch.setenv("FASTP2P_TEST_BREAK", mode)
 
 
@@ -84,6 +91,23 @@ def test_a_broken_path_auto_chose_is_turned_off_and_the_run_trains_without_it(tm
     assert train_cli.main(flags(tmp_path, aligned_root, "off", "--fused_kernels", "off", "--selfcheck", "off")) == 0
     checkpoints = tmp_path / "checkpoints"
     assert hashes(checkpoints / "checked") == hashes(checkpoints / "off")
+    if mode == "hang":
+        assert not alive(int((tmp_path / "child.pid").read_text()))
+
+
+def alive(pid, seconds=5.0):
+    """Whether process ``pid`` is still running (not gone, not a zombie) after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.1)
+    os.kill(pid, 9)  # leave nothing behind, whatever the verdict
+    return True
 
 
 @pytest.mark.slow

@@ -92,6 +92,13 @@ def on_side_stream(stream, fn):
     return output
 
 
+def capture_after_warmup(fn, stream, warmups=WARMUP_STEPS):
+    """fn() run ``warmups`` times on ``stream``, then captured there: (graph, what fn returned)."""
+    for _ in range(warmups):
+        on_side_stream(stream, fn)
+    return capture(fn, stream)
+
+
 def capture(fn, stream):
     """fn() recorded as a CUDA graph on ``stream`` (the one its warm-up ran on): (graph, what fn returned, which
     each replay rewrites). Training and inference capture through here."""

@@ -29,8 +29,8 @@ class Stage(enum.IntEnum):
 class Tolerance:
     """How far the self-check and the CPU parity tests let a path's training part from the plain path's (in the
     precision the path needs): the losses (relative, absolute), each network's gradient (relative L2 error of all its
-    parameters' gradients together) and every weight after the optimizer steps (absolute, plus loss_rtol of its
-    value), set by the precision the path computes in and measured by the CPU tests."""
+    parameters' gradients together) and every weight after the optimizer steps (absolute, plus weight_rtol of
+    its value), set by the precision the path computes in and measured by the CPU tests."""
 
     loss_rtol: float
     loss_atol: float
@@ -40,6 +40,9 @@ class Tolerance:
     weight_share: float = 0.01
     """the share of a weight's elements that may part by more than weight_atol: where a gradient element is at
     rounding level, Adam turns the sign of its rounding noise into a step of up to lr either way"""
+    weight_rtol: float = 0.0
+    """a part of the weight bound relative to the value: BatchNorm's running statistics are averages of the
+    batches' values, not sums of Adam's bounded steps"""
 
     def limits(self):
         return self.loss_rtol, self.loss_atol, self.weight_atol
@@ -54,7 +57,8 @@ FP32_KERNELS = Tolerance(1e-3, 1e-4, 1e-4, 1e-2, "fp32 (Triton kernels)")  # oth
 # channels-last conv sums in another order before its bf16 rounding): against the plain autocast path of the same
 # precision. Each iteration's bf16 rounding of the parted weights parts the next losses further: about 1 % after
 # four iterations in the CPU tests, and more weight elements' gradients are at bf16's rounding level
-AUTOCAST_VALUES = Tolerance(3e-2, 1e-3, 1e-3, 5e-2, "autocast's bf16/fp16 values", weight_share=0.05)
+AUTOCAST_VALUES = Tolerance(3e-2, 1e-3, 1e-3, 5e-2, "autocast's bf16/fp16 values", weight_share=0.05,
+                            weight_rtol=3e-2)
 # bf16/fp16 against fp32: one iteration's gradients part by up to 40 % in the CPU tests (CycleGAN's generators)
 LOW_PRECISION = Tolerance(5e-2, 5e-2, 5e-3, 6e-1, "bf16/fp16 against fp32")
 

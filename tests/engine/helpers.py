@@ -79,11 +79,12 @@ def train_steps(model_name, flags, steps, batch_size=2, image_size=32, **config_
     return parity.run(opt, config, DEVICE, parity.synthetic_batches(opt, [batch_size] * steps, size=image_size))
 
 
-def assert_same_training(run, reference, loss_rtol, loss_atol, weight_atol, weight_share=0):
-    """Every loss of every step within (rtol, atol), and every weight element within weight_atol, but for the conv
-    biases an InstanceNorm cancels and a share ``weight_share`` of each weight's elements (parity.compare)."""
+def assert_same_training(run, reference, loss_rtol, loss_atol, weight_atol, weight_share=0, weight_rtol=0):
+    """Every loss of every step within (rtol, atol), and every weight element within weight_atol (+ weight_rtol of
+    its value), but for the conv biases an InstanceNorm cancels and a share ``weight_share`` of each weight's
+    elements (parity.compare)."""
     tolerance = Tolerance(loss_rtol, loss_atol, weight_atol, grad_rel_l2=math.inf, precision="test",
-                          weight_share=weight_share)
+                          weight_share=weight_share, weight_rtol=weight_rtol)
     verdict = parity.compare(run, reference, tolerance)
     assert verdict.ok, verdict.why
 

@@ -76,7 +76,7 @@ def test_fast_path_trains_like_the_reference(model_name, flags, baseline, tolera
     if "--compile" in flags:  # TorchDynamo must really have captured the networks
         assert dynamo_counters["stats"]["unique_graphs"] > 0
         torch._dynamo.reset()
-    assert_same_training(run, reference, *tolerance.limits(), tolerance.weight_share)
+    assert_same_training(run, reference, *tolerance.limits(), tolerance.weight_share, tolerance.weight_rtol)
 
 
 @pytest.mark.parametrize("model_name", ["pix2pix", "cycle_gan"])

@@ -87,7 +87,6 @@ def test_reference_flag_turns_everything_off():
     assert config.amp is None and not config.channels_last
 
 
-
 def test_channels_last_with_instance_norm_is_refused_on_the_cpu_where_torch_gets_its_gradients_wrong():
     """torch's CPU InstanceNorm2d backward, for one image whose gradient comes channels-last (as a ResnetBlock's last
     norm gets it), returns input gradients with a relative error above 1 (found by fastp2p.doctor at batch 1). If a
@@ -105,3 +104,6 @@ def test_channels_last_with_instance_norm_is_refused_on_the_cpu_where_torch_gets
     with pytest.raises(OptionError, match="InstanceNorm2d backward gives wrong gradients"):
         resolve_engine(make_opt("cycle_gan", "--channels_last", "on"), torch.device("cpu"))
     assert resolve_engine(make_opt("pix2pix", "--channels_last", "on"), torch.device("cpu")).channels_last
+    # the fused kernels replace every InstanceNorm2d, so torch's backward does not run
+    assert resolve_engine(make_opt("cycle_gan", "--channels_last", "on", "--fused_kernels", "on"),
+                          torch.device("cpu")).channels_last
