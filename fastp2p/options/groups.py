@@ -11,7 +11,6 @@ import dataclasses
 from typing import Any
 
 from fastp2p.data.datasets import DATASET_MODES
-from fastp2p.data.loader import WORKER_START_METHODS
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
 from fastp2p.engine.path import SWITCH
@@ -21,6 +20,7 @@ from fastp2p.flag_types import (adam_beta, finite_non_negative_float, finite_pos
 from fastp2p.losses import GAN_MODES
 from fastp2p.models import MODELS
 from fastp2p.networks import DISCRIMINATORS, GENERATORS, INIT_TYPES, LR_POLICIES, NORM_TYPES
+from fastp2p.worker_lifetime import WORKER_START_METHODS
 
 BOTH, TRAIN, TEST = ("train", "test"), ("train",), ("test",)
 MONITORING = "monitoring (fastp2p)"
