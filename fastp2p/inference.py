@@ -36,13 +36,9 @@ from fastp2p.visualizer import tensor2im
 
 
 def load_model(opt, runtime):
-    """The model of ``opt``, built on ``runtime``, with its checkpoint loaded; diverged weights are refused."""
+    """The model of ``opt``, built on ``runtime``, with its checkpoint loaded (diverged weights are refused there)."""
     model = create_model(opt, runtime)
     model.setup(opt)
-    diverged = model.nonfinite_networks()
-    if diverged:
-        raise CheckpointError(f"the weights of {', '.join(diverged)} in {os.path.join(opt.checkpoints_dir, opt.name)} "
-                              f"(--epoch {opt.epoch}) are not finite: that run had diverged; use an earlier checkpoint")
     if opt.eval:
         model.eval()
     return model

@@ -43,6 +43,12 @@ def read_training_state(folder, prefix):
     return state, None
 
 
+def has_network_files(folder, prefix):
+    """Whether ``folder`` holds a network file of ``prefix`` (``latest_net_G.pth``: any network)."""
+    start = network_filename(prefix, "").removesuffix(".pth")
+    return os.path.isdir(folder) and any(entry.startswith(start) for entry in os.listdir(folder))
+
+
 def newest_complete_set(folder, exclude):
     """The complete set with a training state that has trained furthest, other than ``exclude``: (prefix, state)."""
     found = []
@@ -74,11 +80,14 @@ def find_resume_point(opt, folder):
         return None
     wanted = load_prefix(opt)
     path = os.path.join(folder, training_state_filename(wanted))
-    if not os.path.isfile(path):
+    if os.path.isfile(path):
+        state, problem = read_training_state(folder, wanted)
+    elif has_network_files(folder, wanted):
         distributed.print_main(f"no training state at {path}: loading network weights only and starting at "
                                f"--epoch_count {opt.epoch_count}, as the reference trainer does")
         return None
-    state, problem = read_training_state(folder, wanted)
+    else:  # never written: a --save_by_iter run stopped before its first 'latest' has iter_<n> sets alone
+        state, problem = None, "no file of it is there"
     prefix = wanted
     if problem:
         prefix, state = newest_complete_set(folder, exclude=wanted)

@@ -19,8 +19,10 @@ from PIL import Image
 
 from fastp2p import distributed
 from fastp2p.chart import draw_chart
+from fastp2p.data.image_folder import MAX_IMAGE_PIXELS
 from fastp2p.errors import OptionError
 from fastp2p.metrics import format_scores, to_uint8
+from fastp2p.output_files import open_output, output_folder
 from fastp2p.progress import Progress
 
 CURVES_IMAGE = "curves.png"
@@ -33,14 +35,26 @@ def tensor2im(image_tensor):
     return to_uint8(image_tensor[:1].cpu())[0].permute(1, 2, 0).numpy()
 
 
+def stretched_size(width, height, aspect_ratio):
+    """(width, height) of an image saved with --aspect_ratio: the height times it above 1, the width times its
+    inverse below 1, as the reference stretches them; refused when that is over the pixel limit of an image."""
+    size = ((width, int(height * aspect_ratio)) if aspect_ratio > 1.0 else
+            (int(width / aspect_ratio), height) if aspect_ratio < 1.0 else (width, height))
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise OptionError(f"--aspect_ratio {aspect_ratio:g} would stretch the {width}x{height} results to "
+                          f"{size[0]}x{size[1]} pixels, over the limit of {MAX_IMAGE_PIXELS:,} pixels per image; "
+                          f"use a ratio nearer 1")
+    return size
+
+
 def save_image(array, path, aspect_ratio=1.0):
+    """A PNG of ``array`` stretched by ``aspect_ratio`` (stretched_size), never written through a link."""
     image = Image.fromarray(array)
-    h, w = array.shape[:2]
-    if aspect_ratio > 1.0:
-        image = image.resize((w, int(h * aspect_ratio)), Image.BICUBIC)
-    elif aspect_ratio < 1.0:
-        image = image.resize((int(w / aspect_ratio), h), Image.BICUBIC)
-    image.save(path)
+    size = stretched_size(image.width, image.height, aspect_ratio)
+    if size != image.size:
+        image = image.resize(size, Image.BICUBIC)
+    with open_output(path, "wb") as f:
+        image.save(f, format="PNG")
 
 
 class HTMLPage:
@@ -51,7 +65,8 @@ class HTMLPage:
         self.title = title
         self.refresh = refresh
         self.image_folder = os.path.join(folder, "images")
-        os.makedirs(self.image_folder, exist_ok=True)
+        output_folder(folder)
+        output_folder(self.image_folder)
         self.parts = []
 
     def add_header(self, text):
@@ -82,7 +97,7 @@ class HTMLPage:
                 f"</title></head>\n<body>\n{body}\n</body></html>\n")
         path = os.path.join(self.folder, "index.html")
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with open_output(tmp) as f:
             f.write(page)
         os.replace(tmp, path)
 
@@ -203,12 +218,12 @@ class Visualizer:
         if not enabled:
             return
         os.makedirs(self.folder, exist_ok=True)
-        with open(self.log_path, "a") as f:
+        with open_output(self.log_path, "a") as f:
             f.write(f"================ Training Loss ({time.strftime('%c')}) ================\n")
         if not opt.no_tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(os.path.join(self.folder, "tensorboard"))
+            self.tensorboard = SummaryWriter(output_folder(os.path.join(self.folder, "tensorboard")))
             print(f"TensorBoard logs: {os.path.join(self.folder, 'tensorboard')}")
         if opt.use_wandb:
             self.wandb = self.start_wandb(opt)
@@ -225,7 +240,7 @@ class Visualizer:
             with open(id_path) as f:
                 resume = dict(id=f.read().strip(), resume="allow")
         run = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder, **resume)
-        with open(id_path, "w") as f:
+        with open_output(id_path) as f:
             f.write(run.id)
         return run
 
@@ -234,7 +249,7 @@ class Visualizer:
         if not self.enabled:
             return
         self.progress.write(message)
-        with open(self.log_path, "a") as f:
+        with open_output(self.log_path, "a") as f:
             f.write(message + "\n")
 
     def print_current_losses(self, epoch, epoch_iter, losses, t_comp, t_data):
@@ -243,11 +258,14 @@ class Visualizer:
 
     def log_epoch_end(self, epoch, last_epoch, figures, learning_rates):
         """The end-of-epoch line (the reference's, with the speed and each optimizer's learning rate, which the
-        curves read back: EPOCH_LINE)."""
+        curves read back: EPOCH_LINE), then the page again: its curves were last drawn before the epoch's last
+        loss lines and this line were written."""
         rates = " ".join(f"{name}={value:.7f}" for name, value in learning_rates.items())
         self.write(f"End of epoch {epoch} / {last_epoch} \t Time Taken: {int(figures['elapsed_s'])} sec \t "
                    f"{figures['images_per_s']:.1f} img/s, data wait {100 * figures['data_wait_share']:.1f}%, "
                    f"lr {rates}")
+        if self.enabled:
+            self.write_page()
 
     def log_scalars(self, step, scalars):
         """``{'group/name': value}`` at iteration ``step`` to TensorBoard and wandb."""
@@ -274,7 +292,7 @@ class Visualizer:
                    + ", ".join(format_scores(values).splitlines()))
         existing = read_metrics(self.metrics_path)
         columns = existing[0] if existing else ["epoch", "iteration", *values]
-        with open(self.metrics_path, "a", newline="") as f:
+        with open_output(self.metrics_path, "a", newline="") as f:
             writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
             if not existing:
                 writer.writeheader()
@@ -320,7 +338,8 @@ class Visualizer:
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
         metrics = read_metrics(self.metrics_path)
         tmp = os.path.join(self.web_folder, "curves.tmp.png")
-        self.draw_curves(metrics).save(tmp)
+        with open_output(tmp, "wb") as f:
+            self.draw_curves(metrics).save(f, format="PNG")
         os.replace(tmp, os.path.join(self.web_folder, CURVES_IMAGE))
         page.add_header("curves")
         page.add_figure(CURVES_IMAGE)
