@@ -177,3 +177,37 @@ def test_weights_that_are_not_finite_are_refused_when_a_resume_loads_them(tmp_pa
     err = one_line_error(capsys.readouterr().err)
     assert f"the weights of D in {path} are not finite" in err
     assert (folder / "loss_log.txt").read_text().count("(epoch") == log_before.count("(epoch")  # nothing trained
+
+
+def spoil_epoch(state):
+    state["epoch"] = "x"
+
+
+def spoil_schedulers(state):
+    del state["model"]["schedulers"]
+
+
+def spoil_optimizer(state):
+    state["model"]["optimizers"][0]["param_groups"] = []
+
+
+def spoil_rng(state):
+    state["rng"] = [{"python": (3, 4), "torch": torch.zeros(3, dtype=torch.uint8)}]
+
+
+@pytest.mark.parametrize("spoil, expected", [
+    (spoil_epoch, "its training state has values of a layout fastp2p never writes (epoch)"),
+    (spoil_schedulers, "its training state has values of a layout fastp2p never writes (model)"),
+    (spoil_optimizer, "its optimizer, pool or RNG states do not fit this run (ValueError: "),
+    (spoil_rng, "its optimizer, pool or RNG states do not fit this run (ValueError: "),
+])
+def test_a_training_state_of_another_layout_is_one_line(tmp_path, aligned_root, spoil, expected, capsys):
+    flags = pix2pix_flags(tmp_path, aligned_root, epochs=ONE_EPOCH)
+    assert train_cli.main(flags) == 0
+    path = tmp_path / "checkpoints" / "p2p" / "latest_train_state.pth"
+    state = read_checkpoint(str(path))
+    spoil(state)
+    torch.save(state, path)
+    capsys.readouterr()
+    assert train_cli.main(flags + ["--continue_train", "--n_epochs", "2"]) == 2
+    assert expected in one_line_error(capsys.readouterr().err)
