@@ -202,6 +202,8 @@ def read_journal(folder, entry):
     advice = (f"remove it (and the {TEMP_PREFIX}{token}_* files beside it) to drop that save, or pick another "
               f"--name")
     try:
+        if not is_regular_file(path):  # a FIFO would block the open
+            raise ValueError("it is not a plain file")
         with open(path, "rb") as f:
             staged = json.loads(f.read(1 << 20).decode())["files"]
         if not isinstance(staged, dict) or not staged:

@@ -236,7 +236,7 @@ class Visualizer:
         config = opt.values()
         id_path = os.path.join(self.folder, WANDB_RUN_ID)
         resume = {}
-        if getattr(opt, "continue_train", False) and os.path.exists(id_path):
+        if getattr(opt, "continue_train", False) and os.path.isfile(id_path):  # a FIFO there would block
             with open(id_path) as f:
                 resume = dict(id=f.read().strip(), resume="allow")
         run = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder, **resume)

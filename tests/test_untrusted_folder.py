@@ -2,6 +2,7 @@
 through, names given on the command line cannot leave the folder they belong in, damaged network files are called
 corrupt in one line, and weights that are not finite are refused when they are loaded."""
 
+import contextlib
 import os
 import signal
 
@@ -11,6 +12,7 @@ import torch
 from fastp2p import test as test_cli
 from fastp2p import train as train_cli
 from fastp2p.checkpoint import read_checkpoint
+from fastp2p.checkpoint_sets import recover_folder
 from fastp2p.errors import CheckpointError, OutputError
 from fastp2p.output_files import open_output
 from tests.test_train_cli import (
@@ -78,17 +80,29 @@ def test_inference_writes_no_file_through_a_planted_link(tmp_path, aligned_root,
     assert precious.read_text() == "precious\n"
 
 
-def test_a_fifo_where_a_file_is_written_is_refused_without_blocking(tmp_path):
-    fifo = tmp_path / "loss_log.txt"
-    os.mkfifo(fifo)
-    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("opening the FIFO blocked"))
-    signal.alarm(20)
+@contextlib.contextmanager
+def failing_if_blocked(seconds=20):
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("opening a FIFO blocked"))
+    signal.alarm(seconds)
     try:
-        with pytest.raises(OutputError, match=f"refusing to write {fifo}: it is a FIFO"):
-            open_output(str(fifo), "a")
+        yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_where_a_file_is_written_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "loss_log.txt"
+    os.mkfifo(fifo)
+    with failing_if_blocked(), pytest.raises(OutputError, match=f"refusing to write {fifo}: it is a FIFO"):
+        open_output(str(fifo), "a")
+
+
+def test_a_fifo_named_like_a_journal_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / ".commit_0123456789ab.json"
+    os.mkfifo(fifo)
+    with failing_if_blocked(), pytest.raises(CheckpointError, match="it is not a plain file"):
+        recover_folder(str(tmp_path))
 
 
 # -- names given on the command line that become parts of paths ----------------------------------------------------
