@@ -8,12 +8,14 @@ the one-run-per-folder lock is run_lock.py.
 
 import hashlib
 import os
+import pickle
+import zipfile
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from fastp2p.errors import CheckpointError
+from fastp2p.errors import CheckpointError, first_line
 
 
 def network_filename(epoch, name):
@@ -75,19 +77,47 @@ def patch_instance_norm_state_dict(net, state_dict):
     return state_dict
 
 
+LEGACY_HEADER = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+"""How a file of torch.save's legacy (non-zip) format begins"""
+ASKS_FOR_CODE = ("GLOBAL", "add_safe_globals", "call reduce")
+"""What torch's weights-only unpickler says when a file's pickle asks for a Python object beyond tensors"""
+
+
+def is_torch_file(path):
+    """Whether ``path`` is in one of torch.save's formats (a zip archive, or the legacy header), whatever it holds."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(len(LEGACY_HEADER)) == LEGACY_HEADER
+
+
 def read_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True, turning every failure into a one-line CheckpointError naming the file.
 
-    A file that holds arbitrary Python objects is refused: loading it would run code it carries."""
+    A torch file whose pickle asks for other Python objects is refused: loading it would run code it carries. An
+    empty, truncated or random file is called what it is, corrupt, and never a would-be attack."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types; the file is what matters
-        if "Weights only load failed" in str(e):
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes); copy it again, or "
+                                  f"use another --epoch") from None
+        if any(word in str(e) for word in ASKS_FOR_CODE) and is_torch_file(path):
             raise CheckpointError(f"refusing to load {path}: it holds Python objects beyond tensors and plain "
                                   f"containers, which would run code when loaded") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or corrupt ({type(e).__name__}: "
+                              f"{load_failure(e)}); copy it again, or use another --epoch") from None
+
+
+def load_failure(error):
+    """The first sentence of what torch.load says, past the weights-only unpickler's preamble."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    marker = next((i for i, line in enumerate(lines) if line.endswith("WeightsUnpickler error:")), None)
+    if marker is not None and marker + 1 < len(lines):
+        return lines[marker + 1]
+    return first_line(error).split(". ")[0]
 
 
 def load_network(net, path, map_location="cpu"):

@@ -20,7 +20,8 @@ from collections import OrderedDict
 
 import torch
 
-from fastp2p.errors import CheckpointError
+from fastp2p.errors import CheckpointError, first_line
+from fastp2p.output_files import open_output
 
 TEMP_PREFIX = ".tmp_"
 JOURNAL_PREFIX = ".commit_"
@@ -41,14 +42,23 @@ def fsync_folder(folder):
 
 
 class _HashingWriter:
-    """A file that hashes what torch.save writes through it, so no file is read back to be hashed."""
+    """A file that hashes what torch.save writes through it, so no file is read back to be hashed.
+
+    It keeps what interrupted a write (a full disk's OSError, the KeyboardInterrupt of a second Ctrl-C): torch.save
+    swallows an exception raised in a write past its first and fails later with its own RuntimeError ("unexpected
+    pos"), which would hide the cause."""
 
     def __init__(self, f):
         self.f, self.digest = f, hashlib.sha256()
+        self.failure = None
 
     def write(self, data):
         self.digest.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except BaseException as failure:
+            self.failure = failure
+            raise
 
     def flush(self):
         self.f.flush()
@@ -106,9 +116,14 @@ class CheckpointSet:
     def save(self, name, obj):
         """Stage ``obj`` as ``name`` (torch.save, fsynced); returns the file's SHA-256."""
         temp = self._stage(name)  # staged first: a failed write is discarded too
-        with open(os.path.join(self.folder, temp), "wb") as f:
+        with open_output(os.path.join(self.folder, temp), "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(obj, writer)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.failure is None:
+                    raise
+                raise writer.failure from None
             f.flush()
             os.fsync(f.fileno())
         self.digests[name] = writer.digest.hexdigest()
@@ -149,7 +164,7 @@ class CheckpointSet:
     def _commit(self):
         journal = os.path.join(self.folder, f"{JOURNAL_PREFIX}{self.token}.json")
         temp_journal = os.path.join(self.folder, self._temp("journal.json"))
-        with open(temp_journal, "w") as f:
+        with open_output(temp_journal) as f:
             json.dump({"files": self.staged}, f)
             f.flush()
             os.fsync(f.fileno())
@@ -187,6 +202,8 @@ def read_journal(folder, entry):
     advice = (f"remove it (and the {TEMP_PREFIX}{token}_* files beside it) to drop that save, or pick another "
               f"--name")
     try:
+        if not is_regular_file(path):  # a FIFO would block the open
+            raise ValueError("it is not a plain file")
         with open(path, "rb") as f:
             staged = json.loads(f.read(1 << 20).decode())["files"]
         if not isinstance(staged, dict) or not staged:
@@ -198,7 +215,7 @@ def read_journal(folder, entry):
             if not (is_regular_file(os.path.join(folder, temp)) or is_regular_file(os.path.join(folder, name))):
                 raise ValueError(f"neither {temp} nor {name} is a plain file in the folder")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"refusing the save journal {path}: {reason}; {advice}") from None
     return staged
 

@@ -27,3 +27,13 @@ class MetricError(UserError):
 
 class NonFiniteError(UserError, RuntimeError):
     """A loss or a weight became NaN or infinite; no checkpoint is written from that state."""
+
+
+class OutputError(UserError):
+    """Where fastp2p would write is not a plain file or folder of its own: a link planted in a run's folder (writing
+    through it would overwrite what it points at), a FIFO or a device."""
+
+
+def first_line(error):
+    """An exception's message in one line, or its type's name when it has none (an empty file's EOFError)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

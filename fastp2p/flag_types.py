@@ -18,6 +18,14 @@ def non_negative_int(text):
     return value
 
 
+def seed_value(text):
+    """A 64-bit signed integer: torch's generators take no larger seed (a larger one failed inside torch)."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer from -2**63 to 2**63 - 1 (64 bits), got {text}")
+    return value
+
+
 def non_negative_float(text):
     value = float(text)
     if math.isnan(value) or value < 0:

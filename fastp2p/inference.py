@@ -32,17 +32,13 @@ from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, read_train_options
-from fastp2p.visualizer import tensor2im
+from fastp2p.web_page import tensor2im
 
 
 def load_model(opt, runtime):
-    """The model of ``opt``, built on ``runtime``, with its checkpoint loaded; diverged weights are refused."""
+    """The model of ``opt``, built on ``runtime``, with its checkpoint loaded (diverged weights are refused there)."""
     model = create_model(opt, runtime)
     model.setup(opt)
-    diverged = model.nonfinite_networks()
-    if diverged:
-        raise CheckpointError(f"the weights of {', '.join(diverged)} in {os.path.join(opt.checkpoints_dir, opt.name)} "
-                              f"(--epoch {opt.epoch}) are not finite: that run had diverged; use an earlier checkpoint")
     if opt.eval:
         model.eval()
     return model

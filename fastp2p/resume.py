@@ -34,6 +34,9 @@ def read_training_state(folder, prefix):
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         return None, f"its training state lacks {', '.join(missing)}"
+    malformed = malformed_keys(state)
+    if malformed:
+        return None, f"its training state has values of a layout fastp2p never writes ({', '.join(malformed)})"
     for name, digest in state.get("networks", {}).items():  # absent in states of fastp2p before sets: unchecked
         path = os.path.join(folder, network_filename(prefix, name))
         if not os.path.isfile(path):
@@ -41,6 +44,34 @@ def read_training_state(folder, prefix):
         if file_digest(path) != digest:
             return None, f"{os.path.basename(path)} is not the file saved with its training state"
     return state, None
+
+
+def has_network_files(folder, prefix):
+    """Whether ``folder`` holds a network file of ``prefix`` (``latest_net_G.pth``: any network)."""
+    start = network_filename(prefix, "").removesuffix(".pth")
+    return os.path.isdir(folder) and any(entry.startswith(start) for entry in os.listdir(folder))
+
+
+def malformed_keys(state):
+    """The keys of a training state (read from a folder that may come from elsewhere) whose values are not of the
+    layout fastp2p writes; what is inside the optimizer and pool states is checked where the model loads them."""
+    def counter(value, least):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    model = state["model"]
+    checks = {
+        "seed": counter(state["seed"], -(2**63)),
+        "epoch": counter(state["epoch"], 1),
+        "epoch_iter": counter(state["epoch_iter"], 0),
+        "total_iters": counter(state["total_iters"], 0),
+        "model": isinstance(model, dict) and isinstance(model.get("optimizers"), list)
+        and isinstance(model.get("image_pools"), dict) and isinstance(model.get("schedulers"), list)
+        and all(isinstance(saved, dict) and counter(saved.get("last_epoch"), 0) for saved in model["schedulers"]),
+        "rng": isinstance(state["rng"], list) and bool(state["rng"]) and all(isinstance(r, dict) for r in state["rng"]),
+        "networks": isinstance(state.get("networks", {}), dict)
+        and all(isinstance(name, str) and isinstance(digest, str) for name, digest in state.get("networks", {}).items()),
+    }
+    return [key for key, fits in checks.items() if not fits]
 
 
 def newest_complete_set(folder, exclude):
@@ -74,11 +105,14 @@ def find_resume_point(opt, folder):
         return None
     wanted = load_prefix(opt)
     path = os.path.join(folder, training_state_filename(wanted))
-    if not os.path.isfile(path):
+    if os.path.isfile(path):
+        state, problem = read_training_state(folder, wanted)
+    elif has_network_files(folder, wanted):
         distributed.print_main(f"no training state at {path}: loading network weights only and starting at "
                                f"--epoch_count {opt.epoch_count}, as the reference trainer does")
         return None
-    state, problem = read_training_state(folder, wanted)
+    else:  # never written: a --save_by_iter run stopped before its first 'latest' has iter_<n> sets alone
+        state, problem = None, "no file of it is there"
     prefix = wanted
     if problem:
         prefix, state = newest_complete_set(folder, exclude=wanted)

@@ -25,7 +25,7 @@ from fastp2p.errors import UserError
 from fastp2p.inference import build_inference
 from fastp2p.options import parse_options, save_options
 from fastp2p.selfcheck import checked_config
-from fastp2p.visualizer import HTMLPage, save_visuals
+from fastp2p.web_page import HTMLPage, save_visuals
 
 
 def default_dataroot(opt):

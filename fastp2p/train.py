@@ -21,7 +21,8 @@ from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
-from fastp2p.errors import DatasetError, MetricError, NonFiniteError, OptionError, UserError
+from fastp2p.errors import (CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError, UserError,
+                            first_line)
 from fastp2p.metrics import FeatureDistances, GeneratorScorer
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, save_options
@@ -118,8 +119,16 @@ class Trainer:
 
     def restore(self, state):
         """Continue where the saved run stood (its options, from resumed_options, already begin where it began)."""
-        self.model.load_training_state(state["model"])
-        restore_rng(state["rng"])
+        try:
+            self.model.load_training_state(state["model"])
+            restore_rng(state["rng"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:  # a state from elsewhere
+            raise CheckpointError(f"cannot resume from the training state of '{load_prefix(self.opt)}' in "
+                                  f"{self.folder}: its optimizer, pool or RNG states do not fit this run "
+                                  f"({type(error).__name__}: {first_line(error)}); resume without it (remove it) or "
+                                  f"pick another --name") from None
         self.epoch, self.epoch_iter, self.total_iters = state["epoch"], state["epoch_iter"], state["total_iters"]
         if self.epoch > self.last_epoch():
             raise OptionError(f"nothing to train: the training state is at epoch {self.epoch}, past --n_epochs + "

@@ -8,93 +8,22 @@ TensorBoard is used only when the package is installed, wandb only with --use_wa
 """
 
 import csv
-import html
 import importlib
 import importlib.util
 import os
 import re
 import time
 
-from PIL import Image
-
 from fastp2p import distributed
 from fastp2p.chart import draw_chart
 from fastp2p.errors import OptionError
-from fastp2p.metrics import format_scores, to_uint8
+from fastp2p.metrics import format_scores
+from fastp2p.output_files import open_output, output_folder
 from fastp2p.progress import Progress
+from fastp2p.web_page import HTMLPage, save_visuals, tensor2im
 
 CURVES_IMAGE = "curves.png"
 WANDB_RUN_ID = "wandb_run_id"  # in the checkpoint folder: the wandb run a resumed training run continues
-
-
-def tensor2im(image_tensor):
-    """First image of a [-1, 1] batch as an HxWx3 uint8 array (grayscale tiled to RGB), the reference's bytes
-    (metrics.to_uint8 says how)."""
-    return to_uint8(image_tensor[:1].cpu())[0].permute(1, 2, 0).numpy()
-
-
-def save_image(array, path, aspect_ratio=1.0):
-    image = Image.fromarray(array)
-    h, w = array.shape[:2]
-    if aspect_ratio > 1.0:
-        image = image.resize((w, int(h * aspect_ratio)), Image.BICUBIC)
-    elif aspect_ratio < 1.0:
-        image = image.resize((int(w / aspect_ratio), h), Image.BICUBIC)
-    image.save(path)
-
-
-class HTMLPage:
-    """A static page of image rows: each row is one sample, its visuals side by side."""
-
-    def __init__(self, folder, title, refresh=0):
-        self.folder = folder
-        self.title = title
-        self.refresh = refresh
-        self.image_folder = os.path.join(folder, "images")
-        os.makedirs(self.image_folder, exist_ok=True)
-        self.parts = []
-
-    def add_header(self, text):
-        self.parts.append(f"<h3>{html.escape(text)}</h3>")
-
-    def add_images(self, image_names, captions, width=256):
-        cells = "".join(
-            f'<td style="text-align:center;vertical-align:top;padding:4px">'
-            f'<a href="images/{html.escape(name)}"><img src="images/{html.escape(name)}" style="width:{width}px"></a>'
-            f"<br>{html.escape(caption)}</td>"
-            for name, caption in zip(image_names, captions)
-        )
-        self.parts.append(f'<table border="1" style="table-layout:fixed"><tr>{cells}</tr></table>')
-
-    def add_figure(self, name):
-        """An image of the page's own folder (not images/), at its own size."""
-        self.parts.append(f'<p><a href="{html.escape(name)}"><img src="{html.escape(name)}"></a></p>')
-
-    def add_table(self, columns, rows):
-        head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-        self.parts.append(f'<table border="1" style="border-collapse:collapse"><tr>{head}</tr>{body}</table>')
-
-    def save(self):
-        meta = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh > 0 else ""
-        body = "\n".join(self.parts)
-        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{meta}<title>{html.escape(self.title)}"
-                f"</title></head>\n<body>\n{body}\n</body></html>\n")
-        path = os.path.join(self.folder, "index.html")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(page)
-        os.replace(tmp, path)
-
-
-def save_visuals(page, visuals, sample_name, aspect_ratio=1.0):
-    """Write one sample's visuals as ``{sample_name}_{label}.png`` into the page's image folder."""
-    names = []
-    for label, tensor in visuals.items():
-        name = f"{sample_name}_{label}.png"
-        save_image(tensor2im(tensor), os.path.join(page.image_folder, name), aspect_ratio)
-        names.append(name)
-    return names
 
 
 WEB_IMAGE_NAME = re.compile(r"epoch(\d+)_(.+)\.png")
@@ -203,12 +132,12 @@ class Visualizer:
         if not enabled:
             return
         os.makedirs(self.folder, exist_ok=True)
-        with open(self.log_path, "a") as f:
+        with open_output(self.log_path, "a") as f:
             f.write(f"================ Training Loss ({time.strftime('%c')}) ================\n")
         if not opt.no_tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(os.path.join(self.folder, "tensorboard"))
+            self.tensorboard = SummaryWriter(output_folder(os.path.join(self.folder, "tensorboard")))
             print(f"TensorBoard logs: {os.path.join(self.folder, 'tensorboard')}")
         if opt.use_wandb:
             self.wandb = self.start_wandb(opt)
@@ -221,11 +150,11 @@ class Visualizer:
         config = opt.values()
         id_path = os.path.join(self.folder, WANDB_RUN_ID)
         resume = {}
-        if getattr(opt, "continue_train", False) and os.path.exists(id_path):
+        if getattr(opt, "continue_train", False) and os.path.isfile(id_path):  # a FIFO there would block
             with open(id_path) as f:
                 resume = dict(id=f.read().strip(), resume="allow")
         run = wandb.init(project=opt.wandb_project_name, name=opt.name, config=config, dir=self.folder, **resume)
-        with open(id_path, "w") as f:
+        with open_output(id_path) as f:
             f.write(run.id)
         return run
 
@@ -234,7 +163,7 @@ class Visualizer:
         if not self.enabled:
             return
         self.progress.write(message)
-        with open(self.log_path, "a") as f:
+        with open_output(self.log_path, "a") as f:
             f.write(message + "\n")
 
     def print_current_losses(self, epoch, epoch_iter, losses, t_comp, t_data):
@@ -243,11 +172,14 @@ class Visualizer:
 
     def log_epoch_end(self, epoch, last_epoch, figures, learning_rates):
         """The end-of-epoch line (the reference's, with the speed and each optimizer's learning rate, which the
-        curves read back: EPOCH_LINE)."""
+        curves read back: EPOCH_LINE), then the page again: its curves were last drawn before the epoch's last
+        loss lines and this line were written."""
         rates = " ".join(f"{name}={value:.7f}" for name, value in learning_rates.items())
         self.write(f"End of epoch {epoch} / {last_epoch} \t Time Taken: {int(figures['elapsed_s'])} sec \t "
                    f"{figures['images_per_s']:.1f} img/s, data wait {100 * figures['data_wait_share']:.1f}%, "
                    f"lr {rates}")
+        if self.enabled:
+            self.write_page()
 
     def log_scalars(self, step, scalars):
         """``{'group/name': value}`` at iteration ``step`` to TensorBoard and wandb."""
@@ -274,7 +206,7 @@ class Visualizer:
                    + ", ".join(format_scores(values).splitlines()))
         existing = read_metrics(self.metrics_path)
         columns = existing[0] if existing else ["epoch", "iteration", *values]
-        with open(self.metrics_path, "a", newline="") as f:
+        with open_output(self.metrics_path, "a", newline="") as f:
             writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
             if not existing:
                 writer.writeheader()
@@ -320,7 +252,8 @@ class Visualizer:
         page = HTMLPage(self.web_folder, f"Experiment name = {self.opt.name}")
         metrics = read_metrics(self.metrics_path)
         tmp = os.path.join(self.web_folder, "curves.tmp.png")
-        self.draw_curves(metrics).save(tmp)
+        with open_output(tmp, "wb") as f:
+            self.draw_curves(metrics).save(f, format="PNG")
         os.replace(tmp, os.path.join(self.web_folder, CURVES_IMAGE))
         page.add_header("curves")
         page.add_figure(CURVES_IMAGE)

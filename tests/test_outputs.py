@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastp2p.visualizer import HTMLPage, Visualizer, save_visuals, tensor2im
+from fastp2p.visualizer import Visualizer
+from fastp2p.web_page import HTMLPage, save_visuals, tensor2im
 
 # ---------------------------------------------------------------- result bytes (fastp2p.test)
 

@@ -14,8 +14,9 @@ The draws and the A|B split are the epoch plan's (plan.py), which the fast loade
 
 Aligned pairs share one crop/flip draw; unpaired A and B get independent draws, as in the reference.
 A file of odd width ``w`` is split as the reference splits it: A is the left ``int(w / 2)`` columns,
-B the rest (one column wider); a warning names the first such file. A file 1 pixel wide, whose A half
-would be empty, is a DatasetError.
+B the rest (one column wider); a warning names the first such file. A file no wider than tall, most likely one
+picture rather than a pair, gets a warning naming it too. A file 1 pixel wide, whose A half would be empty, is a
+DatasetError.
 
 Bad input raises :class:`DatasetError` when the dataset is built (missing or empty folders, the other
 mode's layout, images too small for ``--preprocess crop``) or, for a single file that turns out
@@ -31,9 +32,10 @@ from fastp2p.errors import DatasetError
 
 from .image_folder import image_size, is_image_file, load_rgb, make_dataset
 from .plan import ab_half, sample_draws, sample_rng
-from .transforms import PREPROCESS_MODES, transform_image
+from .transforms import PREPROCESS_MODES, power_2_size, transform_image
 
 _warned_odd_width = False
+_warned_single = False
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -92,11 +94,17 @@ class BaseDataset(torch.utils.data.Dataset):
         return DatasetError(message)
 
     def check_fits_crop(self, path, size, what="image"):
-        """``--preprocess crop`` does no resize, so every image must already be at least crop_size."""
+        """``--preprocess crop`` does no resize, so every image must already be at least crop_size; ``none`` rounds
+        each side to a multiple of 4, which leaves nothing of a side of 1 or 2 pixels (the networks' own minimum
+        sizes are checked where a batch reaches them)."""
         w, h = size
         if self.opt.preprocess == "crop" and (w < self.opt.crop_size or h < self.opt.crop_size):
             raise DatasetError(f"{path}: {what} is {w}x{h}, smaller than --crop_size {self.opt.crop_size}; "
                                f"use --preprocess resize_and_crop or a smaller --crop_size")
+        if self.opt.preprocess == "none" and 0 in power_2_size(size):
+            raise DatasetError(f"{path}: {what} is {w}x{h}, which --preprocess none rounds to "
+                               f"{'x'.join(map(str, power_2_size(size)))} pixels (sides to multiples of 4), far "
+                               f"below what the networks take; use a --preprocess that resizes, or larger images")
 
     def grayscale_in_out(self):
         """Whether A and B are grayscale; BtoA swaps input_nc and output_nc as the reference does."""
@@ -121,7 +129,9 @@ class AlignedDataset(BaseDataset):
         super().__init__(opt)
         self.dir_AB = os.path.join(self.root, opt.phase)
         self.AB_paths = self.image_paths(self.dir_AB)
-        self.check_fits_crop(self.AB_paths[0], ab_half(image_size(self.AB_paths[0]), 0)[1])
+        first_size = image_size(self.AB_paths[0])
+        self.check_fits_crop(self.AB_paths[0], ab_half(first_size, 0)[1])
+        warn_if_single(self.AB_paths[0], first_size)
         self.gray_A, self.gray_B = self.grayscale_in_out()
 
     def __len__(self):
@@ -146,6 +156,7 @@ class AlignedDataset(BaseDataset):
         self.check_fits_crop(path, size_A)
         if AB.width % 2:
             warn_odd_width(path, size_A[0], size_B[0])
+        warn_if_single(path, AB.size)
         A, B = AB.crop(box_A), AB.crop(box_B)
         (_, params), _ = sample_draws(self, index, rng, lambda _: A.size)
         return {"A": self.transform(A, params, self.gray_A), "B": self.transform(B, params, self.gray_B),
@@ -217,6 +228,18 @@ def warn_odd_width(path, width_A, width_B):
                       f"B the remaining {width_B}, as the reference splits it (warned once)",
                       stacklevel=2)
         _warned_odd_width = True
+
+
+def warn_if_single(path, size):
+    """Warn, naming the file, when an image of an aligned folder is no wider than tall: most likely one picture
+    rather than an A|B pair side by side, whose left and right halves would train as input and target."""
+    global _warned_single
+    w, h = size
+    if w <= h and not _warned_single:
+        warnings.warn(f"{path} is {w}x{h}, no wider than tall: it looks like one picture, not an A|B pair side by "
+                      f"side; its left and right halves train as A and B (--dataset_mode aligned; warned once)",
+                      stacklevel=2)
+        _warned_single = True
 
 
 DATASET_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}

@@ -8,6 +8,7 @@ truncated, not an image) or that is over :data:`MAX_IMAGE_PIXELS` raises :class:
 """
 
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,22 @@ def make_dataset(folder, max_dataset_size=float("inf")):
     paths = []
     for root, _, names in sorted(os.walk(folder)):
         paths.extend(os.path.join(root, name) for name in sorted(names) if is_image_file(name))
-    return paths[: int(min(max_dataset_size, len(paths)))]
+    paths = paths[: int(min(max_dataset_size, len(paths)))]
+    for path in paths:
+        check_regular_file(path)
+    return paths
+
+
+def check_regular_file(path):
+    """Refuse an image name that is no plain file (a FIFO, whose open blocks forever, a device, a folder, a dangling
+    link): no image check or decode ever opens one. A link to a plain file is an image like any other."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise DatasetError(f"cannot read image {path}: {os.strerror(error.errno) if error.errno else error}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise DatasetError(f"{path} is {kind}, not an image file; move it out of the dataset folder")
 
 
 def check_pixel_limit(path, size):

@@ -12,33 +12,24 @@ Workers start with ``spawn`` by default (``--worker_start``): a fresh interprete
 trainer's, whereas a forked worker inherits every object and lock of a process that runs threads (DALI's
 executors, Triton, TensorBoard's writer, CUDA) without the threads that would release them, and can hang
 in a garbage-collected DALI pipeline or a half-held lock. The price is paid once per run, as the workers
-are persistent.
+are persistent. Whatever the start method, a worker never outlives its trainer, and stop signals reach the
+trainer alone (fastp2p/worker_lifetime.py).
 """
 
+import contextlib
 import math
-import multiprocessing
-import os
+import signal
 
 import torch
 import torch.utils.data
 
 from fastp2p.errors import DatasetError
+from fastp2p.worker_lifetime import WORKER_DEATHS, worker_context
 
 from .. import distributed
 from .datasets import DATASET_MODES
 from .image_folder import mixed_sizes_error
 from .plan import mix_seed, seed_of, shard_indices
-
-WORKER_START_METHODS = ("spawn", "forkserver", "fork")
-
-
-def worker_context(method):
-    """The multiprocessing context the loader's workers start from (``--worker_start``)."""
-    if method not in WORKER_START_METHODS:
-        raise ValueError(f"--worker_start {method!r} is not one of {', '.join(WORKER_START_METHODS)}")
-    if method not in multiprocessing.get_all_start_methods():
-        raise ValueError(f"--worker_start {method} is not available on this platform; use spawn")
-    return multiprocessing.get_context(method)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -83,7 +74,6 @@ class DataLoaderWrapper:
             # A private generator: making an iterator must not consume the global torch RNG, or a
             # resumed run's dropout/init draws would shift by one.
             generator=torch.Generator().manual_seed(mix_seed(seed_of(opt), "workers")),
-            worker_init_fn=leave_stop_signals_to_the_trainer if workers > 0 else None,
             collate_fn=collate_same_size,
         )
 
@@ -101,10 +91,34 @@ class DataLoaderWrapper:
         return len(self.dataloader)
 
     def __iter__(self):
+        batches = self.fetch(iter, self.dataloader)
+        while True:
+            try:
+                batch = self.fetch(next, batches)
+            except StopIteration:
+                return
+            yield batch
+
+    def fetch(self, step, source):
+        """``step(source)`` (start or resume the workers, or take a batch), a worker's error said in one line."""
         try:
-            yield from self.dataloader
+            with WORKER_DEATHS.fetch() if self.dataloader.num_workers else contextlib.nullcontext():
+                return step(source)
         except DatasetError as error:
             raise DatasetError(worker_message(str(error))) from None
+        except RuntimeError:
+            killed = self.killed_worker()
+            if killed is None:
+                raise
+            raise DatasetError(f"DataLoader worker (pid {killed.pid}) was killed by "
+                               f"{signal.Signals(-killed.exitcode).name}: if memory ran out (the kernel's "
+                               f"out-of-memory killer sends SIGKILL), lower --num_threads or --batch_size, or free "
+                               f"memory; otherwise --num_threads 0 shows the error in the trainer itself") from None
+
+    def killed_worker(self):
+        """The first of this loader's workers that a signal ended, if any."""
+        workers = getattr(self.dataloader._iterator, "_workers", ())  # where torch keeps the worker processes
+        return next((worker for worker in workers if (worker.exitcode or 0) < 0), None)
 
     def close(self):
         """Stop the persistent workers now, not whenever the garbage collector reaches their iterator."""
@@ -123,14 +137,6 @@ def collate_same_size(samples):
                               for sample in samples)
             raise mixed_sizes_error(sizes)
     return torch.utils.data.default_collate(samples)
-
-
-def leave_stop_signals_to_the_trainer(worker_id):
-    """Move the worker into a process group of its own. Ctrl-C, and a SIGTERM sent to the trainer's
-    process group (as `timeout` and job control do), then reach the trainer alone: it finishes the
-    iteration, saves, and shuts the workers down itself. A worker killed first would break that save.
-    The DataLoader can still end its workers, and they still exit when the trainer dies."""
-    os.setpgid(0, 0)
 
 
 def worker_message(text):

@@ -73,11 +73,17 @@ def crop(image, pos, size):
     return image
 
 
+def power_2_size(size, base=4):
+    """``size`` (w, h) with each side rounded to a multiple of ``base``, as --preprocess none does (0 for a side of
+    at most half of ``base``)."""
+    return tuple(int(round(side / base) * base) for side in size)
+
+
 def make_power_2(image, base=4, method=Image.BICUBIC):
     """Round each side to a multiple of ``base`` (the networks halve the size repeatedly)."""
     global _warned_power_2
     w, h = image.size
-    new_w, new_h = int(round(w / base) * base), int(round(h / base) * base)
+    new_w, new_h = power_2_size(image.size, base)
     if (new_w, new_h) == (w, h):
         return image
     if not _warned_power_2:

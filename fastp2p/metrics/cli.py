@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from fastp2p.errors import MetricError
-from fastp2p.metrics.distances import FeatureDistances, MissingPackage, check_weights, first_line
+from fastp2p.errors import MetricError, first_line
+from fastp2p.metrics.distances import FeatureDistances, MissingPackage, check_weights
 from fastp2p.metrics.folder import score_folder
 from fastp2p.metrics.pairs import PSNR_CAP
 from fastp2p.metrics.scores import format_scores

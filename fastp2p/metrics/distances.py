@@ -10,18 +10,13 @@ from collections import OrderedDict
 
 import torch
 
-from fastp2p.errors import MetricError
+from fastp2p.errors import MetricError, first_line
 
 KID_SUBSET_SIZE = 1000  # torchmetrics' default; smaller sets use all their images in each subset
 
 
 class MissingPackage(MetricError):
     """FID/KID's packages are not installed: the pair metrics can still be scored."""
-
-
-def first_line(error):
-    """An exception's message in one line, or its type's name when it has none."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def check_weights(path):

@@ -1,6 +1,11 @@
 """``--model`` name -> model class, and ``create_model``."""
 
+import re
+
+import torch
+
 from fastp2p.distributed import print_main
+from fastp2p.errors import OptionError, first_line
 from fastp2p.models.base_model import BaseModel
 from fastp2p.models.cycle_gan_model import CycleGANModel
 from fastp2p.models.pix2pix_model import Pix2PixModel
@@ -12,12 +17,35 @@ MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel
 __all__ = ["BaseModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TestModel", "create_model"]
 
 
+def is_out_of_memory(error):
+    """Whether ``error`` is an allocation that failed (MemoryError, torch.OutOfMemoryError, the CPU allocator's)."""
+    text = str(error)
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text)
+
+
+def allocation_failure(error):
+    """What an out-of-memory error asked for, in GiB where torch says, else its first line."""
+    asked = re.search(r"allocate (\d+) bytes", str(error))
+    if asked:
+        return f"one of their tensors alone asked for {int(asked[1]) / 2**30:,.1f} GiB"
+    return first_line(error)[:200]
+
+
 def create_model(opt, runtime=None):
     """Build the model named by ``opt.model`` on ``runtime`` (the engine's run-time choices and device; by default
     the reference path on the CPU); call ``model.setup(opt)`` next to initialize or load weights."""
     if opt.model not in MODELS:
         raise ValueError(f"unknown model {opt.model!r}; choose one of: {', '.join(MODELS)}")
-    with building_with(runtime or ModelRuntime()):
-        model = MODELS[opt.model](opt)
+    runtime = runtime or ModelRuntime()
+    with building_with(runtime):
+        try:
+            model = MODELS[opt.model](opt)
+        except (MemoryError, RuntimeError) as error:  # torch's CPU and CUDA out-of-memory errors are RuntimeErrors
+            if not is_out_of_memory(error):
+                raise
+            raise OptionError(f"the networks of --model {opt.model} with --ngf {opt.ngf} and --ndf {opt.ndf} do not fit "
+                              f"in the memory of {runtime.device} ({allocation_failure(error)}); use smaller "
+                              f"--ngf/--ndf") from None
     print_main(f"model [{type(model).__name__}] was created")
     return model

@@ -181,22 +181,24 @@ class BaseModel:
         return [(checkpoint.network_filename(epoch, name), checkpoint.network_state_dict(net))
                 for name, net in self.networks()]
 
-    @torch.no_grad()
     def nonfinite_networks(self):
         """Names of the nets holding a parameter or buffer that is NaN, infinite, or so large that its square
         overflows fp32 (a run that has diverged). One host sync for all nets."""
-        verdicts = []
-        for _, net in self.networks():
-            tensors = [*net.parameters(), *(t for t in net.buffers() if t.is_floating_point())]
-            verdicts.append(torch.stack([t.float().square().sum() for t in tensors]).isfinite().all())
-        return [name for (name, _), finite in zip(self.networks(), torch.stack(verdicts).tolist()) if not finite]
+        verdicts = torch.stack([is_finite(net) for _, net in self.networks()]).tolist()
+        return [name for (name, _), finite in zip(self.networks(), verdicts) if not finite]
 
     def load_networks(self, epoch):
-        """Load ``{epoch}_net_{name}.pth`` into every net; a mismatching file raises CheckpointError."""
+        """Load ``{epoch}_net_{name}.pth`` into every net; a mismatching file, or one whose weights are not finite
+        (saved by a run that had diverged, or damaged: it would train or translate on NaN), raises
+        CheckpointError naming it."""
         for name, net in self.networks():
             path = self.network_path(epoch, name)
             print_main(f"loading the model from {path}")
             checkpoint.load_network(net, path, map_location=self.device)
+            if not is_finite(net):
+                raise checkpoint.CheckpointError(
+                    f"the weights of {name} in {path} are not finite (NaN, infinite or overflowing): the run that "
+                    f"saved them had diverged, or the file is damaged; use an earlier checkpoint (--epoch)")
 
     def print_networks(self, verbose):
         if not is_main_process():
@@ -250,6 +252,14 @@ class BaseModel:
         saved_scaler = state.get("grad_scaler")  # absent in states saved before it was kept
         if self.grad_scaler.is_enabled() and saved_scaler:
             self.grad_scaler.load_state_dict(saved_scaler)
+
+
+@torch.no_grad()
+def is_finite(net):
+    """A device bool: whether every parameter and floating-point buffer of ``net`` is finite and its square does not
+    overflow fp32."""
+    tensors = [*net.parameters(), *(t for t in net.buffers() if t.is_floating_point())]
+    return torch.stack([t.float().square().sum() for t in tensors]).isfinite().all()
 
 
 def set_lr(group, value):

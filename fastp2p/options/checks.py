@@ -31,20 +31,55 @@ def apply_suffix(values):
         raise OptionError(f"--suffix {suffix!r} is not a format string of option names: {e}") from None
 
 
+def leaves_its_folder(text, whole=True):
+    """Whether ``text``, joined to a folder (alone when ``whole``, else inside a longer name), names something
+    outside it: a separator, a NUL, a drive, and as a whole name '', '.' or '..'."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    return (any(sep in text for sep in separators) or "\0" in text or bool(os.path.splitdrive(text)[0])
+            or (whole and text in ("", ".", "..")))
+
+
 def check_name(opt):
     """NAME is joined to --checkpoints_dir (and --results_dir): a path in it would write outside them."""
-    separators = {"/", os.sep, os.altsep} - {None}
-    if (opt.name in ("", ".", "..") or any(sep in opt.name for sep in separators) or "\0" in opt.name
-            or os.path.splitdrive(opt.name)[0]):
+    if leaves_its_folder(opt.name):
         given = " (with --suffix applied)" if opt.suffix else ""
         parents = "--checkpoints_dir" if opt.isTrain else "--checkpoints_dir and --results_dir"
         raise OptionError(f"--name {opt.name!r}{given} must be one plain folder name, without '/' and not "
                           f"'.' or '..': it names the run's folder inside {parents}")
 
 
+def check_path_parts(opt):
+    """The other flags that become parts of paths cannot leave the folder they belong in: --phase names the split
+    DATAROOT/PHASE and the PHASE_opt.txt of the run's folder, --epoch and --model_suffix name the network files
+    EPOCH_net_GSUFFIX.pth in it, and fastp2p.test writes to RESULTS_DIR/NAME/PHASE_EPOCH."""
+    check_name(opt)
+    if leaves_its_folder(opt.phase):
+        raise OptionError(f"--phase {opt.phase!r} must be one plain folder name, without '/' and not '', '.' or "
+                          f"'..': it names the split DATAROOT/PHASE (or PHASEA and PHASEB) to read")
+    if opt.epoch == "" or leaves_its_folder(opt.epoch, whole=False):
+        raise OptionError(f"--epoch {opt.epoch!r} must be a checkpoint prefix without '/' (latest, an epoch number, "
+                          f"iter_N): it names the files EPOCH_net_G.pth inside the run's folder")
+    suffix = getattr(opt, "model_suffix", "")
+    if leaves_its_folder(suffix, whole=False):
+        raise OptionError(f"--model_suffix {suffix!r} cannot hold '/': it names the file EPOCH_net_G{suffix}.pth inside "
+                          f"the run's folder")
+
+
+def check_image_channels(opt):
+    """Images are read as RGB, or as grayscale for a side of 1 channel: no other channel count can come from them."""
+    sides = [("--input_nc", opt.input_nc), ("--output_nc", opt.output_nc)]
+    if opt.dataset_mode == "single":  # one side is read: the input's, the output's with BtoA
+        sides = sides[1:] if opt.direction == "BtoA" else sides[:1]
+    for flag, channels in sides:
+        if channels not in (1, 3):
+            raise OptionError(f"{flag} {channels}: images are read as RGB (3 channels) or, with 1, as grayscale, so "
+                              f"--dataset_mode {opt.dataset_mode} cannot give {channels} channels")
+
+
 def check_options(opt):
     """Reject combinations that would only fail deep inside a run, or that would do nothing."""
-    check_name(opt)
+    check_path_parts(opt)
+    check_image_channels(opt)
     if opt.isTrain:
         last_epoch = opt.n_epochs + opt.n_epochs_decay
         if last_epoch < opt.epoch_count and (last_epoch == 0 or not opt.continue_train):

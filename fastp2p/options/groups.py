@@ -11,16 +11,16 @@ import dataclasses
 from typing import Any
 
 from fastp2p.data.datasets import DATASET_MODES
-from fastp2p.data.loader import WORKER_START_METHODS
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
 from fastp2p.engine.path import SWITCH
 from fastp2p.engine.registry import PATHS
 from fastp2p.flag_types import (adam_beta, finite_non_negative_float, finite_positive_float, non_negative_float,
-                                non_negative_int, positive_int)
+                                non_negative_int, positive_int, seed_value)
 from fastp2p.losses import GAN_MODES
 from fastp2p.models import MODELS
 from fastp2p.networks import DISCRIMINATORS, GENERATORS, INIT_TYPES, LR_POLICIES, NORM_TYPES
+from fastp2p.worker_lifetime import WORKER_START_METHODS
 
 BOTH, TRAIN, TEST = ("train", "test"), ("train",), ("test",)
 MONITORING = "monitoring (fastp2p)"
@@ -54,7 +54,7 @@ class RunOptions:
     suffix: str = flag("", "append _SUFFIX to --name, its {fields} filled with option values, e.g. "
                            "{netG}_bs{batch_size}")
     seed: int | None = flag(None, "seeds every random draw; a run without it picks one and records it (fastp2p)",
-                            type=int)
+                            type=seed_value)
 
 
 @dataclasses.dataclass(frozen=True)
