@@ -21,7 +21,7 @@ from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.engine.cuda_graph import WARMUP_STEPS, DeviceImagePool
 from fastp2p.engine.path import AUTOCAST_VALUES
 from fastp2p.engine.registry import BY_NAME, PATHS
-from fastp2p.errors import OptionError
+from fastp2p.errors import OptionError, first_line
 from fastp2p.models import create_model
 from fastp2p.models.base_model import set_lr
 
@@ -241,7 +241,7 @@ def guarded(check):
     try:
         return check()
     except Exception as error:  # a broken kernel may raise anything; the first line is what the user needs
-        return Verdict(False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        return Verdict(False, f"{type(error).__name__}: {first_line(error)}")
 
 
 def paths_beside_amp(config):

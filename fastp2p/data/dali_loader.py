@@ -37,7 +37,7 @@ import torch
 
 from fastp2p.data.image_folder import mixed_sizes_error
 from fastp2p.data.planned_loader import FedLoader, ImageSizes
-from fastp2p.errors import DatasetError
+from fastp2p.errors import DatasetError, first_line
 
 
 def dali_available():
@@ -177,7 +177,7 @@ class DALILoader(FedLoader):
             raise
         except RuntimeError as error:
             paths = sorted({p for side in self._paths[0] for p in side})
-            raise DatasetError(f"DALI failed on a batch of {', '.join(paths)}: {str(error).splitlines()[0]}; "
+            raise DatasetError(f"DALI failed on a batch of {', '.join(paths)}: {first_line(error)}; "
                                f"--data_loader torch reads with PIL") from error
 
     def _to_torch(self, tensor_list):
@@ -186,7 +186,7 @@ class DALILoader(FedLoader):
         try:
             dense = tensor_list.as_tensor()
         except RuntimeError as error:
-            raise mixed_sizes_error(str(error).splitlines()[0]) from error
+            raise mixed_sizes_error(first_line(error)) from error
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(dense, out, cuda_stream=stream)
