@@ -29,6 +29,7 @@ from fastp2p.engine.registry import BY_NAME
 from fastp2p.environment import environment
 from fastp2p.errors import OptionError
 from fastp2p.parity import TOGETHER, paths_beside_amp
+from fastp2p.worker_lifetime import end_with_source
 
 SHAPE_GROUPS = ("model_options",)
 SHAPE_FLAGS = ("crop_size", "load_size", "batch_size", "preprocess", "input_nc", "output_nc")
@@ -70,7 +71,7 @@ def run_checks(opt, config, device, names):
         while todo:
             if os.path.exists(report):
                 os.remove(report)
-            command = [sys.executable, "-m", "fastp2p.selfcheck", options, report, ",".join(todo)]
+            command = [sys.executable, "-c", check_process_source(), options, report, ",".join(todo)]
             process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True)
             try:
@@ -171,6 +172,14 @@ def checked_config(opt, device, config, say=distributed.print_main):
                 f"details)")
             turned_off[name] = BY_NAME[name].off_flag
         config = resolve_engine(opt.replace(**turned_off), device)
+
+
+def check_process_source():
+    """``python -c`` statements that start the check process (this module's main), after arming, where Linux can,
+    its end with the trainer's: it runs in a session of its own (so that a timeout ends it and what it started), which
+    a kill of the trainer's group does not reach, and a trainer killed outright would leave it running."""
+    run = "import runpy\nrunpy.run_module('fastp2p.selfcheck', run_name='__main__', alter_sys=True)\n"
+    return (end_with_source(os.getpid(), whole_group=True) if hasattr(os, "pidfd_open") else "") + run
 
 
 def check_process(options, report, names):

@@ -45,19 +45,21 @@ def die_with_parent_source(trainer):
             "    os._exit(1)\n")
 
 
-def end_with_source(trainer):
+def end_with_source(trainer, whole_group=False):
     """Statements (standard library only) that end this process when ``trainer`` ends (now, if it has), watched from
-    a thread: for a process that the trainer did not start itself, whose death signal would follow another parent.
+    a thread: for a process that the trainer did not start itself, whose death signal would follow another parent,
+    or (``whole_group``) for the leader of a process group of its own, which ends the group: what it started too.
     Once a process: a second run finds the watch."""
+    end = "os.killpg(0, signal.SIGKILL)" if whole_group else "os.kill(os.getpid(), signal.SIGKILL)"
     return ("import os, select, signal, threading\n"
             f"if not any(thread.name == {WATCH!r} for thread in threading.enumerate()):\n"
             "    try:\n"
             f"        trainer = os.pidfd_open({int(trainer)})\n"
             "    except ProcessLookupError:\n"
-            "        os._exit(1)\n"
+            f"        {end}\n"
             "    def watch():\n"
             "        select.select([trainer], [], [])  # readable once the trainer has exited\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"        {end}\n"
             f"    threading.Thread(target=watch, name={WATCH!r}, daemon=True).start()\n")
 
 

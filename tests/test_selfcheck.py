@@ -8,6 +8,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -108,6 +110,30 @@ def alive(pid, seconds=5.0):
         time.sleep(0.1)
     os.kill(pid, 9)  # leave nothing behind, whatever the verdict
     return True
+
+
+@pytest.mark.slow
+def test_a_check_process_ends_with_its_killed_trainer(tmp_path, aligned_root, check_env):
+    """The check process runs in a session of its own, out of reach of a kill of the trainer's group: a trainer
+    killed outright (SIGKILL, the out-of-memory killer) must take the check process and what it started with it."""
+    check_env("hang")
+    trainer = subprocess.Popen([sys.executable, "-m", "fastp2p.train",
+                                *flags(tmp_path, aligned_root, "killed", "--fused_kernels", "on", "--selfcheck", "on")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child_file = tmp_path / "child.pid"
+    try:
+        deadline = time.monotonic() + 300
+        while not (child_file.exists() and child_file.read_text()) and time.monotonic() < deadline:
+            assert trainer.poll() is None, "the trainer ended before its check hung"
+            time.sleep(0.2)
+        child = int(child_file.read_text())
+        with open(f"/proc/{child}/stat") as f:
+            check = int(f.read().split(") ", 1)[1].split()[1])  # the hung check process, the child's parent
+    finally:
+        trainer.kill()
+        trainer.wait()
+    left = [pid for pid in (check, child) if alive(pid)]  # each looked at (and killed, if left)
+    assert not left
 
 
 @pytest.mark.slow
