@@ -188,9 +188,8 @@ class Translator:
         for start in range(0, len(images), self.opt.batch_size):
             chunk = images[start:start + self.opt.batch_size]
             batch = torch.stack([self.preprocess(image) for image in chunk])
-            self.model.image_paths = [str(image) if isinstance(image, (str, os.PathLike)) else "image"
-                                      for image in chunk]
-            self.model.check_image_size(batch)
+            first = chunk[0]
+            self.model.check_image_size(batch, source=str(first) if isinstance(first, (str, os.PathLike)) else "image")
             output = self.run(batch).cpu()
             results += [Image.fromarray(tensor2im(output[i:i + 1])) for i in range(len(chunk))]
         return results[0] if single else results

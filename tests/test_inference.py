@@ -10,7 +10,7 @@ from PIL import Image
 from fastp2p import test as test_cli
 from fastp2p.checkpoint import network_state_dict
 from fastp2p.engine import EngineConfig
-from fastp2p.errors import CheckpointError, OptionError
+from fastp2p.errors import CheckpointError, DatasetError, OptionError
 from fastp2p.inference import FastGenerator, Translator, read_train_options
 from fastp2p.networks import define_G, init_weights
 from fastp2p.options import parse_options, save_options
@@ -190,3 +190,12 @@ def test_fastp2p_test_on_the_gpu_engine_at_batch_4_is_close_to_the_reference_pat
     for name in os.listdir(reference / "images"):
         difference = pixels(fast / "images" / name).astype(int) - pixels(reference / "images" / name)
         assert np.abs(difference).mean() <= 4, name
+
+
+def test_translator_names_the_image_whose_size_the_generator_cannot_take(tmp_path):
+    folder = make_checkpoint(tmp_path / "checkpoints", "net", "unet_128", "batch", crop_size=128)
+    write_images(tmp_path / "data", 1, (45, 37), seed=4)  # with --preprocess none, 36 x 44 reaches the network
+    translate = Translator(folder, preprocess="none", gpu_ids="-1")
+    with pytest.raises(DatasetError, match=r"0\.png: images reach the networks as 36x44"):
+        translate(str(tmp_path / "data" / "0.png"))
+    assert translate.model.image_paths == []  # the check is told the image's name; the model is left alone

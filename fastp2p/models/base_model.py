@@ -89,12 +89,13 @@ class BaseModel:
         self.image_paths = data["A_paths" if a_to_b else "B_paths"]
         self.check_image_size(self.real_A)
 
-    def check_image_size(self, images):
-        """A DatasetError naming the options when the networks cannot take this batch's image size."""
+    def check_image_size(self, images, source=None):
+        """A DatasetError naming the options when the networks cannot take this batch's image size; ``source``
+        names the images in it (by default the first path of the batch set by set_input)."""
         height, width = images.shape[-2:]
         problem = image_size_problem(self.opt, height, width, discriminator=self.isTrain)
         if problem:
-            raise DatasetError(f"{self.image_paths[0]}: images reach the networks as {height}x{width} (after "
+            raise DatasetError(f"{source or self.image_paths[0]}: images reach the networks as {height}x{width} (after "
                                f"--preprocess {self.opt.preprocess}), but {problem}; use a --crop_size that fits "
                                f"(with a --preprocess that crops), or another network")
 
