@@ -3,11 +3,15 @@ reference's layout, a cut download resumed with a Range request, sizes that disa
 archives and archives with members outside their folder refused, dead links, and a pretrained generator that lands
 where fastp2p.test finds it."""
 
+import importlib
 import io
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import threading
+import tomllib
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -17,6 +21,8 @@ import torch
 from fastp2p import datasets as command
 from fastp2p.downloads import catalog
 from fastp2p.networks import define_G
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FileServer(HTTPServer):
@@ -132,6 +138,16 @@ def test_the_reference_urls_and_file_names_are_the_default():
         "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/horse2zebra.pth"
     assert catalog.find("model", "facades_label2photo").url() == \
         "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch/facades_label2photo.pth"
+
+
+def test_the_console_script_and_the_module_are_the_command():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fastp2p-datasets"]
+    module, name = target.split(":")
+    assert getattr(importlib.import_module(module), name) is command.main
+    listed = subprocess.run([sys.executable, "-m", "fastp2p.datasets", "list"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0 and "horse2zebra" in listed.stdout
 
 
 def test_list_shows_datasets_and_models_and_unknown_names_are_one_line(capsys, tmp_path):
