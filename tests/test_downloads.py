@@ -130,7 +130,8 @@ def leftovers(root):
 
 
 def test_the_reference_urls_and_file_names_are_the_default():
-    assert catalog.find("dataset", "facades").url() == "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"
+    assert catalog.find("dataset", "facades").url() == \
+        "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"
     assert catalog.find("dataset", "horse2zebra").url() == \
         "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/horse2zebra.zip"
     assert catalog.find("dataset", "facades", "cyclegan").url("http://m/x/") == "http://m/x/facades.zip"

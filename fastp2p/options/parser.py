@@ -14,6 +14,7 @@ from fastp2p.models import MODELS
 from fastp2p.options.checks import apply_suffix, check_options, parse_gpu_ids
 from fastp2p.options.config import build_options
 from fastp2p.options.groups import COMPATIBILITY, ENGINE, GROUPS, INFERENCE_HELP
+from fastp2p.options.inherit import from_saved, given_flags, saved_model
 
 TEST_FIXES = dict(num_threads=0, serial_batches=True, no_flip=True)
 """what the reference's test script hard-codes (and --batch_size 1, which fastp2p leaves to the flag)"""
@@ -123,13 +124,18 @@ def parse_options(argv=None, is_train=True, prog=None, add_options=None):
     base = build_parser(is_train, None, prog, add_options, add_help=False)
     known, _ = base.parse_known_args(argv)
     try:
-        parser = build_parser(is_train, known.model, prog, add_options)
+        model = saved_model(known, "model" in given_flags(base, argv), is_train)
+        parser = build_parser(is_train, model, prog, add_options)
     except OptionError as e:
         base.error(str(e))
     namespace, unrecognized = parser.parse_known_args(argv)
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}{guess_flags(unrecognized, parser, is_train)}")
-    values = vars(namespace)
+    namespace.model = model  # the resumed run's, when --continue_train names none
+    try:
+        values = from_saved(parser, argv, known, vars(namespace), is_train)
+    except OptionError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     if not is_train:
         values.update(TEST_FIXES)
     defaults = {action.dest: action.default for action in parser._actions if action.dest != "help"}
