@@ -184,6 +184,14 @@ def test_a_cyclegan_zip_lands_in_the_reference_layout(server, capsys, tmp_path):
     assert os.listdir(tmp_path) == ["horse2zebra"]
 
 
+def test_a_staging_folder_left_by_a_killed_run_is_cleared(server, capsys, tmp_path):
+    server.files["facades.tar.gz"] = tar_gz(FACADES)
+    (tmp_path / ".facades.x1y2.unpacking" / "facades").mkdir(parents=True)
+    status, _, err = run(capsys, "download", "facades", "--root", tmp_path, "--base_url", server.url)
+    assert status == 0, err
+    assert os.listdir(tmp_path) == ["facades"]
+
+
 def test_a_cut_download_is_kept_and_resumed_with_a_range_request(server, capsys, tmp_path):
     archive = tar_gz(FACADES)
     server.files["facades.tar.gz"] = archive
