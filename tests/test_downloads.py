@@ -334,7 +334,10 @@ def test_a_file_that_is_no_state_dict_is_refused_as_a_pretrained_generator(serve
     server.files["horse2zebra.pth"] = buffer.getvalue()
     status, _, err = run(capsys, "download_model", "horse2zebra", "--root", tmp_path, "--base_url", server.url)
     assert status == 2 and "is not a pretrained generator" in one_line_error(err)
-    assert os.listdir(tmp_path / "horse2zebra_pretrained") == []
+    assert os.listdir(tmp_path) == []
+    status, _, err = run(capsys, "download_model", "zebra2horse", "--root", tmp_path, "--base_url", server.url)
+    assert status == 2 and f"{server.url}/zebra2horse.pth: HTTP 404" in one_line_error(err)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow
