@@ -20,7 +20,7 @@ from fastp2p.checkpoint import load_prefix, network_filename, training_state_fil
 from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
-from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.engine import model_limits, prepare_model, resolve_engine, runtime_for
 from fastp2p.errors import (CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError, UserError,
                             first_line)
 from fastp2p.metrics import FeatureDistances, GeneratorScorer
@@ -72,7 +72,9 @@ class Trainer:
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
-        self.optimizer_names = [name for name, _ in self.model.trained_parameters()]
+        if model_limits(opt):
+            distributed.print_main(model_limits(opt))
+        self.optimizer_names = self.model.optimizer_names()
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
                                      batches_per_epoch=self.dataset.batches_per_epoch)
         self.scorer = self.build_scorer() if opt.eval_freq else None

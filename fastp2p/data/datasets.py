@@ -29,6 +29,7 @@ import warnings
 import torch.utils.data
 
 from fastp2p.errors import DatasetError
+from fastp2p.extensions import find_class
 
 from .image_folder import image_size, is_image_file, load_rgb, make_dataset
 from .plan import ab_half, sample_draws, sample_rng
@@ -243,3 +244,16 @@ def warn_if_single(path, size):
 
 
 DATASET_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}
+"""the built-in modes; any other --dataset_mode name is looked up as the reference looks up its own (find_dataset)"""
+
+
+def find_dataset(name):
+    """The dataset class ``--dataset_mode name`` means: a built-in, a user's ``NAME_dataset`` module's class, or
+    ``package.module:Class`` (fastp2p.extensions); an OptionError in one line otherwise."""
+    return find_class(name, "dataset", tuple(DATASET_MODES.items()), BaseDataset)
+
+
+def takes_epoch_items(dataset):
+    """Whether ``dataset`` takes the ``(epoch, index)`` items of BaseDataset (its draws seeded per item), rather than
+    a plain index, as a dataset written for the reference does (its own ``__getitem__(index)``)."""
+    return type(dataset).__getitem__ is BaseDataset.__getitem__

@@ -5,7 +5,7 @@ import os
 import torch
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.data.datasets import find_dataset
 from fastp2p.errors import MetricError
 from fastp2p.metrics.pairs import to_uint8
 from fastp2p.metrics.scores import Scores
@@ -42,7 +42,7 @@ class GeneratorScorer:
             raise MetricError("--eval_freq on unpaired data scores FID and KID alone, which need torchmetrics and "
                               "the Inception weights: pip install 'fastp2p[metrics]'")
         test_time = {"phase": self.phase, "load_size": opt.crop_size, "no_flip": True, "serial_batches": True}
-        self.dataset = DATASET_MODES[opt.dataset_mode](opt.replace(**test_time))
+        self.dataset = find_dataset(opt.dataset_mode)(opt.replace(**test_time))
         self.generator = unwrap(model.generator())
         self.sides = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
         self.batch_size = 1 if opt.norm in ("batch", "syncbatch") else opt.batch_size

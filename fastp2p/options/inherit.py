@@ -79,12 +79,13 @@ def typed(parser, key, text, folder):
     return value
 
 
-def saved_model(namespace, argv_given_model, is_train):
-    """The --model a --continue_train run resumes when none is given: the one it trained."""
-    if not is_train or argv_given_model:
-        return namespace.model
-    _, saved = saved_options(namespace, is_train)
-    return saved.get("model", namespace.model)
+def resumed_value(parsed, key, given, is_train, namespace=None):
+    """--model or --dataset_mode, which choose the flags the parser has: for a --continue_train run that gives none,
+    the one it trained with, else ``parsed``'s. ``namespace``: where the run's folder is read from, if not ``parsed``."""
+    if not is_train or key in given:
+        return getattr(parsed, key)
+    _, saved = saved_options(namespace or parsed, is_train)
+    return saved.get(key, getattr(parsed, key))
 
 
 def inherited_flags(values, model):
