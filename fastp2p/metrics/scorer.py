@@ -5,7 +5,7 @@ import os
 import torch
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.data.datasets import find_dataset
+from fastp2p.data.modes import find_dataset
 from fastp2p.errors import MetricError
 from fastp2p.metrics.pairs import to_uint8
 from fastp2p.metrics.scores import Scores

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 
 from fastp2p.errors import OptionError
-from fastp2p.data.datasets import find_dataset
+from fastp2p.data.modes import find_dataset
 from fastp2p.models import MODELS, find_model
 from fastp2p.options.checks import apply_suffix, check_options, parse_gpu_ids
 from fastp2p.options.config import build_options
