@@ -108,6 +108,8 @@ def user_folder(tmp_path_factory):
              "models/broken_model.py": "from .base_model import BaseModel\n",
              "models/misnamed_model.py": USER_MODEL.replace("class MyNetModel", "class SomethingElse"),
              "data/__init__.py": "", "data/halves_dataset.py": USER_DATASET,
+             "data/nopaths_dataset.py": USER_DATASET.replace("class HalvesDataset", "class NopathsDataset").replace(
+                 "'A_paths': self.paths[index],", "").replace("'B_paths': self.paths[index]", ""),
              "mine/__init__.py": "", "mine/nets.py": USER_MODEL}
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -184,12 +186,16 @@ def test_a_user_model_trains_resumes_exactly_and_tests(user_folder, monkeypatch,
     assert whole.keys() == cut.keys() and all(torch.equal(whole[key], cut[key]) for key in whole)
 
     results = user_folder / "results"
-    assert test_cli.main(["--model", "my_net", "--dataroot", str(user_folder / "facades"), "--name", "whole",
-                          "--checkpoints_dir", str(user_folder / "checkpoints"), "--results_dir", str(results),
-                          "--gpu_ids", "-1", "--ngf", "8", "--netG", "resnet_6blocks", "--load_size", "32",
-                          "--crop_size", "32", "--num_test", "1"]) == 0
+    test_flags = ["--model", "my_net", "--dataroot", str(user_folder / "facades"), "--name", "whole",
+                  "--checkpoints_dir", str(user_folder / "checkpoints"), "--results_dir", str(results), "--gpu_ids",
+                  "-1", "--ngf", "8", "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32",
+                  "--num_test", "1"]
+    assert test_cli.main(test_flags) == 0
     images = sorted(os.listdir(results / "whole" / "test_latest" / "images"))
     assert len(images) == 3 and any(name.endswith("_output.png") for name in images)
+    capsys.readouterr()
+    assert test_cli.main(test_flags + ["--dataset_mode", "nopaths"]) == 2
+    assert "the items of --dataset_mode nopaths have no 'A_paths'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

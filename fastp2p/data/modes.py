@@ -2,10 +2,11 @@
 
 from fastp2p.extensions import find_class
 
+from .colorization_dataset import ColorizationDataset
 from .datasets import IMAGE_MODES, BaseDataset
 from .template_dataset import TemplateDataset
 
-DATASET_MODES = {**IMAGE_MODES, TemplateDataset.mode: TemplateDataset}
+DATASET_MODES = {**IMAGE_MODES, TemplateDataset.mode: TemplateDataset, ColorizationDataset.mode: ColorizationDataset}
 """the built-in modes; any other --dataset_mode name is looked up as the reference looks up its own (find_dataset)"""
 
 
