@@ -141,3 +141,14 @@ def test_the_references_pre_push_colorization_commands_run(tmp_path):
     assert [name.split("_", 1)[1] for name in images] == ["fake_B_rgb.png", "real_A.png", "real_B_rgb.png"]
     real = np.asarray(Image.open(folder / images[2]))
     assert real.shape == (32, 32, 3) and real.std() > 0  # the photo in colour, back from Lab
+
+
+def test_eval_freq_on_lab_outputs_is_one_line(tmp_path, capsys):
+    write_images(tmp_path / "train", 1, (40, 30), seed=0)
+    write_images(tmp_path / "val", 1, (40, 30), seed=1)
+    flags = ["--model", "colorization", "--dataroot", str(tmp_path), "--gpu_ids", "-1", "--num_threads", "0",
+             "--ngf", "8", "--ndf", "8", "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32",
+             "--checkpoints_dir", str(tmp_path / "checkpoints"), "--eval_freq", "1", "--no_tensorboard"]
+    assert train_cli.main(flags) == 2
+    assert "--eval_freq scores RGB outputs of the image modes (aligned, unaligned, single); --dataset_mode " \
+           "colorization is not one of them" in capsys.readouterr().err
