@@ -269,3 +269,26 @@ def test_the_engine_keeps_the_models_optimizers_and_converts_its_networks():
     before = model.netG.model[1].weight.detach().clone()
     step({"A": torch.rand(1, 3, 32, 32) * 2 - 1})
     assert not torch.equal(before, model.netG.model[1].weight)
+
+
+@pytest.mark.slow
+def test_the_fused_kernels_apply_to_the_networks_of_a_model_with_its_own_optimizers():
+    """--fused_kernels on (Triton's interpreter on the CPU) replaces the norms of its generator, and its step trains
+    as the plain path's does, within the fused kernels' tolerance."""
+    from fastp2p.engine.fusion import FUSED_KERNELS
+
+    def one_step(*flags):
+        opt = parse_options(["--model", OWN, *SMALL, "--norm", "instance", "--seed", "0", *flags])
+        config = resolve_engine(opt, torch.device("cpu"))
+        torch.manual_seed(0)
+        model = create_model(opt, runtime_for(config, torch.device("cpu")))
+        model.setup(opt)
+        step = prepare_model(model, config)
+        step({"A": torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1})
+        return model
+
+    plain, fused = one_step(), one_step("--fused_kernels", "on")
+    norms = [type(m).__name__ for m in fused.netG.modules() if "norm" in type(m).__name__.lower()]
+    assert norms and "InstanceNorm2d" not in norms
+    tolerance = FUSED_KERNELS.check.tolerance
+    assert torch.allclose(fused.loss_G, plain.loss_G, rtol=tolerance.loss_rtol, atol=tolerance.loss_atol)
