@@ -87,7 +87,8 @@ def test_the_defaults_are_the_references(tmp_path):
 def test_an_item_is_the_references_lab_of_the_resized_image(tmp_path):
     color = skimage_color()
     write_images(tmp_path / "train", 2, (40, 30), seed=0)
-    opt = colorization_options(tmp_path, "--load_size", "32", "--crop_size", "32", "--no_flip", "--netG", "resnet_6blocks")
+    opt = colorization_options(tmp_path, "--load_size", "32", "--crop_size", "32", "--no_flip", "--netG",
+                               "resnet_6blocks")
     item = create_dataset(opt).dataset[(0, 1)]
     image = np.array(Image.open(item["A_paths"]).convert("RGB").resize((32, 32), Image.BICUBIC))
     lab = torch.from_numpy(color.rgb2lab(image).astype(np.float32)).permute(2, 0, 1)

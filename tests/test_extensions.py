@@ -144,7 +144,8 @@ def test_a_user_model_is_found_the_references_way_with_its_flags(user_folder, mo
 @pytest.mark.parametrize("model, message", [
     ("nosuch", "unknown --model nosuch: not a built-in (pix2pix, cycle_gan, test"),
     ("pix2px", "unknown --model pix2px (did you mean pix2pix?)"),
-    ("broken", "--model broken: importing models.broken_model failed: ModuleNotFoundError: No module named 'models.base_model'"),
+    ("broken", "--model broken: importing models.broken_model failed: ModuleNotFoundError: No module named "
+               "'models.base_model'"),
     ("misnamed", "misnamed_model.py defines no subclass of fastp2p.models.base_model.BaseModel named MisnamedModel"),
     ("mine.nets:Nothing", "--model mine.nets:Nothing: "),
     ("mine.absent:Thing", "--model mine.absent:Thing: no module mine.absent importable from"),

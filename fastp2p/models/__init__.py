@@ -19,8 +19,8 @@ MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel
           "colorization": ColorizationModel}
 """the built-in models; any other --model name is looked up as the reference looks up its own (find_model)"""
 
-__all__ = ["BaseModel", "ColorizationModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TemplateModel", "TestModel", "create_model",
-           "find_model"]
+__all__ = ["BaseModel", "ColorizationModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TemplateModel",
+           "TestModel", "create_model", "find_model"]
 
 
 def find_model(name):

@@ -85,8 +85,9 @@ class BaseModel:
         the step updates). A model that built its own optimizers keeps them."""
         if self.builds_own_optimizers():
             if not self.optimizers:
-                raise OptionError(f"--model {self.opt.model}: {type(self).__name__} trains but has no optimizers: build "
-                                  f"self.optimizers in __init__, or define trained_parameters() (docs/extending.md)")
+                raise OptionError(f"--model {self.opt.model}: {type(self).__name__} trains but has no optimizers: "
+                                  f"build self.optimizers in __init__, or define trained_parameters() "
+                                  f"(docs/extending.md)")
         else:
             self.optimizers = []
             for name, params in self.trained_parameters():
