@@ -50,8 +50,13 @@ def fetch_model(name, root="checkpoints", base_url=None, kind=None, timeout=60.0
     os.makedirs(folder, exist_ok=True)
     url = entry.url(base_url)
     print(f"{entry.family} pretrained generator {name}: {url}")
-    fetched = download(url, os.path.join(folder, entry.file_name), timeout)
-    check_state_dict(fetched, url)
+    try:
+        fetched = download(url, os.path.join(folder, entry.file_name), timeout)
+        check_state_dict(fetched, url)
+    except DownloadError:
+        if not os.listdir(folder):  # nothing to resume from: no empty NAME_pretrained folder is left behind
+            os.rmdir(folder)
+        raise
     os.replace(fetched, target)
     print(f"{name} is at {target}: {entry.layout}; test it with --name {name}_pretrained --checkpoints_dir {root}")
     return target

@@ -130,7 +130,8 @@ def leftovers(root):
 
 
 def test_the_reference_urls_and_file_names_are_the_default():
-    assert catalog.find("dataset", "facades").url() == "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"
+    assert catalog.find("dataset", "facades").url() == \
+        "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"
     assert catalog.find("dataset", "horse2zebra").url() == \
         "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/horse2zebra.zip"
     assert catalog.find("dataset", "facades", "cyclegan").url("http://m/x/") == "http://m/x/facades.zip"
@@ -181,6 +182,14 @@ def test_a_cyclegan_zip_lands_in_the_reference_layout(server, capsys, tmp_path):
         assert (tmp_path / name).read_bytes() == data
     assert sorted(os.listdir(tmp_path / "horse2zebra")) == ["testA", "testB", "trainA", "trainB"]
     assert os.listdir(tmp_path) == ["horse2zebra"]
+
+
+def test_a_staging_folder_left_by_a_killed_run_is_cleared(server, capsys, tmp_path):
+    server.files["facades.tar.gz"] = tar_gz(FACADES)
+    (tmp_path / ".facades.x1y2.unpacking" / "facades").mkdir(parents=True)
+    status, _, err = run(capsys, "download", "facades", "--root", tmp_path, "--base_url", server.url)
+    assert status == 0, err
+    assert os.listdir(tmp_path) == ["facades"]
 
 
 def test_a_cut_download_is_kept_and_resumed_with_a_range_request(server, capsys, tmp_path):
@@ -325,7 +334,10 @@ def test_a_file_that_is_no_state_dict_is_refused_as_a_pretrained_generator(serve
     server.files["horse2zebra.pth"] = buffer.getvalue()
     status, _, err = run(capsys, "download_model", "horse2zebra", "--root", tmp_path, "--base_url", server.url)
     assert status == 2 and "is not a pretrained generator" in one_line_error(err)
-    assert os.listdir(tmp_path / "horse2zebra_pretrained") == []
+    assert os.listdir(tmp_path) == []
+    status, _, err = run(capsys, "download_model", "zebra2horse", "--root", tmp_path, "--base_url", server.url)
+    assert status == 2 and f"{server.url}/zebra2horse.pth: HTTP 404" in one_line_error(err)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow

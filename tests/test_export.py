@@ -100,6 +100,11 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "checkpoint not found" in run_expecting_error(capsys, base + RESNET)
     assert "--out FILE is required" in run_expecting_error(capsys, base[:-2] + RESNET)
     make_checkpoint(tmp_path / "checkpoints", "net", "resnet_6blocks", "instance")
+    with pytest.raises(SystemExit) as stop:  # the run's train_opt.txt refuses the other --netG as the flags parse
+        export_cli.main(base + UNET)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err and "--netG unet_128 conflicts" in err
+    (tmp_path / "checkpoints" / "net" / "train_opt.txt").unlink()
     assert "does not match" in run_expecting_error(capsys, base + UNET)
     assert "cycle_gan holds two generators" in run_expecting_error(capsys, base[:1] + ["cycle_gan"] + base[2:] + RESNET)
     real_find_spec = importlib.util.find_spec

@@ -8,6 +8,7 @@ file of the user's). Unpacking goes to a hidden folder beside the target, which 
 so that an interrupted run never leaves half a dataset under the set's name.
 """
 
+import glob
 import gzip
 import os
 import re
@@ -113,6 +114,8 @@ def unpack(path, target):
         os.remove(path)
         raise
     parent = os.path.dirname(os.path.abspath(target))
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(target))}.*.unpacking")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed outright (SIGKILL) while it unpacked
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".unpacking", dir=parent)
     try:
         with open_archive(path) as archive:

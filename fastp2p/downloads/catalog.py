@@ -92,7 +92,8 @@ def find(what, name, family=None):
 def listing():
     """The text of ``list``: every dataset and model by family, with the folder layout each lands in."""
     lines = []
-    for what, title in (("dataset", "datasets (download NAME)"), ("model", "pretrained generators (download_model NAME)")):
+    titles = (("dataset", "datasets (download NAME)"), ("model", "pretrained generators (download_model NAME)"))
+    for what, title in titles:
         lines.append(f"{title}:")
         for family in FAMILIES:
             names = [n if (what, family, n) not in WITHHELD else f"{n} (not distributed)" for n in known(what)[family]]

@@ -17,6 +17,7 @@ from fastp2p.models import MODELS, find_model
 from fastp2p.options.checks import apply_suffix, check_options, parse_gpu_ids
 from fastp2p.options.config import build_options
 from fastp2p.options.groups import COMPATIBILITY, ENGINE, GROUPS, INFERENCE_HELP
+from fastp2p.options.inherit import from_saved, given_flags, saved_model
 
 TEST_FIXES = dict(num_threads=0, serial_batches=True, no_flip=True)
 """what the reference's test script hard-codes (and --batch_size 1, which fastp2p leaves to the flag)"""
@@ -141,15 +142,20 @@ def parse_options(argv=None, is_train=True, prog=None, add_options=None):
     base = build_parser(is_train, None, prog, add_options, add_help=False)
     known, _ = base.parse_known_args(argv)
     try:
-        with_model = build_parser(is_train, known.model, prog, add_options, add_help=False)
+        model = saved_model(known, "model" in given_flags(base, argv), is_train)
+        with_model = build_parser(is_train, model, prog, add_options, add_help=False)
         dataset_mode = with_model.parse_known_args(argv)[0].dataset_mode  # the model may change its default
-        parser = build_parser(is_train, known.model, prog, add_options, dataset_mode=dataset_mode)
+        parser = build_parser(is_train, model, prog, add_options, dataset_mode=dataset_mode)
     except OptionError as e:
         base.error(str(e))
     namespace, unrecognized = parser.parse_known_args(argv)
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}{guess_flags(unrecognized, parser, is_train)}")
-    values = vars(namespace)
+    namespace.model = model  # the resumed run's, when --continue_train names none
+    try:
+        values = from_saved(parser, argv, known, vars(namespace), is_train)
+    except OptionError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     if not is_train:
         values.update(TEST_FIXES)
     defaults = {action.dest: action.default for action in parser._actions if action.dest != "help"}
