@@ -72,8 +72,9 @@ class Trainer:
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
-        if model_limits(opt):
-            distributed.print_main(model_limits(opt))
+        limits = model_limits(opt)  # the paths a model that steps its own optimizers does not get
+        if limits:
+            distributed.print_main(limits)
         self.optimizer_names = self.model.optimizer_names()
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
                                      batches_per_epoch=self.dataset.batches_per_epoch)

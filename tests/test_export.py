@@ -42,6 +42,7 @@ def unet(tmp_path):
     return eager_generator(tmp_path, "unet_128", "batch", True)
 
 
+@pytest.mark.slow
 def test_pt2_of_a_resnet_equals_the_eager_generator_at_two_batch_sizes_and_other_sizes(tmp_path, resnet):
     program = torch.export.load(str(export(tmp_path, RESNET))).module()
     with torch.no_grad():
@@ -71,6 +72,7 @@ def test_bf16_export_computes_the_bf16_generator(tmp_path, resnet):
         assert (y.float() - resnet.bfloat16()(x).float()).abs().max() <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
                     reason="needs onnxruntime, onnx and onnxscript (pip install -e '.[test]')")
 def test_onnx_run_by_onnxruntime_matches_the_eager_generator(tmp_path, resnet):

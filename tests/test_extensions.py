@@ -108,6 +108,8 @@ def user_folder(tmp_path_factory):
              "models/broken_model.py": "from .base_model import BaseModel\n",
              "models/misnamed_model.py": USER_MODEL.replace("class MyNetModel", "class SomethingElse"),
              "data/__init__.py": "", "data/halves_dataset.py": USER_DATASET,
+             "data/nopaths_dataset.py": USER_DATASET.replace("class HalvesDataset", "class NopathsDataset").replace(
+                 "'A_paths': self.paths[index],", "").replace("'B_paths': self.paths[index]", ""),
              "mine/__init__.py": "", "mine/nets.py": USER_MODEL}
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,8 @@ def test_a_user_model_is_found_the_references_way_with_its_flags(user_folder, mo
 @pytest.mark.parametrize("model, message", [
     ("nosuch", "unknown --model nosuch: not a built-in (pix2pix, cycle_gan, test"),
     ("pix2px", "unknown --model pix2px (did you mean pix2pix?)"),
-    ("broken", "--model broken: importing models.broken_model failed: ModuleNotFoundError: No module named 'models.base_model'"),
+    ("broken", "--model broken: importing models.broken_model failed: ModuleNotFoundError: No module named "
+               "'models.base_model'"),
     ("misnamed", "misnamed_model.py defines no subclass of fastp2p.models.base_model.BaseModel named MisnamedModel"),
     ("mine.nets:Nothing", "--model mine.nets:Nothing: "),
     ("mine.absent:Thing", "--model mine.absent:Thing: no module mine.absent importable from"),
@@ -184,12 +187,16 @@ def test_a_user_model_trains_resumes_exactly_and_tests(user_folder, monkeypatch,
     assert whole.keys() == cut.keys() and all(torch.equal(whole[key], cut[key]) for key in whole)
 
     results = user_folder / "results"
-    assert test_cli.main(["--model", "my_net", "--dataroot", str(user_folder / "facades"), "--name", "whole",
-                          "--checkpoints_dir", str(user_folder / "checkpoints"), "--results_dir", str(results),
-                          "--gpu_ids", "-1", "--ngf", "8", "--netG", "resnet_6blocks", "--load_size", "32",
-                          "--crop_size", "32", "--num_test", "1"]) == 0
+    test_flags = ["--model", "my_net", "--dataroot", str(user_folder / "facades"), "--name", "whole",
+                  "--checkpoints_dir", str(user_folder / "checkpoints"), "--results_dir", str(results), "--gpu_ids",
+                  "-1", "--ngf", "8", "--netG", "resnet_6blocks", "--load_size", "32", "--crop_size", "32",
+                  "--num_test", "1"]
+    assert test_cli.main(test_flags) == 0
     images = sorted(os.listdir(results / "whole" / "test_latest" / "images"))
     assert len(images) == 3 and any(name.endswith("_output.png") for name in images)
+    capsys.readouterr()
+    assert test_cli.main(test_flags + ["--dataset_mode", "nopaths"]) == 2
+    assert "the items of --dataset_mode nopaths have no 'A_paths'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -263,3 +270,26 @@ def test_the_engine_keeps_the_models_optimizers_and_converts_its_networks():
     before = model.netG.model[1].weight.detach().clone()
     step({"A": torch.rand(1, 3, 32, 32) * 2 - 1})
     assert not torch.equal(before, model.netG.model[1].weight)
+
+
+@pytest.mark.slow
+def test_the_fused_kernels_apply_to_the_networks_of_a_model_with_its_own_optimizers():
+    """--fused_kernels on (Triton's interpreter on the CPU) replaces the norms of its generator, and its step trains
+    as the plain path's does, within the fused kernels' tolerance."""
+    from fastp2p.engine.fusion import FUSED_KERNELS
+
+    def one_step(*flags):
+        opt = parse_options(["--model", OWN, *SMALL, "--norm", "instance", "--seed", "0", *flags])
+        config = resolve_engine(opt, torch.device("cpu"))
+        torch.manual_seed(0)
+        model = create_model(opt, runtime_for(config, torch.device("cpu")))
+        model.setup(opt)
+        step = prepare_model(model, config)
+        step({"A": torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1})
+        return model
+
+    plain, fused = one_step(), one_step("--fused_kernels", "on")
+    norms = [type(m).__name__ for m in fused.netG.modules() if "norm" in type(m).__name__.lower()]
+    assert norms and "InstanceNorm2d" not in norms
+    tolerance = FUSED_KERNELS.check.tolerance
+    assert torch.allclose(fused.loss_G, plain.loss_G, rtol=tolerance.loss_rtol, atol=tolerance.loss_atol)

@@ -194,3 +194,11 @@ def test_a_tiny_cycle_gan_on_facades_is_tested_one_side_with_only_its_name(share
     assert test_cli.main(["--model", "test", "--model_suffix", "_A", *side]) == 0, capsys.readouterr().err
     images = os.listdir(os.path.join(results, "cyc_tiny", "test_latest", "images"))
     assert sorted(name.rsplit("_", 1)[1] for name in images) == ["fake.png", "real.png"]
+
+
+def test_a_resume_builds_its_parser_for_its_dataset_mode(tmp_path):
+    checkpoints = run_folder(tmp_path, ["--model", "template", "--dataset_mode", "template", "--new_dataset_option",
+                                        "5", "--gpu_ids", "-1"])
+    opt = parsed(checkpoints, "--continue_train", "--new_dataset_option", "3")  # the mode's own flag is there
+    assert (opt.model, opt.dataset_mode, opt.new_dataset_option, opt.max_dataset_size) == \
+        ("template", "template", 3.0, 10)

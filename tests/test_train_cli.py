@@ -150,6 +150,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
                             tmp_path / "checkpoints" / "resumed" / f"latest_net_{net}.pth")
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path, unaligned_root):
     flags = cycle_gan_flags(tmp_path, unaligned_root, name="cli")
     flags[flags.index("--n_epochs_decay") + 1] = "0"
@@ -200,6 +201,7 @@ def test_nan_losses_stop_the_run_without_overwriting_checkpoints(tmp_path, align
     assert (tmp_path / "checkpoints" / "nan" / "latest_net_G.pth").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_saves_and_stops(tmp_path, aligned_root):
     """As `timeout` or a job scheduler would stop a run: the signal reaches the loader's workers too."""
     import signal

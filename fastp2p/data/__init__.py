@@ -7,9 +7,10 @@ loaders live in their own modules, which ``select.create_fast_loader`` imports w
 from fastp2p.errors import DatasetError
 
 from .builtin import builtin_dataroot
-from .datasets import AlignedDataset, BaseDataset, SingleDataset, UnalignedDataset, find_dataset
+from .datasets import AlignedDataset, BaseDataset, SingleDataset, UnalignedDataset
 from .image_folder import IMG_EXTENSIONS, load_rgb, make_dataset
 from .loader import DataLoaderWrapper, create_dataset
+from .modes import find_dataset
 from .plan import shard_indices
 from .transforms import get_params, get_transform, transform_image
 

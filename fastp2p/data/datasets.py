@@ -29,7 +29,6 @@ import warnings
 import torch.utils.data
 
 from fastp2p.errors import DatasetError
-from fastp2p.extensions import find_class
 
 from .image_folder import image_size, is_image_file, load_rgb, make_dataset
 from .plan import ab_half, sample_draws, sample_rng
@@ -243,14 +242,9 @@ def warn_if_single(path, size):
         _warned_single = True
 
 
-DATASET_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}
-"""the built-in modes; any other --dataset_mode name is looked up as the reference looks up its own (find_dataset)"""
-
-
-def find_dataset(name):
-    """The dataset class ``--dataset_mode name`` means: a built-in, a user's ``NAME_dataset`` module's class, or
-    ``package.module:Class`` (fastp2p.extensions); an OptionError in one line otherwise."""
-    return find_class(name, "dataset", tuple(DATASET_MODES.items()), BaseDataset)
+IMAGE_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}
+"""the modes of image pairs or sets, whose files and draws the epoch plan (plan.py) knows, so the fast loaders serve
+them too; every built-in mode is in modes.DATASET_MODES"""
 
 
 def takes_epoch_items(dataset):

@@ -27,7 +27,8 @@ from fastp2p.errors import DatasetError
 from fastp2p.worker_lifetime import WORKER_DEATHS, worker_context
 
 from .. import distributed
-from .datasets import find_dataset, takes_epoch_items
+from .datasets import takes_epoch_items
+from .modes import find_dataset
 from .image_folder import mixed_sizes_error
 from .plan import mix_seed, seed_of, shard_indices
 

@@ -15,13 +15,12 @@ import torch
 
 from fastp2p import distributed
 from fastp2p.data.dali_loader import DALILoader, dali_available
+from fastp2p.data.datasets import IMAGE_MODES
 from fastp2p.data.gpu_cache import CacheDoesNotFit, GPUCacheLoader
 from fastp2p.data.loader import create_dataset
 from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, torchvision_available
 
 KINDS = ("auto", "torch", "dali", "gpu_cache")
-PLANNED_MODES = ("aligned", "unaligned", "single")
-"""the dataset modes whose files and draws the epoch plan (plan.py) knows, so a fast loader can serve them"""
 
 
 def _say(text):
@@ -46,7 +45,7 @@ def create_fast_loader(opt, kind="auto", device=torch.device("cpu"), budget_byte
         raise ValueError(f"--data_loader {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "torch":
         return create_dataset(opt, device)
-    if opt.dataset_mode not in PLANNED_MODES:
+    if opt.dataset_mode not in IMAGE_MODES:
         if kind != "auto" or device.type == "cuda":
             _say(f"--dataset_mode {opt.dataset_mode} reads its items itself; using the torch loader")
         return create_dataset(opt, device)

@@ -5,7 +5,8 @@ import os
 import torch
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.data.datasets import find_dataset
+from fastp2p.data.datasets import IMAGE_MODES
+from fastp2p.data.modes import find_dataset
 from fastp2p.errors import MetricError
 from fastp2p.metrics.pairs import to_uint8
 from fastp2p.metrics.scores import Scores
@@ -34,6 +35,9 @@ class GeneratorScorer:
     as --norm syncbatch synchronizes its forward; rank 0 alone keeps the scores (``keep``)."""
 
     def __init__(self, opt, model, amp_dtype, distances=None, keep=True):
+        if opt.dataset_mode not in IMAGE_MODES:
+            raise MetricError(f"--eval_freq scores RGB outputs of the image modes ({', '.join(IMAGE_MODES)}); "
+                              f"--dataset_mode {opt.dataset_mode} is not one of them")
         self.phase = eval_phase(opt)
         if self.phase is None:
             raise MetricError(f"--eval_freq scores the val or test split, and {opt.dataroot} has neither")

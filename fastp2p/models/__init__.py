@@ -8,16 +8,19 @@ from fastp2p.distributed import print_main
 from fastp2p.errors import OptionError, first_line
 from fastp2p.extensions import find_class
 from fastp2p.models.base_model import BaseModel
+from fastp2p.models.colorization_model import ColorizationModel
 from fastp2p.models.cycle_gan_model import CycleGANModel
 from fastp2p.models.pix2pix_model import Pix2PixModel
 from fastp2p.models.runtime import ModelRuntime, building_with
+from fastp2p.models.template_model import TemplateModel
 from fastp2p.models.test_model import TestModel
 
-MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel}
+MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel, "template": TemplateModel,
+          "colorization": ColorizationModel}
 """the built-in models; any other --model name is looked up as the reference looks up its own (find_model)"""
 
-__all__ = ["BaseModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TestModel", "create_model",
-           "find_model"]
+__all__ = ["BaseModel", "ColorizationModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TemplateModel",
+           "TestModel", "create_model", "find_model"]
 
 
 def find_model(name):

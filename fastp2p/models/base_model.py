@@ -85,8 +85,9 @@ class BaseModel:
         the step updates). A model that built its own optimizers keeps them."""
         if self.builds_own_optimizers():
             if not self.optimizers:
-                raise OptionError(f"--model {self.opt.model}: {type(self).__name__} trains but has no optimizers: build "
-                                  f"self.optimizers in __init__, or define trained_parameters() (docs/extending.md)")
+                raise OptionError(f"--model {self.opt.model}: {type(self).__name__} trains but has no optimizers: "
+                                  f"build self.optimizers in __init__, or define trained_parameters() "
+                                  f"(docs/extending.md)")
         else:
             self.optimizers = []
             for name, params in self.trained_parameters():
@@ -123,7 +124,8 @@ class BaseModel:
         """A DatasetError naming the options when the networks cannot take this batch's image size; ``source``
         names the images in it (by default the first path of the batch set by set_input)."""
         height, width = images.shape[-2:]
-        problem = image_size_problem(self.opt, height, width, discriminator=self.isTrain)
+        discriminator = self.isTrain and any(name.startswith("D") for name in self.model_names)
+        problem = image_size_problem(self.opt, height, width, discriminator=discriminator)
         if problem:
             raise DatasetError(f"{source or self.image_paths[0]}: images reach the networks as {height}x{width} (after "
                                f"--preprocess {self.opt.preprocess}), but {problem}; use a --crop_size that fits "

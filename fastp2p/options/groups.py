@@ -10,7 +10,7 @@ the reference, and are kept in ``ModelOptions.extra``. The engine's flags come f
 import dataclasses
 from typing import Any
 
-from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.data.modes import DATASET_MODES
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
 from fastp2p.engine.path import SWITCH

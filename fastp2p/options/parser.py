@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 
 from fastp2p.errors import OptionError
-from fastp2p.data.datasets import find_dataset
+from fastp2p.data.modes import find_dataset
 from fastp2p.models import MODELS, find_model
 from fastp2p.options.checks import apply_suffix, check_options, parse_gpu_ids
 from fastp2p.options.config import build_options
@@ -95,7 +95,11 @@ def guess_flags(unrecognized, parser, is_train):
     another model, whose --model is then named too."""
     flags = [arg.split("=", 1)[0] for arg in unrecognized if arg.startswith("-") and not arg[1:2].isdigit()]
     known = flags_of(parser)
-    owners = {flag: model for model in MODELS for flag in model_flags(model, is_train) if flag not in known}
+    owners = {}
+    for model in MODELS:  # the first model that has a flag names it (pix2pix before colorization, its subclass)
+        for flag in model_flags(model, is_train):
+            if flag not in known:
+                owners.setdefault(flag, model)
     needs_model, misspelled = [], []
     for flag in flags:
         guess = closest(flag, known + list(owners))
