@@ -5,7 +5,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from fastp2p.errors import OptionError
+from fastp2p.errors import OptionError, StoppedOnMainRank, first_line
 
 
 def is_distributed():
@@ -29,6 +29,34 @@ def print_main(*args, **kwargs):
     """print() on rank 0 only: every rank of a run would print the same line."""
     if is_main_process():
         print(*args, **kwargs)
+
+
+def restart_count():
+    """How often torchrun (--max-restarts) has restarted this job's workers: > 0 in a restarted worker."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def decided_on_main(decide):
+    """``decide()`` run once for the job, on rank 0, and its result handed to every rank.
+
+    What a run's checkpoint folder holds (its lock, which set to resume from) is decided where it is written, and
+    every rank must follow the same decision even when another node sees another folder. When rank 0 fails, the
+    other ranks raise StoppedOnMainRank instead of waiting for it in a collective; rank 0 raises its own error.
+    """
+    if not is_distributed():
+        return decide()
+    box = [None]
+    if is_main_process():
+        try:
+            box = [(True, decide())]
+        except BaseException as error:
+            dist.broadcast_object_list([(False, f"{type(error).__name__}: {first_line(error)}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    decided, value = box[0]
+    if not decided:
+        raise StoppedOnMainRank(f"rank 0 stopped the run ({value})")
+    return value
 
 
 def init_distributed(use_cuda):
