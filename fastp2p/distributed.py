@@ -66,7 +66,11 @@ def init_distributed(use_cuda):
     single process (python -m, or torchrun with one process) stays ungrouped, so no collective is ever paid for.
     """
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        # torchrun's agent keeps one store for the job: after a restart (--max-restarts) the killed workers' keys
+        # are still there, and gloo would read the dead rank 0's address from them
+        attempt = dist.PrefixStore(f"fastp2p/attempt_{restart_count()}/", store)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=attempt, rank=rank, world_size=world)
     return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
 
 

@@ -22,13 +22,14 @@ import torch.distributed as dist
 from fastp2p.checkpoint import read_checkpoint
 from fastp2p.distributed import decided_on_main
 from fastp2p.run_lock import FolderLock
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
-FACADES = os.path.join(ROOT, "..", "shared", "data", "facades")
+FACADES = os.path.join(SHARED_DATA, "facades")
 needs_facades = pytest.mark.skipif(not os.path.isdir(FACADES), reason="the real facades set is not here")
 MARKER = "FASTP2P_TEST_JOB"
 
@@ -60,8 +61,8 @@ class Jobs:
         self.marker = uuid.uuid4().hex
         self.started = []
 
-    def start(self, command, log):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, MARKER: self.marker}
+    def start(self, command, log, env=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, MARKER: self.marker, **(env or {})}
         out = open(log, "w")
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -95,13 +96,13 @@ class Jobs:
         assert not marked_processes(self.marker), "processes of the job were left behind"
 
 
-def run_jobs(logs, commands, timeout):
+def run_jobs(logs, commands, timeout, env=None):
     """Start ``commands`` together (their output in the folder ``logs``), and return each one's (code, output)."""
     os.makedirs(logs, exist_ok=True)
     jobs = Jobs()
     try:
         for index, command in enumerate(commands):
-            jobs.start(command, logs / f"launcher{index}.log")
+            jobs.start(command, logs / f"launcher{index}.log", env)
         return jobs.wait(timeout)
     finally:
         jobs.close()
@@ -250,3 +251,45 @@ def test_a_node_whose_peers_never_arrive_says_so_in_one_line(tmp_path):
     assert code == 2
     lines = output.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "did not join" in lines[0], output
+
+
+ELASTIC_FLAGS = dict(images=8, epochs=(1, 1), extra=["--save_latest_freq", "2", "--print_freq", "4"])
+# 8 images, 2 ranks at batch 1: 4 iterations an epoch, counted as 4 images (one rank's). Checkpoint sets: 'latest'
+# at iterations 2 and 4 (sets 1, 2), at the end of epoch 1 (set 3, with '1'), then 6 (4), 8 (5), end of epoch 2 (6)
+KILLS = {
+    "rank1-mid-iteration-3": ("1:iteration:3", "latest"),
+    "rank0-inside-save-2": ("0:save:2", "latest"),  # set 2 half staged: resumes from set 1, iteration 2
+    "rank0-after-commit-3": ("0:commit:3", "latest"),  # committed, not renamed: rolled forward at the restart
+    "rank1-mid-iteration-7": ("1:iteration:7", "latest"),
+}
+
+
+@pytest.mark.slow
+@needs_facades
+def test_killed_workers_restart_and_end_as_an_uninterrupted_run(tmp_path):
+    """torchrun --max-restarts 1 restarts the job after a worker is killed (SIGKILL) at one of several instants;
+    the restarted workers resume from the newest complete set without --continue_train, say so in the loss log, and
+    end with the uninterrupted run's weights, bit for bit."""
+    def job(checkpoints, kill=None):
+        env = {"FASTP2P_TEST_KILL": kill} if kill else {}
+        command = torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "--monitor-interval",
+                           "0.2", WORKER, "cli", *facades_flags(checkpoints, **ELASTIC_FLAGS))
+        return run_jobs(checkpoints / "logs", [command], timeout=180, env=env)
+
+    [(code, output)] = job(tmp_path / "whole")
+    assert code == 0, output[-4000:]
+    assert output.count("saving the latest model (epoch 1, total_iters 2)") == 1, output  # rank 0's line alone
+    whole = tmp_path / "whole" / "job"
+    names = network_files(whole)
+    for label, (kill, _) in KILLS.items():
+        checkpoints = tmp_path / label
+        [(code, output)] = job(checkpoints, kill)
+        assert code == 0, f"{label}:\n{output[-4000:]}"
+        folder = checkpoints / "job"
+        with open(folder / "loss_log.txt") as f:
+            log = f.read()
+        assert "restart 1 of the job (torchrun --max-restarts): resumed from" in log, f"{label}: {log}"
+        assert output.count("resuming exactly from") == 1, f"{label}: {output[-4000:]}"
+        assert network_files(folder) == names, label
+        assert_same_files(whole, folder, names)
+        assert not [entry for entry in os.listdir(folder) if entry.startswith((".tmp_", ".commit_"))], label
