@@ -31,6 +31,11 @@ def print_main(*args, **kwargs):
         print(*args, **kwargs)
 
 
+def node_count():
+    """The machines the torchrun job spans (1 outside torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", 1)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
 def restart_count():
     """How often torchrun (--max-restarts) has restarted this job's workers: > 0 in a restarted worker."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))

@@ -10,7 +10,8 @@ checkpoint set and before the set commits, ``commit`` after its N-th set committ
 create_model, setup, prepare_model) and train STEPS steps on fixed global batches of
 ``world_size * BATCH`` synthetic pairs. Rank r takes rows r, r + world, ... of each global batch,
 the interleaving of ``fastp2p.data.loader.shard_indices``, so one process at 2b sees exactly the union
-of two processes at b. Each rank writes OUT/rank<r>.pt: its networks' state_dicts and per-step losses.
+of two processes at b. Each rank writes OUT/rank<r>.pt: its networks' state_dicts, per-step losses, first gradients
+and the settings of each network's DDP.
 """
 
 import os
@@ -92,6 +93,13 @@ def global_batch(step, size):
     return {name: torch.rand(size, 3, 32, 32, generator=generator) * 2 - 1 for name in ("A", "B")}
 
 
+def ddp_settings(net):
+    """What a DDP-wrapped network was built with (what engine.communication asked for)."""
+    return dict(bucket_bytes_cap=net.bucket_bytes_cap, static_graph=net.static_graph,
+                gradient_as_bucket_view=net.gradient_as_bucket_view,
+                comm_hook=net._get_ddp_logging_data().get("comm_hook"))
+
+
 def run_steps(out, steps, batch, argv):
     opt = parse_options(argv, is_train=True)
     device = distributed.init_distributed(use_cuda=False)
@@ -111,7 +119,9 @@ def run_steps(out, steps, batch, argv):
             first_grads = {name: {key: p.grad.clone() for key, p in unwrap(net).named_parameters()}
                            for name, net in model.networks()}
     nets = {name: network_state_dict(net) for name, net in model.networks()}
-    torch.save({"nets": nets, "losses": losses, "first_grads": first_grads}, os.path.join(out, f"rank{rank}.pt"))
+    ddp = {name: ddp_settings(net) for name, net in model.networks() if net is not unwrap(net)}
+    torch.save({"nets": nets, "losses": losses, "first_grads": first_grads, "ddp": ddp},
+               os.path.join(out, f"rank{rank}.pt"))
     distributed.cleanup_distributed()
 
 
