@@ -84,7 +84,7 @@ def ddp_wrapper(model, config, capture_stream=None):
     def wrap(net):
         with torch.cuda.stream(capture_stream):  # no-op without a stream
             wrapped = ddp(net, device_ids=device_ids, **ddp_keywords(config), **no_forward_sync)
-        hook = gradient_hook(config)
+        hook = gradient_hook(config.grad_compression)
         if hook is not None:
             wrapped.register_comm_hook(*hook)
         if capture_stream is not None:

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from fastp2p.engine.path import FastPath
 from fastp2p.flag_types import auto_or_finite_positive_float
 
-COMPRESSIONS = ("fp32", "bf16")
+WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # what each --grad_compression sends
+COMPRESSIONS = tuple(WIRE_DTYPES)
 
 
 def needs_ddp(flag):
@@ -30,7 +31,7 @@ def bf16_all_reduce(group, bucket):
     bucket (torch's own bf16 hook is refused off NCCL, so the CPU tests could not run it)."""
     group = group or dist.group.WORLD
     buffer = bucket.buffer()
-    compressed = buffer.to(torch.bfloat16).div_(dist.get_world_size(group))
+    compressed = buffer.to(WIRE_DTYPES["bf16"]).div_(dist.get_world_size(group))
     exchange = dist.all_reduce(compressed, group=group, async_op=True).get_future()
 
     def write_back(future):
@@ -38,9 +39,9 @@ def bf16_all_reduce(group, bucket):
     return exchange.then(write_back)
 
 
-def gradient_hook(config):
-    """(state, hook) for DDP.register_comm_hook under ``config``, or None for DDP's built-in fp32 all-reduce."""
-    return (None, bf16_all_reduce) if config.grad_compression == "bf16" else None
+def gradient_hook(compression):
+    """(state, hook) for DDP.register_comm_hook for a --grad_compression, or None for DDP's built-in fp32 all-reduce."""
+    return (None, bf16_all_reduce) if compression == "bf16" else None
 
 
 def ddp_keywords(config):
