@@ -168,8 +168,8 @@ def resume_prefix(opt, folder):
 def resumed_options(opt, point):
     """The options a resume runs with: the set's weights loaded, its seed, and the epoch its run began at (the LR
     schedule is re-derived from the current flags for the epoch reached, so raising --n_epochs or --n_epochs_decay
-    extends a run; --epoch_count applies to weights-only resumes). A restarted worker resumes as --continue_train
-would."""
+    extends a run; --epoch_count applies to weights-only resumes). A restarted worker resumes as with
+    --continue_train."""
     if point is None:
         return opt.replace(seed=shared_seed(opt.seed))
     began = point.began()
