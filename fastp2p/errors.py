@@ -42,3 +42,8 @@ class StoppedOnMainRank(UserError):
 def first_line(error):
     """An exception's message in one line, or its type's name when it has none (an empty file's EOFError)."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class DownloadError(UserError):
+    """A dataset or pretrained model that cannot be fetched or unpacked: a dead link, an unreachable server, a
+    download cut short, an archive that is corrupt or would write outside its folder."""

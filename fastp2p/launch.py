@@ -34,12 +34,13 @@ def rendezvous_problem(args, error):
     """The one line a failed rendezvous ends with."""
     cause = error.__cause__ or error.__context__
     said = str(cause or error).strip()
-    detail = said.splitlines()[0] if said and said != type(error).__name__ else \
-        "the other nodes did not join within the rendezvous' join_timeout"
+    joined_late = "the other nodes did not join within the rendezvous' join_timeout"
+    detail = said.splitlines()[0] if said and said != type(error).__name__ else joined_late
+    endpoint = args.rdzv_endpoint or "(no --rdzv_endpoint)"
     return (f"fastp2p.launch: error: this node could not meet the other nodes (--nnodes {args.nnodes}, job "
-            f"'{args.rdzv_id}') at the rendezvous {args.rdzv_endpoint or '(no --rdzv_endpoint)'} ({args.rdzv_backend}): "
-            f"{type(error).__name__}: {detail.rstrip('.')}; check that the endpoint's host is reachable from here, that its port "
-            f"is open, and that every node runs the same command")
+            f"'{args.rdzv_id}') at the rendezvous {endpoint} ({args.rdzv_backend}): {type(error).__name__}: "
+            f"{detail.rstrip('.')}; check that the endpoint's host is reachable from here, that its port is open, "
+            f"and that every node runs the same command")
 
 
 def main(argv=None):

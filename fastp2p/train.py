@@ -20,7 +20,7 @@ from fastp2p.checkpoint import load_prefix, network_filename, training_state_fil
 from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
-from fastp2p.engine import prepare_model, resolve_engine, runtime_for
+from fastp2p.engine import model_limits, prepare_model, resolve_engine, runtime_for
 from fastp2p.errors import (CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError,
                             StoppedOnMainRank, UserError, first_line)
 from fastp2p.metrics import FeatureDistances, GeneratorScorer
@@ -68,7 +68,10 @@ class Trainer:
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
-        self.optimizer_names = [name for name, _ in self.model.trained_parameters()]
+        limits = model_limits(opt)  # the paths a model that steps its own optimizers does not get
+        if limits:
+            distributed.print_main(limits)
+        self.optimizer_names = self.model.optimizer_names()
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
                                      batches_per_epoch=self.dataset.batches_per_epoch)
         self.scorer = self.build_scorer() if opt.eval_freq else None
@@ -258,7 +261,8 @@ class Trainer:
                           f"{self.epoch_iter} images into it)")
                     return 130
                 if self.epoch % self.opt.save_epoch_freq == 0:
-                    distributed.print_main(f"saving the model at the end of epoch {self.epoch}, iters {self.total_iters}")
+                    distributed.print_main(f"saving the model at the end of epoch {self.epoch}, "
+                                           f"iters {self.total_iters}")
                     self.save("latest", epoch_finished=True, snapshot=self.epoch)
                 elif self.epoch == self.last_epoch():
                     # The reference keeps nothing of a run whose last epoch is not a multiple of

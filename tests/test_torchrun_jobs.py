@@ -123,8 +123,8 @@ def facades_flags(checkpoints, images=4, epochs=(1, 1), extra=()):
     """A tiny pix2pix on real photos: labels -> photo on ``images`` facades, 32-pixel crops, dropout on (into
     ``checkpoints``, or a --checkpoints_dir given apart)."""
     return ["--model", "pix2pix", "--dataroot", FACADES, "--direction", "BtoA", "--max_dataset_size", str(images),
-            "--name", "job", *(["--checkpoints_dir", str(checkpoints)] if checkpoints else []), "--gpu_ids", "-1", "--num_threads", "0",
-            "--ngf", "8", "--ndf", "8", "--netG", "resnet_6blocks", "--load_size", "36", "--crop_size", "32",
+            "--name", "job", *(["--checkpoints_dir", str(checkpoints)] if checkpoints else []), "--gpu_ids", "-1",
+            "--num_threads", "0", "--ngf", "8", "--ndf", "8", "--netG", "resnet_6blocks", "--load_size", "36", "--crop_size", "32",
             "--no_tensorboard", "--seed", "3", "--n_epochs", str(epochs[0]), "--n_epochs_decay", str(epochs[1]),
             "--print_freq", "2", "--display_freq", "2", "--update_html_freq", "2", "--save_epoch_freq", "1", *extra]
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from fastp2p.engine.backends import configure_cudnn
 from fastp2p.engine.communication import ddp_keywords, gradient_hook
-from fastp2p.engine.config import EngineConfig, resolve_engine
+from fastp2p.engine.config import EngineConfig, model_limits, resolve_engine
 from fastp2p.engine.optimizers import build_adam
 from fastp2p.engine.path import Stage
 from fastp2p.engine.precision import grad_scaler
@@ -25,7 +25,7 @@ from fastp2p.engine.registry import PATHS
 from fastp2p.engine.step import TrainStep
 from fastp2p.models.runtime import ModelRuntime
 
-__all__ = ["EngineConfig", "resolve_engine", "runtime_for", "prepare_model"]
+__all__ = ["EngineConfig", "model_limits", "resolve_engine", "runtime_for", "prepare_model"]
 
 
 def runtime_for(config, device):

@@ -4,8 +4,9 @@ Every iteration all-reduces each trained network's gradients once (D's in the D 
 the batch: pix2pix's fp32 gradients are some 200 MB, more than an iteration at batch 1 computes in on a fast GPU once
 they cross a network slower than NVLink (docs/scaling.md works it out). Compressing them to bf16 for the all-reduce
 halves the bytes, at the price of bf16's rounding: of each rank's gradient, and of the sum, which the ranks add in
-bf16 before it is copied back into the fp32 gradients. The bucket size sets how soon backward's first all-reduce starts and how many are launched; a static
-graph lets DDP skip re-deriving what each backward produces. Gradients stay views into DDP's buckets.
+bf16 before it is copied back into the fp32 gradients. The bucket size sets how soon backward's first all-reduce
+starts and how many are launched; a static graph lets DDP skip re-deriving what each backward produces.
+Gradients stay views into DDP's buckets.
 """
 
 import torch
