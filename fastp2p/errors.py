@@ -34,6 +34,11 @@ class OutputError(UserError):
     through it would overwrite what it points at), a FIFO or a device."""
 
 
+class StoppedOnMainRank(UserError):
+    """A decision rank 0 takes for the whole job (the run lock, the resume point) failed there: rank 0 says why, the
+    other ranks follow it out without saying it again."""
+
+
 def first_line(error):
     """An exception's message in one line, or its type's name when it has none (an empty file's EOFError)."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -70,8 +70,9 @@ def situation(opt, device, ddp):
 
     here = Situation(cuda=cuda, bf16=lambda: cuda and torch.cuda.is_bf16_supported(),
                      triton=importlib.util.find_spec("triton") is not None,
-                     interpreter=os.environ.get("TRITON_INTERPRET") == "1", ddp=ddp, model=opt.model, norm=opt.norm,
-                     training=opt.isTrain, own_optimizers=opt.isTrain and find_model(opt.model).builds_own_optimizers(),
+                     interpreter=os.environ.get("TRITON_INTERPRET") == "1", ddp=ddp,
+                     nodes=distributed.node_count(), model=opt.model, norm=opt.norm, training=opt.isTrain,
+                     own_optimizers=opt.isTrain and find_model(opt.model).builds_own_optimizers(),
                      asked=lambda name: getattr(opt, name), value=value)
     return here
 

@@ -86,6 +86,7 @@ class Situation:
     triton: bool
     interpreter: bool
     ddp: bool
+    nodes: int  # the machines the job spans (torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE)
     model: str
     norm: str
     training: bool  # fastp2p.train (fastp2p.test runs no backward)
