@@ -1,0 +1,104 @@
+"""Markdown tables from a pytest-benchmark JSON of benchmarks/, and the regression gate over two of them.
+
+    python -m benchmarks.report RESULT.json [--out RESULT.md]
+    python -m benchmarks.report RESULT.json --gate BASELINE.json [--tolerance 0.2]
+
+Each row's speed is given against the reference row of its group in the same run (``x ref``: the reference path of
+a configuration, torch's op for a kernel, NCHW for a layer). The gate compares these ratios, not times: a slower or
+busier machine slows a row and its reference alike, so the ratio keeps what the code changed. It fails (exit 1) where
+a row's ratio fell by more than --tolerance from the baseline's, or where a row of the baseline did not run.
+"""
+
+import argparse
+import json
+import sys
+
+# extra_info fields shown in a table's last column, where a row has them
+DETAILS = (("engine", "{}"), ("mfu", "MFU {:.1%}"), ("peak_mem_gib", "{:.2f} GiB"),
+           ("data_wait_share", "data wait {:.1%}"), ("loader", "{}"), ("gb_per_s", "{:.1f} GB/s"),
+           ("of_copy_roof", "{:.0%} of copy"), ("parameters", "{:,} parameters"), ("plan", "plan {}"),
+           ("skipped", "{}"))
+
+
+def load(path):
+    """(the run's fastp2p machine info, its benchmarks)."""
+    with open(path) as f:
+        data = json.load(f)
+    return data.get("machine_info", {}).get("fastp2p", {}), data.get("benchmarks", [])
+
+
+def rate(bench):
+    """Units of work per second at the median round."""
+    return bench["extra_info"]["units"] / bench["stats"]["median"]
+
+
+def ratios(benchmarks):
+    """(group, row) -> speed over the reference row of the same group and run (None where the group has none)."""
+    references = {b["group"]: rate(b) for b in benchmarks if b["extra_info"].get("reference")}
+    return {(b["group"], b["extra_info"]["row"]): (rate(b) / references[b["group"]]
+                                                     if b["group"] in references else None) for b in benchmarks}
+
+
+def details(info):
+    return "; ".join(spec.format(info[key]) for key, spec in DETAILS if info.get(key) is not None)
+
+
+def markdown(meta, benchmarks):
+    """One table per subject (train, inference, loader, kernels, layers, optimizer), in the run's order."""
+    lines = [f"# fastp2p benchmarks on {meta.get('device')} (size {meta.get('size')})", "",
+             f"torch {meta.get('torch')}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, cuDNN "
+             f"{meta.get('cudnn')}, {meta.get('cpu_threads')} intra-op threads; commit `{meta.get('commit')}`", "",
+             f"`{meta.get('command')}`", "",
+             "x ref: the row's speed over its group's reference row in this run. Median of the rounds."]
+    ratio = ratios(benchmarks)
+    subjects = {}
+    for bench in benchmarks:
+        subjects.setdefault(bench["group"].split()[0], []).append(bench)
+    for subject, members in subjects.items():
+        lines += ["", f"## {subject}", "", "| group | row | median ms | rate | x ref | details |",
+                  "|---|---|---|---|---|---|"]
+        for bench in members:
+            info = bench["extra_info"]
+            value = ratio[bench["group"], info["row"]]
+            lines.append(f"| {bench['group']} | {info['row']} | {1e3 * bench['stats']['median']:.3f} | "
+                         f"{rate(bench):.2f} {info['unit']}/s | {'' if value is None else f'{value:.2f}'} | "
+                         f"{details(info)} |")
+    return "\n".join(lines) + "\n"
+
+
+def gate(current, baseline, tolerance):
+    """(lines, passed): each row whose ratio fell by more than ``tolerance`` or that is missing from ``current``."""
+    now, before = ratios(current), ratios(baseline)
+    lines = []
+    for key, old in before.items():
+        if key not in now:
+            lines.append(f"missing: {' '.join(key)} (in the baseline, not in this run)")
+        elif old is not None and now[key] is not None and now[key] < old * (1 - tolerance):
+            lines.append(f"slower: {' '.join(key)}: x{now[key]:.3f} against the reference, baseline x{old:.3f}")
+    compared = sum(1 for key, old in before.items() if old is not None and now.get(key) is not None)
+    return lines + [f"{len(lines)} of {len(before)} rows failed the gate ({compared} ratios compared, tolerance "
+                    f"{tolerance:.0%})"], not lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("result", help="a --benchmark-json file of benchmarks/")
+    p.add_argument("--out", help="write the markdown here (printed either way)")
+    p.add_argument("--gate", metavar="BASELINE", help="compare each row's x ref with this run's instead")
+    p.add_argument("--tolerance", type=float, default=0.2, help="the share a ratio may lose before the gate fails")
+    args = p.parse_args(argv)
+    meta, benchmarks = load(args.result)
+    if args.gate:
+        lines, passed = gate(benchmarks, load(args.gate)[1], args.tolerance)
+        print("\n".join(lines))
+        return 0 if passed else 1
+    text = markdown(meta, benchmarks)
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
