@@ -78,12 +78,17 @@ def switches(on):
 
 
 def blocked(path, base_flags, device):
-    """Why the engine refuses ``path`` alone (with what it needs) for these flags on ``device``, or None."""
+    """Why the engine refuses ``path`` alone (with what it needs) for these flags on ``device``, or None. The rows
+    time compiled kernels: a path that would run in Triton's interpreter (a test mode) counts as refused."""
     needs = list(path.check.needs) if path.check else []
+    interpreter = os.environ.pop("TRITON_INTERPRET", None)
     try:
         resolve_engine(parse_options(base_flags + switches({path.name}) + needs, is_train=True), device)
     except UserError as error:
         return str(error)
+    finally:
+        if interpreter is not None:
+            os.environ["TRITON_INTERPRET"] = interpreter
     return None
 
 
