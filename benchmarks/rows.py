@@ -13,9 +13,11 @@ import io
 import os
 import platform
 import subprocess
+import tempfile
 
 import torch
 
+from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.engine.registry import bench_rows
 from fastp2p.errors import UserError
@@ -23,6 +25,7 @@ from fastp2p.models import create_model
 from fastp2p.options import parse_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 PATH_ROWS = bench_rows()  # (row name, FastPath), in row order
 COMPILE_ROWS = {"compile": "default", "compile_reduce_overhead": "reduce-overhead",
                 "compile_max_autotune": "max-autotune"}
@@ -38,24 +41,35 @@ class Size:
     model_flags: dict
     batch_sizes: dict
     pool_size: int | None
+    workers: int | None  # loader workers (None: the trainer's default)
     about: str
 
 
 SIZES = {
-    "paper": Size("paper", {"pix2pix": [], "cycle_gan": []}, {"pix2pix": (1, 16, 64), "cycle_gan": (1, 4)}, None,
+    "paper": Size("paper", {"pix2pix": [], "cycle_gan": []}, {"pix2pix": (1, 16, 64), "cycle_gan": (1, 4)}, None, None,
                   "the paper's 256x256 (unet_256, resnet_9blocks, ngf/ndf 64)"),
     "small": Size("small", {"pix2pix": ["--netG", "unet_128", "--ngf", "16", "--ndf", "16", "--crop_size", "128",
                                         "--load_size", "143"],
                             "cycle_gan": ["--netG", "resnet_6blocks", "--ngf", "16", "--ndf", "16", "--crop_size", "64",
                                           "--load_size", "72"]},
-                  {"pix2pix": (1, 4), "cycle_gan": (1, 4)}, 4,
-                  "small nets and crops for the CPU (unet_128@128, resnet_6blocks@64, ngf/ndf 16, CycleGAN pool 4)"),
+                  {"pix2pix": (1, 4), "cycle_gan": (1, 4)}, 4, 0,
+                  "small nets and crops for the CPU (unet_128@128, resnet_6blocks@64, ngf/ndf 16, CycleGAN pool 4; "
+                  "loaders without worker processes, whose start would be most of the run)"),
 }
 
 # Train GFLOP per image (one A/B pair) at the paper's size with the models' defaults, counted with torch's
 # FlopCounterMode over one training iteration: G and D, forward and backward.
 GFLOP_PER_IMAGE = {("pix2pix", "unet_256", 256): 86.94, ("cycle_gan", "resnet_9blocks", 256): 1879.2}
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # NVIDIA's nominal bf16 dense figure for both
+
+
+def dataroot(aligned=True):
+    """facades (aligned) or facades_unpaired where they sit beside the tree, else the built-in synthetic set (both
+    layouts under one root, generated once in the temporary folder)."""
+    root = os.path.normpath(os.path.join(SHARED_DATA, "facades" if aligned else "facades_unpaired"))
+    if os.path.isdir(root):
+        return root
+    return builtin_dataroot(os.path.join(tempfile.gettempdir(), "fastp2p_bench_builtin"))
 
 
 def model_flags(size, model, batch_size, device, seed=0, pool_size=None, dataroot=None):
@@ -66,7 +80,9 @@ def model_flags(size, model, batch_size, device, seed=0, pool_size=None, dataroo
     pool = size.pool_size if pool_size is None else pool_size
     if model == "cycle_gan" and pool is not None:
         flags += ["--pool_size", str(pool)]
-    return flags + (["--dataroot", dataroot] if dataroot else [])
+    if dataroot:
+        flags += ["--dataroot", dataroot] + (["--num_threads", str(size.workers)] if size.workers is not None else [])
+    return flags
 
 
 def switches(on):

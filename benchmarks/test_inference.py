@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks import rows
 from fastp2p.data import create_dataset
-from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.inference import build_inference
 from fastp2p.networks import define_G, init_weights
 from fastp2p.options import parse_options
@@ -47,7 +47,7 @@ def base_flags(size, device, tmp_path_factory):
     """fastp2p.test's flags over a checkpoint of random generator weights."""
     folder = str(tmp_path_factory.mktemp("bench_infer"))
     flags = ["--model", "pix2pix", "--direction", "BtoA", *NETWORKS[size.name], "--name", "bench_infer",
-             "--checkpoints_dir", folder, "--results_dir", folder, "--dataroot", builtin_dataroot(),
+             "--checkpoints_dir", folder, "--results_dir", folder, "--dataroot", rows.dataroot(),
              "--num_test", str(IMAGES[size.name]),
              "--gpu_ids", str(device.index or 0) if device.type == "cuda" else "-1"]
     opt = parse_options(flags, is_train=False)

@@ -10,22 +10,17 @@ MFU = images/s x train GFLOP/image (rows.GFLOP_PER_IMAGE, paper size only) / the
 
 import gc
 import math
-import os
-import tempfile
 import time
 
 import pytest
 import torch
 
 from benchmarks import rows
-from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
 
 WARMUP = {"cuda": 10, "cpu": 3}  # untimed iterations (CycleGAN: at least enough to fill its pools)
 ROUND_SECONDS = {"cuda": 0.5, "cpu": 0.6}
 ROUNDS = {"cuda": 5, "cpu": 3}
-SHARED_DATA = os.path.join(rows.ROOT, "..", "shared", "data")
-DATA = {"pix2pix": "facades", "cycle_gan": "facades_unpaired"}  # the loader row's set, where it exists here
 
 
 def generate(metafunc, size, device):
@@ -109,17 +104,9 @@ def test_train(timed, benchmark, model, batch_size, row, size, device, environme
         free(device, row)
 
 
-def loader_root(model):
-    """The real set for ``model`` where it exists here, else the built-in synthetic one (generated once)."""
-    root = os.path.normpath(os.path.join(SHARED_DATA, DATA[model]))
-    if os.path.isdir(root):
-        return root
-    return builtin_dataroot(os.path.join(tempfile.gettempdir(), "fastp2p_bench_builtin"))
-
-
 def test_train_with_loader(timed, benchmark, model, batch_size, size, device, environment):
     """The default path fed by the real loader (the GPU cache on a GPU, the torch loader on the CPU)."""
-    root = loader_root(model)
+    root = rows.dataroot(aligned=model == "pix2pix")
     base = rows.model_flags(size, model, batch_size, device, dataroot=root)
     opt, net, engine, step = rows.build(base, device)
     loader = create_fast_loader(opt, "auto", device)
