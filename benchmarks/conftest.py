@@ -32,6 +32,8 @@ def pytest_addoption(parser):
     group.addoption("--fastp2p-batch-sizes", nargs="+", type=int, default=None, help="only these batch sizes")
     group.addoption("--fastp2p-rows", nargs="+", default=None,
                     help="only these rows (e.g. reference cuda_graph); compile_max_autotune runs only when named")
+    group.addoption("--fastp2p-rounds", type=int, default=None,
+                    help="timed rounds per benchmark instead of each module's (a quicker, noisier run)")
 
 
 def bench_device():
@@ -107,7 +109,7 @@ def environment(device):
 
 
 @pytest.fixture
-def timed(benchmark, device, environment):
+def timed(benchmark, device, environment, request):
     """``timed(target, group=, row=, units=, unit=, rounds=, reference=, **info)`` times ``target`` (one call does
     ``units`` of work) over ``rounds`` rounds, each ended by a device synchronisation, under ``group`` (one table
     block: the rows of one configuration, the reference first); records ``<unit>_per_s`` (median) and ``info`` in
@@ -121,7 +123,8 @@ def timed(benchmark, device, environment):
 
         benchmark.group = group
         benchmark.extra_info.update(info, row=row, reference=reference, units=units, unit=unit, **environment)
-        result = benchmark.pedantic(synchronised, rounds=rounds, iterations=1)
+        result = benchmark.pedantic(synchronised, rounds=request.config.getoption("fastp2p_rounds") or rounds,
+                                    iterations=1)
         if benchmark.disabled:
             return None
         times = benchmark.stats.stats.data
