@@ -6,7 +6,8 @@
 Each row's speed is given against the reference row of its group in the same run (``x ref``: the reference path of
 a configuration, torch's op for a kernel, NCHW for a layer). The gate compares these ratios, not times: a slower or
 busier machine slows a row and its reference alike, so the ratio keeps what the code changed. It fails (exit 1) where
-a row's ratio fell by more than --tolerance from the baseline's, or where a row of the baseline did not run.
+a row's ratio fell by more than --tolerance from the baseline's, or where a row of the baseline did not run. Rows
+timed in Triton's interpreter (the CPU's kernels) are checked to run, not compared: the interpreter is no measure.
 """
 
 import argparse
@@ -16,8 +17,8 @@ import sys
 # extra_info fields shown in a table's last column, where a row has them
 DETAILS = (("engine", "{}"), ("mfu", "MFU {:.1%}"), ("peak_mem_gib", "{:.2f} GiB"),
            ("data_wait_share", "data wait {:.1%}"), ("loader", "{}"), ("gb_per_s", "{:.1f} GB/s"),
-           ("of_copy_roof", "{:.0%} of copy"), ("parameters", "{:,} parameters"), ("plan", "plan {}"),
-           ("skipped", "{}"))
+           ("of_copy_roof", "{:.0%} of copy"), ("parameters", "{:,} parameters"),
+           ("first_batch_s", "first batch {:.2f} s"), ("epoch_s", "epoch {:.2f} s"), ("interpreter", "interpreter"))
 
 
 def load(path):
@@ -32,15 +33,20 @@ def rate(bench):
     return bench["extra_info"]["units"] / bench["stats"]["median"]
 
 
-def ratios(benchmarks):
-    """(group, row) -> speed over the reference row of the same group and run (None where the group has none)."""
+def ratios(benchmarks, compared_only=False):
+    """(group, row) -> speed over the reference row of the same group and run (None where the group has none, and
+    with ``compared_only`` where the row ran in Triton's interpreter)."""
     references = {b["group"]: rate(b) for b in benchmarks if b["extra_info"].get("reference")}
-    return {(b["group"], b["extra_info"]["row"]): (rate(b) / references[b["group"]]
-                                                     if b["group"] in references else None) for b in benchmarks}
+    return {(b["group"], b["extra_info"]["row"]): (
+        rate(b) / references[b["group"]] if b["group"] in references
+        and not (compared_only and b["extra_info"].get("interpreter")) else None) for b in benchmarks}
 
 
 def details(info):
-    return "; ".join(spec.format(info[key]) for key, spec in DETAILS if info.get(key) is not None)
+    shown = [spec.format(info[key]) for key, spec in DETAILS if info.get(key) not in (None, False)]
+    if info.get("plan"):  # a norm's reduction: programs per launch, chunks per group, loads to combine them
+        shown.append("{programs} programs, {splits} chunks, {combine_loads} combine loads".format(**info["plan"]))
+    return "; ".join(shown)
 
 
 def markdown(meta, benchmarks):
@@ -68,7 +74,7 @@ def markdown(meta, benchmarks):
 
 def gate(current, baseline, tolerance):
     """(lines, passed): each row whose ratio fell by more than ``tolerance`` or that is missing from ``current``."""
-    now, before = ratios(current), ratios(baseline)
+    now, before = ratios(current, compared_only=True), ratios(baseline, compared_only=True)
     lines = []
     for key, old in before.items():
         if key not in now:

@@ -296,7 +296,8 @@ def test_kernel(timed, benchmark, kernels, copy_gbps, case, direction, row, devi
             call()
 
     timed(repeated if not benchmark.disabled else call, group=f"kernels {case} {direction}", row=row,
-          reference=row == "torch", units=calls, unit="calls", rounds=rounds, op=case.op, direction=direction, **info)
+          reference=row == "torch", units=calls, unit="calls", rounds=rounds, op=case.op, direction=direction,
+          interpreter=device.type != "cuda", **info)
     if not benchmark.disabled:
         nbytes = bwd_bytes if direction == "bwd" else fwd_bytes
         gbps = nbytes * benchmark.extra_info["calls_per_s"] / 1e9

@@ -85,7 +85,8 @@ def test_optimizer(timed, benchmark, model, row, size, device, copy_roof):
             step()
 
     timed(run, group=f"optimizer {model}", row=row, reference=row == "adam", units=steps, unit="steps",
-          rounds=rounds, parameters=count, copied_parameters=copied, bytes=moved)
+          rounds=rounds, parameters=count, copied_parameters=copied, bytes=moved,
+          interpreter=kernel == "triton" and not cuda)
     if not benchmark.disabled:
         gbps = moved * benchmark.extra_info["steps_per_s"] / 1e9
         benchmark.extra_info.update(gb_per_s=gbps, of_copy_roof=gbps / copy_roof, copy_roof_gb_per_s=copy_roof)
