@@ -3,8 +3,8 @@
 At batch 1 both models are launch-bound: each kernel costs a few microseconds of GPU time even inside a CUDA
 graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations
 that launch work (views and metadata excluded) and the Triton launches, for the training benchmark's rows
-(benchmarks/rows.py, as on a GPU) up to +batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that row with --fused_conv on). The nets
-run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
+(benchmarks/rows.py, as on a GPU) up to +batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that
+row with --fused_conv on). The nets run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
 plan of an H100 (132 SMs), so the norm layers choose the kernels they choose there.
 
 What it does not see: the work an aten kernel does inside (a cuDNN convolution backward is one op here and

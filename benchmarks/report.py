@@ -5,7 +5,8 @@
 
 Each row's speed is given against the reference row of its group in the same run (``x ref``: the reference path of
 a configuration, torch's op for a kernel, NCHW for a layer). The gate compares these ratios, not times: a slower or
-busier machine slows a row and its reference alike, so the ratio keeps what the code changed. It fails (exit 1) where
+busier machine slows a row and its reference alike, so the ratio keeps what the code changed; the gate takes each
+row's fastest round (another process's load only ever slows a round down). It fails (exit 1) where
 a row's ratio fell by more than --tolerance from the baseline's, or where a row of the baseline did not run. Rows
 timed in Triton's interpreter (the CPU's kernels) are checked to run, not compared: the interpreter is no measure.
 """
@@ -28,17 +29,17 @@ def load(path):
     return data.get("machine_info", {}).get("fastp2p", {}), data.get("benchmarks", [])
 
 
-def rate(bench):
-    """Units of work per second at the median round."""
-    return bench["extra_info"]["units"] / bench["stats"]["median"]
+def rate(bench, stat="median"):
+    """Units of work per second at the median round (or the fastest: ``stat="min"``)."""
+    return bench["extra_info"]["units"] / bench["stats"][stat]
 
 
-def ratios(benchmarks, compared_only=False):
+def ratios(benchmarks, stat="median", compared_only=False):
     """(group, row) -> speed over the reference row of the same group and run (None where the group has none, and
     with ``compared_only`` where the row ran in Triton's interpreter)."""
-    references = {b["group"]: rate(b) for b in benchmarks if b["extra_info"].get("reference")}
+    references = {b["group"]: rate(b, stat) for b in benchmarks if b["extra_info"].get("reference")}
     return {(b["group"], b["extra_info"]["row"]): (
-        rate(b) / references[b["group"]] if b["group"] in references
+        rate(b, stat) / references[b["group"]] if b["group"] in references
         and not (compared_only and b["extra_info"].get("interpreter")) else None) for b in benchmarks}
 
 
@@ -74,7 +75,7 @@ def markdown(meta, benchmarks):
 
 def gate(current, baseline, tolerance):
     """(lines, passed): each row whose ratio fell by more than ``tolerance`` or that is missing from ``current``."""
-    now, before = ratios(current, compared_only=True), ratios(baseline, compared_only=True)
+    now, before = (ratios(run, "min", compared_only=True) for run in (current, baseline))
     lines = []
     for key, old in before.items():
         if key not in now:

@@ -95,7 +95,10 @@ def switches(on):
 
 def blocked(path, base_flags, device):
     """Why the engine refuses ``path`` alone (with what it needs) for these flags on ``device``, or None. The rows
-    time compiled kernels: a path that would run in Triton's interpreter (a test mode) counts as refused."""
+    time compiled kernels: a path that would run in Triton's interpreter (a test mode) counts as refused, and so does
+    a path declared GPU-only (``Check.cpu``) on the CPU, where it would repeat the row before."""
+    if device.type != "cuda" and path.check is not None and not path.check.cpu:
+        return f"--{path.name} is declared GPU-only"
     needs = list(path.check.needs) if path.check else []
     interpreter = os.environ.pop("TRITON_INTERPRET", None)
     try:

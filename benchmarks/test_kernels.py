@@ -246,14 +246,18 @@ def copy_gbps(device):
 
 def as_call(direction, fn, device):
     """What one call of the group times: the forward, its backward (a gradient for each output), or the forward
-    replayed from a CUDA graph (None where the capture fails)."""
+    replayed from a CUDA graph (skipped where the capture fails)."""
     if direction == "fwd":
         return fn
     if direction == "fwd_graph":
         from fastp2p.engine.cuda_graph import capture_after_warmup
 
-        with torch.no_grad():
-            graph, _ = capture_after_warmup(fn, torch.cuda.Stream(device))
+        try:
+            with torch.no_grad():
+                graph, _ = capture_after_warmup(fn, torch.cuda.Stream(device))
+        except Exception as error:  # noqa: BLE001 - a capture failure is a result; the eager rows stay usable
+            torch.cuda.synchronize(device)
+            pytest.skip(f"graph capture failed: {type(error).__name__}: {error}")
         return graph.replay
     out = fn()
     outs = out if isinstance(out, tuple) else (out,)

@@ -33,14 +33,10 @@ def generate(metafunc, size, device):
 def skip_reason(row, base_flags, device, config):
     """Why ``row`` does not run here, or None: the rival and the GPU-only paths on the CPU, a path the engine refuses
     for this model, max-autotune unless named."""
-    cpu = device.type != "cuda"
-    path = dict(rows.PATH_ROWS).get(row)
-    if row in rows.COMPILE_ROWS and cpu:
+    if row in rows.COMPILE_ROWS and device.type != "cuda":
         return "the torch.compile rival runs on a GPU (compiling on the CPU takes minutes)"
     if row == "compile_max_autotune" and row not in (config.getoption("fastp2p_rows") or []):
         return "max-autotune compiles for long: it runs only when named in --fastp2p-rows"
-    if path is not None and cpu and path.check is not None and not path.check.cpu:
-        return f"--{path.name} is declared GPU-only"
     return rows.row_blocker(row, base_flags, device)
 
 

@@ -1,5 +1,5 @@
-"""benchmarks/goals_report.py reads the training benchmark's rows (pytest-benchmark JSON) into verdicts: goals met or not, and a switch called faster
-only when every repeat of its row beats every repeat of its baseline."""
+"""benchmarks/goals_report.py reads the training benchmark's rows (pytest-benchmark JSON) into verdicts: goals met
+or not, and a switch called faster only when every repeat of its row beats every repeat of its baseline."""
 
 import json
 import sys
