@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 
 import torch
 
@@ -168,13 +169,14 @@ def run_steps(step, batches, count, start=0):
 
 
 def git_commit():
-    """FASTP2P_COMMIT where the tree is a copy without .git (a lent GPU machine), else git's HEAD (+ if dirty)."""
+    """FASTP2P_COMMIT where the tree is a copy without .git (a lent GPU machine), else git's HEAD, marked where
+    tracked files other than results (a run may be rewriting one) differ from it."""
     if os.environ.get("FASTP2P_COMMIT"):
         return os.environ["FASTP2P_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results"], capture_output=True, text=True, cwd=ROOT)
     except OSError:
         return "unknown"
     return head.stdout.strip() + ("+local changes" if dirty.stdout.strip() else "") if head.returncode == 0 \
@@ -193,6 +195,19 @@ def environment(device):
     return dict(device=name, device_type=device.type, torch=torch.__version__, triton=triton_version,
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if cuda else None,
                 python=platform.python_version(), cpu_threads=torch.get_num_threads(), commit=git_commit())
+
+
+def copy_gbps(device):
+    """Device-to-device copy bandwidth, bytes read + written: the roof of a memory-bound kernel."""
+    src = torch.empty(2**30 if device.type == "cuda" else 2**22, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    sync(device)
+    return 2 * src.numel() * 10 / (time.perf_counter() - start) / 1e9
 
 
 def peak_tflops(device_name):

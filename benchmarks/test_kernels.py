@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import rows
+
 # unet_256 (ngf 64) at 256^2: (C, H, W, activation, dropout) of each BatchNorm
 UNET_NORMS = [
     (128, 64, 64, "leaky_relu", 0.0), (256, 32, 32, "leaky_relu", 0.0), (512, 16, 16, "leaky_relu", 0.0),
@@ -226,22 +228,7 @@ def kernels():
 
 @pytest.fixture(scope="module")
 def copy_gbps(device):
-    """Device-to-device copy bandwidth (bytes read + written), the roof of a memory-bound kernel."""
-    src = torch.empty(2**30 if device.type == "cuda" else 2**20, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            dst.copy_(src)
-        end.record()
-        end.synchronize()
-        return 2 * src.numel() * 10 / (start.elapsed_time(end) * 1e-3) / 1e9
-    import time
-    start = time.perf_counter()
-    dst.copy_(src)
-    return 2 * src.numel() / (time.perf_counter() - start) / 1e9
+    return rows.copy_gbps(device)
 
 
 def as_call(direction, fn, device):

@@ -12,6 +12,7 @@ graphed step runs it); on the CPU torch's is the trainer's CPU Adam and the Trit
 import pytest
 import torch
 
+from benchmarks import rows
 from fastp2p import networks
 from fastp2p.engine.config import EngineConfig
 from fastp2p.engine.cuda_graph import capture_after_warmup
@@ -45,18 +46,7 @@ def trained_networks(model, size):
 
 @pytest.fixture(scope="module")
 def copy_roof(device):
-    """GB/s of one large device-to-device copy (bytes read + written): what a memory-bound kernel can reach."""
-    import time
-
-    src = torch.randn(2**28 if device.type == "cuda" else 2**22, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize(device) if device.type == "cuda" else None
-    start = time.perf_counter()
-    for _ in range(5):
-        dst.copy_(src)
-    torch.cuda.synchronize(device) if device.type == "cuda" else None
-    return 2 * src.numel() * src.element_size() * 5 / (time.perf_counter() - start) / 1e9
+    return rows.copy_gbps(device)
 
 
 def test_optimizer(timed, benchmark, model, row, size, device, copy_roof):
