@@ -168,6 +168,15 @@ def run_steps(step, batches, count, start=0):
         step(batches[i % len(batches)])
 
 
+def forever(loader):
+    """A loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def git_commit():
     """FASTP2P_COMMIT where the tree is a copy without .git (a lent GPU machine), else git's HEAD, marked where
     tracked files other than results (a run may be rewriting one) differ from it."""

@@ -68,15 +68,6 @@ def build(kind, opt, device):
     return TorchvisionDecodeLoader(opt, device)
 
 
-def forever(loader):
-    """Batches, epoch after epoch."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
     opt = loader_opt(mode, batch_size, size, device, os.cpu_count() if size.workers is None else size.workers)
     start = time.perf_counter()
@@ -84,7 +75,7 @@ def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
     if isinstance(built, str):
         pytest.skip(built)
     setup_s = time.perf_counter() - start
-    stream = forever(built)
+    stream = rows.forever(built)
     try:
         for _ in range(0 if benchmark.disabled else WARMUP):
             next(stream)

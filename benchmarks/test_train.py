@@ -107,14 +107,7 @@ def test_train_with_loader(timed, benchmark, model, batch_size, size, device, en
     opt, net, engine, step = rows.build(base, device)
     loader = create_fast_loader(opt, "auto", device)
 
-    def forever():
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    stream, waited = forever(), [0.0]
+    stream, waited = rows.forever(loader), [0.0]
 
     def fed_steps(count):
         for _ in range(count):
@@ -124,7 +117,8 @@ def test_train_with_loader(timed, benchmark, model, batch_size, size, device, en
             step(data)
 
     try:
-        iters = warm_up(benchmark, opt, lambda data: step(next(stream)), [None], device)
+        # warmed up on the loader's batches: the "batch" warm_up hands over is ignored for the next from the stream
+        iters = warm_up(benchmark, opt, lambda _: step(next(stream)), [None], device)
         waited[0] = 0.0
         timed(lambda: fed_steps(iters), group=f"train {model} bs{batch_size}", row="auto+loader",
               units=iters * batch_size, unit="images", rounds=ROUNDS[device.type], model=model,
@@ -134,6 +128,7 @@ def test_train_with_loader(timed, benchmark, model, batch_size, size, device, en
         if not benchmark.disabled:
             benchmark.extra_info["data_wait_share"] = waited[0] / sum(benchmark.stats.stats.data)
     finally:
+        stream.close()
         close = getattr(loader, "close", None)
         if close:
             close()
