@@ -15,6 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from fastp2p.architecture import differing_flags
 from fastp2p.errors import CheckpointError, first_line
 
 
@@ -131,6 +132,7 @@ def load_network(net, path, map_location="cpu"):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a network state_dict")
     state = OrderedDict(state)
     state.pop("_metadata", None)
+    saved = OrderedDict(state)  # as the file has it, before the instance-norm patch below
     target = unwrap(net)
     patch_instance_norm_state_dict(target, state)
     expected = target.state_dict()
@@ -142,6 +144,9 @@ def load_network(net, path, map_location="cpu"):
         if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or wrong_shape:
+        named = differing_flags(saved, expected)
+        if named:
+            raise CheckpointError(f"{path} does not match the network built from the given flags: {named}")
         lines = [f"{path} does not match the network built from the given flags:"]
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape", wrong_shape)):
             if items:

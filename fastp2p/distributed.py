@@ -5,7 +5,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from fastp2p.errors import OptionError
+from fastp2p.errors import OptionError, StoppedOnMainRank, first_line
 
 
 def is_distributed():
@@ -31,6 +31,39 @@ def print_main(*args, **kwargs):
         print(*args, **kwargs)
 
 
+def node_count():
+    """The machines the torchrun job spans (1 outside torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", 1)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def restart_count():
+    """How often torchrun (--max-restarts) has restarted this job's workers: > 0 in a restarted worker."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def decided_on_main(decide):
+    """``decide()`` run once for the job, on rank 0, and its result handed to every rank.
+
+    What a run's checkpoint folder holds (its lock, which set to resume from) is decided where it is written, and
+    every rank must follow the same decision even when another node sees another folder. When rank 0 fails, the
+    other ranks raise StoppedOnMainRank instead of waiting for it in a collective; rank 0 raises its own error.
+    """
+    if not is_distributed():
+        return decide()
+    box = [None]
+    if is_main_process():
+        try:
+            box = [(True, decide())]
+        except BaseException as error:
+            dist.broadcast_object_list([(False, f"{type(error).__name__}: {first_line(error)}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    decided, value = box[0]
+    if not decided:
+        raise StoppedOnMainRank(f"rank 0 stopped the run ({value})")
+    return value
+
+
 def init_distributed(use_cuda):
     """Join the torchrun process group when WORLD_SIZE > 1 and return this process's device.
 
@@ -38,7 +71,11 @@ def init_distributed(use_cuda):
     single process (python -m, or torchrun with one process) stays ungrouped, so no collective is ever paid for.
     """
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        # torchrun's agent keeps one store for the job: after a restart (--max-restarts) the killed workers' keys
+        # are still there, and gloo would read the dead rank 0's address from them
+        attempt = dist.PrefixStore(f"fastp2p/attempt_{restart_count()}/", store)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=attempt, rank=rank, world_size=world)
     return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
 
 

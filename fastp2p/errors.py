@@ -34,6 +34,16 @@ class OutputError(UserError):
     through it would overwrite what it points at), a FIFO or a device."""
 
 
+class StoppedOnMainRank(UserError):
+    """A decision rank 0 takes for the whole job (the run lock, the resume point) failed there: rank 0 says why, the
+    other ranks follow it out without saying it again."""
+
+
 def first_line(error):
     """An exception's message in one line, or its type's name when it has none (an empty file's EOFError)."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class DownloadError(UserError):
+    """A dataset or pretrained model that cannot be fetched or unpacked: a dead link, an unreachable server, a
+    download cut short, an archive that is corrupt or would write outside its folder."""

@@ -52,3 +52,8 @@ def finite_positive_float(text):
 
 def adam_beta(text):
     return finite_float(text, "a number in [0, 1), as Adam needs", lambda value: 0 <= value < 1)
+
+
+def auto_or_finite_positive_float(text):
+    """'auto' (the rule of the flag decides), or a finite number > 0."""
+    return text if text == "auto" else finite_float(text, "'auto' or a finite number > 0", lambda value: value > 0)

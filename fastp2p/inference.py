@@ -133,10 +133,12 @@ def checkpoint_options(folder, epoch="latest", generator=None, flags=None):
     saved = read_train_options(folder) if os.path.isfile(os.path.join(folder, "train_opt.txt")) else {}
     values = {key: saved[key] for key in GENERATOR_FLAGS if key in saved}
     values["no_dropout"] = values.get("no_dropout") == "True"
+    generator = generator or ("G_A" if saved.get("model") == "cycle_gan" else "G")
+    if generator == "G_B" and "input_nc" in values and "output_nc" in values:  # G_B maps B images to A
+        values["input_nc"], values["output_nc"] = values["output_nc"], values["input_nc"]
     values.update(flags or {})
     values.setdefault("load_size", values.get("crop_size", 256))
     values.setdefault("gpu_ids", "0" if torch.cuda.is_available() else "-1")
-    generator = generator or ("G_A" if saved.get("model") == "cycle_gan" else "G")
     if generator not in ("G", "G_A", "G_B"):
         raise OptionError(f"generator {generator!r}: name G (pix2pix), G_A or G_B (CycleGAN)")
     argv = ["--model", "test", "--model_suffix", generator[1:], "--checkpoints_dir", os.path.dirname(folder),

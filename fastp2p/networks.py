@@ -6,10 +6,14 @@ layers of each net live in ``nn.Sequential`` lists on purpose: the fast engine l
 (norm, activation) pairs inside them for fused modules at the same indices, which keeps the keys.
 
 define_G / define_D return un-initialized nets, as the reference's DDP-era code does; weights are
-drawn in ``BaseModel.setup`` so the RNG order (G before D) matches the reference.
+drawn in ``BaseModel.setup`` so the RNG order (G before D) matches the reference. They also take the reference's
+``init_type``, ``init_gain`` and ``gpu_ids`` arguments, which a model written for it passes: the net is then on the
+model's device, and setup draws its weights with the init asked for. GANLoss and cal_gradient_penalty are here
+too, where the reference's models find them.
 """
 
 import functools
+import weakref
 
 import torch
 from torch import nn
@@ -17,6 +21,10 @@ from torch.nn import init
 from torch.optim import lr_scheduler
 
 from fastp2p.distributed import print_main
+from fastp2p.losses import GANLoss, cal_gradient_penalty  # noqa: F401  (where the reference's models find them)
+
+REQUESTED_INIT = weakref.WeakKeyDictionary()
+"""net -> (init_type, init_gain) a model asked define_G/define_D for; BaseModel.setup draws the weights with it"""
 
 NORM_TYPES = ("batch", "instance", "none", "syncbatch")
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
@@ -89,16 +97,36 @@ def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
 
 
-def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False):
-    """The generator named by ``--netG`` (un-initialized)."""
+def requested_init(net, init_type, init_gain, gpu_ids):
+    """``net`` as the reference's define_G/define_D return it when called with its ``gpu_ids``: on the device of the
+    model being built; the init asked for is kept for setup."""
+    from fastp2p.models.runtime import current_runtime  # fastp2p.models imports this module
+
+    if init_type is not None or init_gain is not None:
+        REQUESTED_INIT[net] = (init_type, init_gain)
+    return net.to(current_runtime().device) if gpu_ids is not None else net
+
+
+def init_of(net, init_type, init_gain):
+    """The (init_type, init_gain) to draw ``net``'s weights with: the model's request where it made one, else
+    these (the flags)."""
+    asked_type, asked_gain = REQUESTED_INIT.get(net, (None, None))
+    return (init_type if asked_type is None else asked_type), (init_gain if asked_gain is None else asked_gain)
+
+
+def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type=None, init_gain=None,
+             gpu_ids=None):
+    """The generator named by ``--netG`` (un-initialized; see the module docstring for the last three)."""
     norm_layer = get_norm_layer(norm)
     if netG == "resnet_9blocks":
-        return ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=9)
-    if netG == "resnet_6blocks":
-        return ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=6)
-    if netG in UNET_DOWNS:
-        return UnetGenerator(input_nc, output_nc, UNET_DOWNS[netG], ngf, norm_layer, use_dropout)
-    raise _unknown("netG", netG, GENERATORS)
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=9)
+    elif netG == "resnet_6blocks":
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=6)
+    elif netG in UNET_DOWNS:
+        net = UnetGenerator(input_nc, output_nc, UNET_DOWNS[netG], ngf, norm_layer, use_dropout)
+    else:
+        raise _unknown("netG", netG, GENERATORS)
+    return requested_init(net, init_type, init_gain, gpu_ids)
 
 
 def image_size_problem(opt, height, width, discriminator):
@@ -120,16 +148,19 @@ def image_size_problem(opt, height, width, discriminator):
     return None
 
 
-def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch"):
-    """The discriminator named by ``--netD`` (un-initialized); 'basic' is the 70x70 PatchGAN."""
+def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type=None, init_gain=None, gpu_ids=None):
+    """The discriminator named by ``--netD`` (un-initialized; see the module docstring for the last three); 'basic'
+    is the 70x70 PatchGAN."""
     norm_layer = get_norm_layer(norm)
     if netD == "basic":
-        return NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer)
-    if netD == "n_layers":
-        return NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer)
-    if netD == "pixel":
-        return PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
-    raise _unknown("netD", netD, DISCRIMINATORS)
+        net = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer)
+    elif netD == "n_layers":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer)
+    elif netD == "pixel":
+        net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
+    else:
+        raise _unknown("netD", netD, DISCRIMINATORS)
+    return requested_init(net, init_type, init_gain, gpu_ids)
 
 
 def get_scheduler(optimizer, opt):

@@ -105,6 +105,8 @@ class Progress:
 
     def write(self, message):
         """A console line (stdout) that does not tear the bar: tqdm clears it, prints, and redraws it."""
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.clear()
             print(message, flush=True)

@@ -4,7 +4,9 @@ that makes it continue exactly.
 Beyond the reference's network files, each ``latest`` and ``iter_<n>`` set holds a training state (optimizers,
 schedulers, image pools, counters, RNG states) and the SHA-256 of each network file of the set. A resume takes the
 set --epoch/--load_iter name when it is complete, else the complete set that trained furthest, and says which;
-without a training state it loads the weights alone, as the reference does.
+without a training state it loads the weights alone, as the reference does. Under torchrun the decision is taken
+once, on rank 0, and every rank follows it; a worker that torchrun restarted (--max-restarts) resumes from the
+newest complete set without --continue_train.
 """
 
 import os
@@ -129,17 +131,52 @@ def find_resume_point(opt, folder):
     return ResumePoint(str(prefix), state)
 
 
+def job_resume_point(opt, folder):
+    """The resume point of the whole job: decided on rank 0 (see resume_prefix), whose set every rank then reads."""
+    decided = {}
+
+    def decide():
+        decided["point"] = point = resume_prefix(opt, folder)
+        return None if point is None else point.prefix
+
+    prefix = distributed.decided_on_main(decide)
+    if distributed.is_main_process() or prefix is None:
+        return decided.get("point")
+    state, problem = read_training_state(folder, prefix)
+    if state is None:
+        raise CheckpointError(f"rank {distributed.rank()} cannot read the checkpoint set '{prefix}' that rank 0 "
+                              f"resumes from in {folder} ({problem}): on several machines --checkpoints_dir must be "
+                              f"a folder they share")
+    return ResumePoint(prefix, state)
+
+
+def resume_prefix(opt, folder):
+    """find_resume_point, except in a worker torchrun restarted: the newest complete set, whatever the flags say
+    (the job's own saves since it started are newer than anything --epoch named)."""
+    restarts = distributed.restart_count()
+    if restarts:
+        prefix, state = newest_complete_set(folder, exclude=None)
+        if state is not None:
+            print(f"restart {restarts} of the job (torchrun --max-restarts): resuming exactly from '{prefix}', the "
+                  f"newest complete checkpoint set in {folder}: epoch {state['epoch']}, {state['epoch_iter']} images "
+                  f"into it")
+            return ResumePoint(str(prefix), state)
+        print(f"restart {restarts} of the job (torchrun --max-restarts): no complete checkpoint set in {folder} yet")
+    return find_resume_point(opt, folder)
+
+
 def resumed_options(opt, point):
     """The options a resume runs with: the set's weights loaded, its seed, and the epoch its run began at (the LR
     schedule is re-derived from the current flags for the epoch reached, so raising --n_epochs or --n_epochs_decay
-    extends a run; --epoch_count applies to weights-only resumes)."""
+    extends a run; --epoch_count applies to weights-only resumes). A restarted worker resumes as with
+    --continue_train."""
     if point is None:
         return opt.replace(seed=shared_seed(opt.seed))
     began = point.began()
     if opt.epoch_count != began:
         distributed.print_main(f"--epoch_count {opt.epoch_count} is not used: the training state says the run "
                                f"began at epoch {began}, and it resumes at epoch {point.state['epoch']}")
-    return opt.replace(seed=point.state["seed"], epoch_count=began,
+    return opt.replace(seed=point.state["seed"], epoch_count=began, continue_train=True,
                        **(dict(epoch=point.prefix, load_iter=0) if point.prefix != load_prefix(opt) else {}))
 
 

@@ -21,7 +21,7 @@ from fastp2p import distributed
 from fastp2p.data import create_dataset
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.engine import resolve_engine
-from fastp2p.errors import UserError
+from fastp2p.errors import DatasetError, UserError
 from fastp2p.inference import build_inference
 from fastp2p.options import parse_options, save_options
 from fastp2p.selfcheck import checked_config
@@ -77,6 +77,9 @@ def run(opt):
             for data in dataset:
                 if len(rows) >= opt.num_test:
                     break
+                if path_key not in data:
+                    raise DatasetError(f"the items of --dataset_mode {opt.dataset_mode} have no '{path_key}' (the "
+                                       f"image paths the result files are named after): add it to each item")
                 model.set_input(data)
                 model.test()
                 paths = data[path_key][:opt.num_test - len(rows)]

@@ -20,13 +20,13 @@ from fastp2p.checkpoint import load_prefix, network_filename, training_state_fil
 from fastp2p.checkpoint_sets import CheckpointSet, recover_folder
 from fastp2p.data.builtin import builtin_dataroot
 from fastp2p.data.select import create_fast_loader
-from fastp2p.engine import prepare_model, resolve_engine, runtime_for
-from fastp2p.errors import (CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError, UserError,
-                            first_line)
+from fastp2p.engine import model_limits, prepare_model, resolve_engine, runtime_for
+from fastp2p.errors import (CheckpointError, DatasetError, MetricError, NonFiniteError, OptionError,
+                            StoppedOnMainRank, UserError, first_line)
 from fastp2p.metrics import FeatureDistances, GeneratorScorer
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, save_options
-from fastp2p.resume import find_resume_point, restore_rng, resumed_options, rng_state, seed_everything
+from fastp2p.resume import job_resume_point, restore_rng, resumed_options, rng_state, seed_everything
 from fastp2p.run_lock import FolderLock
 from fastp2p.selfcheck import checked_config
 from fastp2p.visualizer import Visualizer, require_wandb
@@ -50,16 +50,12 @@ class Trainer:
         require_wandb(opt)
         self.device = distributed.init_device(opt.gpu_ids)
         self.engine = checked_config(opt, self.device, resolve_engine(opt, self.device))  # before anything is written
-        if distributed.is_main_process():
-            self.lock = FolderLock(self.folder).acquire()
-            recovered = recover_folder(self.folder)
-            if recovered:
-                print(f"{self.folder}: {recovered}")
-        distributed.barrier()  # the other ranks read the checkpoints once rank 0 has recovered them
+        # the other ranks read the checkpoints once rank 0 holds the folder and has recovered them
+        distributed.decided_on_main(self.take_folder)
         if opt.dataroot is None:
             opt = opt.replace(dataroot=builtin_dataroot())
             distributed.print_main(f"no --dataroot given: using the built-in synthetic dataset at {opt.dataroot}")
-        resume = find_resume_point(opt, self.folder)
+        resume = job_resume_point(opt, self.folder)
         self.opt = opt = resumed_options(opt, resume)
         seed_everything(opt.seed + distributed.rank())
         if distributed.is_main_process():
@@ -72,7 +68,10 @@ class Trainer:
         self.model.setup(opt)
         self.train_step = prepare_model(self.model, self.engine)
         distributed.print_main(self.engine.describe())
-        self.optimizer_names = [name for name, _ in self.model.trained_parameters()]
+        limits = model_limits(opt)  # the paths a model that steps its own optimizers does not get
+        if limits:
+            distributed.print_main(limits)
+        self.optimizer_names = self.model.optimizer_names()
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
                                      batches_per_epoch=self.dataset.batches_per_epoch)
         self.scorer = self.build_scorer() if opt.eval_freq else None
@@ -82,6 +81,17 @@ class Trainer:
         self.total_iters = 0
         if resume:
             self.restore(resume.state)
+        if distributed.restart_count():
+            self.visualizer.write(f"restart {distributed.restart_count()} of the job (torchrun --max-restarts): "
+                                  f"{'resumed from ' + repr(resume.prefix) if resume else 'started over'}")
+
+    def take_folder(self):
+        """The run lock of the checkpoint folder, and the recovery of a save a killed run left half done (rank 0's,
+        for the job)."""
+        self.lock = FolderLock(self.folder).acquire()
+        recovered = recover_folder(self.folder)
+        if recovered:
+            print(f"{self.folder}: {recovered}")
 
     def build_scorer(self):
         """--eval_freq's scorer, built before training so that a split or package it lacks stops the run now. FID
@@ -251,7 +261,8 @@ class Trainer:
                           f"{self.epoch_iter} images into it)")
                     return 130
                 if self.epoch % self.opt.save_epoch_freq == 0:
-                    print(f"saving the model at the end of epoch {self.epoch}, iters {self.total_iters}")
+                    distributed.print_main(f"saving the model at the end of epoch {self.epoch}, "
+                                           f"iters {self.total_iters}")
                     self.save("latest", epoch_finished=True, snapshot=self.epoch)
                 elif self.epoch == self.last_epoch():
                     # The reference keeps nothing of a run whose last epoch is not a multiple of
@@ -277,6 +288,8 @@ def main(argv=None):
         # tears its group down while a peer is still connected
         distributed.barrier()
         return code
+    except StoppedOnMainRank:  # rank 0 has said why
+        return 2
     except UserError as e:
         print(f"fastp2p.train: error: {e}", file=sys.stderr)
         return 2

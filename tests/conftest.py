@@ -34,4 +34,13 @@ def single_threaded():
     torch.set_num_threads(previous)
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA_REASON = "needs a CUDA device"
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs CUDA carries the ``cuda`` marker, so ``-m cuda`` picks exactly the GPU checks and
+    ``-m "not cuda"`` leaves them out, without each test naming the marker beside its skip."""
+    for item in items:
+        if any(mark.kwargs.get("reason") == CUDA_REASON for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)

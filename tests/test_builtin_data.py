@@ -22,6 +22,7 @@ def builtin(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_both_layouts_with_the_stated_counts_and_sizes(builtin):
     root = builtin
     counts = {name: len(os.listdir(os.path.join(root, name))) for name in sorted(os.listdir(root))
@@ -35,6 +36,7 @@ def test_both_layouts_with_the_stated_counts_and_sizes(builtin):
     assert label_colours <= {tuple(c) for c in LABEL_COLOURS} and len(label_colours) >= 5
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic(builtin, tmp_path):
     root = builtin
     again = builtin_dataroot(str(tmp_path / "again"))

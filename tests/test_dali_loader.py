@@ -163,6 +163,7 @@ def children(pid):
     return found
 
 
+@pytest.mark.slow
 @needs_dali
 def test_a_leaked_pipeline_cannot_hang_a_loader_worker(tmp_path):
     """tests/loader_hazard.py leaks a pipeline, then runs a failing worker that collects garbage: a forked worker

@@ -210,6 +210,7 @@ def test_unaligned_random_b_covers_b_folder(tmp_path):
 # ---------------------------------------------------------------- order, workers, resume, sharding
 
 
+@pytest.mark.slow
 def test_batches_do_not_depend_on_num_workers(tmp_path):
     root = aligned_root(tmp_path, count=7)
     runs = []
@@ -307,6 +308,7 @@ def test_corrupt_and_truncated_files_name_the_file(tmp_path):
         dataset[3]
 
 
+@pytest.mark.slow
 def test_worker_errors_keep_a_clean_message(tmp_path):
     aligned_root(tmp_path, count=1)
     (tmp_path / "train" / "9.png").write_bytes(b"garbage")
@@ -316,7 +318,7 @@ def test_worker_errors_keep_a_clean_message(tmp_path):
     assert str(error.value).startswith("cannot read image ") and "Traceback" not in str(error.value)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_a_batch_of_different_sizes_names_its_files(tmp_path, workers):
     """--preprocess scale_width keeps each aspect ratio: a batch of two can hold two heights (the reference fails
     inside torch's collate, and in a worker with a storage error)."""

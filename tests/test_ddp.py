@@ -67,6 +67,7 @@ def assert_loads_in_one_process(run_dir, nets):
         load_network(net, path)
 
 
+@pytest.mark.slow
 def test_pix2pix_batchnorm_through_the_cli(tmp_path, aligned_root):
     """--norm batch: D runs twice before one backward in the D step, which a buffer sync in forward breaks."""
     flags = pix2pix_flags(tmp_path, aligned_root, epochs=(1, 1)) + ["--batch_size", "2", "--norm", "batch"]
@@ -86,6 +87,7 @@ def test_pix2pix_batchnorm_through_the_cli(tmp_path, aligned_root):
         "D": networks.define_D(6, 8, "basic", 3, "batch")})
 
 
+@pytest.mark.slow
 def test_cycle_gan_through_the_cli(tmp_path, unaligned_root):
     result = launch(["-m", "fastp2p.train", *cycle_gan_flags(tmp_path, unaligned_root)])
     assert_ok(result)
@@ -103,6 +105,7 @@ def test_cycle_gan_through_the_cli(tmp_path, unaligned_root):
     ["--model", "cycle_gan", "--pool_size", "2", "--amp", "bf16", "--foreach_cast", "on"],  # hooks inside DDP
     ["--model", "pix2pix", "--norm", "instance", "--amp", "bf16", "--step_cast", "on"],  # copies under DDP
 ], ids=["pix2pix-batchnorm", "cycle_gan", "cycle_gan-batch_passes", "cycle_gan-foreach_cast", "pix2pix-step_cast"])
+@pytest.mark.slow
 def test_ranks_keep_identical_weights(tmp_path, flags):
     """Each rank trains on other images; averaged gradients keep every parameter bit-identical."""
     ranks = train_steps(tmp_path / "run", 3, 1, flags + ["--seed", "11"], nproc=2)
@@ -134,6 +137,7 @@ def biases_before_instance_norm(net):
     return names
 
 
+@pytest.mark.slow
 def test_two_processes_at_b_match_one_process_at_2b(tmp_path):
     """Instance norm is per sample and dropout is off, so the mean loss over 2b images is the average of
     two ranks' means over b, and DDP's averaged gradient is the single process's gradient.
@@ -172,6 +176,7 @@ def test_two_processes_at_b_match_one_process_at_2b(tmp_path):
                 torch.testing.assert_close(two[0]["nets"][name][key], expected, rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.slow
 def test_syncbatch_on_cpu_is_a_clear_error(tmp_path, aligned_root):
     """torch's SyncBatchNorm syncs GPU tensors only; fastp2p says so before training starts."""
     flags = pix2pix_flags(tmp_path, aligned_root) + ["--norm", "syncbatch"]
@@ -180,6 +185,7 @@ def test_syncbatch_on_cpu_is_a_clear_error(tmp_path, aligned_root):
     assert "--norm syncbatch needs GPUs under DDP" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_run(tmp_path, aligned_root):
     """Rank 1 raises in its second step while rank 0 waits in a gradient all-reduce: torchrun must
     return non-zero soon, not hang."""

@@ -42,6 +42,7 @@ def unet(tmp_path):
     return eager_generator(tmp_path, "unet_128", "batch", True)
 
 
+@pytest.mark.slow
 def test_pt2_of_a_resnet_equals_the_eager_generator_at_two_batch_sizes_and_other_sizes(tmp_path, resnet):
     program = torch.export.load(str(export(tmp_path, RESNET))).module()
     with torch.no_grad():
@@ -71,6 +72,7 @@ def test_bf16_export_computes_the_bf16_generator(tmp_path, resnet):
         assert (y.float() - resnet.bfloat16()(x).float()).abs().max() <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
                     reason="needs onnxruntime, onnx and onnxscript (pip install -e '.[test]')")
 def test_onnx_run_by_onnxruntime_matches_the_eager_generator(tmp_path, resnet):
@@ -98,6 +100,11 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "checkpoint not found" in run_expecting_error(capsys, base + RESNET)
     assert "--out FILE is required" in run_expecting_error(capsys, base[:-2] + RESNET)
     make_checkpoint(tmp_path / "checkpoints", "net", "resnet_6blocks", "instance")
+    with pytest.raises(SystemExit) as stop:  # the run's train_opt.txt refuses the other --netG as the flags parse
+        export_cli.main(base + UNET)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err and "--netG unet_128 conflicts" in err
+    (tmp_path / "checkpoints" / "net" / "train_opt.txt").unlink()
     assert "does not match" in run_expecting_error(capsys, base + UNET)
     assert "cycle_gan holds two generators" in run_expecting_error(capsys, base[:1] + ["cycle_gan"] + base[2:] + RESNET)
     real_find_spec = importlib.util.find_spec

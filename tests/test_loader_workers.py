@@ -40,6 +40,7 @@ def test_every_start_method_yields_the_spawned_workers_batches(tmp_path, method)
         other.close()
 
 
+@pytest.mark.slow
 def test_close_ends_the_persistent_workers(tmp_path):
     loader = create_dataset(make_opt(aligned_root(tmp_path, count=4), num_threads=2))
     before = set(multiprocessing.active_children())

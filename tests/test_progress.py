@@ -3,6 +3,8 @@
 import io
 import re
 
+import pytest
+
 from fastp2p import train as train_cli
 from fastp2p.progress import Progress
 from tests.test_ddp import assert_ok, launch
@@ -59,6 +61,7 @@ def test_a_logged_run_prints_a_progress_line_after_each_loss_line(tmp_path, alig
     assert all(lines[i - 1].startswith("(epoch: 1") for i, line in enumerate(lines) if line.startswith("[progress]"))
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_ddp_shows_one_progress_stream_counting_both_ranks(tmp_path, aligned_root):
     result = launch(["-m", "fastp2p.train", *pix2pix_flags(tmp_path, aligned_root, epochs=(1, 0)),

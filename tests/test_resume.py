@@ -79,6 +79,7 @@ def test_a_finished_run_resumed_as_is_says_there_is_nothing_to_train(tmp_path, a
         capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epoch_state", [False, True])
 def test_the_references_epoch_count_resume_never_goes_negative(tmp_path, aligned_root, capsys, epoch_state):
     """--continue_train --epoch 2 --epoch_count 3 after a 4-epoch run: weights only (the reference's rule) or, with
@@ -178,6 +179,7 @@ def run_cli(flags, **popen):
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
+@pytest.mark.slow
 def test_random_kills_then_resumes_end_bit_identical(tmp_path, aligned_root):
     """kill -9 at random instants of a run that saves every iteration (so many kills land inside a save), each
     followed by --continue_train, until a run finishes: its weights equal an uninterrupted run's bit for bit."""

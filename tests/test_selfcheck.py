@@ -203,6 +203,7 @@ def test_the_doctor_exits_1_when_a_path_fails(tmp_path, monkeypatch):
     assert doctor.main(argv) == 1
 
 
+@pytest.mark.slow
 def test_the_test_script_checks_its_generators_forward(tmp_path, aligned_root, check_env, capsys):
     from fastp2p import test as test_cli
 

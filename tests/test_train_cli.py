@@ -150,6 +150,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, aligned_root, monkeypatch):
                             tmp_path / "checkpoints" / "resumed" / f"latest_net_{net}.pth")
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path, unaligned_root):
     flags = cycle_gan_flags(tmp_path, unaligned_root, name="cli")
     flags[flags.index("--n_epochs_decay") + 1] = "0"
@@ -181,8 +182,13 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, aligned_r
     flags = pix2pix_flags(tmp_path, aligned_root, name="arch", epochs=(1, 0)) + ["--continue_train"]
     flags[flags.index("resnet_6blocks")] = "resnet_9blocks"
     before = (tmp_path / "checkpoints" / "arch" / "latest_net_G.pth").read_bytes()
+    with pytest.raises(SystemExit) as stop:  # refused by the run's train_opt.txt as the flags parse
+        train_cli.main(flags)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--netG resnet_9blocks conflicts" in err and "trained with --netG resnet_6blocks" in err
+    (tmp_path / "checkpoints" / "arch" / "train_opt.txt").unlink()  # without it, the checkpoint tells
     err = run_expecting_error(capsys, flags)
-    assert "does not match the network" in err and "--netG" in err
+    assert "does not match the network" in err and "give --netG resnet_6blocks" in err
     assert (tmp_path / "checkpoints" / "arch" / "latest_net_G.pth").read_bytes() == before
 
 
@@ -195,6 +201,7 @@ def test_nan_losses_stop_the_run_without_overwriting_checkpoints(tmp_path, align
     assert (tmp_path / "checkpoints" / "nan" / "latest_net_G.pth").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_saves_and_stops(tmp_path, aligned_root):
     """As `timeout` or a job scheduler would stop a run: the signal reaches the loader's workers too."""
     import signal

@@ -7,14 +7,15 @@ loaders live in their own modules, which ``select.create_fast_loader`` imports w
 from fastp2p.errors import DatasetError
 
 from .builtin import builtin_dataroot
-from .datasets import AlignedDataset, SingleDataset, UnalignedDataset
+from .datasets import AlignedDataset, BaseDataset, SingleDataset, UnalignedDataset
 from .image_folder import IMG_EXTENSIONS, load_rgb, make_dataset
 from .loader import DataLoaderWrapper, create_dataset
+from .modes import find_dataset
 from .plan import shard_indices
-from .transforms import get_params, transform_image
+from .transforms import get_params, get_transform, transform_image
 
 __all__ = [
-    "AlignedDataset", "DataLoaderWrapper", "DatasetError", "IMG_EXTENSIONS", "SingleDataset",
-    "UnalignedDataset", "builtin_dataroot", "create_dataset", "get_params",
+    "AlignedDataset", "BaseDataset", "DataLoaderWrapper", "DatasetError", "IMG_EXTENSIONS", "SingleDataset",
+    "UnalignedDataset", "builtin_dataroot", "create_dataset", "find_dataset", "get_params", "get_transform",
     "load_rgb", "make_dataset", "shard_indices", "transform_image",
 ]

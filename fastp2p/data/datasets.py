@@ -242,4 +242,12 @@ def warn_if_single(path, size):
         _warned_single = True
 
 
-DATASET_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}
+IMAGE_MODES = {dataset.mode: dataset for dataset in (AlignedDataset, UnalignedDataset, SingleDataset)}
+"""the modes of image pairs or sets, whose files and draws the epoch plan (plan.py) knows, so the fast loaders serve
+them too; every built-in mode is in modes.DATASET_MODES"""
+
+
+def takes_epoch_items(dataset):
+    """Whether ``dataset`` takes the ``(epoch, index)`` items of BaseDataset (its draws seeded per item), rather than
+    a plain index, as a dataset written for the reference does (its own ``__getitem__(index)``)."""
+    return type(dataset).__getitem__ is BaseDataset.__getitem__

@@ -27,16 +27,18 @@ from fastp2p.errors import DatasetError
 from fastp2p.worker_lifetime import WORKER_DEATHS, worker_context
 
 from .. import distributed
-from .datasets import DATASET_MODES
+from .datasets import takes_epoch_items
+from .modes import find_dataset
 from .image_folder import mixed_sizes_error
 from .plan import mix_seed, seed_of, shard_indices
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)`` in the seeded order of the current epoch, from a chosen sample on."""
+    """Yields ``(epoch, index)`` in the seeded order of the current epoch, from a chosen sample on; the index alone
+    for a dataset written for the reference (``with_epoch`` False)."""
 
-    def __init__(self, n, seed, shuffle, rank, world_size):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
+    def __init__(self, n, seed, shuffle, rank, world_size, with_epoch=True):
+        self.n, self.seed, self.shuffle, self.with_epoch = n, seed, shuffle, with_epoch
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.skip = 0
@@ -47,6 +49,8 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         indices = shard_indices(self.n, self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
         skip, self.skip = self.skip, 0  # a resume point applies to the next pass only
+        if not self.with_epoch:
+            return iter(indices[skip:])
         return iter([(self.epoch, index) for index in indices[skip:]])
 
     def __len__(self):
@@ -60,7 +64,8 @@ class DataLoaderWrapper:
         self.opt = opt
         self.dataset = dataset
         self.sampler = EpochSampler(len(dataset), seed_of(opt), shuffle=not opt.serial_batches,
-                                    rank=distributed.rank(), world_size=distributed.world_size())
+                                    rank=distributed.rank(), world_size=distributed.world_size(),
+                                    with_epoch=takes_epoch_items(dataset))
         workers = int(opt.num_threads)
         self.dataloader = torch.utils.data.DataLoader(
             dataset,
@@ -148,8 +153,6 @@ def worker_message(text):
 def create_dataset(opt, device=None):
     """Build the dataset for ``opt.dataset_mode`` and its loader (memory pinned for a GPU ``device``); bad data
     raises DatasetError now."""
-    if opt.dataset_mode not in DATASET_MODES:
-        raise ValueError(f"--dataset_mode {opt.dataset_mode!r} is not one of {', '.join(DATASET_MODES)}")
-    dataset = DATASET_MODES[opt.dataset_mode](opt)
+    dataset = find_dataset(opt.dataset_mode)(opt)
     distributed.print_main(f"dataset [{type(dataset).__name__}] was created")
     return DataLoaderWrapper(opt, dataset, device)

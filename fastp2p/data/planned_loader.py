@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.data.datasets import IMAGE_MODES
 from fastp2p.data.image_folder import read_image
 from fastp2p.data.plan import ab_half, plan_epoch, side_geometry
 
@@ -32,7 +32,7 @@ def dataset_sides(dataset):
 
 def build_dataset(opt):
     """The torch path's dataset object: file lists, layout checks and grayscale choice, without decoding."""
-    return DATASET_MODES[opt.dataset_mode](opt)
+    return IMAGE_MODES[opt.dataset_mode](opt)
 
 
 class ImageSizes:

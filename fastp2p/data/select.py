@@ -7,13 +7,15 @@ iteration yielding {'A', 'B', 'A_paths', 'B_paths'}, ``set_epoch(epoch, skip_bat
 auto: the GPU cache when CUDA is present and the set fits its budget; else DALI on CUDA when installed,
 else torchvision's GPU decode on CUDA when importable; else the torch path. 'dali' without DALI falls
 back to torchvision's GPU decode, as the lent GPU machines have torchvision but no DALI. Each fallback
-prints why.
+prints why. Another dataset mode (a user's own class, colorization, template) gets the torch loader, which calls its
+class's own item method.
 """
 
 import torch
 
 from fastp2p import distributed
 from fastp2p.data.dali_loader import DALILoader, dali_available
+from fastp2p.data.datasets import IMAGE_MODES
 from fastp2p.data.gpu_cache import CacheDoesNotFit, GPUCacheLoader
 from fastp2p.data.loader import create_dataset
 from fastp2p.data.torchvision_decode import TorchvisionDecodeLoader, torchvision_available
@@ -42,6 +44,10 @@ def create_fast_loader(opt, kind="auto", device=torch.device("cpu"), budget_byte
     if kind not in KINDS:
         raise ValueError(f"--data_loader {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "torch":
+        return create_dataset(opt, device)
+    if opt.dataset_mode not in IMAGE_MODES:
+        if kind != "auto" or device.type == "cuda":
+            _say(f"--dataset_mode {opt.dataset_mode} reads its items itself; using the torch loader")
         return create_dataset(opt, device)
     if kind == "gpu_cache" or (kind == "auto" and device.type == "cuda"):
         try:

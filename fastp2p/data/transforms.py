@@ -10,7 +10,10 @@ images (torchvision's ``RandomCrop``/``RandomHorizontalFlip``) have the same dis
 ``get_params`` draw per image, which is what the datasets use.
 """
 
+import dataclasses
+import random
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +23,12 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 _warned_power_2 = False
 
 
-def get_params(opt, size, rng):
+def get_params(opt, size, rng=random):
     """One draw of crop position and flip for an image of ``size`` = (w, h), as the reference draws it.
 
     The crop window is drawn over the size the image will have after the resize step; x, y are
-    inclusive integers, and the flip probability is 1/2. ``rng`` is a ``random.Random``.
+    inclusive integers, and the flip probability is 1/2. ``rng`` is a ``random.Random``; by default the global
+    ``random``, as the reference's own get_params(opt, size) draws.
     """
     w, h = size
     new_w, new_h = w, h
@@ -53,6 +57,29 @@ def transform_image(image, opt, params, grayscale=False, method=Image.BICUBIC, c
     if not opt.no_flip and params["flip"]:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return to_tensor(image) if convert else image
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """What the reference's ``get_transform`` returns, for datasets written for it: ``transform(image)`` is
+    transform_image with ``params``, or without them with a crop and flip drawn from the global ``random`` for each
+    image (the reference's torchvision transforms draw from global generators too; a resumed run restores it). A
+    class, not a closure, so that a dataset holding one pickles into spawned loader workers."""
+
+    opt: Any
+    params: dict | None = None
+    grayscale: bool = False
+    method: int = Image.BICUBIC
+    convert: bool = True
+
+    def __call__(self, image):
+        params = self.params or get_params(self.opt, image.size)
+        return transform_image(image, self.opt, params, self.grayscale, self.method, self.convert)
+
+
+def get_transform(opt, params=None, grayscale=False, method=Image.BICUBIC, convert=True):
+    """The reference's name and arguments (see Transform)."""
+    return Transform(opt, params, grayscale, method, convert)
 
 
 def scale_width(image, target_width, crop_size, method=Image.BICUBIC):

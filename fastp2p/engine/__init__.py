@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from fastp2p.engine.backends import configure_cudnn
-from fastp2p.engine.config import EngineConfig, resolve_engine
+from fastp2p.engine.communication import ddp_keywords, gradient_hook
+from fastp2p.engine.config import EngineConfig, model_limits, resolve_engine
 from fastp2p.engine.optimizers import build_adam
 from fastp2p.engine.path import Stage
 from fastp2p.engine.precision import grad_scaler
@@ -24,7 +25,7 @@ from fastp2p.engine.registry import PATHS
 from fastp2p.engine.step import TrainStep
 from fastp2p.models.runtime import ModelRuntime
 
-__all__ = ["EngineConfig", "resolve_engine", "runtime_for", "prepare_model"]
+__all__ = ["EngineConfig", "model_limits", "resolve_engine", "runtime_for", "prepare_model"]
 
 
 def runtime_for(config, device):
@@ -62,13 +63,14 @@ def run_hooks(prep, stage):
             done.add(hook)
 
 
-def ddp_wrapper(model, capture_stream=None):
+def ddp_wrapper(model, config, capture_stream=None):
     """DistributedDataParallel for a network, set up for GAN training, where a step runs D twice per backward.
 
     No buffer sync in forward: BatchNorm statistics stay per rank (``--norm batch``; ``--norm syncbatch``
     syncs them in the layer), and no buffer is overwritten in place between D's two forwards of one
     step. Frozen discriminators are called unwrapped in the G step (see the models), so no reduction is
-    left pending. Gradients are views into the communication buckets (no copy). A run captured as a CUDA
+    left pending. Gradients are views into the communication buckets (no copy); how the buckets are sized and
+    exchanged is ``config``'s (engine.communication). A run captured as a CUDA
     graph builds DDP on the capture stream and stops DDP's runtime timing after its first 10 iterations: the
     timing events of an iteration sampled during the capture would later be read, and no replay records them.
     """
@@ -81,7 +83,10 @@ def ddp_wrapper(model, capture_stream=None):
 
     def wrap(net):
         with torch.cuda.stream(capture_stream):  # no-op without a stream
-            wrapped = ddp(net, device_ids=device_ids, gradient_as_bucket_view=True, **no_forward_sync)
+            wrapped = ddp(net, device_ids=device_ids, **ddp_keywords(config), **no_forward_sync)
+        hook = gradient_hook(config.grad_compression)
+        if hook is not None:
+            wrapped.register_comm_hook(*hook)
         if capture_stream is not None:
             wrapped._set_ddp_runtime_logging_sample_rate(2**62)
         return wrapped
@@ -91,7 +96,7 @@ def ddp_wrapper(model, capture_stream=None):
 def wrap_ddp(prep):
     if prep.config.cuda_graph:
         prep.capture_stream = torch.cuda.Stream(prep.device)
-    prep.model.wrap_networks(ddp_wrapper(prep.model, prep.capture_stream))
+    prep.model.wrap_networks(ddp_wrapper(prep.model, prep.config, prep.capture_stream))
     if prep.capture_stream is not None:
         torch.cuda.current_stream().wait_stream(prep.capture_stream)
     for copies in prep.step_copies:

@@ -55,6 +55,8 @@ def situation(opt, device, ddp):
     """The Situation the paths resolve in, resolving each on first use."""
     from fastp2p.engine.path import Situation
 
+    from fastp2p.models import find_model  # the models import the engine's runtime
+
     cuda = device.type == "cuda"
     resolved, resolving = {}, set()
 
@@ -68,10 +70,24 @@ def situation(opt, device, ddp):
 
     here = Situation(cuda=cuda, bf16=lambda: cuda and torch.cuda.is_bf16_supported(),
                      triton=importlib.util.find_spec("triton") is not None,
-                     interpreter=os.environ.get("TRITON_INTERPRET") == "1", ddp=ddp, model=opt.model, norm=opt.norm,
-                     training=opt.isTrain,
+                     interpreter=os.environ.get("TRITON_INTERPRET") == "1", ddp=ddp,
+                     nodes=distributed.node_count(), model=opt.model, norm=opt.norm, training=opt.isTrain,
+                     own_optimizers=opt.isTrain and find_model(opt.model).builds_own_optimizers(),
                      asked=lambda name: getattr(opt, name), value=value)
     return here
+
+
+OWN_OPTIMIZERS = "{model} builds and steps its own optimizers (the reference's way)"
+
+
+def blockers(path, here, value):
+    """Why ``path`` cannot run at ``value`` here: its own reasons, and the model's where the path needs the engine
+    to own the optimizers."""
+    reasons = path.blockers(here, value)
+    if path.needs_engine_optimizers and here.own_optimizers and value not in (path.off, None):
+        reasons.append(OWN_OPTIMIZERS.format(model=f"--model {here.model}") + ", which this path replaces or "
+                       "captures; define trained_parameters() instead (docs/extending.md)")
+    return reasons
 
 
 def resolve_path(path, asked, here):
@@ -79,12 +95,25 @@ def resolve_path(path, asked, here):
     value asked for, which a blocker makes an OptionError naming every reason."""
     if asked == "auto":
         value = path.auto(here)
-        return value if value in (path.off, None) or not path.blockers(here, value) else path.off
+        return value if value in (path.off, None) or not blockers(path, here, value) else path.off
     value = path.value_of(asked)
-    reasons = path.blockers(here, value)
+    reasons = blockers(path, here, value)
     if reasons:
         raise OptionError(f"--{path.name} {asked} is not possible here: {'; '.join(reasons)}")
     return value
+
+
+def model_limits(opt):
+    """The line a training run prints at start when its model builds and steps its own optimizers: the engine's paths
+    that then do not apply (those for its networks do); None otherwise."""
+    from fastp2p.models import find_model
+
+    if not (opt.isTrain and find_model(opt.model).builds_own_optimizers()):
+        return None
+    names = [path.name for path in PATHS if path.needs_engine_optimizers]
+    return (f"engine: {OWN_OPTIMIZERS.format(model=find_model(opt.model).__name__)}: {', '.join(names)} and fp16's "
+            f"loss scaler do not apply to it; define trained_parameters() and call self.backward(loss) and "
+            f"self.step(optimizer) to get them (docs/extending.md)")
 
 
 def resolve_engine(opt, device):

@@ -186,6 +186,7 @@ CUDA_GRAPH = FastPath(
         ("--compile brings its own graphs", s.value("compile") is not None),
     ) if blocked] if on else [],
     hooks={Stage.GRAPH: graph_the_step}, runtime=lambda choices, config: choices.update(image_pool=DeviceImagePool),
+    needs_engine_optimizers=True,
     bench_row="cuda_graph", check=Check(REORDERED_FP32, cpu=False, compares=(
         "K graph replays against K eager steps from the same state, with a full image pool, a learning-rate change "
         "and an eager partial batch between replays")))

@@ -22,7 +22,8 @@ def build_adam(config, params, lr, beta1, device):
 
 FUSED_ADAM = FastPath(
     "fused_adam", "torch.optim.Adam(fused=True) with a tensor learning rate",
-    auto=lambda s: s.cuda and s.value("adam_kernel") != "triton", bench_row="fused_adam", check=Check(REORDERED_FP32))
+    auto=lambda s: s.cuda and s.value("adam_kernel") != "triton", bench_row="fused_adam", check=Check(REORDERED_FP32),
+    needs_engine_optimizers=True)
 
 
 def triton_adam_blockers(s, kernel):
@@ -42,7 +43,7 @@ ADAM_KERNEL = FastPath(
     choices=("auto", "torch", "triton"), values={}, off="torch", off_flag="torch", auto=lambda s: "torch",
     blockers=triton_adam_blockers, label=lambda kernel: "triton_adam" if kernel == "triton" else None,
     bench_row="triton_adam", turn_on=("--adam_kernel", "triton"), replaces=("fused_adam", "overlap_optimizer"),
-    check=Check(REORDERED_FP32))
+    check=Check(REORDERED_FP32), needs_engine_optimizers=True)
 ADAM_MOMENTS = FastPath(
     "adam_moments", "with --adam_kernel triton: Adam's moments in fp32 (the reference) or bf16 (half their memory "
                     "traffic, rounded moments)",

@@ -98,4 +98,5 @@ OVERLAP_OPTIMIZER = FastPath(
         ("DDP averages a gradient after its hook has run, so a step there would read this rank's own", s.ddp),
     ) if blocked] if on else [],
     hooks={Stage.OPTIMIZERS: step_in_backward}, bench_row="overlap_optimizer", replaces=("two_streams",),
-    check=Check(REORDERED_FP32, compares="one training iteration against the same path stepping after backward"))
+    check=Check(REORDERED_FP32, compares="one training iteration against the same path stepping after backward"),
+    needs_engine_optimizers=True)

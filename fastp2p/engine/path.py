@@ -86,9 +86,11 @@ class Situation:
     triton: bool
     interpreter: bool
     ddp: bool
+    nodes: int  # the machines the job spans (torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE)
     model: str
     norm: str
     training: bool  # fastp2p.train (fastp2p.test runs no backward)
+    own_optimizers: bool  # a training model that builds and steps its own optimizers (BaseModel.builds_own_optimizers)
     asked: Callable[[str], Any]
     value: Callable[[str], Any]
 
@@ -118,6 +120,9 @@ class FastPath:
     turn_on: tuple | None = None  # the flags that turn the path on (default: --NAME on); also its benchmark row's
     replaces: tuple = ()  # earlier rows' paths this one does the work of, left off from its row
     check: Check | None = None
+    needs_engine_optimizers: bool = False
+    """the path builds, replaces or captures the optimizers and their steps, so it cannot apply to a model that builds
+    and steps its own (the reference's way)"""
 
     def value_of(self, asked):
         """The config value of a flag value other than 'auto'."""

@@ -40,8 +40,11 @@ AMP = FastPath(
     "amp", HELP, choices=("auto", "off", "bf16", "fp16"),
     values={"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}, off=None,
     auto=lambda s: (torch.bfloat16 if s.bf16() else torch.float16) if s.cuda else None,
-    blockers=lambda s, value: ["fp16 needs a GPU; use --amp bf16 or --amp off on the CPU"]
-    if value == torch.float16 and not s.cuda else [],
+    blockers=lambda s, value: [reason for reason, blocked in (
+        ("fp16 needs a GPU; use --amp bf16 or --amp off on the CPU", not s.cuda),
+        (f"fp16 needs the loss scaler, which --model {s.model} does not call (it steps its own optimizers): use "
+         f"--amp bf16, or self.backward(loss) and self.step(optimizer) in the model", s.own_optimizers),
+    ) if blocked] if value == torch.float16 else [],
     inference_help=HELP, hooks={Stage.STEP: autocast_step},
     label=lambda value: None,  # the engine line starts with the precision instead
     bench_row="amp", turn_on=("--amp", "bf16"), check=Check(LOW_PRECISION, needs=()))

@@ -5,6 +5,7 @@ engine's stages, the benchmark rows, the self-check and the tests' lists of swit
 """
 
 from fastp2p.engine.backends import CUDNN_SEARCH_ALL
+from fastp2p.engine.communication import BUCKET_CAP_MB, GRAD_COMPRESSION, STATIC_GRAPH
 from fastp2p.engine.compile import COMPILE
 from fastp2p.engine.cuda_graph import CUDA_GRAPH
 from fastp2p.engine.fusion import FUSED_CONV, FUSED_KERNELS
@@ -17,7 +18,8 @@ from fastp2p.engine.streams import TWO_STREAMS
 from fastp2p.engine.weight_cast import FOREACH_CAST, STEP_CAST
 
 PATHS = (AMP, CHANNELS_LAST, FUSED_KERNELS, FUSED_ADAM, FOREACH_CAST, STEP_CAST, BATCH_PASSES, CUDA_GRAPH,
-         CUDNN_SEARCH_ALL, TWO_STREAMS, OVERLAP_OPTIMIZER, ADAM_KERNEL, ADAM_MOMENTS, FUSED_CONV, COMPILE)
+         CUDNN_SEARCH_ALL, TWO_STREAMS, OVERLAP_OPTIMIZER, ADAM_KERNEL, ADAM_MOMENTS, FUSED_CONV, COMPILE,
+         GRAD_COMPRESSION, BUCKET_CAP_MB, STATIC_GRAPH)
 BY_NAME = {path.name: path for path in PATHS}
 
 

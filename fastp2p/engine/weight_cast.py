@@ -231,4 +231,5 @@ STEP_CAST = FastPath(
                  "prefers it to --foreach_cast",
     auto=lambda s: s.cuda, blockers=lambda s, on: [CAST_NEEDS] if on and not can_cast(s) else [],
     hooks={Stage.WEIGHT_COPIES: make_step_copies, Stage.OPTIMIZERS: refresh_step_copies_after_steps},
-    bench_row="step_cast", replaces=("foreach_cast",), check=Check(AUTOCAST_VALUES, needs=("--amp", "bf16")))
+    bench_row="step_cast", replaces=("foreach_cast",), check=Check(AUTOCAST_VALUES, needs=("--amp", "bf16")),
+    needs_engine_optimizers=True)

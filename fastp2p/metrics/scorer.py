@@ -5,7 +5,8 @@ import os
 import torch
 
 from fastp2p.checkpoint import unwrap
-from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.data.datasets import IMAGE_MODES
+from fastp2p.data.modes import find_dataset
 from fastp2p.errors import MetricError
 from fastp2p.metrics.pairs import to_uint8
 from fastp2p.metrics.scores import Scores
@@ -34,6 +35,9 @@ class GeneratorScorer:
     as --norm syncbatch synchronizes its forward; rank 0 alone keeps the scores (``keep``)."""
 
     def __init__(self, opt, model, amp_dtype, distances=None, keep=True):
+        if opt.dataset_mode not in IMAGE_MODES:
+            raise MetricError(f"--eval_freq scores RGB outputs of the image modes ({', '.join(IMAGE_MODES)}); "
+                              f"--dataset_mode {opt.dataset_mode} is not one of them")
         self.phase = eval_phase(opt)
         if self.phase is None:
             raise MetricError(f"--eval_freq scores the val or test split, and {opt.dataroot} has neither")
@@ -42,7 +46,7 @@ class GeneratorScorer:
             raise MetricError("--eval_freq on unpaired data scores FID and KID alone, which need torchmetrics and "
                               "the Inception weights: pip install 'fastp2p[metrics]'")
         test_time = {"phase": self.phase, "load_size": opt.crop_size, "no_flip": True, "serial_batches": True}
-        self.dataset = DATASET_MODES[opt.dataset_mode](opt.replace(**test_time))
+        self.dataset = find_dataset(opt.dataset_mode)(opt.replace(**test_time))
         self.generator = unwrap(model.generator())
         self.sides = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
         self.batch_size = 1 if opt.norm in ("batch", "syncbatch") else opt.batch_size

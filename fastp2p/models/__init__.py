@@ -1,4 +1,4 @@
-"""``--model`` name -> model class, and ``create_model``."""
+"""``--model`` name -> model class (a built-in, else a user's own: fastp2p.extensions), and ``create_model``."""
 
 import re
 
@@ -6,15 +6,27 @@ import torch
 
 from fastp2p.distributed import print_main
 from fastp2p.errors import OptionError, first_line
+from fastp2p.extensions import find_class
 from fastp2p.models.base_model import BaseModel
+from fastp2p.models.colorization_model import ColorizationModel
 from fastp2p.models.cycle_gan_model import CycleGANModel
 from fastp2p.models.pix2pix_model import Pix2PixModel
 from fastp2p.models.runtime import ModelRuntime, building_with
+from fastp2p.models.template_model import TemplateModel
 from fastp2p.models.test_model import TestModel
 
-MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel}
+MODELS = {"pix2pix": Pix2PixModel, "cycle_gan": CycleGANModel, "test": TestModel, "template": TemplateModel,
+          "colorization": ColorizationModel}
+"""the built-in models; any other --model name is looked up as the reference looks up its own (find_model)"""
 
-__all__ = ["BaseModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TestModel", "create_model"]
+__all__ = ["BaseModel", "ColorizationModel", "CycleGANModel", "MODELS", "ModelRuntime", "Pix2PixModel", "TemplateModel",
+           "TestModel", "create_model", "find_model"]
+
+
+def find_model(name):
+    """The model class ``--model name`` means: a built-in, a user's ``NAME_model`` module's class, or
+    ``package.module:Class`` (fastp2p.extensions); an OptionError in one line otherwise."""
+    return find_class(name, "model", tuple(MODELS.items()), BaseModel)
 
 
 def is_out_of_memory(error):
@@ -35,12 +47,11 @@ def allocation_failure(error):
 def create_model(opt, runtime=None):
     """Build the model named by ``opt.model`` on ``runtime`` (the engine's run-time choices and device; by default
     the reference path on the CPU); call ``model.setup(opt)`` next to initialize or load weights."""
-    if opt.model not in MODELS:
-        raise ValueError(f"unknown model {opt.model!r}; choose one of: {', '.join(MODELS)}")
+    model_class = find_model(opt.model)
     runtime = runtime or ModelRuntime()
     with building_with(runtime):
         try:
-            model = MODELS[opt.model](opt)
+            model = model_class(opt)
         except (MemoryError, RuntimeError) as error:  # torch's CPU and CUDA out-of-memory errors are RuntimeErrors
             if not is_out_of_memory(error):
                 raise

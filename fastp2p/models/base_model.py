@@ -15,20 +15,26 @@ import torch
 
 from fastp2p import checkpoint
 from fastp2p.distributed import is_main_process, print_main
-from fastp2p.errors import DatasetError
+from fastp2p.errors import DatasetError, OptionError
 from fastp2p.models.runtime import current_runtime
-from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_weights
+from fastp2p.networks import count_parameters, get_scheduler, image_size_problem, init_of, init_weights
 
 
 class BaseModel:
     """Subclasses fill the name lists and build ``net<name>`` for each name in ``model_names``. How the step runs is
-    ``self.runtime``'s (models/runtime.py): the engine's choices, handed over when the model is built."""
+    ``self.runtime``'s (models/runtime.py): the engine's choices, handed over when the model is built.
+
+    A subclass either names the parameters each optimizer trains (``trained_parameters``), and the engine builds the
+    optimizers (its fused or Triton Adam among them), or builds ``self.optimizers`` itself in ``__init__`` as the
+    reference's models do, which the engine then keeps (docs/extending.md)."""
 
     def __init__(self, opt):
         self.opt = opt
         self.isTrain = opt.isTrain
         self.runtime = current_runtime()
         self.device = self.runtime.device
+        # the reference's name, which models written for it pass to define_G/define_D: this process's GPU
+        self.gpu_ids = [self.device.index or 0] if self.device.type == "cuda" else []
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
         self.loss_names = []
         self.model_names = []
@@ -40,6 +46,11 @@ class BaseModel:
         self.metric = 0  # what the plateau policy watches; the reference never changes it either
         self.grad_scaler = None  # build_optimizers sets it: fp16's GradScaler, or one that does nothing
 
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        """A model's own flags and default changes (``parser.add_argument``, ``parser.set_defaults``); none here."""
+        return parser
+
     def networks(self):
         """(name, net) for every network of this model, in the reference's order (G before D)."""
         return [(name, getattr(self, "net" + name)) for name in self.model_names]
@@ -50,19 +61,39 @@ class BaseModel:
         return getattr(self, "net" + self.model_names[0])
 
     def trained_parameters(self):
-        """(name, parameters) of each optimizer of a training model, in the reference's order (G before D)."""
+        """(name, parameters) of each optimizer of a training model, in the reference's order (G before D). A model
+        that leaves this out builds its own optimizers (builds_own_optimizers)."""
         raise NotImplementedError
+
+    @classmethod
+    def builds_own_optimizers(cls):
+        """Whether the model builds ``self.optimizers`` itself, the reference's way, instead of naming their
+        parameters: the engine then keeps them, and its paths that replace or capture the optimizers do not apply."""
+        return cls.trained_parameters is BaseModel.trained_parameters
+
+    def optimizer_names(self):
+        """The name of each of ``self.optimizers`` (G, D): the attribute ``optimizer_NAME`` that holds it, else its
+        place in the list."""
+        names = {id(value): attribute.removeprefix("optimizer_") for attribute, value in vars(self).items()
+                 if attribute.startswith("optimizer") and attribute != "optimizers"}
+        return [names.get(id(optimizer), str(i)) for i, optimizer in enumerate(self.optimizers)]
 
     def build_optimizers(self, make_adam, grad_scaler):
         """``make_adam(params)`` (the engine's Adam: the reference's, or fused/capturable/Triton) for each of
         ``trained_parameters``, the LR schedulers, and the loss scaler: built once, by the engine, after it has
         converted the networks (the conversions keep each parameter object, so the optimizers see the parameters
-        the step updates)."""
-        self.optimizers = []
-        for name, params in self.trained_parameters():
-            optimizer = make_adam(params)
-            setattr(self, "optimizer_" + name, optimizer)
-            self.optimizers.append(optimizer)
+        the step updates). A model that built its own optimizers keeps them."""
+        if self.builds_own_optimizers():
+            if not self.optimizers:
+                raise OptionError(f"--model {self.opt.model}: {type(self).__name__} trains but has no optimizers: "
+                                  f"build self.optimizers in __init__, or define trained_parameters() "
+                                  f"(docs/extending.md)")
+        else:
+            self.optimizers = []
+            for name, params in self.trained_parameters():
+                optimizer = make_adam(params)
+                setattr(self, "optimizer_" + name, optimizer)
+                self.optimizers.append(optimizer)
         self.schedulers = [get_scheduler(optimizer, self.opt) for optimizer in self.optimizers]
         self.grad_scaler = grad_scaler
 
@@ -75,7 +106,7 @@ class BaseModel:
     def setup(self, opt):
         """Initialize weights (G before D), load checkpoints when testing or resuming."""
         for _, net in self.networks():
-            init_weights(net, opt.init_type, opt.init_gain)
+            init_weights(net, *init_of(net, opt.init_type, opt.init_gain))
         if not self.isTrain or opt.continue_train:
             self.load_networks(checkpoint.load_prefix(opt))
         self.print_networks(opt.verbose)
@@ -93,7 +124,8 @@ class BaseModel:
         """A DatasetError naming the options when the networks cannot take this batch's image size; ``source``
         names the images in it (by default the first path of the batch set by set_input)."""
         height, width = images.shape[-2:]
-        problem = image_size_problem(self.opt, height, width, discriminator=self.isTrain)
+        discriminator = self.isTrain and any(name.startswith("D") for name in self.model_names)
+        problem = image_size_problem(self.opt, height, width, discriminator=discriminator)
         if problem:
             raise DatasetError(f"{source or self.image_paths[0]}: images reach the networks as {height}x{width} (after "
                                f"--preprocess {self.opt.preprocess}), but {problem}; use a --crop_size that fits "
@@ -147,10 +179,14 @@ class BaseModel:
         return OrderedDict((name, getattr(self, name)) for name in self.visual_names)
 
     def get_current_losses(self):
-        """name -> float. Each float() is a device sync, so call this on logging iterations only."""
+        """name -> float. Each float() is a device sync, so call this on logging iterations only. A name already
+        starting with ``loss_`` (the reference's template lists 'loss_G') is also found under that name."""
         losses = OrderedDict()
         for name in self.loss_names:
-            value = getattr(self, "loss_" + name)  # a tensor, or 0 for a disabled term (identity loss)
+            attribute = "loss_" + name
+            if not hasattr(self, attribute) and name.startswith("loss_"):
+                attribute = name
+            value = getattr(self, attribute)  # a tensor, or 0 for a disabled term (identity loss)
             losses[name] = float(value.detach()) if torch.is_tensor(value) else float(value)
         return losses
 

@@ -3,8 +3,10 @@
 Loads ``{epoch}_net_G{model_suffix}.pth``, so ``--model_suffix _A`` runs a CycleGAN's G_A.
 """
 
+import os
+
 from fastp2p import networks
-from fastp2p.errors import OptionError
+from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models.base_model import BaseModel
 
 
@@ -31,6 +33,21 @@ class TestModel(BaseModel):
         generator = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm,
                                       not opt.no_dropout).to(self.device)
         setattr(self, "netG" + opt.model_suffix, generator)
+
+    def load_networks(self, epoch):
+        """A missing file names the --model_suffix values the folder holds for this epoch (a CycleGAN run saves
+        G_A and G_B, never G) instead of only 'not found'."""
+        path = self.network_path(epoch, "G" + self.opt.model_suffix)
+        if not os.path.isfile(path):
+            start = os.path.basename(self.network_path(epoch, "G"))[: -len(".pth")]
+            entries = os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else []
+            found = sorted(entry[len(start):-len(".pth")] for entry in entries
+                           if entry.startswith(start) and entry.endswith(".pth"))
+            if found:
+                choices = " or ".join(f"--model_suffix {suffix}" if suffix else "no --model_suffix" for suffix in found)
+                raise CheckpointError(f"checkpoint not found: {path}; {self.save_dir} holds "
+                                      f"{', '.join(start + suffix + '.pth' for suffix in found)}: give {choices}")
+        super().load_networks(epoch)
 
     def set_input(self, data):
         self.real = data["A"].to(self.device, non_blocking=True)

@@ -2,6 +2,7 @@
 
 import os
 
+from fastp2p.data.datasets import IMAGE_MODES
 from fastp2p.errors import OptionError
 
 
@@ -66,7 +67,10 @@ def check_path_parts(opt):
 
 
 def check_image_channels(opt):
-    """Images are read as RGB, or as grayscale for a side of 1 channel: no other channel count can come from them."""
+    """Images are read as RGB, or as grayscale for a side of 1 channel: no other channel count can come from them.
+    Another dataset mode makes its channels itself (colorization: L and ab)."""
+    if opt.dataset_mode not in IMAGE_MODES:
+        return
     sides = [("--input_nc", opt.input_nc), ("--output_nc", opt.output_nc)]
     if opt.dataset_mode == "single":  # one side is read: the input's, the output's with BtoA
         sides = sides[1:] if opt.direction == "BtoA" else sides[:1]

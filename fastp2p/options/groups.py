@@ -10,7 +10,7 @@ the reference, and are kept in ``ModelOptions.extra``. The engine's flags come f
 import dataclasses
 from typing import Any
 
-from fastp2p.data.datasets import DATASET_MODES
+from fastp2p.data.modes import DATASET_MODES
 from fastp2p.data.select import KINDS as DATA_LOADERS
 from fastp2p.data.transforms import PREPROCESS_MODES
 from fastp2p.engine.path import SWITCH
@@ -62,8 +62,10 @@ class ModelOptions:
     """The model and its networks, losses and optimizers; ``extra`` holds the flags of the model's own."""
 
     model: str = flag("cycle_gan", "cycle_gan: two generators trained on unpaired A and B images; pix2pix: one "
-                                   "generator trained on paired images; test: one generator for inference",
-                      choices=tuple(MODELS), test_default="test")
+                                   "generator trained on paired images; test: one generator for inference; "
+                                   f"built-in: {', '.join(MODELS)}; any other NAME is your own class (module "
+                                   "NAME_model in ./models or on sys.path, or package.module:Class: "
+                                   "docs/extending.md)", test_default="test")
     input_nc: int = flag(3, "channels of the input images: 3 for RGB, 1 for gray", type=positive_int)
     output_nc: int = flag(3, "channels of the output images: 3 for RGB, 1 for gray", type=positive_int)
     ngf: int = flag(64, "filters in the generator's last conv layer", type=positive_int)
@@ -100,7 +102,9 @@ class DataOptions:
     dataroot: str | None = flag(None, "dataset folder; without it the built-in synthetic dataset is used")
     dataset_mode: str = flag("unaligned", "how images are read: aligned (A|B pairs side by side in DATAROOT/PHASE), "
                                           "unaligned (DATAROOT/PHASEA and PHASEB) or single (every image in DATAROOT, "
-                                          "one direction)", choices=tuple(DATASET_MODES))
+                                          "one direction); built-in: " + ", ".join(DATASET_MODES) + "; any other "
+                                          "NAME is your own class (module NAME_dataset in ./data or on sys.path, or "
+                                          "package.module:Class)")
     direction: str = flag("AtoB", "AtoB translates A images into B images; BtoA the other way",
                           choices=("AtoB", "BtoA"))
     phase: str = flag("train", "the dataset split to read: DATAROOT/PHASE, or PHASEA and PHASEB", test_default="test")

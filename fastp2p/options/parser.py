@@ -2,7 +2,9 @@
 
 Parsing follows the reference's order so that defaults come out the same: the flags are read first, the chosen
 model then adds its own flags and changes defaults (its class's ``modify_commandline_options``: ``--model pix2pix``
-switches norm, netG, dataset_mode, pool_size and gan_mode), and a final strict parse rejects unknown flags.
+switches norm, netG, dataset_mode, pool_size and gan_mode), then the chosen dataset mode's class does the same where
+it has that method (colorization sets input_nc 1 and output_nc 2), and a final strict parse rejects unknown flags.
+A model or dataset mode that is not a built-in is a user's class, found by fastp2p.extensions.
 """
 
 import argparse
@@ -10,10 +12,12 @@ import dataclasses
 import difflib
 
 from fastp2p.errors import OptionError
-from fastp2p.models import MODELS
+from fastp2p.data.modes import find_dataset
+from fastp2p.models import MODELS, find_model
 from fastp2p.options.checks import apply_suffix, check_options, parse_gpu_ids
 from fastp2p.options.config import build_options
 from fastp2p.options.groups import COMPATIBILITY, ENGINE, GROUPS, INFERENCE_HELP
+from fastp2p.options.inherit import from_saved, given_flags, resumed_value
 
 TEST_FIXES = dict(num_threads=0, serial_batches=True, no_flip=True)
 """what the reference's test script hard-codes (and --batch_size 1, which fastp2p leaves to the flag)"""
@@ -61,7 +65,15 @@ def add_flags(parser, command):
 def add_model_flags(parser, model, is_train):
     """The model's own flags, in a --help section of their own, and its default changes (the reference's
     modify_commandline_options)."""
-    MODELS[model].modify_commandline_options(parser.add_argument_group(f"--model {model}"), is_train)
+    find_model(model).modify_commandline_options(parser.add_argument_group(f"--model {model}"), is_train)
+
+
+def add_dataset_flags(parser, dataset_mode, is_train):
+    """The dataset mode's own flags and default changes, where its class has modify_commandline_options (the
+    reference's datasets may)."""
+    modify = getattr(find_dataset(dataset_mode), "modify_commandline_options", None)
+    if modify is not None:
+        modify(parser.add_argument_group(f"--dataset_mode {dataset_mode}"), is_train)
 
 
 def flags_of(parser):
@@ -83,7 +95,11 @@ def guess_flags(unrecognized, parser, is_train):
     another model, whose --model is then named too."""
     flags = [arg.split("=", 1)[0] for arg in unrecognized if arg.startswith("-") and not arg[1:2].isdigit()]
     known = flags_of(parser)
-    owners = {flag: model for model in MODELS for flag in model_flags(model, is_train) if flag not in known}
+    owners = {}
+    for model in MODELS:  # the first model that has a flag names it (pix2pix before colorization, its subclass)
+        for flag in model_flags(model, is_train):
+            if flag not in known:
+                owners.setdefault(flag, model)
     needs_model, misspelled = [], []
     for flag in flags:
         guess = closest(flag, known + list(owners))
@@ -96,9 +112,10 @@ def guess_flags(unrecognized, parser, is_train):
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def build_parser(is_train, model, prog=None, add_options=None, add_help=True):
+def build_parser(is_train, model, prog=None, add_options=None, add_help=True, dataset_mode=None):
     """``prog`` and ``add_options(parser)``: a command built on the test flags (fastp2p.export) names itself and adds
-    its own. ``add_help`` False: a first pass that reads --model, leaving --help to the parser of that model."""
+    its own. ``add_help`` False: a first pass that reads --model, leaving --help to the parser of that model.
+    ``dataset_mode``: also that mode's own flags (add_dataset_flags)."""
     command = "train" if is_train else "test"
     prog = prog or f"fastp2p.{command}"
     ignored = f" Flags fastp2p accepts but ignores come last, under '{COMPATIBILITY}'." if is_train else ""
@@ -112,6 +129,8 @@ def build_parser(is_train, model, prog=None, add_options=None, add_help=True):
         add_options(parser)
     if model is not None:
         add_model_flags(parser, model, is_train)
+    if dataset_mode is not None:
+        add_dataset_flags(parser, dataset_mode, is_train)
     return parser
 
 
@@ -123,13 +142,22 @@ def parse_options(argv=None, is_train=True, prog=None, add_options=None):
     base = build_parser(is_train, None, prog, add_options, add_help=False)
     known, _ = base.parse_known_args(argv)
     try:
-        parser = build_parser(is_train, known.model, prog, add_options)
+        given = given_flags(base, argv)
+        model = resumed_value(known, "model", given, is_train)
+        with_model = build_parser(is_train, model, prog, add_options, add_help=False)
+        dataset_mode = resumed_value(with_model.parse_known_args(argv)[0], "dataset_mode", given, is_train,
+                                     namespace=known)  # the model may change its default; a resume keeps its own
+        parser = build_parser(is_train, model, prog, add_options, dataset_mode=dataset_mode)
     except OptionError as e:
         base.error(str(e))
     namespace, unrecognized = parser.parse_known_args(argv)
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}{guess_flags(unrecognized, parser, is_train)}")
-    values = vars(namespace)
+    namespace.model = model  # the resumed run's, when --continue_train names none
+    try:
+        values = from_saved(parser, argv, known, vars(namespace), is_train)
+    except OptionError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     if not is_train:
         values.update(TEST_FIXES)
     defaults = {action.dest: action.default for action in parser._actions if action.dest != "help"}

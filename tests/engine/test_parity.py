@@ -19,6 +19,10 @@ RUNNABLE = [path for path in PATHS if path.check is not None and (path.check.cpu
 # generators a third time), against its own reference at that size. Every fused pattern still runs (norm + ReLU, the
 # blocks' skip adds and pads written by the norms, the 3-pixel output pad, the fused losses). Not 16 x 16: there the
 # InstanceNorms over 4 x 4 and 3 x 3 planes amplify rounding past the tolerances.
+# The paths whose CPU check runs whole networks through Triton's interpreter or through torch.compile's CPU
+# compiler (tens of seconds a case): the full suite runs them, `-m "not slow"` leaves them out, with the default
+# fast path, which holds them.
+SLOW_ON_CPU = {"fused_kernels", "adam_moments", "fused_conv", "compile"}
 CPU_SMALL = (["--ngf", "2", "--ndf", "2", "--netD", "n_layers", "--n_layers_D", "2", "--lambda_identity", "0"], 24)
 
 
@@ -32,14 +36,25 @@ def cases():
         for path in RUNNABLE:
             needs, flags = list(path.check.needs), [*path.check.needs, *path.on_flags()]
             if runs_here(model, flags):
-                found.append(pytest.param(model, flags, needs, path.check.tolerance, id=f"{model}-{path.name}"))
+                found.append(pytest.param(model, flags, needs, path.check.tolerance, id=f"{model}-{path.name}",
+                                          marks=slow_here(path.name in SLOW_ON_CPU)))
         paths = [path for path in default_fast_path(model) if path.name != "amp"]
         flags = ["--amp", "bf16"] + [flag for path in paths for flag in path.on_flags()]
         # run in bf16: no tighter than autocast's own rounding
         loosest = max([AUTOCAST_VALUES, *(path.check.tolerance for path in paths)],
                       key=lambda tolerance: tolerance.weight_atol)
-        found.append(pytest.param(model, flags, ["--amp", "bf16"], loosest, id=f"{model}-default_fast_path"))
+        found.append(pytest.param(model, flags, ["--amp", "bf16"], loosest, id=f"{model}-default_fast_path",
+                                  marks=slow_here(True)))
     return found
+
+
+def slow_here(slow_on_cpu):
+    return [pytest.mark.slow] if CPU and slow_on_cpu else []
+
+
+def test_the_slow_paths_are_paths():
+    """A renamed path cannot silently leave its slow case in the quick loop."""
+    assert SLOW_ON_CPU <= {path.name for path in PATHS}
 
 
 def runs_here(model, flags):

@@ -3,7 +3,7 @@
 Triton's interpreter, which runs the kernel tests on a CPU, accepts code that the compiler rejects (it runs the
 Python, it does not type it). This script runs the real compiler (Python AST -> TTIR -> TTGIR -> LLVM -> PTX ->
 ptxas, all bundled with Triton) for an H100 target, so such errors show up in CI. It must run without
-TRITON_INTERPRET, hence a separate process: ``python tests/kernels/compile_for_gpu.py [--jobs N]``.
+TRITON_INTERPRET, hence a separate process: ``python tests/kernels/compile_for_gpu.py [--jobs N] [--only TEXT]``.
 
 Each compile runs on one core (the MLIR passes in Python's process, then ptxas, most of a conv kernel's time), so
 the specializations are shared among --jobs worker processes (default: one per core, at most 8), the slowest first.
@@ -148,8 +148,13 @@ def default_jobs():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes (default: %(default)s)")
-    jobs = max(1, parser.parse_args(argv).jobs)
-    todo = tasks()
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="compile only the specializations whose description holds TEXT (e.g. 'pad_forward')")
+    args = parser.parse_args(argv)
+    jobs = max(1, args.jobs)
+    todo = [task for task in tasks() if args.only in describe(*task)]
+    if not todo:
+        sys.exit(f"no specialization matches --only {args.only!r}")
     failures = 0
     # spawned workers (not forked from this process, which has imported torch and Triton); leaving the with-block
     # waits for all of them to exit, also after an error

@@ -162,9 +162,9 @@ def test_state_dicts_are_torch_adams_both_ways(moment_dtype):
 BF16_STEP_CAST = ["--amp", "bf16", "--step_cast", "on"]
 
 
-@pytest.mark.parametrize("model_name, flags", [("pix2pix", []), ("pix2pix", BF16_STEP_CAST),
-                                               ("cycle_gan", BF16_STEP_CAST)],
-                         ids=["pix2pix_fp32", "pix2pix_bf16_step_cast", "cycle_gan_bf16_step_cast"])
+@pytest.mark.parametrize("model_name, flags", [
+    pytest.param("pix2pix", [], id="pix2pix_fp32"), pytest.param("pix2pix", BF16_STEP_CAST, id="pix2pix_bf16_step_cast"),
+    pytest.param("cycle_gan", BF16_STEP_CAST, id="cycle_gan_bf16_step_cast", marks=pytest.mark.slow)])
 def test_trains_like_torch_adam_and_writes_the_step_copies_itself(model_name, flags, monkeypatch):
     """Loss by loss and weight by weight as torch's Adam, to the last bits of Adam's arithmetic (bf16 forwards
     round the weights and so magnify a last-bit difference into the losses' last bits, rarely); under --step_cast the
@@ -193,6 +193,7 @@ def test_fp16_with_its_loss_scaler_trains_like_torch_adam(monkeypatch):
     assert [scaler.get_scale() for scaler in scalers] == [2.0 ** (8 + STEPS)] * 2
 
 
+@pytest.mark.slow
 def test_gradients_in_ddps_buckets_train_like_no_ddp(one_process_group):
     """DDP's gradients are views into its all-reduce buckets (gradient_as_bucket_view), here of channels-last
     parameters: the kernel reads them where they are, in the parameters' strides."""
@@ -233,6 +234,7 @@ def saved(model, steps):
     return (*torch.load(buffer, weights_only=False), steps), buffer.getbuffer().nbytes
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_torch_adams_state_and_a_resume_continues_the_run():
     flags = BF16_STEP_CAST + ["--adam_kernel", "triton"]
     kernel_state, kernel_bytes = saved(trained_model(flags, 2), 2)

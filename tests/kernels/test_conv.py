@@ -142,10 +142,12 @@ NETS = {  # (network, batch, input size, convs that become FusedConvs, norms tha
     "basic_D_batch": (lambda: networks.define_D(6, 4, "basic", 3, "batch"), 2, 24, 4, 3),
     "n_layers_D_instance": (lambda: networks.define_D(3, 4, "n_layers", 2, "instance"), 2, 16, 3, 2),
 }
+SLOW_NETS = {"resnet_instance", "unet_128_batch"}  # several seconds each in Triton's interpreter
 
 
-@pytest.mark.parametrize("name, with_fused_norms", [(name, False) for name in sorted(NETS)] + [
-    ("resnet_instance", True), ("unet_128_batch", True)])
+@pytest.mark.parametrize("name, with_fused_norms", [
+    pytest.param(name, fused, marks=[pytest.mark.slow] if name in SLOW_NETS else [])
+    for name, fused in [(name, False) for name in sorted(NETS)] + [("resnet_instance", True), ("unet_128_batch", True)]])
 def test_fused_conv_network_matches_reference(name, with_fused_norms):
     """fuse_network(fused_conv=True): every conv with a norm before or after it is a FusedConv (the PatchGAN's first
     conv and the U-Net's outermost ones stay), the norms ConvNorms handing off where a conv follows, the pads gone,
