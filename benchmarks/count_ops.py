@@ -2,17 +2,17 @@
 
 At batch 1 both models are launch-bound: each kernel costs a few microseconds of GPU time even inside a CUDA
 graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations
-that launch work (views and metadata excluded) and the Triton launches, for the rows of bench_train.py up to
-+batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that row with --fused_conv on). The nets
-run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
+that launch work (views and metadata excluded) and the Triton launches, for the training benchmark's rows
+(benchmarks/rows.py, as on a GPU) up to +batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that
+row with --fused_conv on). The nets run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
 plan of an H100 (132 SMs), so the norm layers choose the kernels they choose there.
 
 What it does not see: the work an aten kernel does inside (a cuDNN convolution backward is one op here and
 two or three GPU kernels, PyTorch's CUDA reflection pad also copies its input to NCHW), and CPU autocast,
 whose op lists are close to but not exactly CUDA's.
 
-    python benchmarks/count_ops.py --out benchmarks/results      # a few minutes on 2 CPU cores
-    python benchmarks/count_ops.py --small                         # bench_train's small nets, seconds
+    python -m benchmarks.count_ops --out benchmarks/results      # a few minutes on 2 CPU cores
+    python -m benchmarks.count_ops --small                         # the small size's nets, seconds
 
 Writes ops_<yyyymmdd>.json (per row: totals and every op's count) and .md into --out.
 """
@@ -30,13 +30,12 @@ import sys
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, build, display_name, git_commit, inapplicable, model_flags  # noqa: E402
-from bench_train import random_batches, row_flags, run_steps  # noqa: E402
+from benchmarks import rows
 
 H100_PROGRAMS = 4 * 132  # launch.target_programs on an H100: 4 waves of 132 SMs
-FUSED_CONV = "fused_conv"  # the row before it with --fused_conv on (auto leaves it off, so bench_train has no row)
-ROWS = ("reference",) + GPU_CHAIN[:GPU_CHAIN.index("batch_passes") + 1] + (FUSED_CONV,)
+FUSED_CONV = "fused_conv"  # the row before it with --fused_conv on (auto leaves it off, so it has no training row)
+ROWS = rows.ROW_NAMES[:rows.ROW_NAMES.index("batch_passes") + 1] + (FUSED_CONV,)
+AS_ON = torch.device("cuda", 0)  # the rows are those of a GPU: their flags are resolved for one
 # aten ops that only make views or read metadata, or allocate without writing: no kernel on a GPU
 NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice", "select",
              "unsqueeze", "squeeze", "alias", "detach", "_reshape_alias", "reshape", "split", "split_with_sizes",
@@ -82,9 +81,16 @@ class OpCounter(TorchDispatchMode):
             norm_act.target_programs = plan
 
 
+def model_flags(args, model_name):
+    """The size's flags at batch 1, with no image pool (its decisions would depend on the values not computed)."""
+    size = rows.SIZES["small" if args.small else "paper"]
+    return rows.model_flags(size, model_name, 1, args.device, args.seed, pool_size=0)
+
+
 def count_row(args, model_name, row):
     chain_row = ROWS[-2] if row == FUSED_CONV else row
-    argv = model_flags(args, model_name, 1) + row_flags(chain_row, GPU_CHAIN, inapplicable(args, model_name))
+    base = model_flags(args, model_name)
+    argv = base + rows.row_flags(chain_row, base, AS_ON)
     argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
     argv += ["--fused_conv", "on"] if row == FUSED_CONV else []
     # channels-last is refused for InstanceNorm training on the CPU (torch's backward there is wrong at batch 1);
@@ -92,17 +98,17 @@ def count_row(args, model_name, row):
     channels_last = "--channels_last" in argv and argv[argv.index("--channels_last") + 1] == "on"
     if channels_last:
         argv[argv.index("--channels_last") + 1] = "off"
-    opt, model, engine, step = build(argv, args.device, args.seed, channels_last=channels_last)
-    batches = random_batches(opt, args.device, count=2)
+    opt, model, engine, step = rows.build(argv, args.device, args.seed, channels_last=channels_last)
+    batches = rows.random_batches(opt, args.device, count=2)
     counter = OpCounter()
     with counter.counting_triton():
-        run_steps(model, step, batches, args.warmup)  # the optimizers' state is created in the first step
+        rows.run_steps(step, batches, args.warmup)  # the optimizers' state is created in the first step
         counter.counts.clear()
         with counter:
-            run_steps(model, step, batches, 1, start=args.warmup)
+            rows.run_steps(step, batches, 1, start=args.warmup)
     counts = counter.counts
     triton = sum(n for name, n in counts.items() if name.startswith("triton:"))
-    return dict(model=model_name, batch_size=1, row=display_name(row), engine=engine.describe(),
+    return dict(model=model_name, batch_size=1, row=row, engine=engine.describe(),
                 total=sum(counts.values()), aten=sum(counts.values()) - triton, triton=triton,
                 counts=dict(counts.most_common()))
 
@@ -126,32 +132,30 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=8, help="op counts shown per row in the markdown table")
-    p.add_argument("--small", action="store_true", help="bench_train's small nets (fewer layers, other counts)")
+    p.add_argument("--small", action="store_true", help="the small size's nets (fewer layers, other counts)")
     p.add_argument("--out", default=None, help="folder for ops_<yyyymmdd>.json and .md")
     args = p.parse_args()
-    # bench_train's model flags, with no image pool (its decisions would depend on the values not computed)
-    args.device, args.pool_size = torch.device("cpu"), 0
+    args.device = torch.device("cpu")
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
-    commit, dirty = git_commit()
     meta = dict(device=f"{platform.processor() or platform.machine()} CPU", python=platform.python_version(),
-                torch=torch.__version__, commit=commit, dirty=dirty, small=args.small,
+                torch=torch.__version__, commit=rows.git_commit(), small=args.small,
                 launch_plan_programs=H100_PROGRAMS,
                 command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    rows = []
+    counted = []
     for model_name in args.models:
         for row in args.rows:
-            if row in inapplicable(args, model_name):
-                continue  # it would repeat the row before (bench_train.py skips it too)
-            rows.append(count_row(args, model_name, row))
-            print(f"{model_name} {rows[-1]['row']}: {rows[-1]['total']} ({rows[-1]['aten']} aten, "
-                  f"{rows[-1]['triton']} Triton)", flush=True)
-    text = markdown(meta, rows, args.top)
+            if rows.row_blocker(row, model_flags(args, model_name), AS_ON):
+                continue  # the engine refuses its path for this model: it would repeat the row before
+            counted.append(count_row(args, model_name, row))
+            print(f"{model_name} {counted[-1]['row']}: {counted[-1]['total']} ({counted[-1]['aten']} aten, "
+                  f"{counted[-1]['triton']} Triton)", flush=True)
+    text = markdown(meta, counted, args.top)
     print(text)
     if args.out:
         stem = os.path.join(args.out, f"ops_{datetime.date.today():%Y%m%d}")
         with open(stem + ".json", "w") as f:
-            json.dump(dict(meta, rows=rows), f, indent=1)
+            json.dump(dict(meta, rows=counted), f, indent=1)
         with open(stem + ".md", "w") as f:
             f.write(text)
 

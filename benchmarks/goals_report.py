@@ -1,4 +1,5 @@
-"""The training goals and the switches still waiting for a GPU measurement, read from bench_train results.
+"""The training goals and the switches still waiting for a GPU measurement, read from benchmarks/test_train.py's
+--benchmark-json results.
 
 gpu_evidence.py ends with this, so a short GPU loan leaves its verdicts in one page: for each goal configuration,
 the default fast path's throughput against its target, the reference path and the torch.compile rival; and for
@@ -6,7 +7,7 @@ each technique that `auto` leaves off until measured, its row against the row wi
 faster only when every repeat of its row beats every repeat of its baseline (repeats on a shared GPU vary by
 several percent, so a median a few percent ahead decides nothing).
 
-    python benchmarks/goals_report.py /tmp/evidence --out /tmp/evidence    # reads every train_*.json below it
+    python -m benchmarks.goals_report /tmp/evidence --out /tmp/evidence    # reads every *.json below it
 """
 
 import argparse
@@ -18,33 +19,39 @@ import os
 GOALS = {("pix2pix", 1): (700, 12), ("pix2pix", 16): (5000, None), ("cycle_gan", 1): (150, 10),
          ("cycle_gan", 4): (250, None)}
 RIVAL_FACTOR = 2.0  # each goal configuration at least this many times torch.compile(mode="reduce-overhead")
-DEFAULT_ROW = "+cudnn_search_all"  # the last row of the chain that `auto` turns on by default on a GPU
+DEFAULT_ROW = "cudnn_search_all"  # the last row of the chain that `auto` turns on by default on a GPU
 RIVAL_ROW = "compile_reduce_overhead"
 # a technique `auto` leaves off -> the rows it is compared with, the first present (--two_streams' row is skipped
 # for pix2pix, so the Triton Adam's baseline there is the default row)
-BASELINES = {"+two_streams": (DEFAULT_ROW,), "+overlap_optimizer": (DEFAULT_ROW,),
-             "+triton_adam": ("+two_streams", DEFAULT_ROW)}
+BASELINES = {"two_streams": (DEFAULT_ROW,), "overlap_optimizer": (DEFAULT_ROW,),
+             "triton_adam": ("two_streams", DEFAULT_ROW)}
 
 
 def load_rows(folder):
-    """(model, batch size, row) -> row, over every train_*.json below ``folder``, which must all come from one
-    device; rows that failed are kept (their error is reported), and a later file's row replaces an earlier one's."""
+    """(model, batch size, row) -> the training row's extra_info, over every pytest-benchmark JSON below ``folder``,
+    which must all come from one device; a later file's row replaces an earlier one's. A row that failed or was
+    skipped is absent from its file (the run's log says why)."""
     rows, meta = {}, {}
-    for path in sorted(glob.glob(os.path.join(folder, "**", "train_*.json"), recursive=True)):
+    for path in sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True)):
         with open(path) as f:
             data = json.load(f)
-        meta = meta or {key: data.get(key) for key in ("device", "torch", "triton", "cuda", "commit")}
-        if data.get("device") != meta["device"]:
-            raise ValueError(f"{path} was measured on {data.get('device')}, an earlier file on {meta['device']}: "
+        if not isinstance(data, dict) or "benchmarks" not in data:
+            continue
+        info = data.get("machine_info", {}).get("fastp2p", {})
+        meta = meta or {key: info.get(key) for key in ("device", "torch", "triton", "cuda", "commit")}
+        if info.get("device") != meta["device"]:
+            raise ValueError(f"{path} was measured on {info.get('device')}, an earlier file on {meta['device']}: "
                              "give one evidence run's folder")
-        for row in data["rows"]:
-            rows[row["model"], row["batch_size"], row["row"]] = row
+        for bench in data["benchmarks"]:
+            row = bench["extra_info"]
+            if bench["group"].startswith("train ") and "images_per_s" in row:
+                rows[row["model"], row["batch_size"], row["row"]] = row
     return rows, meta
 
 
 def throughput(row):
     """images/s of a row that ran, else None."""
-    return None if row is None or row.get("error") else row["images_per_s"]
+    return None if row is None else row["images_per_s"]
 
 
 def clearly_faster(row, baseline):
@@ -60,7 +67,7 @@ def goal_lines(rows):
         speed = throughput(fast)
         ratio_target = "" if target_ratio is None else f"{target_ratio}x"
         if speed is None:
-            why = "not run" if fast is None else f"failed: {fast['error'][:80]}"
+            why = "not run"
             lines.append(f"| {model} bs{batch} | {why} | {target} |  | {ratio_target} |  | {RIVAL_FACTOR:g}x | no |")
             continue
         vs_reference = speed / throughput(reference) if throughput(reference) else None
@@ -90,9 +97,7 @@ def switch_lines(rows):
             name = next((name for name in candidates if (model, batch, name) in rows), None)
             baseline = rows.get((model, batch, name))
             if throughput(row) is None or throughput(baseline) is None:
-                failed = row if throughput(row) is None else baseline
-                lines.append(f"| {model} bs{batch} | {technique} |  | {name} |  |  | no verdict: "
-                             f"{(failed or {}).get('error') or 'baseline not run'} |")
+                lines.append(f"| {model} bs{batch} | {technique} |  | {name} |  |  | no verdict: baseline not run |")
                 continue
             ratio = throughput(row) / throughput(baseline)
             verdict = ("faster in every repeat" if clearly_faster(row, baseline)
@@ -114,7 +119,7 @@ def report(folder):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folder", help="a folder with bench_train results (train_*.json) anywhere below it")
+    p.add_argument("folder", help="a folder with benchmarks/test_train.py's --benchmark-json files anywhere below it")
     p.add_argument("--out", default=None, help="write goals.md here (printed either way)")
     args = p.parse_args(argv)
     text = report(args.folder)

@@ -14,7 +14,9 @@ first:
 5. norms_bs1: each of the ResNet's fused InstanceNorm layers at batch 1, channels-last against NCHW and torch's,
    eager and replayed from a graph (where a channels-last norm was found launch-bound);
 6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left;
-then goals.md (goals_report.py): each goal configuration against its targets, the reference and the rival, and each
+The measuring stages are pytest-benchmark runs of benchmarks/ (one --benchmark-json file each, written when its run
+ends: a run stopped at its stage's limit leaves its rows in the log only). Then goals.md (goals_report.py): each goal
+configuration against its targets, the reference and the rival, and each
 switch that `auto` leaves off until measured against the row without it.
 
 Each stage runs under its own time limit (together under 9 minutes on an H200), and a stage that fails or runs out
@@ -52,13 +54,18 @@ CUDA_TESTS = (["tests/engine", "tests/kernels/test_conv.py", "tests/kernels/test
               ["tests/kernels", "--deselect", "tests/kernels/test_conv.py", "--deselect", "tests/kernels/test_adam.py"])
 
 
+def benchmark(module, out, *options):
+    """A pytest-benchmark run of benchmarks/``module`` writing ``out`` (the tests of a module, selected)."""
+    return [sys.executable, "-m", "pytest", f"benchmarks/{module}", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+            "--benchmark-json", out, *options]
+
+
 def stages(args):
     """(name, seconds, [commands]) in the order they run; --dry_run swaps in the CPU's smallest sizes."""
     python, out = sys.executable, args.out
-    bench, profile, adam, kernels = (os.path.join(HERE, name) for name in ("bench_train.py", "profile_step.py",
-                                                                           "bench_adam.py", "bench_kernels.py"))
+    profile = [python, "-m", "benchmarks.profile_step"]
     if args.dry_run:
-        small = ["--device", "cpu", "--small", "--iters", "1", "--repeats", "1", "--warmup", "1", "--no_loader"]
+        small = ["--fastp2p-size", "small", "--fastp2p-rounds", "1"]
         tiny = ["--gpu_ids", "-1", "--netG", "unet_128", "--load_size", "128", "--crop_size", "128", "--ngf", "4",
                 "--ndf", "4", "--no_timing", "--paths", "fused_adam"]
         return [
@@ -66,24 +73,25 @@ def stages(args):
                               os.path.join(out, "doctor_pix2pix.json")]]),
             ("cuda_tests", 120, [[python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests,
                                   "-k", "not compiled"] for tests in CUDA_TESTS]),
-            ("goals", 120, [[python, bench, *small, "--models", "pix2pix", "--batch_sizes", "1", "--rows",
-                             "reference", "step_cast", "--out", os.path.join(out, "goals")]]),
-            ("profile", 120, [[python, profile, "--small", "--steps", "1", "--warmup", "1", "--config",
+            ("goals", 120, [benchmark("test_train.py::test_train", os.path.join(out, "goals.json"), *small,
+                                      "--fastp2p-models", "pix2pix", "--fastp2p-batch-sizes", "1", "--fastp2p-rows",
+                                      "reference", "step_cast")]),
+            ("profile", 120, [[*profile, "--small", "--steps", "1", "--warmup", "1", "--config",
                                "pix2pix:1:reference", "--out", os.path.join(out, "profile")]]),
-            ("adam", 120, [[python, adam, "--device", "cpu", "--small", "--models", "pix2pix", "--iters", "1",
-                            "--repeats", "1", "--out", os.path.join(out, "adam")]]),
-            ("norms_bs1", 120, [[python, kernels, "--smoke", "--ops", "norms", "--dtypes", "float32", "--out",
-                                 os.path.join(out, "norms_bs1")]]),
+            ("adam", 120, [benchmark("test_optimizer.py", os.path.join(out, "adam.json"), *small,
+                                     "--fastp2p-models", "pix2pix")]),
+            ("norms_bs1", 120, [benchmark("test_kernels.py", os.path.join(out, "norms_bs1.json"), *small,
+                                          "-k", "norm_act")]),
         ]
-    repeats = ["--repeats", "3", "--no_loader"]
-    goals = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows", "reference",
-              "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam", "--budget_s", "60",
-              "--out", os.path.join(out, f"goals_{model}")]
+    rounds = ["--fastp2p-rounds", "3"]
+    goals = [benchmark("test_train.py::test_train", os.path.join(out, f"goals_{model}.json"), *rounds,
+                       "--fastp2p-models", model, "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows", "reference",
+                       "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
              for model, sizes in GOAL_CONFIGS.items()]
     configs = [f"{model}:{size}:batch_passes" for model, sizes in GOAL_CONFIGS.items() for size in sizes]
-    rival = [[python, bench, *repeats, "--models", model, "--batch_sizes", *sizes, "--rows",
-              "compile_reduce_overhead", "--budget_s", "30", "--out", os.path.join(out, f"rival_{model}")]
-             for model, sizes in GOAL_CONFIGS.items()]
+    rival = [benchmark("test_train.py::test_train", os.path.join(out, f"rival_{model}.json"), *rounds,
+                       "--fastp2p-models", model, "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows",
+                       "compile_reduce_overhead") for model, sizes in GOAL_CONFIGS.items()]
     return [
         # a lent machine has torch, Triton and pytest but not this package: installed in place, nothing downloaded
         ("install", 30, [[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ROOT]]),
@@ -93,12 +101,12 @@ def stages(args):
         ("cuda_tests", 140, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
                               "--durations", "15", *tests, "-k", "not compiled"] for tests in CUDA_TESTS]),
         ("goals", 110, goals),
-        ("profile", 50, [[python, profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
+        ("profile", 50, [[*profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
                           os.path.join(out, "profile")]]),
-        ("adam", 30, [[python, adam, "--out", os.path.join(out, "adam")]]),
-        # the layer rows print as they finish, so a stage stopped at its limit still leaves its first rows in the log
-        ("norms_bs1", 20, [[python, kernels, "--ops", "norms", "--models", "resnet_9blocks", "--batches", "1",
-                            "--dtypes", "bfloat16", "--graph", "--out", os.path.join(out, "norms_bs1")]]),
+        ("adam", 30, [benchmark("test_optimizer.py", os.path.join(out, "adam.json"))]),
+        # the ResNet's InstanceNorms at batch 1 in bf16: eager and replayed from a graph, channels-last and NCHW
+        ("norms_bs1", 20, [benchmark("test_kernels.py", os.path.join(out, "norms_bs1.json"), "-k",
+                                     "norm_act and resnet_9blocks and bfloat16 and not b16")]),
         ("rival", 30, rival),
     ]
 

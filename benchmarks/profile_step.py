@@ -2,11 +2,11 @@
 iteration the kernel count and the time of each category of kernel (convolutions, norms, optimizer, casts and
 copies, pads/cats/sums, losses and other elementwise work).
 
-Builds each model exactly as bench_train.py does (same flags per row) and profiles eager steps after
-warm-up; kernel times are those a CUDA-graph replay runs too, without the launch gaps.
+Builds each model exactly as the training benchmark does (benchmarks/rows.py: same flags per row) and profiles eager
+steps after warm-up; kernel times are those a CUDA-graph replay runs too, without the launch gaps.
 
-    python benchmarks/profile_step.py --config cycle_gan:1:fused_adam pix2pix:16:channels_last --out DIR
-    python benchmarks/profile_step.py --config pix2pix:1:reference --small --steps 1 --warmup 1   # CPU check
+    python -m benchmarks.profile_step --config cycle_gan:1:fused_adam pix2pix:16:channels_last --out DIR
+    python -m benchmarks.profile_step --config pix2pix:1:reference --small --steps 1 --warmup 1   # CPU check
 
 Writes, with --out, profile_<model>_bs<n>_<row>.md per config and profile_categories.json for all of them.
 """
@@ -15,14 +15,11 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import GPU_CHAIN, build, inapplicable, model_flags, random_batches  # noqa: E402
-from bench_train import row_flags, run_steps, sync  # noqa: E402
+from benchmarks import rows
 
 
 # kernel name patterns per category, first match wins (cuDNN, cutlass and Triton kernel names as they appear)
@@ -56,16 +53,17 @@ def category_sums(prof, steps):
 
 
 def profile_config(args, model_name, batch_size, row):
-    argv = model_flags(args, model_name, batch_size) + row_flags(row, GPU_CHAIN, inapplicable(args, model_name))
-    argv += [] if args.device.type == "cuda" else ["--cuda_graph", "off"]
-    opt, model, engine, step = build(argv, args.device, args.seed)
-    batches = random_batches(opt, args.device)
-    run_steps(model, step, batches, args.warmup)
-    sync(args.device)
+    size = rows.SIZES["small" if args.small else "paper"]
+    base = rows.model_flags(size, model_name, batch_size, args.device, args.seed, pool_size=0)  # no pool to fill
+    argv = base + rows.row_flags(row, base, args.device)
+    opt, model, engine, step = rows.build(argv, args.device, args.seed)
+    batches = rows.random_batches(opt, args.device)
+    rows.run_steps(step, batches, args.warmup)
+    rows.sync(args.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        run_steps(model, step, batches, args.steps)
-        sync(args.device)
+        rows.run_steps(step, batches, args.steps)
+        rows.sync(args.device)
     sort_by = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort_by, row_limit=args.top, max_name_column_width=70)
     sums = dict(model=model_name, batch_size=batch_size, row=row, engine=engine.describe(),
@@ -77,16 +75,15 @@ def profile_config(args, model_name, batch_size, row):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", nargs="+", required=True, help="model:batch_size:row, row as in bench_train.py")
+    p.add_argument("--config", nargs="+", required=True, help="model:batch_size:row, a row of benchmarks/rows.py")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for profile_<model>_bs<n>_<row>.md")
-    p.add_argument("--small", action="store_true", help="bench_train's small nets (the CPU check)")
+    p.add_argument("--small", action="store_true", help="the small size's nets (the CPU check)")
     args = p.parse_args()
     args.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    args.pool_size = 0  # no image pool: warm-up need not fill one
     torch.backends.cudnn.benchmark = True
     if args.out:
         os.makedirs(args.out, exist_ok=True)

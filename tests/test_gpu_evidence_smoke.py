@@ -10,8 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_train  # noqa: E402
 import gpu_evidence  # noqa: E402
+
+from benchmarks import rows  # noqa: E402
 
 
 def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
@@ -27,14 +28,15 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
     assert "tests collected" in (out / "cuda_tests.log").read_text()
     doctor = json.loads((out / "doctor_pix2pix.json").read_text())
     assert doctor["environment"]["torch"] and doctor["paths"] and doctor["passed"], doctor  # environment, paths, verdict
-    (goals,) = (out / "goals").glob("train_cpu_*.json")
-    assert [row["row"] for row in json.loads(goals.read_text())["rows"]] == ["reference", "+step_cast"]
+    def rows_of(path):
+        return [bench["extra_info"]["row"] for bench in json.loads(path.read_text())["benchmarks"]]
+
+    assert rows_of(out / "goals.json") == ["reference", "step_cast"]
     assert json.loads((out / "profile" / "profile_categories.json").read_text())[0]["model"] == "pix2pix"
-    (adam,) = (out / "adam").glob("adam_cpu_*.json")
-    assert [row["row"] for row in json.loads(adam.read_text())["rows"]] == ["adam", "adam+step_copy", "triton_adam",
-                                                                           "triton_adam+step_copy"]
-    (norms,) = (out / "norms_bs1").glob("kernels_*_norms_smoke.json")
-    assert {row["layout"] for row in json.loads(norms.read_text())["rows"]} == {"nhwc", "nchw"}
+    assert rows_of(out / "adam.json") == ["adam", "adam+step_copy", "triton_adam", "triton_adam+step_copy"]
+    norms = json.loads((out / "norms_bs1.json").read_text())["benchmarks"]
+    assert {bench["extra_info"]["op"] for bench in norms} == {"norm_act"}
+    assert {bench["group"].split()[1].split("-")[-1] for bench in norms} == {"nhwc", "nchw"}
     assert json.loads((out / "env.json").read_text())["dry_run"] is True
     assert (out / "goals.md").read_text().startswith("# Training goals")  # the CPU rows meet none of them
     assert (tmp_path / "evidence.tar.gz").stat().st_size > 0
@@ -46,9 +48,9 @@ def test_gpu_stages_ask_for_rows_that_exist_and_fit_nine_minutes(tmp_path):
     assert sum(seconds for _, seconds, _ in stages) <= 9 * 60 - 30  # the install and the archive fit beside them
     for _, _, commands in stages:
         for command in commands:
-            if "--rows" in command:
-                rows = command[command.index("--rows") + 1:command.index("--budget_s")]
-                assert set(rows) <= set(bench_train.ROW_NAMES), rows
+            if "--fastp2p-rows" in command:
+                asked = command[command.index("--fastp2p-rows") + 1:]
+                assert set(asked) <= set(rows.ROW_NAMES), asked
             if "--config" in command:
                 configs = command[command.index("--config") + 1:command.index("--out")]
-                assert all(config.split(":")[2] in bench_train.ROW_NAMES for config in configs), configs
+                assert all(config.split(":")[2] in rows.ROW_NAMES for config in configs), configs

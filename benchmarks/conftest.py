@@ -1,0 +1,137 @@
+"""The benchmarks' harness on pytest-benchmark: the size preset, the selection options, the device, and ``timed``,
+which times a function that ends on a device synchronisation and records what the report and the gate read.
+
+    python -m pytest benchmarks --benchmark-only --benchmark-json RESULT.json            # paper size on a GPU
+    python -m pytest benchmarks --benchmark-only --fastp2p-size small --benchmark-json RESULT.json   # the CPU
+    python -m pytest benchmarks --benchmark-disable --fastp2p-size small                 # each once, as a test
+
+The size is said in the run's header; the JSON's machine_info carries it with the device, versions and commit.
+"""
+
+import os
+import shlex
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # the kernel benchmarks run in Triton's interpreter, set before Triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from benchmarks import rows  # noqa: E402
+
+SELECTIONS = {"fastp2p_models": "model", "fastp2p_batch_sizes": "batch_size", "fastp2p_rows": "row"}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastp2p benchmarks")
+    group.addoption("--fastp2p-size", choices=list(rows.SIZES), default=None,
+                    help="paper: 256x256 and the paper's networks (default on a GPU); small: small nets and crops "
+                         "(default on the CPU)")
+    group.addoption("--fastp2p-models", nargs="+", default=None, help="only these models")
+    group.addoption("--fastp2p-batch-sizes", nargs="+", type=int, default=None, help="only these batch sizes")
+    group.addoption("--fastp2p-rows", nargs="+", default=None,
+                    help="only these rows (e.g. reference cuda_graph); compile_max_autotune runs only when named")
+    group.addoption("--fastp2p-rounds", type=int, default=None,
+                    help="timed rounds per benchmark instead of each module's (a quicker, noisier run)")
+
+
+def bench_device():
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def chosen_size(config):
+    """(Size, why): the option's, else paper on a GPU and small on the CPU."""
+    asked = config.getoption("fastp2p_size")
+    if asked:
+        return rows.SIZES[asked], "--fastp2p-size"
+    cuda = bench_device().type == "cuda"
+    return rows.SIZES["paper" if cuda else "small"], f"the default on {'a GPU' if cuda else 'the CPU'}"
+
+
+def pytest_configure(config):
+    device = bench_device()
+    if device.type == "cpu":
+        # on a shared few-core machine more intra-op threads mostly spin waiting for each other: noise
+        torch.set_num_threads(1)
+    else:
+        torch.backends.cudnn.benchmark = True  # as the trainer (default --preprocess)
+
+
+def pytest_report_header(config):
+    size, why = chosen_size(config)
+    threads = ", 1 intra-op thread" if bench_device().type == "cpu" else ""
+    return f"fastp2p benchmarks: size {size.name} ({why}): {size.about}; device {bench_device()}{threads}"
+
+
+def pytest_generate_tests(metafunc):
+    """A benchmark module parametrizes its tests by ``generate(metafunc, size, device)``."""
+    generate = getattr(metafunc.module, "generate", None)
+    if generate is not None:
+        generate(metafunc, chosen_size(metafunc.config)[0], bench_device())
+
+
+def pytest_collection_modifyitems(config, items):
+    """--fastp2p-models/--fastp2p-batch-sizes/--fastp2p-rows deselect the cases whose parameter is not named."""
+    chosen = {param: config.getoption(option) for option, param in SELECTIONS.items() if config.getoption(option)}
+    if not chosen:
+        return
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params or {}
+        fits = all(param not in params or params[param] in values for param, values in chosen.items())
+        (keep if fits else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    size, why = chosen_size(config)
+    machine_info["fastp2p"] = dict(rows.environment(bench_device()), size=size.name, size_chosen_by=why,
+                                   command=" ".join(shlex.quote(a) for a in [sys.executable, "-m", "pytest",
+                                                                             *config.invocation_params.args]))
+
+
+@pytest.fixture(scope="session")
+def device():
+    return bench_device()
+
+
+@pytest.fixture(scope="session")
+def size(request):
+    return chosen_size(request.config)[0]
+
+
+@pytest.fixture(scope="session")
+def environment(device):
+    return rows.environment(device)
+
+
+@pytest.fixture
+def timed(benchmark, device, environment, request):
+    """``timed(target, group=, row=, units=, unit=, rounds=, reference=, **info)`` times ``target`` (one call does
+    ``units`` of work) over ``rounds`` rounds, each ended by a device synchronisation, under ``group`` (one table
+    block: the rows of one configuration, the reference first); records ``<unit>_per_s`` (median) and ``info`` in
+    extra_info. With --benchmark-disable it calls ``target`` once and returns None."""
+
+    def run(target, *, group, row, units, unit, rounds, reference=False, **info):
+        def synchronised():
+            result = target()
+            rows.sync(device)
+            return result
+
+        benchmark.group = group
+        benchmark.extra_info.update(info, row=row, reference=reference, units=units, unit=unit, **environment)
+        result = benchmark.pedantic(synchronised, rounds=request.config.getoption("fastp2p_rounds") or rounds,
+                                    iterations=1)
+        if benchmark.disabled:
+            return None
+        times = benchmark.stats.stats.data
+        median = sorted(times)[len(times) // 2]
+        benchmark.extra_info[f"{unit}_per_s"] = units / median
+        benchmark.extra_info[f"{unit}_per_s_repeats"] = [round(units / t, 4) for t in times]
+        return result
+
+    return run
+
