@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -15,6 +17,7 @@ import gpu_evidence  # noqa: E402
 from benchmarks import rows  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
     out = tmp_path / "evidence"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_evidence.py"), "--dry_run", "--out",
