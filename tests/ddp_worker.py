@@ -26,6 +26,7 @@ from fastp2p.checkpoint import network_state_dict, unwrap
 from fastp2p.engine import prepare_model, resolve_engine, runtime_for
 from fastp2p.models import BaseModel, create_model
 from fastp2p.options import parse_options
+from fastp2p.resume import seed_everything
 
 
 def inject_failure():
@@ -104,7 +105,8 @@ def run_steps(out, steps, batch, argv):
     opt = parse_options(argv, is_train=True)
     device = distributed.init_distributed(use_cuda=False)
     rank, world = distributed.rank(), distributed.world_size()
-    torch.manual_seed(opt.seed + rank)  # as the trainer seeds: DDP must make rank 0's init everyone's
+    seed_everything(opt.seed + rank)  # as the trainer seeds (the image pools draw from random): DDP must make rank
+    # 0's init everyone's
     config = resolve_engine(opt, device)
     model = create_model(opt, runtime_for(config, device))
     model.setup(opt)

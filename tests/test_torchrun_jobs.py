@@ -256,11 +256,12 @@ def test_a_node_whose_peers_never_arrive_says_so_in_one_line(tmp_path):
 ELASTIC_FLAGS = dict(images=8, epochs=(1, 1), extra=["--save_latest_freq", "2", "--print_freq", "4"])
 # 8 images, 2 ranks at batch 1: 4 iterations an epoch, counted as 4 images (one rank's). Checkpoint sets: 'latest'
 # at iterations 2 and 4 (sets 1, 2), at the end of epoch 1 (set 3, with '1'), then 6 (4), 8 (5), end of epoch 2 (6)
-KILLS = {
-    "rank1-mid-iteration-3": ("1:iteration:3", "latest"),
-    "rank0-inside-save-2": ("0:save:2", "latest"),  # set 2 half staged: resumes from set 1, iteration 2
-    "rank0-after-commit-3": ("0:commit:3", "latest"),  # committed, not renamed: rolled forward at the restart
-    "rank1-mid-iteration-7": ("1:iteration:7", "latest"),
+KILLS = {  # where the kill lands, and what the restarted job says in the loss log
+    "rank0-mid-iteration-1": ("0:iteration:1", "started over"),  # before any set: the restart trains from the start
+    "rank1-mid-iteration-3": ("1:iteration:3", "resumed from 'latest'"),
+    "rank0-inside-save-2": ("0:save:2", "resumed from 'latest'"),  # set 2 half staged: resumes from set 1
+    "rank0-after-commit-3": ("0:commit:3", "resumed from 'latest'"),  # committed, not renamed: rolled forward
+    "rank1-mid-iteration-7": ("1:iteration:7", "resumed from 'latest'"),
 }
 
 
@@ -281,15 +282,15 @@ def test_killed_workers_restart_and_end_as_an_uninterrupted_run(tmp_path):
     assert output.count("saving the latest model (epoch 1, total_iters 2)") == 1, output  # rank 0's line alone
     whole = tmp_path / "whole" / "job"
     names = network_files(whole)
-    for label, (kill, _) in KILLS.items():
+    for label, (kill, said) in KILLS.items():
         checkpoints = tmp_path / label
         [(code, output)] = job(checkpoints, kill)
         assert code == 0, f"{label}:\n{output[-4000:]}"
         folder = checkpoints / "job"
         with open(folder / "loss_log.txt") as f:
             log = f.read()
-        assert "restart 1 of the job (torchrun --max-restarts): resumed from" in log, f"{label}: {log}"
-        assert output.count("resuming exactly from") == 1, f"{label}: {output[-4000:]}"
+        assert f"restart 1 of the job (torchrun --max-restarts): {said}" in log, f"{label}: {log}"
+        assert output.count("resuming exactly from") == (said != "started over"), f"{label}: {output[-4000:]}"
         assert network_files(folder) == names, label
         assert_same_files(whole, folder, names)
         assert not [entry for entry in os.listdir(folder) if entry.startswith((".tmp_", ".commit_"))], label
