@@ -17,9 +17,6 @@ Prints a markdown table; --out FILE also writes it there.
 """
 
 import argparse
-import contextlib
-import dataclasses
-import io
 import os
 import socket
 import statistics
@@ -33,10 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fastp2p import distributed  # noqa: E402
 from fastp2p.checkpoint import unwrap  # noqa: E402
-from fastp2p.engine import prepare_model, resolve_engine, runtime_for  # noqa: E402
 from fastp2p.engine.communication import COMPRESSIONS, WIRE_DTYPES, gradient_hook  # noqa: E402
-from fastp2p.models import create_model  # noqa: E402
-from fastp2p.options import parse_options  # noqa: E402
+from benchmarks.rows import build  # noqa: E402
 
 MODEL_FLAGS = {
     "pix2pix": ["--model", "pix2pix", "--netG", "unet_256", "--crop_size", "256", "--load_size", "256"],
@@ -75,16 +70,6 @@ def flags_for(model, batch_size, device):
     crop = GPU_CROP.get(model, []) if device.type == "cuda" else []
     return MODEL_FLAGS[model] + crop + gpu + ["--batch_size", str(batch_size), "--seed", "1", "--name", "bench_comm",
                                               "--no_tensorboard", "--num_threads", "0"]
-
-
-def build(argv, device, **engine_changes):
-    opt = parse_options(argv, is_train=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        engine = dataclasses.replace(resolve_engine(opt, device), **engine_changes)
-        model = create_model(opt, runtime_for(engine, device))
-        model.setup(opt)
-        step = prepare_model(model, engine)
-    return opt, model, engine, step
 
 
 def batches(opt, device, count=2):

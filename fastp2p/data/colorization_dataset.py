@@ -5,20 +5,17 @@ resized, cropped and flipped before the conversion (data/lab.py, scikit-image's 
 the reference's: ``--input_nc 1 --output_nc 2 --direction AtoB``, the only values it can serve.
 """
 
-import os
-
 import numpy as np
 import torch
 
 from fastp2p.errors import DatasetError
 
-from .datasets import BaseDataset
-from .image_folder import image_size, load_rgb
+from .datasets import PhaseFolderDataset
 from .lab import rgb_to_lab
 from .transforms import get_params, transform_image
 
 
-class ColorizationDataset(BaseDataset):
+class ColorizationDataset(PhaseFolderDataset):
     mode = "colorization"
 
     @staticmethod
@@ -33,17 +30,9 @@ class ColorizationDataset(BaseDataset):
             raise DatasetError(f"--dataset_mode colorization gives L (1 channel) as input and ab (2 channels) as "
                                f"output: it needs --input_nc 1 --output_nc 2 --direction AtoB, got --input_nc "
                                f"{given[0]} --output_nc {given[1]} --direction {given[2]}")
-        split = os.path.join(self.root, opt.phase)
-        self.paths = self.image_paths(split if os.path.isdir(split) else self.root)
-        self.check_fits_crop(self.paths[0], image_size(self.paths[0]))
-
-    def __len__(self):
-        return len(self.paths)
 
     def get_item(self, index, rng):
-        path = self.paths[index]
-        image = load_rgb(path)
-        self.check_fits_crop(path, image.size)
+        path, image = self.read(index)
         rgb = transform_image(image, self.opt, get_params(self.opt, image.size, rng), convert=False)
         lab = torch.from_numpy(rgb_to_lab(np.asarray(rgb)).astype(np.float32)).permute(2, 0, 1).contiguous()
         return {"A": lab[[0]] / 50.0 - 1.0, "B": lab[[1, 2]] / 110.0, "A_paths": path, "B_paths": path}

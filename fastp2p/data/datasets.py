@@ -221,6 +221,27 @@ class SingleDataset(BaseDataset):
         return {"A": self.transform(image, params, self.gray_A), "A_paths": path}
 
 
+class PhaseFolderDataset(BaseDataset):
+    """The images below ``DATAROOT/PHASE`` where it exists, else below DATAROOT (the reference's one-folder modes read
+    one or the other), each read whole as RGB; a subclass makes its item of ``read(index)``."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        split = os.path.join(self.root, opt.phase)
+        self.paths = self.image_paths(split if os.path.isdir(split) else self.root)
+        self.check_fits_crop(self.paths[0], image_size(self.paths[0]))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def read(self, index):
+        """(path, PIL image) of sample ``index``, checked against the crop."""
+        path = self.paths[index]
+        image = load_rgb(path)
+        self.check_fits_crop(path, image.size)
+        return path, image
+
+
 def warn_odd_width(path, width_A, width_B):
     global _warned_odd_width
     if not _warned_odd_width:

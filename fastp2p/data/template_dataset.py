@@ -7,14 +7,11 @@ as both A and B (the same crop and flip), so that ``--model template`` learns to
 fastp2p's ``(index, rng)`` items, so its draws replay exactly on resume (docs/extending.md).
 """
 
-import os
-
-from .datasets import BaseDataset
-from .image_folder import image_size, load_rgb
+from .datasets import PhaseFolderDataset
 from .transforms import get_params
 
 
-class TemplateDataset(BaseDataset):
+class TemplateDataset(PhaseFolderDataset):
     mode = "template"
 
     @staticmethod
@@ -26,18 +23,10 @@ class TemplateDataset(BaseDataset):
 
     def __init__(self, opt):
         super().__init__(opt)
-        split = os.path.join(self.root, opt.phase)
-        self.paths = self.image_paths(split if os.path.isdir(split) else self.root)
-        self.check_fits_crop(self.paths[0], image_size(self.paths[0]))
         self.gray_A, self.gray_B = self.grayscale_in_out()
 
-    def __len__(self):
-        return len(self.paths)
-
     def get_item(self, index, rng):
-        path = self.paths[index]
-        image = load_rgb(path)
-        self.check_fits_crop(path, image.size)
+        path, image = self.read(index)
         params = get_params(self.opt, image.size, rng)
         return {"A": self.transform(image, params, self.gray_A), "B": self.transform(image, params, self.gray_B),
                 "A_paths": path, "B_paths": path}
