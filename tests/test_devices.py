@@ -58,9 +58,13 @@ def test_under_torchrun_each_local_rank_takes_its_own_listed_gpu(fake_gpus, monk
     torchrun_env(monkeypatch, local_rank, 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     backends = []
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(distributed.dist, "rendezvous", lambda url: iter([("store", local_rank, 2)]))
+    monkeypatch.setattr(distributed.dist, "PrefixStore", lambda prefix, store: store)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **group: backends.append((backend, group)))
     assert device_for("--gpu_ids", "6,7") == torch.device("cuda", expected)
-    assert chosen == [expected] and backends == ["nccl"]
+    assert chosen == [expected]
+    assert backends == [("nccl", {"store": "store", "rank": local_rank, "world_size": 2})]
 
 
 def test_under_torchrun_fewer_ids_than_local_processes_is_an_error(fake_gpus, monkeypatch):
