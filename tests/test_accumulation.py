@@ -171,3 +171,15 @@ def test_a_mid_epoch_resume_with_accumulation_ends_as_the_uninterrupted_run(tmp_
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (net, key)
+
+
+def test_the_self_check_of_an_accumulating_run_checks_its_paths_per_batch(tmp_path):
+    from fastp2p import parity
+    from fastp2p.engine import EngineConfig
+
+    opt = parse_options(["--model", "pix2pix", "--gpu_ids", "-1", "--accum_steps", "2", "--ngf", "4", "--ndf", "4",
+                         "--netG", "unet_128", "--crop_size", "128", "--load_size", "128", "--checkpoints_dir",
+                         str(tmp_path)], is_train=True)
+    assert parity.check_options(opt).accum_steps == 1
+    verdict, _, _ = parity.check_training(opt, EngineConfig(), torch.device("cpu"), EngineConfig())
+    assert verdict.ok, verdict.why
