@@ -100,8 +100,8 @@ def synchronize(device):
 
 def check_options(opt):
     """The options the check trains with: the run's networks and shapes, from fresh weights (no checkpoint is read),
-    without dropout and image pool."""
-    return opt.replace(no_dropout=True, pool_size=0, continue_train=False)
+    without dropout and image pool, one optimizer step per batch (the paths act per batch, --accum_steps or not)."""
+    return opt.replace(no_dropout=True, pool_size=0, continue_train=False, accum_steps=1)
 
 
 def compare(fast, reference, tolerance):

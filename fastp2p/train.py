@@ -7,6 +7,7 @@ file beside each checkpoint (optimizers, schedulers, image pools, counters, RNG 
 on SIGINT/SIGTERM (in a single process; under DDP a signal ends the run).
 """
 
+import itertools
 import math
 import os
 import signal
@@ -73,7 +74,7 @@ class Trainer:
             distributed.print_main(limits)
         self.optimizer_names = self.model.optimizer_names()
         self.visualizer = Visualizer(opt, enabled=distributed.is_main_process(),
-                                     batches_per_epoch=self.dataset.batches_per_epoch)
+                                     batches_per_epoch=math.ceil(self.dataset.batches_per_epoch / opt.accum_steps))
         self.scorer = self.build_scorer() if opt.eval_freq else None
         self.epoch = opt.epoch_count
         self.last_saved = "none (nothing saved yet)"
@@ -196,24 +197,34 @@ class Trainer:
     def last_epoch(self):
         return self.opt.n_epochs + self.opt.n_epochs_decay
 
+    def step_input(self, batches):
+        """The next optimizer step's input: one loader batch, or with --accum_steps N a list of up to N (fewer at the
+        epoch's end); None once the epoch is over."""
+        group = list(itertools.islice(batches, self.opt.accum_steps))
+        if not group:
+            return None
+        return group if self.opt.accum_steps > 1 else group[0]
+
     def train_epoch(self):
+        """One epoch from ``epoch_iter`` on. The counters are in images, advanced per optimizer step by batch_size x
+        accum_steps (the reference's rule for one batch of that size), and every --*_freq is checked after a step."""
         opt, model, visualizer = self.opt, self.model, self.visualizer
         progress = visualizer.progress
         visualizer.reset()
+        step_images = opt.batch_size * opt.accum_steps
         skip_batches = self.epoch_iter // opt.batch_size
-        progress.start_epoch(self.epoch, skip_batches)
+        progress.start_epoch(self.epoch, skip_batches // opt.accum_steps)
         self.dataset.set_epoch(self.epoch, skip_batches=skip_batches)
         batches = iter(self.dataset)
         iter_data_time = time.perf_counter()
         while True:
-            try:
-                data = next(batches)
-            except StopIteration:
+            data = self.step_input(batches)
+            if data is None:
                 break
             iter_start = time.perf_counter()
             t_data = iter_start - iter_data_time
-            self.total_iters += opt.batch_size
-            self.epoch_iter += opt.batch_size
+            self.total_iters += step_images
+            self.epoch_iter += step_images
             self.train_step(data)
             progress.update(t_data)
 
@@ -223,7 +234,7 @@ class Trainer:
                                                    self.total_iters % opt.update_html_freq == 0)
             if self.total_iters % opt.print_freq == 0:
                 losses = model.get_current_losses()  # the host sync of the loop, on print steps only
-                t_comp = (time.perf_counter() - iter_start) / opt.batch_size
+                t_comp = (time.perf_counter() - iter_start) / step_images
                 visualizer.print_current_losses(self.epoch, self.epoch_iter, losses, t_comp, t_data)
                 progress.report()
                 visualizer.plot_current_losses(self.total_iters, losses, self.learning_rates(), progress.figures())

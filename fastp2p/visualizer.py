@@ -122,9 +122,10 @@ class Visualizer:
         self.log_path = os.path.join(self.folder, "loss_log.txt")
         self.metrics_path = os.path.join(self.folder, "metrics.csv")
         self.web_folder = os.path.join(self.folder, "web")
-        self.progress = Progress(batches_per_epoch, opt.batch_size * distributed.world_size(),
+        images_per_step = opt.batch_size * getattr(opt, "accum_steps", 1)
+        self.progress = Progress(batches_per_epoch, images_per_step * distributed.world_size(),
                                  opt.n_epochs + opt.n_epochs_decay, enabled=enabled)
-        self.history = LossHistory(self.log_path, batches_per_epoch * opt.batch_size)
+        self.history = LossHistory(self.log_path, batches_per_epoch * images_per_step)
         self.labels = []  # the model's visuals, in its order, once displayed
         self.tensorboard = None
         self.wandb = None

@@ -94,6 +94,14 @@ def global_batch(step, size):
     return {name: torch.rand(size, 3, 32, 32, generator=generator) * 2 - 1 for name in ("A", "B")}
 
 
+def micro_batches(data, accum_steps):
+    """A rank's batch as it is (``--accum_steps 1``), else split into ``accum_steps`` consecutive micro-batches."""
+    if accum_steps == 1:
+        return data
+    size = len(data["A"]) // accum_steps
+    return [{name: value[i * size:(i + 1) * size] for name, value in data.items()} for i in range(accum_steps)]
+
+
 def ddp_settings(net):
     """What a DDP-wrapped network was built with (what engine.communication asked for)."""
     return dict(bucket_bytes_cap=net.bucket_bytes_cap, static_graph=net.static_graph,
@@ -115,7 +123,7 @@ def run_steps(out, steps, batch, argv):
     for step in range(steps):
         data = {name: images[rank::world] for name, images in global_batch(step, batch * world).items()}
         data["A_paths"] = data["B_paths"] = [""] * batch
-        train_step(data)
+        train_step(micro_batches(data, opt.accum_steps))
         losses.append(model.get_current_losses())
         if first_grads is None:
             first_grads = {name: {key: p.grad.clone() for key, p in unwrap(net).named_parameters()}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastp2p.engine import resolve_engine
+from fastp2p.engine.path import REORDERED_FP32
 from fastp2p.errors import OptionError
 from fastp2p.options import parse_options
 from tests.test_ddp import TINY_NETS, train_steps
@@ -61,6 +62,24 @@ def test_bf16_compression_is_plain_ddp_within_bf16_rounding(tmp_path):
         gaps = torch.cat([(compressed[0]["nets"][name][key] - value).abs().flatten()
                           for key, value in plain["nets"][name].items() if value.is_floating_point()])
         assert float(gaps.max()) <= 6 * 2e-4 and float(gaps.mean()) <= 2e-4 / 4, (name, gaps.max(), gaps.mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [PIX2PIX_INSTANCE + ["--no_dropout"], CYCLE_GAN], ids=["pix2pix", "cycle_gan"])
+def test_accumulated_steps_under_ddp_are_the_larger_batchs_steps(tmp_path, model):
+    """--accum_steps 2 of 1 image per rank against --accum_steps 1 of 2 per rank on 2 gloo processes, from the same
+    data: every rank ends with the same weights (the second micro-batch's all-reduce carries the first's gradients,
+    kept local by no_sync), the first step's losses are the same, and its gradients too within fp32 reordering (the
+    engine's REORDERED_FP32; tests/test_accumulation.py checks the same steps in float64 at 1e-10); a missing
+    1/N weight or reduction would be off by 50 % or more."""
+    plain = train_steps(tmp_path / "plain", 1, 2, model, nproc=2)
+    accumulated = train_steps(tmp_path / "accum", 1, 2, model + ["--accum_steps", "2"], nproc=2)
+    assert_identical(accumulated[0], accumulated[1])
+    assert accumulated[0]["losses"][0] == pytest.approx(plain[0]["losses"][0], rel=1e-5)
+    for name, grads in plain[0]["first_grads"].items():
+        exact = torch.cat([g.flatten() for g in grads.values()])
+        got = torch.cat([g.flatten() for g in accumulated[0]["first_grads"][name].values()])
+        assert float((got - exact).norm() / exact.norm()) < REORDERED_FP32.grad_rel_l2, name
 
 
 @pytest.mark.parametrize("flags", [["--grad_compression", "bf16"], ["--bucket_cap_mb", "50"],

@@ -22,7 +22,7 @@ from fastp2p.engine.optimizers import build_adam
 from fastp2p.engine.path import Stage
 from fastp2p.engine.precision import grad_scaler
 from fastp2p.engine.registry import PATHS
-from fastp2p.engine.step import TrainStep
+from fastp2p.engine.step import AccumulatedStep, TrainStep
 from fastp2p.models.runtime import ModelRuntime
 
 __all__ = ["EngineConfig", "model_limits", "resolve_engine", "runtime_for", "prepare_model"]
@@ -116,7 +116,7 @@ def prepare_model(model, config, preprocess=None):
     model.build_optimizers(lambda params: build_adam(config, params, model.opt.lr, model.opt.beta1, model.device),
                            grad_scaler(config, model.device))
     run_hooks(prep, Stage.OPTIMIZERS)
-    prep.step = TrainStep(model)
+    prep.step = AccumulatedStep(model) if getattr(model.opt, "accum_steps", 1) > 1 else TrainStep(model)
     run_hooks(prep, Stage.STEP)
     if config.ddp:
         wrap_ddp(prep)

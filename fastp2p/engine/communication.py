@@ -71,4 +71,6 @@ STATIC_GRAPH = FastPath(
     "static_graph", "tell DDP each backward reaches the same parameters in the same order (true of every model's "
                     "step here), so it plans its all-reduces once; auto leaves it off until a GPU measurement shows "
                     "it pays",
-    auto=lambda s: False, blockers=needs_ddp("static_graph"))
+    auto=lambda s: False, blockers=lambda s, on: needs_ddp("static_graph")(s, on) + (
+        ["--accum_steps keeps the first micro-batches' gradients local (no_sync), which a static graph's reducer "
+         "cannot skip"] if on and s.accum_steps > 1 else []))

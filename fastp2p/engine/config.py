@@ -72,6 +72,7 @@ def situation(opt, device, ddp):
                      triton=importlib.util.find_spec("triton") is not None,
                      interpreter=os.environ.get("TRITON_INTERPRET") == "1", ddp=ddp,
                      nodes=distributed.node_count(), model=opt.model, norm=opt.norm, training=opt.isTrain,
+                     accum_steps=getattr(opt, "accum_steps", 1),
                      own_optimizers=opt.isTrain and find_model(opt.model).builds_own_optimizers(),
                      asked=lambda name: getattr(opt, name), value=value)
     return here

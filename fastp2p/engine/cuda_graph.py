@@ -184,6 +184,7 @@ CUDA_GRAPH = FastPath(
         ("it needs a GPU", not s.cuda),
         ("fp16 needs a GradScaler, whose inf checks sync with the host", s.value("amp") == torch.float16),
         ("--compile brings its own graphs", s.value("compile") is not None),
+        ("--accum_steps runs a step over several micro-batches, not the one captured", s.accum_steps > 1),
     ) if blocked] if on else [],
     hooks={Stage.GRAPH: graph_the_step}, runtime=lambda choices, config: choices.update(image_pool=DeviceImagePool),
     needs_engine_optimizers=True,

@@ -96,6 +96,8 @@ OVERLAP_OPTIMIZER = FastPath(
     blockers=lambda s, on: [reason for reason, blocked in (
         ("fp16's loss scaler checks every gradient for inf before any step", s.value("amp") == torch.float16),
         ("DDP averages a gradient after its hook has run, so a step there would read this rank's own", s.ddp),
+        ("--accum_steps steps once all micro-batches' gradients are in, not after the first backward",
+         s.accum_steps > 1),
     ) if blocked] if on else [],
     hooks={Stage.OPTIMIZERS: step_in_backward}, bench_row="overlap_optimizer", replaces=("two_streams",),
     check=Check(REORDERED_FP32, compares="one training iteration against the same path stepping after backward"),

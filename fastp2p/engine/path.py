@@ -90,6 +90,7 @@ class Situation:
     model: str
     norm: str
     training: bool  # fastp2p.train (fastp2p.test runs no backward)
+    accum_steps: int  # --accum_steps: optimizer steps over several micro-batches
     own_optimizers: bool  # a training model that builds and steps its own optimizers (BaseModel.builds_own_optimizers)
     asked: Callable[[str], Any]
     value: Callable[[str], Any]

@@ -4,6 +4,8 @@
 be read from the object's type instead of from which attributes an engine replaced.
 """
 
+from fastp2p.models.accumulation import MicroBatches
+
 
 class TrainStep:
     """The model's own step (D then G, optimizers included) on ``batch``, eager, in the parameters' precision."""
@@ -17,3 +19,10 @@ class TrainStep:
 
     def __repr__(self):
         return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+class AccumulatedStep(TrainStep):
+    """The model's step over a list of loader batches (--accum_steps): each optimizer steps once, after all of them."""
+
+    def __call__(self, batches):
+        self.model.optimize_accumulated(MicroBatches(self.model, batches))

@@ -137,6 +137,16 @@ class BaseModel:
     def optimize_parameters(self):
         raise NotImplementedError
 
+    def optimize_accumulated(self, micro_batches):
+        """One optimizer step per optimizer over ``micro_batches`` (models.accumulation.MicroBatches), as one step
+        over their concatenation (--accum_steps); a model that defines it says so with ``accumulates``."""
+        raise NotImplementedError
+
+    @classmethod
+    def accumulates(cls):
+        """Whether the model can take an optimizer step over several micro-batches (--accum_steps)."""
+        return cls.optimize_accumulated is not BaseModel.optimize_accumulated
+
     def run_passes(self, net, *inputs):
         """net applied to each of ``inputs``, in order. With batch_passes, as one forward over their
         concatenation: the same math when every layer treats samples independently (the engine allows it
@@ -150,8 +160,11 @@ class BaseModel:
         D_B updates), which the engine may run on two streams instead (engine.streams.TwoStreams)."""
         self.runtime.run_independent(first, second)
 
-    def backward(self, loss):
-        """loss.backward(), scaled under fp16 (the scaler does nothing otherwise)."""
+    def backward(self, loss, weight=1.0):
+        """loss.backward(), scaled under fp16 (the scaler does nothing otherwise); ``weight``: the micro-batch's share
+        of an accumulated step's images (--accum_steps)."""
+        if weight != 1.0:
+            loss = loss * weight
         self.grad_scaler.scale(loss).backward()
 
     def step(self, optimizer):

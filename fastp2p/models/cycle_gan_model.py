@@ -81,13 +81,13 @@ class CycleGANModel(BaseModel):
         self.fake_A = self.netG_B(self.real_B)
         self.rec_B = self.netG_A(self.fake_A)
 
-    def backward_D_basic(self, netD, real, fake):
-        """Half the sum of D's real and (detached) fake losses, backpropagated into D only."""
+    def backward_D_basic(self, netD, real, fake, weight=1.0):
+        """Half the sum of D's real and (detached) fake losses, backpropagated into D only (weighted: ``weight``)."""
         pred_real, pred_fake = self.run_passes(netD, real, fake.detach())
         loss_D_real = self.criterionGAN(pred_real, True)
         loss_D_fake = self.criterionGAN(pred_fake, False)
         loss_D = (loss_D_real + loss_D_fake) * 0.5
-        self.backward(loss_D)
+        self.backward(loss_D, weight)
         return loss_D
 
     def backward_D_A(self):
@@ -98,7 +98,7 @@ class CycleGANModel(BaseModel):
         fake_A = self.fake_A_pool.query(self.fake_A)
         self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A, fake_A)
 
-    def backward_G(self):
+    def backward_G(self, weight=1.0):
         opt = self.opt
         if opt.lambda_identity > 0:
             # G_A should leave an image that already looks like B unchanged, and G_B likewise for A
@@ -117,7 +117,7 @@ class CycleGANModel(BaseModel):
         self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * opt.lambda_B
         self.loss_G = (self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B
                        + self.loss_idt_A + self.loss_idt_B)
-        self.backward(self.loss_G)
+        self.backward(self.loss_G, weight)
 
     def optimize_parameters(self):
         self.forward()
@@ -129,3 +129,35 @@ class CycleGANModel(BaseModel):
         self.optimizer_D.zero_grad()
         self.run_independent(self.backward_D_A, self.backward_D_B)  # their own nets, inputs and gradients
         self.step(self.optimizer_D)
+
+    def optimize_accumulated(self, micro):
+        """G's step over every micro-batch (D frozen), then D's on their fakes, kept as images only. Each pool takes
+        the micro-batches' fakes in order, D_A's over all of them before D_B's, as one query over the larger batch
+        takes its images one by one: the same draws, so the same images come back."""
+        self.set_requires_grad([self.netD_A, self.netD_B], False)
+        self.optimizer_G.zero_grad()
+        images = []
+        for _, weight in micro.each(syncing=[self.netG_A, self.netG_B]):
+            self.forward()
+            self.backward_G(weight)
+            micro.add_losses(["G_A", "G_B", "cycle_A", "cycle_B", "idt_A", "idt_B"], weight)
+            images.append((self.real_A, self.real_B, self.fake_A.detach(), self.fake_B.detach()))
+        self.step(self.optimizer_G)
+        self.set_requires_grad([self.netD_A, self.netD_B], True)
+        self.optimizer_D.zero_grad()
+
+        def backward_D_A():
+            for index, weight in micro.each(syncing=[self.netD_A], set_input=False):
+                _, real_B, _, fake_B = images[index]
+                self.loss_D_A = self.backward_D_basic(self.netD_A, real_B, self.fake_B_pool.query(fake_B), weight)
+                micro.add_losses(["D_A"], weight)
+
+        def backward_D_B():
+            for index, weight in micro.each(syncing=[self.netD_B], set_input=False):
+                real_A, _, fake_A, _ = images[index]
+                self.loss_D_B = self.backward_D_basic(self.netD_B, real_A, self.fake_A_pool.query(fake_A), weight)
+                micro.add_losses(["D_B"], weight)
+
+        self.run_independent(backward_D_A, backward_D_B)
+        self.step(self.optimizer_D)
+        micro.finish()

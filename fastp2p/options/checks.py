@@ -4,6 +4,7 @@ import os
 
 from fastp2p.data.datasets import IMAGE_MODES
 from fastp2p.errors import OptionError
+from fastp2p.models import find_model
 
 
 def parse_gpu_ids(text):
@@ -97,6 +98,9 @@ def check_options(opt):
                           f"got --crop_size {opt.crop_size} (use --netG unet_128 for 128-pixel crops)")
     if opt.netG == "unet_128" and opt.crop_size < 128 and opt.preprocess != "none":
         raise OptionError(f"--netG unet_128 needs crops of at least 128 pixels; got --crop_size {opt.crop_size}")
+    if opt.isTrain and opt.accum_steps > 1 and not find_model(opt.model).accumulates():
+        raise OptionError(f"--accum_steps {opt.accum_steps}: --model {opt.model} takes one optimizer step per batch "
+                          f"(it defines no optimize_accumulated); use --accum_steps 1")
     if opt.isTrain and opt.model == "pix2pix" and opt.dataset_mode != "aligned":
         raise OptionError("pix2pix trains on paired images: use --dataset_mode aligned")
     if opt.dataroot is not None and not os.path.isdir(opt.dataroot):

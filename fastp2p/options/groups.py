@@ -111,6 +111,11 @@ class DataOptions:
     serial_batches: bool = switch("take the images in order instead of shuffled")
     num_threads: int = flag(4, "data loading worker processes", type=non_negative_int)
     batch_size: int = flag(1, "images per batch", type=positive_int)
+    accum_steps: int = flag(1, "take one optimizer step per N batches of --batch_size (gradient accumulation): the "
+                               "step of one N x batch_size batch in the memory of one batch; the same result with "
+                               "per-sample norms (--norm instance or none), not with --norm batch (statistics per "
+                               "batch); the image counters and the --*_freq flags count as for one N x batch_size "
+                               "batch", type=positive_int, commands=TRAIN)
     load_size: int = flag(286, "scale images to this size (see --preprocess)", type=positive_int, test_default=256)
     crop_size: int = flag(256, "then crop them to this size", type=positive_int)
     max_dataset_size: float = flag(float("inf"), "read at most this many images of each folder",

@@ -18,7 +18,7 @@ from fastp2p.options.files import read_train_options
 GENERATOR_FLAGS = ("netG", "ngf", "norm", "no_dropout", "input_nc", "output_nc")
 DISCRIMINATOR_FLAGS = ("netD", "ndf", "n_layers_D")
 RESUMED_DATA_FLAGS = ("dataroot", "dataset_mode", "direction", "load_size", "crop_size", "preprocess", "no_flip",
-                      "max_dataset_size", "batch_size", "serial_batches")
+                      "max_dataset_size", "batch_size", "accum_steps", "serial_batches")
 TESTED_DATA_FLAGS = ("direction", "crop_size", "preprocess")
 SAME_MODEL_TEST_FLAGS = ("dataroot", "dataset_mode")  # a test of the trained model itself reads the trained set
 
