@@ -27,7 +27,7 @@ class CollectingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         gc.collect()
-        raise DatasetError(f"cannot read image {item[1]}.png")  # the sampler yields (epoch, index)
+        raise DatasetError(f"cannot read image {item}.png")  # a dataset of its own __getitem__ gets plain indices
 
 
 def main(root, worker_start=None):
