@@ -250,7 +250,7 @@ def test_a_kill_at_each_instant_of_a_save_resumes_bit_identical(whole_run, point
     resumed = run_cli(kill_flags(name) + ["--continue_train"])
     output, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, output
-    assert recovered in output and f"resuming exactly from 'latest'" in output and resumed_at in output, output
+    assert recovered in output and "resuming exactly from 'latest'" in output and resumed_at in output, output
     for net in ("G", "D"):
         assert_same_weights(weights(checkpoints / "whole", net=net), weights(checkpoints / name, net=net))
         assert_same_weights(weights(checkpoints / "whole", "1", net), weights(checkpoints / name, "1", net))
