@@ -174,15 +174,93 @@ def test_epoch_snapshots_hold_the_networks_linked_to_latest(tmp_path, aligned_ro
         assert os.stat(folder / f"1_net_{net}.pth").st_ino != os.stat(folder / f"latest_net_{net}.pth").st_ino
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""What a trainer subprocess compared bit for bit runs with: one intra-op thread, as the in-process tests run
+(conftest.single_threaded). With two threads this CPU's kernels are not bit-reproducible under load: two
+uninterrupted runs of the same flags were seen to end with different weights, so a comparison across processes
+would fail without any resume bug."""
+
+KILL_AT = """
+import os, signal, sys
+from fastp2p import checkpoint_sets, train
+point, save = sys.argv[1], int(sys.argv[2])
+saves = [0]
+commit, roll_forward, replace = checkpoint_sets.CheckpointSet._commit, checkpoint_sets.roll_forward, os.replace
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def counted_commit(self):
+    saves[0] += 1
+    if point == "before_commit" and saves[0] == save:
+        die()
+    commit(self)
+def killed_roll_forward(folder, journal, staged):
+    if point == "after_commit" and saves[0] == save:
+        die()
+    if point == "mid_roll_forward" and saves[0] == save:
+        def replace_once(source, target):
+            replace(source, target)
+            die()
+        checkpoint_sets.os.replace = replace_once
+    roll_forward(folder, journal, staged)
+checkpoint_sets.CheckpointSet._commit = counted_commit
+checkpoint_sets.roll_forward = killed_roll_forward
+sys.exit(train.main(sys.argv[3:]))
+"""
+"""A trainer that kills itself with SIGKILL at an exact instant of its ``save``-th checkpoint save: before the
+journal's rename (before_commit), just after it (after_commit), or after the first file is renamed into place
+(mid_roll_forward)."""
+
+
 def run_cli(flags, **popen):
     return subprocess.Popen([sys.executable, "-m", "fastp2p.train", *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **ONE_THREAD}, **popen)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """An uninterrupted run of kill_flags, and its flags maker."""
+    tmp_path = tmp_path_factory.mktemp("whole")
+    root = tmp_path / "aligned"
+    write_images(root / "train", 6, (72, 36), seed=0)
+
+    def kill_flags(name):
+        return pix2pix_flags(tmp_path, str(root), name=name, epochs=(1, 1)) + ["--save_latest_freq", "1",
+                                                                               "--print_freq", "100"]
+    process = run_cli(kill_flags("whole"))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    return tmp_path / "checkpoints", kill_flags
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, save, resumed_at, recovered", [
+    ("before_commit", 7, "epoch 1, 6 images into it", "removed 5 temporary file(s)"),  # the epoch-end save, linked
+    ("after_commit", 7, "epoch 2, 0 images into it", "finished 1 checkpoint save(s)"),
+    ("mid_roll_forward", 7, "epoch 2, 0 images into it", "finished 1 checkpoint save(s)"),
+    ("after_commit", 3, "epoch 1, 3 images into it", "finished 1 checkpoint save(s)"),
+])
+def test_a_kill_at_each_instant_of_a_save_resumes_bit_identical(whole_run, point, save, resumed_at, recovered):
+    """kill -9 at an exact instant of a save (no timer): the resume recovers the folder, continues from the set the
+    commit point says, and ends with an uninterrupted run's weights bit for bit."""
+    checkpoints, kill_flags = whole_run
+    name = f"{point}_{save}"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, str(save), *kill_flags(name)], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, **ONE_THREAD}, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    resumed = run_cli(kill_flags(name) + ["--continue_train"])
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, output
+    assert recovered in output and "resuming exactly from 'latest'" in output and resumed_at in output, output
+    for net in ("G", "D"):
+        assert_same_weights(weights(checkpoints / "whole", net=net), weights(checkpoints / name, net=net))
+        assert_same_weights(weights(checkpoints / "whole", "1", net), weights(checkpoints / name, "1", net))
 
 
 @pytest.mark.slow
 def test_random_kills_then_resumes_end_bit_identical(tmp_path, aligned_root):
     """kill -9 at random instants of a run that saves every iteration (so many kills land inside a save), each
-    followed by --continue_train, until a run finishes: its weights equal an uninterrupted run's bit for bit."""
+    followed by --continue_train, until a run finishes: its weights equal an uninterrupted run's bit for bit. Both
+    sides run on one thread (ONE_THREAD); a failure lists each attempt's kill time, resume lines and files."""
     def flags(name):
         return pix2pix_flags(tmp_path, aligned_root, name=name, epochs=(2, 1)) + ["--save_latest_freq", "1",
                                                                                   "--print_freq", "100"]
@@ -190,23 +268,32 @@ def test_random_kills_then_resumes_end_bit_identical(tmp_path, aligned_root):
     output, _ = whole.communicate(timeout=120)
     assert whole.returncode == 0, output
     chaos = tmp_path / "checkpoints" / "chaos"
-    draw = random.Random(os.getpid())
-    kills = 0
+    seed = os.getpid()
+    draw = random.Random(seed)
+    kills, history = 0, [f"draws seeded {seed}"]  # what each attempt did, for the message of a failure
     for attempt in range(12):
         resume = ["--continue_train"] if (chaos / "latest_train_state.pth").exists() else []
         process = run_cli(flags("chaos") + resume)
+        timeout = draw.uniform(2.0, 4.0) if attempt < 8 else 120
         try:
-            output, _ = process.communicate(timeout=draw.uniform(2.0, 4.0) if attempt < 8 else 120)
+            output, _ = process.communicate(timeout=timeout)
             break
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
-            process.communicate()
+            output, _ = process.communicate()
             kills += 1
+        finally:
+            said = [line for line in (output or "").splitlines() if line.startswith(("resuming", str(chaos)))]
+            history.append(f"attempt {attempt} {resume} killed at {timeout:.2f}s: {said}; then "
+                           f"{sorted(os.listdir(chaos)) if chaos.is_dir() else []}")
     finished_before_exit = "nothing to train: the training state is at epoch 4" in output  # killed after its last save
     assert process.returncode == 0 or (process.returncode == 2 and finished_before_exit), output
     assert kills >= 2, f"only {kills} kills: the run finished too soon to test resumes"
     for net in ("G", "D"):
-        assert_same_weights(weights(tmp_path / "checkpoints" / "whole", net=net), weights(chaos, net=net))
+        try:
+            assert_same_weights(weights(tmp_path / "checkpoints" / "whole", net=net), weights(chaos, net=net))
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\n" + "\n".join(history)) from None
     assert not [entry for entry in os.listdir(chaos) if entry.startswith((".tmp_", ".commit_"))]
 
 
