@@ -58,6 +58,21 @@ def open_output(path, mode="w", **keywords):
     return os.fdopen(open_plain(path, flags), mode, **keywords)
 
 
+def replace_output(path, text):
+    """Write ``text`` as the file ``path`` whole or not at all: into ``path.writing`` first, then renamed over it, so
+    that a kill mid-write leaves the previous file (a resume reads its flags from train_opt.txt). A planted link at
+    ``path`` is refused, as by open_output."""
+    kind = kind_of(path)
+    if kind:
+        raise refused(path, kind)
+    staged = path + ".writing"
+    with open_output(staged) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staged, path)
+
+
 def output_folder(path):
     """Create ``path`` (and its parents); refuse it when it is a link, which would put the files elsewhere."""
     os.makedirs(path, exist_ok=True)

@@ -105,6 +105,39 @@ def test_options_file_is_written_like_the_reference(tmp_path):
     assert text == format_options(opt) + "\n"
 
 
+def test_a_write_cut_short_leaves_the_previous_options_file_whole(tmp_path, monkeypatch):
+    """A kill while train_opt.txt is written must not leave half a table, from which a resume would take a cut value
+    (``resize`` of ``resize_and_crop``): the file is replaced whole or not at all."""
+    args = ("--model", "pix2pix", "--name", "facades", "--checkpoints_dir", str(tmp_path))
+    save_options(parse(*args, "--batch_size", "4"))
+    path = tmp_path / "facades" / "train_opt.txt"
+    before = path.read_text()
+    real_fdopen = os.fdopen
+
+    class CutShort:
+        """A file that takes half of what is written, then stops the process's work as a kill would."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[:len(text) // 2])
+            self.f.flush()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: CutShort(real_fdopen(fd, *a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        save_options(parse(*args, "--batch_size", "8"))
+    monkeypatch.undo()
+    assert path.read_text() == before
+
+
 def error_line(capsys):
     """The first stderr line, the one that names the problem (a pointer to --help follows it)."""
     return capsys.readouterr().err.splitlines()[0]

@@ -6,7 +6,7 @@ import re
 import tempfile
 
 from fastp2p.errors import OptionError
-from fastp2p.output_files import open_output
+from fastp2p.output_files import replace_output
 
 OPTIONS_LINE = re.compile(r"^\s*(\w+): (.*?)(?:\t\[default: .*\])?$")
 
@@ -43,8 +43,7 @@ def save_options(opt):
     text = format_options(opt)
     print(text)
     folder = make_output_folder("--checkpoints_dir", opt.checkpoints_dir, opt.name)
-    with open_output(os.path.join(folder, f"{opt.phase}_opt.txt")) as f:
-        f.write(text + "\n")
+    replace_output(os.path.join(folder, f"{opt.phase}_opt.txt"), text + "\n")
     if not opt.isTrain:
         make_output_folder("--results_dir", opt.results_dir, opt.name)
 
