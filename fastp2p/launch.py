@@ -2,8 +2,9 @@
 
 A node of a multi-node job that cannot meet the others (the --rdzv_endpoint unreachable, or the other nodes not
 arriving within the rendezvous' join_timeout) gets from torchrun a traceback and the C10d store's retry log lines.
-Here it ends with one line that names the endpoint and what to check, exit code 2; everything else (the workers, their
-output, their exit codes, --max-restarts) is torchrun's own.
+Here it ends with one line that names the endpoint and what to check, exit code 2. The first worker to fail gives the
+launcher its exit code (torchrun's is 1 whatever the workers said, which hides fastp2p's 2 for bad input from a
+script); everything else (the workers, their output, --max-restarts) is torchrun's own.
 
     python -m fastp2p.launch --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:PORT \\
         --rdzv_id JOB -m fastp2p.train --dataroot ... --name ...
@@ -56,7 +57,8 @@ def main(argv=None):
         return 2
     except ChildFailedError as error:  # torchrun's summary of which worker failed and how, without its traceback
         print(error.format_msg(), file=sys.stderr)
-        return 1
+        _, root_cause = error.get_first_failure()  # torchrun stops the other workers with a signal after it
+        return root_cause.exitcode if root_cause.exitcode > 0 else 1  # a signal's code is negative
     return 0
 
 

@@ -253,6 +253,18 @@ def test_a_node_whose_peers_never_arrive_says_so_in_one_line(tmp_path):
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "did not join" in lines[0], output
 
 
+@pytest.mark.slow
+def test_workers_exit_code_for_bad_input_is_the_launchers(tmp_path):
+    """Both workers refuse a missing dataroot with exit code 2 (bad input): the launcher exits 2 too, as a script
+    checking the code of ``python -m fastp2p.train`` expects, where torchrun says 1."""
+    missing = tmp_path / "no_such_dataset"
+    [(code, output)] = run_jobs(tmp_path / "r", [[
+        sys.executable, "-m", "fastp2p.launch", "--standalone", "--nproc_per_node", "2", "-m", "fastp2p.train",
+        "--dataroot", str(missing), "--gpu_ids", "-1", "--checkpoints_dir", str(tmp_path / "c")]], timeout=120)
+    assert code == 2, output
+    assert str(missing) in output
+
+
 ELASTIC_FLAGS = dict(images=8, epochs=(1, 1), extra=["--save_latest_freq", "2", "--print_freq", "4"])
 # 8 images, 2 ranks at batch 1: 4 iterations an epoch, counted as 4 images (one rank's). Checkpoint sets: 'latest'
 # at iterations 2 and 4 (sets 1, 2), at the end of epoch 1 (set 3, with '1'), then 6 (4), 8 (5), end of epoch 2 (6)
