@@ -8,9 +8,12 @@ which times a function that ends on a device synchronisation and records what th
 The size is said in the run's header; the JSON's machine_info carries it with the device, versions and commit.
 """
 
+import math
 import os
 import shlex
+import statistics
 import sys
+import time
 
 import pytest
 import torch
@@ -34,6 +37,9 @@ def pytest_addoption(parser):
                     help="only these rows (e.g. reference cuda_graph); compile_max_autotune runs only when named")
     group.addoption("--fastp2p-rounds", type=int, default=None,
                     help="timed rounds per benchmark instead of each module's (a quicker, noisier run)")
+    group.addoption("--fastp2p-unpaired", action="store_true",
+                    help="time no reference round beside each round of a row (half the time; the gate then "
+                         "compares fastest rounds)")
 
 
 def bench_device():
@@ -108,30 +114,79 @@ def environment(device):
     return rows.environment(device)
 
 
-@pytest.fixture
-def timed(benchmark, device, environment, request):
-    """``timed(target, group=, row=, units=, unit=, rounds=, reference=, **info)`` times ``target`` (one call does
-    ``units`` of work) over ``rounds`` rounds, each ended by a device synchronisation, under ``group`` (one table
-    block: the rows of one configuration, the reference first); records ``<unit>_per_s`` (median) and ``info`` in
-    extra_info. With --benchmark-disable it calls ``target`` once and returns None."""
+# the shortest timed round, per device: a shorter one measures the timer and the scheduler more than the work (on a
+# GPU the device is synchronised once per round, so short rounds are precise there)
+ROUND_SECONDS = {"cuda": 0.01, "cpu": 0.3}
 
-    def run(target, *, group, row, units, unit, rounds, reference=False, **info):
-        def synchronised():
-            result = target()
+
+class GroupReference:
+    """The reference row's timed round of the group being run, kept after its test so that every later row of the
+    group times one round of it just before each of its own rounds: two adjacent rounds share the machine's load, so
+    their ratio keeps what the code changed even where other work comes and goes between rows."""
+
+    group = timed_round = units = None
+
+    def keep(self, group, timed_round, units):
+        self.group, self.timed_round, self.units = group, timed_round, units
+
+    def seconds(self):
+        start = time.perf_counter()
+        self.timed_round()
+        return time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def group_reference():
+    return GroupReference()
+
+
+@pytest.fixture
+def timed(benchmark, device, environment, group_reference, request):
+    """``timed(target, group=, row=, units=, unit=, rounds=, reference=, round_seconds=, **info)`` times ``target``
+    (one call does ``units`` of work) over ``rounds`` rounds under ``group`` (one table block: the rows of one
+    configuration, the reference first). A round is as many calls as last ``round_seconds`` (by default
+    ROUND_SECONDS; one call where it runs in Triton's interpreter), then a device synchronisation; the first call,
+    timed to size the rounds, is also a warm-up. Records ``<unit>_per_s`` (median) and ``info`` in extra_info, and
+    for a row whose group's reference ran before it in this process, ``x_ref_paired``: the median over rounds of its
+    speed over the reference's round timed just before (what the gate compares). A reference row whose work cannot
+    outlive its test says ``keep=False``. With --benchmark-disable it calls ``target`` once and returns None."""
+
+    def run(target, *, group, row, units, unit, rounds, reference=False, keep=True, round_seconds=None, **info):
+        calls = 1
+        if not benchmark.disabled and not info.get("interpreter"):
+            start = time.perf_counter()
+            target()
+            rows.sync(device)
+            once = time.perf_counter() - start
+            calls = min(10_000, max(1, math.ceil((round_seconds or ROUND_SECONDS[device.type]) / once)))
+
+        def timed_round():
+            for _ in range(calls):
+                result = target()
             rows.sync(device)
             return result
 
         benchmark.group = group
-        benchmark.extra_info.update(info, row=row, reference=reference, units=units, unit=unit, **environment)
-        result = benchmark.pedantic(synchronised, rounds=request.config.getoption("fastp2p_rounds") or rounds,
-                                    iterations=1)
+        benchmark.extra_info.update(info, row=row, reference=reference, units=units * calls, unit=unit,
+                                    calls_per_round=calls, **environment)
+        paired = (not benchmark.disabled and not reference and not info.get("interpreter")
+                  and not request.config.getoption("fastp2p_unpaired")
+                  and group_reference.group == group and group_reference.timed_round is not None)
+        reference_seconds = []
+        result = benchmark.pedantic(timed_round, rounds=request.config.getoption("fastp2p_rounds") or rounds,
+                                    setup=(lambda: reference_seconds.append(group_reference.seconds()))
+                                    if paired else None)
+        if reference:
+            group_reference.keep(group, timed_round if keep else None, units * calls)
         if benchmark.disabled:
             return None
         times = benchmark.stats.stats.data
-        median = sorted(times)[len(times) // 2]
-        benchmark.extra_info[f"{unit}_per_s"] = units / median
-        benchmark.extra_info[f"{unit}_per_s_repeats"] = [round(units / t, 4) for t in times]
+        benchmark.extra_info[f"{unit}_per_s"] = units * calls / statistics.median(times)
+        benchmark.extra_info[f"{unit}_per_s_repeats"] = [round(units * calls / t, 4) for t in times]
+        if paired:
+            speedups = [(units * calls / t) / (group_reference.units / r) for t, r in zip(times, reference_seconds)]
+            benchmark.extra_info.update(x_ref_paired=statistics.median(speedups),
+                                        x_ref_paired_repeats=[round(x, 4) for x in speedups])
         return result
 
     return run
-

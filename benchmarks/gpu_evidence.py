@@ -15,7 +15,7 @@ first:
    eager and replayed from a graph (where a channels-last norm was found launch-bound);
 6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left;
 The measuring stages are pytest-benchmark runs of benchmarks/ (one --benchmark-json file each, written when its run
-ends: a run stopped at its stage's limit leaves its rows in the log only). Then goals.md (goals_report.py): each goal
+ends: a run stopped at its stage's limit leaves its rows in the log only). Then goals.md (report.py --goals): each goal
 configuration against its targets, the reference and the rival, and each
 switch that `auto` leaves off until measured against the row without it.
 
@@ -40,7 +40,7 @@ import sys
 import tarfile
 import time
 
-import goals_report
+import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -177,7 +177,7 @@ def main(argv=None):
         print(lines[-1], flush=True)
         with open(os.path.join(args.out, "summary.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
-    verdicts = goals_report.report(args.out)  # read from the rows just written; printed for the device's log tail
+    verdicts = report.goals(args.out)  # read from the rows just written; printed for the device's log tail
     with open(os.path.join(args.out, "goals.md"), "w") as f:
         f.write(verdicts)
     print(verdicts, end="", flush=True)

@@ -4,6 +4,8 @@ on some shapes (in_ch > out_ch, the decoders), so this says layer by layer which
 the CPU with the small size's networks (a check that every layer runs).
 """
 
+import copy
+
 import torch
 from torch import nn
 
@@ -45,7 +47,7 @@ def test_layer(timed, benchmark, layer, batch_size, row, device):
     net, name, module, shape = layer
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     layout = torch.channels_last if row == "nhwc" else torch.contiguous_format
-    conv = module.to(device=device, dtype=dtype, memory_format=layout)
+    conv = copy.deepcopy(module).to(device=device, dtype=dtype, memory_format=layout)  # the reference row's is kept
     x = torch.randn((batch_size, *shape[1:]), device=device, dtype=dtype).to(memory_format=layout).requires_grad_()
     grad = torch.randn_like(conv(x))
     if not benchmark.disabled:

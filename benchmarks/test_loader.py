@@ -81,7 +81,7 @@ def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
             next(stream)
         count = 1 if benchmark.disabled else BATCHES
         timed(lambda: [next(stream) for _ in range(count)], group=f"loader {mode} bs{batch_size}", row=loader,
-              reference=loader == "torch", units=count * batch_size, unit="images", rounds=ROUNDS,
+              reference=loader == "torch", keep=False, units=count * batch_size, unit="images", rounds=ROUNDS,
               setup_s=setup_s, workers=opt.num_threads, load_size=opt.load_size, crop_size=opt.crop_size)
     finally:
         stream.close()

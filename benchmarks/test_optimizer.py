@@ -23,7 +23,7 @@ ADAM_BYTES_PER_PARAMETER = 28  # fp32: read p, grad, exp_avg, exp_avg_sq; write 
 COPY_BYTES_PER_PARAMETER = {"torch": 6, "triton": 2}  # read the fp32 weight (torch's copy only), write its bf16 copy
 ROWS = {"adam": ("torch", False), "adam+step_copy": ("torch", True), "triton_adam": ("triton", False),
         "triton_adam+step_copy": ("triton", True)}
-STEPS = {"cuda": (50, 5), "cpu": (1, 3)}  # steps per round, rounds
+ROUNDS = {"cuda": 5, "cpu": 3}
 
 
 def generate(metafunc, size, device):
@@ -66,16 +66,11 @@ def test_optimizer(timed, benchmark, model, row, size, device, copy_roof):
             copies.refresh_after_steps_of([optimizer])
             copied += sum(c.numel() for c in copies.copies)
     step = capture_after_warmup(optimizer.step, torch.cuda.Stream(device))[0].replay if cuda else optimizer.step
-    steps, rounds = STEPS[device.type]
     count = sum(p.numel() for p in params)
     moved = ADAM_BYTES_PER_PARAMETER * count + COPY_BYTES_PER_PARAMETER[kernel] * copied
 
-    def run():
-        for _ in range(steps):
-            step()
-
-    timed(run, group=f"optimizer {model}", row=row, reference=row == "adam", units=steps, unit="steps",
-          rounds=rounds, parameters=count, copied_parameters=copied, bytes=moved,
+    timed(step, group=f"optimizer {model}", row=row, reference=row == "adam", units=1, unit="steps",
+          rounds=ROUNDS[device.type], parameters=count, copied_parameters=copied, bytes=moved,
           interpreter=kernel == "triton" and not cuda)
     if not benchmark.disabled:
         gbps = moved * benchmark.extra_info["steps_per_s"] / 1e9

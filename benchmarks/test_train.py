@@ -1,7 +1,7 @@
 """End-to-end training throughput: the reference path, then one fast path added per row (benchmarks/rows.py), and
 the torch.compile rival. Each row is a fresh model built by the trainer's own code from the same seed, timed on
 fixed random batches already on the device after an untimed warm-up (cudnn.benchmark, the CUDA-graph capture,
-CycleGAN's image pools, torch.compile); a round is N iterations, N sized so that a round takes about half a second.
+CycleGAN's image pools, torch.compile); a round is as many iterations as take about half a second.
 Apart, the default path (``auto``) fed by the real loader, with the share of time spent waiting for batches.
 
 MFU = images/s x train GFLOP/image (rows.GFLOP_PER_IMAGE, paper size only) / the device's nominal bf16 dense peak
@@ -41,21 +41,13 @@ def skip_reason(row, base_flags, device, config):
 
 
 def warm_up(benchmark, opt, step, batches, device):
-    """Untimed iterations, then the iterations a round takes (one with --benchmark-disable)."""
-    if benchmark.disabled:
-        return 1
+    """Untimed iterations (none with --benchmark-disable)."""
     pool = opt.pool_size if opt.model == "cycle_gan" else 0
     count = max(WARMUP[device.type], math.ceil(pool / opt.batch_size) + 5 if pool else 0)
-    rows.run_steps(step, batches, count)
-    rows.sync(device)
-    start = time.perf_counter()
-    rows.run_steps(step, batches, 3, count)
-    rows.sync(device)
-    per_iter = (time.perf_counter() - start) / 3
-    return min(2000, max(5, math.ceil(ROUND_SECONDS[device.type] / per_iter)))
+    rows.run_steps(step, batches, 0 if benchmark.disabled else count)
 
 
-def throughput_info(benchmark, device, opt, model, iters, environment):
+def throughput_info(benchmark, device, opt, model, environment):
     """it/s, MFU and peak memory of a row just timed (nothing with --benchmark-disable)."""
     info = benchmark.extra_info
     if benchmark.disabled:
@@ -88,11 +80,11 @@ def test_train(timed, benchmark, model, batch_size, row, size, device, environme
     opt, net, engine, step = rows.build(base + flags, device)
     try:
         batches = rows.random_batches(opt, device)
-        iters = warm_up(benchmark, opt, step, batches, device)
-        timed(lambda: rows.run_steps(step, batches, iters), group=f"train {model} bs{batch_size}", row=row,
-              units=iters * batch_size, unit="images", rounds=ROUNDS[device.type], reference=row == "reference",
-              model=model, batch_size=batch_size, iterations_per_round=iters, engine=engine.describe(), flags=flags)
-        throughput_info(benchmark, device, opt, model, iters, environment)
+        warm_up(benchmark, opt, step, batches, device)
+        timed(rows.stepper(step, batches), group=f"train {model} bs{batch_size}", row=row, units=batch_size,
+              unit="images", rounds=ROUNDS[device.type], round_seconds=ROUND_SECONDS[device.type],
+              reference=row == "reference", model=model, batch_size=batch_size, engine=engine.describe(), flags=flags)
+        throughput_info(benchmark, device, opt, model, environment)
         losses = net.get_current_losses()
         assert all(math.isfinite(value) for value in losses.values()), losses
     finally:
@@ -107,26 +99,24 @@ def test_train_with_loader(timed, benchmark, model, batch_size, size, device, en
     opt, net, engine, step = rows.build(base, device)
     loader = create_fast_loader(opt, "auto", device)
 
-    stream, waited = rows.forever(loader), [0.0]
+    stream, waits = rows.forever(loader), []
 
-    def fed_steps(count):
-        for _ in range(count):
-            before = time.perf_counter()
-            data = next(stream)
-            waited[0] += time.perf_counter() - before
-            step(data)
+    def fed_step():
+        before = time.perf_counter()
+        data = next(stream)
+        waits.append(time.perf_counter() - before)
+        step(data)
 
     try:
         # warmed up on the loader's batches: the "batch" warm_up hands over is ignored for the next from the stream
-        iters = warm_up(benchmark, opt, lambda _: step(next(stream)), [None], device)
-        waited[0] = 0.0
-        timed(lambda: fed_steps(iters), group=f"train {model} bs{batch_size}", row="auto+loader",
-              units=iters * batch_size, unit="images", rounds=ROUNDS[device.type], model=model,
-              batch_size=batch_size, iterations_per_round=iters, engine=engine.describe(), flags=[],
-              loader=type(loader).__name__, dataroot=root)
-        throughput_info(benchmark, device, opt, model, iters, environment)
+        warm_up(benchmark, opt, lambda _: step(next(stream)), [None], device)
+        timed(fed_step, group=f"train {model} bs{batch_size}", row="auto+loader", units=batch_size, unit="images",
+              rounds=ROUNDS[device.type], round_seconds=ROUND_SECONDS[device.type], model=model,
+              batch_size=batch_size, engine=engine.describe(), flags=[], loader=type(loader).__name__, dataroot=root)
+        throughput_info(benchmark, device, opt, model, environment)
         if not benchmark.disabled:
-            benchmark.extra_info["data_wait_share"] = waited[0] / sum(benchmark.stats.stats.data)
+            timed_calls = benchmark.extra_info["calls_per_round"] * len(benchmark.stats.stats.data)
+            benchmark.extra_info["data_wait_share"] = sum(waits[-timed_calls:]) / sum(benchmark.stats.stats.data)
     finally:
         stream.close()
         close = getattr(loader, "close", None)

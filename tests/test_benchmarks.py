@@ -114,9 +114,47 @@ def test_the_gate_compares_ratios_so_a_slower_machine_passes_and_a_slower_row_fa
     assert report.main([regressed, "--gate", baseline, "--tolerance", "0.6"]) == 0
 
 
+def test_a_rows_rounds_are_paired_with_its_references_timed_just_before(tmp_path):
+    """Every round of a non-reference row has a round of its group's reference beside it; the reference has none."""
+    out = tmp_path / "paired.json"
+    run = pytest_run("benchmarks/test_layers.py::test_layer[unet_128-model.model.0-bs1-nchw]",
+                     "benchmarks/test_layers.py::test_layer[unet_128-model.model.0-bs1-nhwc]", "--benchmark-only",
+                     "--fastp2p-size", "small", "--fastp2p-rounds", "3", "--benchmark-json", str(out))
+    assert run.returncode == 0, run.stdout[-3000:]
+    reference, channels_last = report.load(out)[1]
+    assert reference["extra_info"]["row"] == "nchw" and "x_ref_paired" not in reference["extra_info"]
+    info = channels_last["extra_info"]
+    assert len(info["x_ref_paired_repeats"]) == 3 and min(info["x_ref_paired_repeats"]) > 0
+    assert min(info["x_ref_paired_repeats"]) <= info["x_ref_paired"] <= max(info["x_ref_paired_repeats"])
+
+
+def test_the_gate_compares_paired_rounds_where_both_runs_have_them(tmp_path, capsys):
+    """Load that slowed the reference's fastest round but not the row's (or the other way) moves the fastest-round
+    ratio, not the paired one; a row paired in one run only is compared by fastest rounds."""
+    def run(row_time, paired, name):
+        return result([bench("train m bs1", "reference", 1.0, reference=True),
+                       bench("train m bs1", "amp", row_time, **({"x_ref_paired": paired} if paired else {}))],
+                      tmp_path, name)
+
+    baseline = run(0.5, 2.0, "base.json")
+    assert report.main([run(1.0, 2.0, "loaded.json"), "--gate", baseline]) == 0  # fastest x1 but paired x2
+    capsys.readouterr()
+    assert report.main([run(0.5, 1.0, "regressed.json"), "--gate", baseline]) == 1
+    assert "slower: train m bs1 amp: x1.000 against the reference, baseline x2.000 (paired rounds)" in \
+        capsys.readouterr().out
+    assert report.main([run(1.0, None, "unpaired.json"), "--gate", baseline]) == 1
+    assert "(fastest rounds)" in capsys.readouterr().out
+
+
 def test_the_committed_cpu_baseline_covers_every_subject_and_says_its_command():
     meta, benchmarks = report.load(BASELINE)
     assert meta["size"] == "small" and "--benchmark-json" in meta["command"] and meta["commit"]
     assert {b["group"].split()[0] for b in benchmarks} == SUBJECTS
     assert all(b["extra_info"]["units"] > 0 and b["stats"]["median"] > 0 for b in benchmarks)
     assert report.gate(benchmarks, benchmarks, 0.0)[1]
+    # every timed row of a group with a reference before it was paired with it (the loaders' and the interpreter's
+    # rows are not: a loader's work ends with its test, the interpreter is no measure)
+    unpaired = {(b["group"], b["extra_info"]["row"]) for b in benchmarks if "x_ref_paired" not in b["extra_info"]
+                and not b["extra_info"]["reference"] and not b["extra_info"].get("interpreter")}
+    assert all(group.startswith(("loader", "inference host")) or row == "auto+loader" for group, row in unpaired), \
+        sorted(unpaired)

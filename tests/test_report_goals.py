@@ -1,16 +1,11 @@
-"""benchmarks/goals_report.py reads the training benchmark's rows (pytest-benchmark JSON) into verdicts: goals met
+"""``python -m benchmarks.report FOLDER --goals`` reads the training benchmark's rows (pytest-benchmark JSON) into verdicts: goals met
 or not, and a switch called faster only when every repeat of its row beats every repeat of its baseline."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import goals_report  # noqa: E402
+from benchmarks import report
 
 
 def row(model, batch, name, repeats):
@@ -47,8 +42,9 @@ def test_goals_and_switch_verdicts(tmp_path):
     write(tmp_path / "rival_pix2pix", [row("pix2pix", 1, "compile_reduce_overhead", [300, 300, 300])])
     write(tmp_path / "rival_cycle_gan", [row("cycle_gan", 1, "compile_reduce_overhead", [100, 100, 100])])
     write(tmp_path / "goals_cycle_gan_4", [row("cycle_gan", 4, "cudnn_search_all", [70, 70, 70])])  # no reference
-    (tmp_path / "doctor.json").write_text(json.dumps({"passed": True}))  # not a benchmark file: passed over
-    text = goals_report.report(str(tmp_path))
+    (tmp_path / "doctor.json").write_text(json.dumps({"passed": True}))  # not benchmark files: passed over
+    (tmp_path / "profile_categories.json").write_text(json.dumps([{"kernels_per_iter": 3}]))
+    text = report.goals(str(tmp_path))
     (p1,) = lines_of(text, "| pix2pix bs1 |")[:1]
     assert "| 710.0 |" in p1 and "| 13.92x |" in p1 and "| 2.37x |" in p1 and p1.endswith("| yes |")
     (p16,) = lines_of(text, "| pix2pix bs16 |")[:1]
@@ -68,6 +64,13 @@ def test_goals_and_switch_verdicts(tmp_path):
 
 def test_rows_of_two_devices_are_refused(tmp_path):
     write(tmp_path / "a", [row("pix2pix", 1, "reference", [50, 50, 50])])
-    write(tmp_path / "b", [], device="x86_64 CPU")
+    write(tmp_path / "b", [row("pix2pix", 1, "amp", [50, 50, 50])], device="x86_64 CPU")
     with pytest.raises(ValueError, match="one evidence run"):
-        goals_report.report(str(tmp_path))
+        report.goals(str(tmp_path))
+
+
+def test_the_command_writes_the_page(tmp_path, capsys):
+    write(tmp_path / "goals", [row("pix2pix", 1, "cudnn_search_all", [700, 720, 710])])
+    assert report.main([str(tmp_path), "--goals", "--out", str(tmp_path / "goals.md")]) == 0
+    assert (tmp_path / "goals.md").read_text() == capsys.readouterr().out
+    assert "| pix2pix bs1 | 710.0 | 700 | not measured |" in (tmp_path / "goals.md").read_text()
