@@ -145,20 +145,25 @@ def timed(benchmark, device, environment, group_reference, request):
     """``timed(target, group=, row=, units=, unit=, rounds=, reference=, round_seconds=, **info)`` times ``target``
     (one call does ``units`` of work) over ``rounds`` rounds under ``group`` (one table block: the rows of one
     configuration, the reference first). A round is as many calls as last ``round_seconds`` (by default
-    ROUND_SECONDS; one call where it runs in Triton's interpreter), then a device synchronisation; the first call,
-    timed to size the rounds, is also a warm-up. Records ``<unit>_per_s`` (median) and ``info`` in extra_info, and
+    ROUND_SECONDS; one call where it runs in Triton's interpreter), then a device synchronisation; the one or two
+    calls timed to size the rounds are also a warm-up. Records ``<unit>_per_s`` (median) and ``info`` in extra_info, and
     for a row whose group's reference ran before it in this process, ``x_ref_paired``: the median over rounds of its
     speed over the reference's round timed just before (what the gate compares). A reference row whose work cannot
     outlive its test says ``keep=False``. With --benchmark-disable it calls ``target`` once and returns None."""
 
+    def call_seconds(target):
+        start = time.perf_counter()
+        target()
+        rows.sync(device)
+        return time.perf_counter() - start
+
     def run(target, *, group, row, units, unit, rounds, reference=False, keep=True, round_seconds=None, **info):
-        calls = 1
+        calls, shortest = 1, round_seconds or ROUND_SECONDS[device.type]
         if not benchmark.disabled and not info.get("interpreter"):
-            start = time.perf_counter()
-            target()
-            rows.sync(device)
-            once = time.perf_counter() - start
-            calls = min(10_000, max(1, math.ceil((round_seconds or ROUND_SECONDS[device.type]) / once)))
+            once = call_seconds(target)
+            if once < shortest:  # a first call may be cold: the second, warm one sizes the rounds
+                once = call_seconds(target)
+            calls = min(10_000, max(1, math.ceil(shortest / once)))
 
         def timed_round():
             for _ in range(calls):
