@@ -36,6 +36,7 @@ H100_PROGRAMS = 4 * 132  # launch.target_programs on an H100: 4 waves of 132 SMs
 FUSED_CONV = "fused_conv"  # the row before it with --fused_conv on (auto leaves it off, so it has no training row)
 ROWS = rows.ROW_NAMES[:rows.ROW_NAMES.index("batch_passes") + 1] + (FUSED_CONV,)
 AS_ON = torch.device("cuda", 0)  # the rows are those of a GPU: their flags are resolved for one
+CPU = torch.device("cpu")  # where they are counted
 # aten ops that only make views or read metadata, or allocate without writing: no kernel on a GPU
 NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice", "select",
              "unsqueeze", "squeeze", "alias", "detach", "_reshape_alias", "reshape", "split", "split_with_sizes",
@@ -81,31 +82,29 @@ class OpCounter(TorchDispatchMode):
             norm_act.target_programs = plan
 
 
-def model_flags(args, model_name):
-    """The size's flags at batch 1, with no image pool (its decisions would depend on the values not computed)."""
-    size = rows.SIZES["small" if args.small else "paper"]
-    return rows.model_flags(size, model_name, 1, args.device, args.seed, pool_size=0)
+def counted_rows(model_name, small, names=ROWS):
+    """The rows of ``names`` counted for ``model_name``: a row whose own path the engine refuses for this model
+    would repeat the row before."""
+    base = rows.observed_flags(model_name, 1, small, CPU)
+    return [row for row in names if not rows.row_blocker(row, base, AS_ON)]
 
 
-def count_row(args, model_name, row):
-    chain_row = ROWS[-2] if row == FUSED_CONV else row
-    base = model_flags(args, model_name)
-    argv = base + rows.row_flags(chain_row, base, AS_ON)
-    argv += ["--cuda_graph", "off"]  # a CUDA-only switch; row_flags leaves it off before its row anyway
-    argv += ["--fused_conv", "on"] if row == FUSED_CONV else []
+def count_row(model_name, row, small, warmup=2, seed=0):
+    """The kernels of one training iteration of ``row`` (or FUSED_CONV) for ``model_name`` at batch 1, after
+    ``warmup`` iterations: totals (all, aten, Triton) and every op's count."""
+    base = rows.observed_flags(model_name, 1, small, CPU, seed)
+    argv = base + rows.row_flags(ROWS[-2] if row == FUSED_CONV else row, base, AS_ON)
     # channels-last is refused for InstanceNorm training on the CPU (torch's backward there is wrong at batch 1);
     # counting kernels needs no right gradients, so it is set on the resolved engine instead of asked for
     channels_last = "--channels_last" in argv and argv[argv.index("--channels_last") + 1] == "on"
-    if channels_last:
-        argv[argv.index("--channels_last") + 1] = "off"
-    opt, model, engine, step = rows.build(argv, args.device, args.seed, channels_last=channels_last)
-    batches = rows.random_batches(opt, args.device, count=2)
+    argv += ["--channels_last", "off", "--cuda_graph", "off"]  # CUDA-only; row_flags leaves it off before its row
+    argv += ["--fused_conv", "on"] if row == FUSED_CONV else []
     counter = OpCounter()
     with counter.counting_triton():
-        rows.run_steps(step, batches, args.warmup)  # the optimizers' state is created in the first step
+        engine, steps = rows.warmed_up(argv, CPU, seed, warmup, channels_last=channels_last)
         counter.counts.clear()
         with counter:
-            rows.run_steps(step, batches, 1, start=args.warmup)
+            steps(1)
     counts = counter.counts
     triton = sum(n for name, n in counts.items() if name.startswith("triton:"))
     return dict(model=model_name, batch_size=1, row=row, engine=engine.describe(),
@@ -113,12 +112,12 @@ def count_row(args, model_name, row):
                 counts=dict(counts.most_common()))
 
 
-def markdown(meta, rows, top):
+def markdown(meta, counted, top):
     lines = [f"# Kernels per training iteration (counted on {meta['device']}, H100 launch plan)", "",
              f"commit {meta['commit']}, torch {meta['torch']}, command `{meta['command']}`", "",
              "| model | row | engine | total | aten ops | Triton launches | largest counts |",
              "|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row in counted:
         largest = ", ".join(f"{name} {n}" for name, n in list(row["counts"].items())[:top])
         lines.append(f"| {row['model']} bs{row['batch_size']} | {row['row']} | {row['engine']} | {row['total']} | "
                      f"{row['aten']} | {row['triton']} | {largest} |")
@@ -135,7 +134,6 @@ def main():
     p.add_argument("--small", action="store_true", help="the small size's nets (fewer layers, other counts)")
     p.add_argument("--out", default=None, help="folder for ops_<yyyymmdd>.json and .md")
     args = p.parse_args()
-    args.device = torch.device("cpu")
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
     meta = dict(device=f"{platform.processor() or platform.machine()} CPU", python=platform.python_version(),
                 torch=torch.__version__, commit=rows.git_commit(), small=args.small,
@@ -144,11 +142,9 @@ def main():
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     counted = []
     for model_name in args.models:
-        for row in args.rows:
-            if rows.row_blocker(row, model_flags(args, model_name), AS_ON):
-                continue  # the engine refuses its path for this model: it would repeat the row before
-            counted.append(count_row(args, model_name, row))
-            print(f"{model_name} {counted[-1]['row']}: {counted[-1]['total']} ({counted[-1]['aten']} aten, "
+        for row in counted_rows(model_name, args.small, args.rows):
+            counted.append(count_row(model_name, row, args.small, args.warmup, args.seed))
+            print(f"{model_name} {row}: {counted[-1]['total']} ({counted[-1]['aten']} aten, "
                   f"{counted[-1]['triton']} Triton)", flush=True)
     text = markdown(meta, counted, args.top)
     print(text)

@@ -53,17 +53,12 @@ def category_sums(prof, steps):
 
 
 def profile_config(args, model_name, batch_size, row):
-    size = rows.SIZES["small" if args.small else "paper"]
-    base = rows.model_flags(size, model_name, batch_size, args.device, args.seed, pool_size=0)  # no pool to fill
-    argv = base + rows.row_flags(row, base, args.device)
-    opt, model, engine, step = rows.build(argv, args.device, args.seed)
-    batches = rows.random_batches(opt, args.device)
-    rows.run_steps(step, batches, args.warmup)
-    rows.sync(args.device)
+    base = rows.observed_flags(model_name, batch_size, args.small, args.device, args.seed)
+    engine, steps = rows.warmed_up(base + rows.row_flags(row, base, args.device), args.device, args.seed,
+                                   args.warmup)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        rows.run_steps(step, batches, args.steps)
-        rows.sync(args.device)
+        steps(args.steps)
     sort_by = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort_by, row_limit=args.top, max_name_column_width=70)
     sums = dict(model=model_name, batch_size=batch_size, row=row, engine=engine.describe(),

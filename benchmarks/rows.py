@@ -175,6 +175,27 @@ def run_steps(step, batches, count, start=0):
         step(batches[i % len(batches)])
 
 
+def observed_flags(model, batch_size, small, device, seed=0):
+    """The trainer's flags for ``model`` at the small or the paper size with no image pool (its choices would hang
+    on values that the observers of a step, count_ops and profile_step, do not look at)."""
+    return model_flags(SIZES["small" if small else "paper"], model, batch_size, device, seed, pool_size=0)
+
+
+def warmed_up(argv, device, seed=0, warmup=2, **config_changes):
+    """The model ``argv`` builds (see ``build``), stepped ``warmup`` times so the optimizers' state exists:
+    (engine, steps), where ``steps(count)`` runs the next ``count`` steps and waits for them: what an observer
+    watches."""
+    opt, _, engine, step = build(argv, device, seed, **config_changes)
+    batches = random_batches(opt, device)
+    run_steps(step, batches, warmup)
+    sync(device)
+
+    def steps(count):
+        run_steps(step, batches, count, start=warmup)
+        sync(device)
+    return engine, steps
+
+
 def forever(loader):
     """A loader's batches, epoch after epoch."""
     epoch = 0
