@@ -31,18 +31,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fastp2p import distributed  # noqa: E402
 from fastp2p.checkpoint import unwrap  # noqa: E402
 from fastp2p.engine.communication import COMPRESSIONS, WIRE_DTYPES, gradient_hook  # noqa: E402
-from benchmarks.rows import build  # noqa: E402
+from benchmarks import rows  # noqa: E402
 
-MODEL_FLAGS = {
-    "pix2pix": ["--model", "pix2pix", "--netG", "unet_256", "--crop_size", "256", "--load_size", "256"],
-    "cycle_gan": ["--model", "cycle_gan", "--netG", "resnet_9blocks", "--crop_size", "64", "--load_size", "64"],
-}
-GPU_CROP = {"cycle_gan": ["--crop_size", "256", "--load_size", "256"]}  # timings at the paper's size
+CPU_CROP = {"cycle_gan": ["--crop_size", "64", "--load_size", "64"]}  # on a GPU, the paper's size for the timings
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODEL_FLAGS), choices=list(MODEL_FLAGS))
+    p.add_argument("--models", nargs="+", default=list(rows.MODELS), choices=rows.MODELS)
     p.add_argument("--batch_sizes", nargs="+", type=int, default=[1])
     p.add_argument("--compressions", nargs="+", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     p.add_argument("--iters", type=int, default=2, help="counted iterations (the last one's bytes are reported)")
@@ -66,19 +62,9 @@ def join_group():
 
 
 def flags_for(model, batch_size, device):
-    gpu = ["--gpu_ids", str(device.index)] if device.type == "cuda" else ["--gpu_ids", "-1"]
-    crop = GPU_CROP.get(model, []) if device.type == "cuda" else []
-    return MODEL_FLAGS[model] + crop + gpu + ["--batch_size", str(batch_size), "--seed", "1", "--name", "bench_comm",
-                                              "--no_tensorboard", "--num_threads", "0"]
-
-
-def batches(opt, device, count=2):
-    generator = torch.Generator().manual_seed(0)
-    shape = (opt.batch_size, 3, opt.crop_size, opt.crop_size)
-    paths = [""] * opt.batch_size
-    return [{"A": (torch.rand(shape, generator=generator) * 2 - 1).to(device),
-             "B": (torch.rand(shape, generator=generator) * 2 - 1).to(device), "A_paths": paths, "B_paths": paths}
-            for _ in range(count)]
+    """The paper's networks (CycleGAN on the CPU at 64 pixels: the counts do not depend on the image size)."""
+    flags = rows.model_flags(rows.SIZES["paper"], model, batch_size, device)
+    return flags + (CPU_CROP.get(model, []) if device.type == "cpu" else [])
 
 
 class ByteCounter:
@@ -110,35 +96,33 @@ def gradient_hook_for(compression):
 
 def count_bytes(args, model_name, batch_size, compression, device):
     """{network: (trained parameters, bytes counted in the last iteration, all-reduces)}."""
-    opt, model, _, step = build(flags_for(model_name, batch_size, device), device, ddp=True,
-                                grad_compression="fp32", cuda_graph=False)  # the hook below is the only one
+    opt, model, _, step = rows.build(flags_for(model_name, batch_size, device), device, ddp=True,
+                                     grad_compression="fp32", cuda_graph=False)  # the hook below is the only one
     counters = {}
     for name, net in model.networks():
         counters[name] = ByteCounter(compression)
         net.register_comm_hook(None, counters[name])
-    data = batches(opt, device)
+    batches = rows.random_batches(opt, device, count=2)
     for i in range(args.iters):
         for counter in counters.values():
             counter.bytes = counter.calls = 0
-        step(data[i % len(data)])
+        step(batches[i % len(batches)])
     # every parameter is trained (the G step freezes D for its backward only, hence no requires_grad filter)
     return {name: (sum(p.numel() for p in unwrap(net).parameters()), counters[name].bytes, counters[name].calls)
             for name, net in model.networks()}
 
 
 def median_iteration_ms(args, model_name, batch_size, compression, device, ddp):
-    opt, _, _, step = build(flags_for(model_name, batch_size, device), device, ddp=ddp, grad_compression=compression)
-    data = batches(opt, device)
-    for i in range(max(12, args.iters)):  # warm-up, past the CUDA graph's DDP warm-up
-        step(data[i % len(data)])
+    opt, _, _, step = rows.build(flags_for(model_name, batch_size, device), device, ddp=ddp,
+                                 grad_compression=compression)
+    batches = rows.random_batches(opt, device, count=2)
+    rows.run_steps(step, batches, max(12, args.iters))  # warm-up, past the CUDA graph's DDP warm-up
     times = []
     for i in range(args.timed_iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        rows.sync(device)
         start = time.perf_counter()
-        step(data[i % len(data)])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        rows.run_steps(step, batches, 1, start=i)
+        rows.sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -162,15 +146,11 @@ def main(argv=None):
                     with_ddp = median_iteration_ms(args, model_name, batch_size, compression, device, ddp=True)
                     apart = median_iteration_ms(args, model_name, batch_size, compression, device, ddp=False)
                     timing = f" {with_ddp:.2f} | {apart:.2f} | {apart / with_ddp:.1%} |"
-                total = sum(counted for _, counted, _ in counts.values())
+                counts["all"] = tuple(map(sum, zip(*counts.values())))
                 for name, (params, counted, calls) in counts.items():
                     lines.append(f"| {model_name} | {batch_size} | {compression} | {name} | {params:,} | "
                                  f"{counted:,} | {'yes' if counted == params * wire else 'NO'} | {calls} | "
-                                 f"{counted / 1e6:.1f} |" + (" | | |" if args.time else ""))
-                params = sum(p for p, _, _ in counts.values())
-                lines.append(f"| {model_name} | {batch_size} | {compression} | all | {params:,} | {total:,} | "
-                             f"{'yes' if total == params * wire else 'NO'} | "
-                             f"{sum(c for _, _, c in counts.values())} | {total / 1e6:.1f} |" + timing)
+                                 f"{counted / 1e6:.1f} |" + (timing if name == "all" else " | | |" * args.time))
     if distributed.is_main_process():
         table = "\n".join(lines)
         print(table)

@@ -54,61 +54,55 @@ CUDA_TESTS = (["tests/engine", "tests/kernels/test_conv.py", "tests/kernels/test
               ["tests/kernels", "--deselect", "tests/kernels/test_conv.py", "--deselect", "tests/kernels/test_adam.py"])
 
 
-def benchmark(module, out, *options):
-    """A pytest-benchmark run of benchmarks/``module`` writing ``out`` (the tests of a module, selected)."""
-    return [sys.executable, "-m", "pytest", f"benchmarks/{module}", "-q", "-p", "no:cacheprovider", "--benchmark-only",
-            "--benchmark-json", out, *options]
+GOAL_ROWS = ("reference", "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
+SMALL = ["--fastp2p-size", "small", "--fastp2p-rounds", "1"]  # the dry run's benchmarks
+TINY_DOCTOR = ["--gpu_ids", "-1", "--netG", "unet_128", "--load_size", "128", "--crop_size", "128", "--ngf", "4",
+               "--ndf", "4", "--no_timing", "--paths", "fused_adam"]
 
 
 def stages(args):
-    """(name, seconds, [commands]) in the order they run; --dry_run swaps in the CPU's smallest sizes."""
+    """(name, seconds, [commands]) in the order they run. --dry_run runs the same stages, but for the install and
+    the rival, at the CPU's smallest: one goal configuration, the small size, the CUDA tests collected, not run."""
     python, out = sys.executable, args.out
-    profile = [python, "-m", "benchmarks.profile_step"]
-    if args.dry_run:
-        small = ["--fastp2p-size", "small", "--fastp2p-rounds", "1"]
-        tiny = ["--gpu_ids", "-1", "--netG", "unet_128", "--load_size", "128", "--crop_size", "128", "--ngf", "4",
-                "--ndf", "4", "--no_timing", "--paths", "fused_adam"]
-        return [
-            ("doctor", 120, [[python, "-m", "fastp2p.doctor", "--model", "pix2pix", *tiny, "--json",
-                              os.path.join(out, "doctor_pix2pix.json")]]),
-            ("cuda_tests", 120, [[python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests,
-                                  "-k", "not compiled"] for tests in CUDA_TESTS]),
-            ("goals", 120, [benchmark("test_train.py::test_train", os.path.join(out, "goals.json"), *small,
-                                      "--fastp2p-models", "pix2pix", "--fastp2p-batch-sizes", "1", "--fastp2p-rows",
-                                      "reference", "step_cast")]),
-            ("profile", 120, [[*profile, "--small", "--steps", "1", "--warmup", "1", "--config",
-                               "pix2pix:1:reference", "--out", os.path.join(out, "profile")]]),
-            ("adam", 120, [benchmark("test_optimizer.py", os.path.join(out, "adam.json"), *small,
-                                     "--fastp2p-models", "pix2pix")]),
-            ("norms_bs1", 120, [benchmark("test_kernels.py", os.path.join(out, "norms_bs1.json"), *small,
-                                          "-k", "norm_act")]),
-        ]
-    rounds = ["--fastp2p-rounds", "3"]
-    goals = [benchmark("test_train.py::test_train", os.path.join(out, f"goals_{model}.json"), *rounds,
-                       "--fastp2p-models", model, "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows", "reference",
-                       "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
-             for model, sizes in GOAL_CONFIGS.items()]
-    configs = [f"{model}:{size}:batch_passes" for model, sizes in GOAL_CONFIGS.items() for size in sizes]
-    rival = [benchmark("test_train.py::test_train", os.path.join(out, f"rival_{model}.json"), *rounds,
-                       "--fastp2p-models", model, "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows",
-                       "compile_reduce_overhead") for model, sizes in GOAL_CONFIGS.items()]
-    return [
+
+    def either(real, dry):
+        return dry if args.dry_run else real
+
+    def benchmark(module, name, *options, rounds=()):
+        """A pytest-benchmark run of benchmarks/``module`` (its tests, selected) writing ``name`` in --out."""
+        return [python, "-m", "pytest", f"benchmarks/{module}", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+                "--benchmark-json", os.path.join(out, name), *either(list(rounds), SMALL), *options]
+
+    configs = either(GOAL_CONFIGS, {"pix2pix": ("1",)})
+    three = ("--fastp2p-rounds", "3")
+    table = [
         # a lent machine has torch, Triton and pytest but not this package: installed in place, nothing downloaded
-        ("install", 30, [[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ROOT]]),
-        ("doctor", 100, [[python, "-m", "fastp2p.doctor", "--model", model, "--batch_size", "1", "--all",
-                          "--repeats", "3", "--json", os.path.join(out, f"doctor_{model}.json")]
-                         for model in GOAL_CONFIGS]),
-        ("cuda_tests", 140, [[python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout", "120",
-                              "--durations", "15", *tests, "-k", "not compiled"] for tests in CUDA_TESTS]),
-        ("goals", 110, goals),
-        ("profile", 50, [[*profile, "--steps", "3", "--warmup", "6", "--config", *configs, "--out",
-                          os.path.join(out, "profile")]]),
-        ("adam", 30, [benchmark("test_optimizer.py", os.path.join(out, "adam.json"))]),
+        ("install", 30, either([[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+                                 ROOT]], [])),
+        ("doctor", 100, [[python, "-m", "fastp2p.doctor", "--model", model,
+                          *either(["--batch_size", "1", "--all", "--repeats", "3"], TINY_DOCTOR), "--json",
+                          os.path.join(out, f"doctor_{model}.json")] for model in configs]),
+        ("cuda_tests", 140, [[python, "-m", "pytest", "-p", "no:cacheprovider", *either(
+            ["-v", "--timeout", "120", "--durations", "15"], ["--collect-only", "-q"]), *tests, "-k", "not compiled"]
+            for tests in CUDA_TESTS]),
+        ("goals", 110, [benchmark("test_train.py::test_train", f"goals_{model}.json", "--fastp2p-models", model,
+                                  "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows",
+                                  *either(GOAL_ROWS, ("reference", "step_cast")), rounds=three)
+                        for model, sizes in configs.items()]),
+        ("profile", 50, [[python, "-m", "benchmarks.profile_step",
+                          *either(["--steps", "3", "--warmup", "6"], ["--small", "--steps", "1", "--warmup", "1"]),
+                          "--config", *(f"{model}:{size}:{either('batch_passes', 'reference')}"
+                                        for model, sizes in configs.items() for size in sizes),
+                          "--out", os.path.join(out, "profile")]]),
+        ("adam", 30, [benchmark("test_optimizer.py", "adam.json", *either([], ["--fastp2p-models", "pix2pix"]))]),
         # the ResNet's InstanceNorms at batch 1 in bf16: eager and replayed from a graph, channels-last and NCHW
-        ("norms_bs1", 20, [benchmark("test_kernels.py", os.path.join(out, "norms_bs1.json"), "-k",
-                                     "norm_act and resnet_9blocks and bfloat16 and not b16")]),
-        ("rival", 30, rival),
+        ("norms_bs1", 20, [benchmark("test_kernels.py", "norms_bs1.json", "-k",
+                                     either("norm_act and resnet_9blocks and bfloat16 and not b16", "norm_act"))]),
+        ("rival", 30, either([benchmark("test_train.py::test_train", f"rival_{model}.json", "--fastp2p-models", model,
+                                        "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows", "compile_reduce_overhead",
+                                        rounds=three) for model, sizes in GOAL_CONFIGS.items()], [])),
     ]
+    return [(name, either(seconds, 120), commands) for name, seconds, commands in table if commands]
 
 
 def run_stage(name, seconds, commands, out):

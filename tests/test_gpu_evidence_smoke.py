@@ -34,7 +34,7 @@ def test_dry_run_runs_every_stage_and_writes_its_results(tmp_path):
     def rows_of(path):
         return [bench["extra_info"]["row"] for bench in json.loads(path.read_text())["benchmarks"]]
 
-    assert rows_of(out / "goals.json") == ["reference", "step_cast"]
+    assert rows_of(out / "goals_pix2pix.json") == ["reference", "step_cast"]
     assert json.loads((out / "profile" / "profile_categories.json").read_text())[0]["model"] == "pix2pix"
     assert rows_of(out / "adam.json") == ["adam", "adam+step_copy", "triton_adam", "triton_adam+step_copy"]
     norms = json.loads((out / "norms_bs1.json").read_text())["benchmarks"]
