@@ -28,10 +28,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import rows  # noqa: E402
 from fastp2p import distributed  # noqa: E402
 from fastp2p.checkpoint import unwrap  # noqa: E402
 from fastp2p.engine.communication import COMPRESSIONS, WIRE_DTYPES, gradient_hook  # noqa: E402
-from benchmarks import rows  # noqa: E402
 
 CPU_CROP = {"cycle_gan": ["--crop_size", "64", "--load_size", "64"]}  # on a GPU, the paper's size for the timings
 

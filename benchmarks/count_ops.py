@@ -4,8 +4,8 @@ At batch 1 both models are launch-bound: each kernel costs a few microseconds of
 graph, and more of host time without one. This counts, over one iteration after warm-up, the aten operations
 that launch work (views and metadata excluded) and the Triton launches, for the training benchmark's rows
 (benchmarks/rows.py, as on a GPU) up to +batch_passes (+cuda_graph replays the same kernels), and +fused_conv (that
-row with --fused_conv on). The nets run at their real sizes on the CPU; Triton kernels are counted, not run (a count needs no values), with the launch
-plan of an H100 (132 SMs), so the norm layers choose the kernels they choose there.
+row with --fused_conv on). The nets run at their real sizes on the CPU; Triton kernels are counted, not run (a count
+needs no values), with the launch plan of an H100 (132 SMs), so the norm layers choose the kernels they choose there.
 
 What it does not see: the work an aten kernel does inside (a cuDNN convolution backward is one op here and
 two or three GPU kernels, PyTorch's CUDA reflection pad also copies its input to NCHW), and CPU autocast,
@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 
@@ -126,7 +125,7 @@ def markdown(meta, counted, top):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["pix2pix", "cycle_gan"])
+    p.add_argument("--models", nargs="+", default=list(rows.MODELS))
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -135,9 +134,7 @@ def main():
     p.add_argument("--out", default=None, help="folder for ops_<yyyymmdd>.json and .md")
     args = p.parse_args()
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
-    meta = dict(device=f"{platform.processor() or platform.machine()} CPU", python=platform.python_version(),
-                torch=torch.__version__, commit=rows.git_commit(), small=args.small,
-                launch_plan_programs=H100_PROGRAMS,
+    meta = dict(rows.environment(CPU), small=args.small, launch_plan_programs=H100_PROGRAMS,
                 command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     counted = []

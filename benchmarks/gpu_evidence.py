@@ -42,8 +42,7 @@ import time
 
 import report
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOAL_CONFIGS = {"pix2pix": ("1", "16"), "cycle_gan": ("1", "4")}
 # the CUDA tests in two runs, the paths that have never run on a GPU first (the engine's streams, graphs and step
 # copies, the Triton convs and Adam, inference, and torchvision's decode, absent from the CPU's CI), then the kernels
@@ -52,8 +51,6 @@ CUDA_TESTS = (["tests/engine", "tests/kernels/test_conv.py", "tests/kernels/test
                "tests/test_inference.py",
                "tests/test_dali_loader.py::test_torchvision_decode_of_16_bit_pngs_matches_the_torch_path"],
               ["tests/kernels", "--deselect", "tests/kernels/test_conv.py", "--deselect", "tests/kernels/test_adam.py"])
-
-
 GOAL_ROWS = ("reference", "cuda_graph", "cudnn_search_all", "two_streams", "overlap_optimizer", "triton_adam")
 SMALL = ["--fastp2p-size", "small", "--fastp2p-rounds", "1"]  # the dry run's benchmarks
 TINY_DOCTOR = ["--gpu_ids", "-1", "--netG", "unet_128", "--load_size", "128", "--crop_size", "128", "--ngf", "4",
@@ -68,15 +65,19 @@ def stages(args):
     def either(real, dry):
         return dry if args.dry_run else real
 
-    def benchmark(module, name, *options, rounds=()):
+    def benchmark(module, name, *options):
         """A pytest-benchmark run of benchmarks/``module`` (its tests, selected) writing ``name`` in --out."""
         return [python, "-m", "pytest", f"benchmarks/{module}", "-q", "-p", "no:cacheprovider", "--benchmark-only",
-                "--benchmark-json", os.path.join(out, name), *either(list(rounds), SMALL), *options]
+                "--benchmark-json", os.path.join(out, name), *either([], SMALL), *options]
+
+    def training(stage, train_rows):
+        """test_train's ``train_rows`` of each goal configuration, 3 rounds, in <stage>_<model>.json."""
+        return [benchmark("test_train.py::test_train", f"{stage}_{model}.json", *either(["--fastp2p-rounds", "3"], []),
+                          "--fastp2p-models", model, "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows", *train_rows)
+                for model, sizes in configs.items()]
 
     configs = either(GOAL_CONFIGS, {"pix2pix": ("1",)})
-    three = ("--fastp2p-rounds", "3")
     table = [
-        # a lent machine has torch, Triton and pytest but not this package: installed in place, nothing downloaded
         ("install", 30, either([[python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
                                  ROOT]], [])),
         ("doctor", 100, [[python, "-m", "fastp2p.doctor", "--model", model,
@@ -85,22 +86,16 @@ def stages(args):
         ("cuda_tests", 140, [[python, "-m", "pytest", "-p", "no:cacheprovider", *either(
             ["-v", "--timeout", "120", "--durations", "15"], ["--collect-only", "-q"]), *tests, "-k", "not compiled"]
             for tests in CUDA_TESTS]),
-        ("goals", 110, [benchmark("test_train.py::test_train", f"goals_{model}.json", "--fastp2p-models", model,
-                                  "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows",
-                                  *either(GOAL_ROWS, ("reference", "step_cast")), rounds=three)
-                        for model, sizes in configs.items()]),
+        ("goals", 110, training("goals", either(GOAL_ROWS, ("reference", "step_cast")))),
         ("profile", 50, [[python, "-m", "benchmarks.profile_step",
                           *either(["--steps", "3", "--warmup", "6"], ["--small", "--steps", "1", "--warmup", "1"]),
                           "--config", *(f"{model}:{size}:{either('batch_passes', 'reference')}"
                                         for model, sizes in configs.items() for size in sizes),
                           "--out", os.path.join(out, "profile")]]),
         ("adam", 30, [benchmark("test_optimizer.py", "adam.json", *either([], ["--fastp2p-models", "pix2pix"]))]),
-        # the ResNet's InstanceNorms at batch 1 in bf16: eager and replayed from a graph, channels-last and NCHW
         ("norms_bs1", 20, [benchmark("test_kernels.py", "norms_bs1.json", "-k",
                                      either("norm_act and resnet_9blocks and bfloat16 and not b16", "norm_act"))]),
-        ("rival", 30, either([benchmark("test_train.py::test_train", f"rival_{model}.json", "--fastp2p-models", model,
-                                        "--fastp2p-batch-sizes", *sizes, "--fastp2p-rows", "compile_reduce_overhead",
-                                        rounds=three) for model, sizes in GOAL_CONFIGS.items()], [])),
+        ("rival", 30, either(training("rival", ["compile_reduce_overhead"]), [])),
     ]
     return [(name, either(seconds, 120), commands) for name, seconds, commands in table if commands]
 

@@ -12,6 +12,7 @@ Writes, with --out, profile_<model>_bs<n>_<row>.md per config and profile_catego
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -20,7 +21,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import rows
-
 
 # kernel name patterns per category, first match wins (cuDNN, cutlass and Triton kernel names as they appear)
 CATEGORIES = (
@@ -34,21 +34,17 @@ CATEGORIES = (
 
 
 def category_of(kernel_name):
-    lowered = kernel_name.lower()
-    return next((name for name, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+    return next((name for name, pattern in CATEGORIES if re.search(pattern, kernel_name.lower())), "other")
 
 
 def category_sums(prof, steps):
     """Per iteration: device microseconds per category and the number of kernels, from the profiler's device
     events (none on a CPU-only run)."""
-    micros, kernels = {}, 0
-    for event in prof.events():
-        if event.device_type.name != "CUDA":
-            continue
-        kernels += 1
-        category = category_of(event.name)
-        micros[category] = micros.get(category, 0.0) + event.device_time_total
-    return dict(kernels_per_iter=kernels / steps,
+    kernels = [event for event in prof.events() if event.device_type.name == "CUDA"]
+    micros = collections.Counter()
+    for event in kernels:
+        micros[category_of(event.name)] += event.device_time_total
+    return dict(kernels_per_iter=len(kernels) / steps,
                 us_per_iter={name: round(total / steps, 1) for name, total in sorted(micros.items())})
 
 

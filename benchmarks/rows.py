@@ -16,6 +16,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from unittest import mock
 
 import torch
 
@@ -102,14 +103,12 @@ def blocked(path, base_flags, device):
     if device.type != "cuda" and path.check is not None and not path.check.cpu:
         return f"--{path.name} is declared GPU-only"
     needs = list(path.check.needs) if path.check else []
-    interpreter = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        resolve_engine(parse_options(base_flags + switches({path.name}) + needs, is_train=True), device)
-    except UserError as error:
-        return str(error)
-    finally:
-        if interpreter is not None:
-            os.environ["TRITON_INTERPRET"] = interpreter
+    with mock.patch.dict(os.environ):
+        os.environ.pop("TRITON_INTERPRET", None)
+        try:
+            resolve_engine(parse_options(base_flags + switches({path.name}) + needs, is_train=True), device)
+        except UserError as error:
+            return str(error)
     return None
 
 
@@ -176,15 +175,14 @@ def run_steps(step, batches, count, start=0):
 
 
 def observed_flags(model, batch_size, small, device, seed=0):
-    """The trainer's flags for ``model`` at the small or the paper size with no image pool (its choices would hang
-    on values that the observers of a step, count_ops and profile_step, do not look at)."""
+    """The flags of ``model`` at the small or the paper size for count_ops and profile_step: no image pool, whose
+    choices hang on values that they do not look at."""
     return model_flags(SIZES["small" if small else "paper"], model, batch_size, device, seed, pool_size=0)
 
 
 def warmed_up(argv, device, seed=0, warmup=2, **config_changes):
-    """The model ``argv`` builds (see ``build``), stepped ``warmup`` times so the optimizers' state exists:
-    (engine, steps), where ``steps(count)`` runs the next ``count`` steps and waits for them: what an observer
-    watches."""
+    """(engine, steps) of the model ``argv`` builds, stepped ``warmup`` times (the optimizers' state made):
+    ``steps(count)`` runs the next ``count`` steps and waits for them, for count_ops or profile_step to observe."""
     opt, _, engine, step = build(argv, device, seed, **config_changes)
     batches = random_batches(opt, device)
     run_steps(step, batches, warmup)
