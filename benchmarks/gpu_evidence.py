@@ -13,11 +13,11 @@ first:
 4. adam: the optimizer step alone at pix2pix's 57.2M and CycleGAN's 28.3M parameters against the copy roof;
 5. norms_bs1: each of the ResNet's fused InstanceNorm layers at batch 1, channels-last against NCHW and torch's,
    eager and replayed from a graph (where a channels-last norm was found launch-bound);
-6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left;
+6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
 The measuring stages are pytest-benchmark runs of benchmarks/ (one --benchmark-json file each, written when its run
 ends: a run stopped at its stage's limit leaves its rows in the log only). Then goals.md (report.py --goals): each goal
-configuration against its targets, the reference and the rival, and each
-switch that `auto` leaves off until measured against the row without it.
+configuration against its targets, the reference and the rival, and each switch that `auto` leaves off until
+measured against the row without it.
 
 Each stage runs under its own time limit (together under 9 minutes on an H200), and a stage that fails or runs out
 of time costs only its share. Everything goes to --out, with env.json (device, driver, versions, the commit passed

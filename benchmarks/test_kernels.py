@@ -203,16 +203,11 @@ def conv_pair(case, device, kernels):
         fused_conv = kernels.FusedConv(conv, reflect_pad=reflect_pad)
         pair = (lambda: conv(pad(in_fused_norm(x)))), (lambda: fused_conv(x, prologue))
 
-    def autocast(fn):
-        def run():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                return fn()
-        return run
-
+    torch_fn, fused_fn = map(torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32), pair)
     with torch.no_grad():
-        out = autocast(pair[0])()
+        out = torch_fn()
     nbytes = (x.numel() + out.numel()) * dtype.itemsize  # read the input, write the output
-    return autocast(pair[0]), autocast(pair[1]), nbytes, 2 * nbytes, {}
+    return torch_fn, fused_fn, nbytes, 2 * nbytes, {}
 
 
 PAIRS = dict(norm_act=norm_pair, unet_skip=skip_pair, reflection_pad=pad_pair, gan_loss=gan_loss_pair,
