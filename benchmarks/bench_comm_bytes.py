@@ -137,7 +137,7 @@ def main(argv=None):
                     with_ddp = median_iteration_ms(args, model_name, batch_size, compression, device, ddp=True)
                     apart = median_iteration_ms(args, model_name, batch_size, compression, device, ddp=False)
                     timing = f" {with_ddp:.2f} | {apart:.2f} | {apart / with_ddp:.1%} |"
-                counts["all"] = tuple(map(sum, zip(*counts.values())))
+                counts["all"] = tuple(map(sum, zip(*counts.values(), strict=True)))
                 for name, (params, counted, calls) in counts.items():
                     lines.append(f"| {model_name} | {batch_size} | {compression} | {name} | {params:,} | "
                                  f"{counted:,} | {'yes' if counted == params * wire else 'NO'} | {calls} | "

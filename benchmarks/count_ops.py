@@ -130,7 +130,7 @@ def main():
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels are never run; this keeps Triton from looking for a GPU
     meta = dict(rows.environment(CPU), small=args.small, launch_plan_programs=H100_PROGRAMS,
                 command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     counted = []
     for model_name in args.models:
         for row in counted_rows(model_name, args.small, args.rows):
