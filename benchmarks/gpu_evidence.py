@@ -15,7 +15,8 @@ first:
    eager and replayed from a graph (where a channels-last norm was found launch-bound);
 6. rival: the reference networks under torch.compile(mode="reduce-overhead"), bf16 channels-last, in what is left.
 The measuring stages are pytest-benchmark runs of benchmarks/ (one --benchmark-json file each, written when its run
-ends: a run stopped at its stage's limit leaves its rows in the log only). Then goals.md (report.py --goals): each goal
+ends: a run stopped at its stage's limit leaves its rows in the log only), unpaired: a lent GPU runs nothing else,
+and pairing would double each row's rounds. Then goals.md (report.py --goals): each goal
 configuration against its targets, the reference and the rival, and each switch that `auto` leaves off until
 measured against the row without it.
 
@@ -68,7 +69,7 @@ def stages(args):
     def benchmark(module, name, *options):
         """A pytest-benchmark run of benchmarks/``module`` (its tests, selected) writing ``name`` in --out."""
         return [python, "-m", "pytest", f"benchmarks/{module}", "-q", "-p", "no:cacheprovider", "--benchmark-only",
-                "--benchmark-json", os.path.join(out, name), *either([], SMALL), *options]
+                "--fastp2p-unpaired", "--benchmark-json", os.path.join(out, name), *either([], SMALL), *options]
 
     def training(stage, train_rows):
         """test_train's ``train_rows`` of each goal configuration, 3 rounds, in <stage>_<model>.json."""

@@ -6,9 +6,9 @@ training goals' verdicts over a GPU evidence run's files.
     python -m benchmarks.report FOLDER --goals [--out goals.md]       # every benchmark JSON below FOLDER
 
 Each row's speed is given against the reference row of its group in the same run (``x ref``: the reference path of
-a configuration, torch's op for a kernel, NCHW for a layer). The gate compares ratios, not times: a slower machine slows a row and its
-reference alike. Each row's rounds are paired with rounds of its reference timed just before them, so load that
-comes and goes cancels too; rows without a paired reference compare fastest rounds (load only ever slows a round
+a configuration, torch's op for a kernel, NCHW for a layer). The gate compares ratios, not times: a slower machine
+slows a row and its reference alike. Each row's rounds are paired with rounds of its reference timed just before
+them, so load that comes and goes cancels too; rows without a paired reference compare fastest rounds (load only ever slows a round
 down). It fails (exit 1) where a row's ratio fell by more than --tolerance from the baseline's, or where a row of the
 baseline did not run. Rows
 timed in Triton's interpreter (the CPU's kernels) are checked to run, not compared: the interpreter is no measure.
@@ -173,7 +173,8 @@ def goals(folder):
         lines.append(f"| {model} bs{batch} | {fast:.1f} | {target} | {shown[0]} | {wanted} | {shown[1]} | "
                      f"{RIVAL_FACTOR:g}x | {met} |")
     lines += ["", "## Switches `auto` leaves off until measured", "",
-              "| config | technique | img/s | baseline | baseline img/s | ratio | verdict |", "|---|---|---|---|---|---|---|"]
+              "| config | technique | img/s | baseline | baseline img/s | ratio | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for model, batch in GOALS:
         for technique, candidates in SWITCH_BASELINES.items():
             row = found.get((model, batch, technique))

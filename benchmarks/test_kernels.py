@@ -52,7 +52,7 @@ SMALL = dict(  # one tiny shape per op: what the interpreter runs in seconds
     convs=[("smoke", 4, 8, 6, 6, 4, 2, 1, False, False, "batch", "leaky_relu"),
            ("smoke", 4, 4, 5, 5, 3, 1, 1, True, False, "instance", "relu"),
            ("smoke", 8, 4, 3, 3, 4, 2, 1, False, True, "instance", "relu")])
-CALLS = {"cuda": (20, 25, 10), "cpu": (1, 3, 0)}  # calls per round, rounds, warm-up rounds
+ROUNDS = {"cuda": 15, "cpu": 3}  # each round as many calls as its time floor takes (benchmarks/conftest.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,18 +272,8 @@ def test_kernel(timed, benchmark, kernels, copy_gbps, case, direction, row, devi
     torch.manual_seed(0)
     torch_fn, fused_fn, fwd_bytes, bwd_bytes, info = PAIRS[case.op](case, device, kernels)
     call = as_call(direction, torch_fn if row == "torch" else fused_fn, device)
-    calls, rounds, warmup = CALLS[device.type]
-    if not benchmark.disabled:
-        for _ in range(warmup):
-            call()
-
-    def repeated():
-        for _ in range(calls):
-            call()
-
-    timed(repeated if not benchmark.disabled else call, group=f"kernels {case} {direction}", row=row,
-          reference=row == "torch", units=calls, unit="calls", rounds=rounds, op=case.op, direction=direction,
-          interpreter=device.type != "cuda", **info)
+    timed(call, group=f"kernels {case} {direction}", row=row, reference=row == "torch", units=1, unit="calls",
+          rounds=ROUNDS[device.type], op=case.op, direction=direction, interpreter=device.type != "cuda", **info)
     if not benchmark.disabled:
         nbytes = bwd_bytes if direction == "bwd" else fwd_bytes
         gbps = nbytes * benchmark.extra_info["calls_per_s"] / 1e9

@@ -41,13 +41,13 @@ def generate(metafunc, size, device):
         metafunc.parametrize("loader", LOADERS)
 
 
-def loader_opt(mode, batch_size, size, device, workers):
-    load, crop = CROPS[size.name]
-    return argparse.Namespace(
-        dataroot=rows.dataroot(aligned=mode == "aligned"), phase="train", dataset_mode=mode, direction="AtoB",
-        input_nc=3, output_nc=3, serial_batches=False, num_threads=workers, batch_size=batch_size, load_size=load,
-        crop_size=crop, max_dataset_size=float("inf"), preprocess="resize_and_crop", no_flip=False, seed=0,
-        device=device)
+def loader_opt(mode, batch_size, load, crop, workers, **changes):
+    """The options a loader reads: the trainer's defaults for ``mode`` at these sizes, with ``changes``."""
+    return argparse.Namespace(**{
+        "dataroot": rows.dataroot(aligned=mode == "aligned"), "phase": "train", "dataset_mode": mode,
+        "direction": "AtoB", "input_nc": 3, "output_nc": 3, "serial_batches": False, "num_threads": workers,
+        "batch_size": batch_size, "load_size": load, "crop_size": crop, "max_dataset_size": float("inf"),
+        "preprocess": "resize_and_crop", "no_flip": False, "seed": 0, **changes})
 
 
 def build(kind, opt, device):
@@ -69,7 +69,8 @@ def build(kind, opt, device):
 
 
 def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
-    opt = loader_opt(mode, batch_size, size, device, os.cpu_count() if size.workers is None else size.workers)
+    opt = loader_opt(mode, batch_size, *CROPS[size.name], os.cpu_count() if size.workers is None else size.workers,
+                     device=device)
     start = time.perf_counter()
     built = build(loader, opt, device)
     if isinstance(built, str):
@@ -93,11 +94,8 @@ def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
 def first_batch(method, workers, images):
     """In a fresh process: seconds to the first batch with ``--worker_start method``, then the median epoch."""
     torch.set_num_threads(1)
-    opt = argparse.Namespace(
-        dataroot=rows.dataroot(), phase="train", dataset_mode="aligned", direction="BtoA", input_nc=3, output_nc=3,
-        serial_batches=False, num_threads=workers, batch_size=4, load_size=128, crop_size=128,
-        max_dataset_size=images, preprocess="resize_and_crop", no_flip=False, seed=0, worker_start=method)
-    loader = create_dataset(opt)
+    loader = create_dataset(loader_opt("aligned", 4, 128, 128, workers, direction="BtoA", max_dataset_size=images,
+                                       worker_start=method))
     try:
         start = time.perf_counter()
         batches = iter(loader)
@@ -130,4 +128,5 @@ def test_worker_start(timed, benchmark, method, size):
 
     timed(fresh_process, group="loader worker_start", row=method, reference=method == "fork", units=1,
           unit="starts", rounds=ROUNDS, workers=WORKER_RUN[size.name][0], images=WORKER_RUN[size.name][1])
-    benchmark.extra_info.update({key: statistics.median(run[key] for run in runs) for key in runs[0]})
+    timed_runs = runs if benchmark.disabled else runs[-len(benchmark.stats.stats.data):]  # not the sizing call's
+    benchmark.extra_info.update({key: statistics.median(run[key] for run in timed_runs) for key in runs[0]})

@@ -122,5 +122,4 @@ def test_train_with_loader(timed, benchmark, model, batch_size, size, device, en
         close = getattr(loader, "close", None)
         if close:
             close()
-        del net, step
         free(device)
