@@ -189,7 +189,8 @@ def timed(benchmark, device, environment, group_reference, request):
         benchmark.extra_info[f"{unit}_per_s"] = units * calls / statistics.median(times)
         benchmark.extra_info[f"{unit}_per_s_repeats"] = [round(units * calls / t, 4) for t in times]
         if paired:
-            speedups = [(units * calls / t) / (group_reference.units / r) for t, r in zip(times, reference_seconds, strict=True)]
+            speedups = [(units * calls / t) / (group_reference.units / r)
+                        for t, r in zip(times, reference_seconds, strict=True)]
             benchmark.extra_info.update(x_ref_paired=statistics.median(speedups),
                                         x_ref_paired_repeats=[round(x, 4) for x in speedups])
         return result

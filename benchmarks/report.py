@@ -8,10 +8,10 @@ training goals' verdicts over a GPU evidence run's files.
 Each row's speed is given against the reference row of its group in the same run (``x ref``: the reference path of
 a configuration, torch's op for a kernel, NCHW for a layer). The gate compares ratios, not times: a slower machine
 slows a row and its reference alike. Each row's rounds are paired with rounds of its reference timed just before
-them, so load that comes and goes cancels too; rows without a paired reference compare fastest rounds (load only ever slows a round
-down). It fails (exit 1) where a row's ratio fell by more than --tolerance from the baseline's, or where a row of the
-baseline did not run. Rows
-timed in Triton's interpreter (the CPU's kernels) are checked to run, not compared: the interpreter is no measure.
+them, so load that comes and goes cancels too; rows without a paired reference compare fastest rounds (load only
+ever slows a round down). It fails (exit 1) where a row's ratio fell by more than --tolerance from the baseline's,
+or where a row of the baseline did not run. Rows timed in Triton's interpreter (the CPU's kernels) are checked to
+run, not compared: the interpreter is no measure.
 
 The goals: for each goal configuration, the default fast path's throughput against its target, the reference path
 and the torch.compile rival; and for each technique that ``auto`` leaves off until measured, its row against the row
