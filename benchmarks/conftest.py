@@ -122,12 +122,19 @@ ROUND_SECONDS = {"cuda": 0.005, "cpu": 0.3}
 class GroupReference:
     """The reference row's timed round of the group being run, kept after its test so that every later row of the
     group times one round of it just before each of its own rounds: two adjacent rounds share the machine's load, so
-    their ratio keeps what the code changed even where other work comes and goes between rows."""
+    their ratio keeps what the code changed even where other work comes and goes between rows. ``release`` ends
+    what the kept round holds open (a loader's workers) once the next group's reference replaces it, or at the end."""
 
-    group = timed_round = units = None
+    group = timed_round = units = release = None
 
-    def keep(self, group, timed_round, units):
-        self.group, self.timed_round, self.units = group, timed_round, units
+    def keep(self, group, timed_round, units, release=None):
+        self.end()
+        self.group, self.timed_round, self.units, self.release = group, timed_round, units, release
+
+    def end(self):
+        if self.release is not None:
+            self.release()
+        self.group = self.timed_round = self.release = None
 
     def seconds(self):
         start = time.perf_counter()
@@ -137,7 +144,9 @@ class GroupReference:
 
 @pytest.fixture(scope="session")
 def group_reference():
-    return GroupReference()
+    kept = GroupReference()
+    yield kept
+    kept.end()
 
 
 @pytest.fixture
@@ -148,8 +157,9 @@ def timed(benchmark, device, environment, group_reference, request):
     ROUND_SECONDS; one call where it runs in Triton's interpreter), then a device synchronisation; the one or two
     calls timed to size the rounds are also a warm-up. Records ``<unit>_per_s`` (median) and ``info`` in extra_info, and
     for a row whose group's reference ran before it in this process, ``x_ref_paired``: the median over rounds of its
-    speed over the reference's round timed just before (what the gate compares). A reference row whose work cannot
-    outlive its test says ``keep=False``. With --benchmark-disable it calls ``target`` once and returns None."""
+    speed over the reference's round timed just before (what the gate compares). A reference row hands over with
+    ``release`` what its round holds open, to be ended when it is no longer kept. With --benchmark-disable it calls
+    ``target`` once and returns None."""
 
     def call_seconds(target):
         start = time.perf_counter()
@@ -157,7 +167,8 @@ def timed(benchmark, device, environment, group_reference, request):
         rows.sync(device)
         return time.perf_counter() - start
 
-    def run(target, *, group, row, units, unit, rounds, reference=False, keep=True, round_seconds=None, **info):
+    def run(target, *, group, row, units, unit, rounds, reference=False, release=None, round_seconds=None,
+            **info):
         calls, shortest = 1, round_seconds or ROUND_SECONDS[device.type]
         if not benchmark.disabled and not info.get("interpreter"):
             once = call_seconds(target)
@@ -182,7 +193,7 @@ def timed(benchmark, device, environment, group_reference, request):
                                     setup=(lambda: reference_seconds.append(group_reference.seconds()))
                                     if paired else None)
         if reference:
-            group_reference.keep(group, timed_round if keep else None, units * calls)
+            group_reference.keep(group, timed_round, units * calls, release)
         if benchmark.disabled:
             return None
         times = benchmark.stats.stats.data

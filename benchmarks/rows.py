@@ -10,7 +10,6 @@ channels-last), and ``auto`` (no switch: what ``python -m fastp2p.train`` runs o
 import contextlib
 import dataclasses
 import io
-import itertools
 import os
 import platform
 import subprocess
@@ -161,12 +160,6 @@ def random_batches(opt, device, count=4):
     return [{"A": (torch.rand(shape, generator=generator) * 2 - 1).to(device),
              "B": (torch.rand(shape, generator=generator) * 2 - 1).to(device), "A_paths": paths, "B_paths": paths}
             for _ in range(count)]
-
-
-def stepper(step, batches):
-    """One training iteration per call, on the next of ``batches`` in turn."""
-    batch = itertools.cycle(batches)
-    return lambda: step(next(batch))
 
 
 def run_steps(step, batches, count, start=0):

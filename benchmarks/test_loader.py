@@ -77,18 +77,24 @@ def test_loader(timed, benchmark, loader, mode, batch_size, size, device):
         pytest.skip(built)
     setup_s = time.perf_counter() - start
     stream = rows.forever(built)
+
+    def close_loader():
+        stream.close()
+        getattr(built, "close", lambda: None)()
+
+    handed_over = False  # the torch loader, the group's reference, stays open for the group's later rows' rounds
     try:
         for _ in range(0 if benchmark.disabled else WARMUP):
             next(stream)
         count = 1 if benchmark.disabled else BATCHES
         timed(lambda: [next(stream) for _ in range(count)], group=f"loader {mode} bs{batch_size}", row=loader,
-              reference=loader == "torch", keep=False, units=count * batch_size, unit="images", rounds=ROUNDS,
-              setup_s=setup_s, workers=opt.num_threads, load_size=opt.load_size, crop_size=opt.crop_size)
+              reference=loader == "torch", release=close_loader, units=count * batch_size, unit="images",
+              rounds=ROUNDS, setup_s=setup_s, workers=opt.num_threads, load_size=opt.load_size,
+              crop_size=opt.crop_size)
+        handed_over = loader == "torch"
     finally:
-        stream.close()
-        close = getattr(built, "close", None)
-        if close:
-            close()
+        if not handed_over:
+            close_loader()
 
 
 def first_batch(method, workers, images):

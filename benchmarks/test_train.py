@@ -1,14 +1,15 @@
 """End-to-end training throughput: the reference path, then one fast path added per row (benchmarks/rows.py), and
 the torch.compile rival. Each row is a fresh model built by the trainer's own code from the same seed, timed on
 fixed random batches already on the device after an untimed warm-up (cudnn.benchmark, the CUDA-graph capture,
-CycleGAN's image pools, torch.compile); a round is as many iterations as take about half a second.
-Apart, the default path (``auto``) fed by the real loader, with the share of time spent waiting for batches.
+CycleGAN's image pools, torch.compile); a round is as many iterations as take about half a second. The last row,
+``auto+loader``, is the default path fed by the real loader, with the share of time spent waiting for batches.
 
 MFU = images/s x train GFLOP/image (rows.GFLOP_PER_IMAGE, paper size only) / the device's nominal bf16 dense peak
 (H100/H200); the fp32 rows are measured against the same peak. No MFU where either is unknown.
 """
 
 import gc
+import itertools
 import math
 import time
 
@@ -21,13 +22,14 @@ from fastp2p.data.select import create_fast_loader
 WARMUP = {"cuda": 10, "cpu": 3}  # untimed iterations (CycleGAN: at least enough to fill its pools)
 ROUND_SECONDS = {"cuda": 0.5, "cpu": 0.6}
 ROUNDS = {"cuda": 5, "cpu": 3}
+LOADER_ROW = "auto+loader"  # fed by the GPU cache on a GPU, the torch loader on the CPU
 
 
 def generate(metafunc, size, device):
     configs = [(model, batch) for model in rows.MODELS for batch in size.batch_sizes[model]]
     metafunc.parametrize("model,batch_size", configs, ids=[f"{model}-bs{batch}" for model, batch in configs])
     if "row" in metafunc.fixturenames:
-        metafunc.parametrize("row", rows.ROW_NAMES)
+        metafunc.parametrize("row", (*rows.ROW_NAMES, LOADER_ROW))
 
 
 def skip_reason(row, base_flags, device, config):
@@ -40,11 +42,12 @@ def skip_reason(row, base_flags, device, config):
     return rows.row_blocker(row, base_flags, device)
 
 
-def warm_up(benchmark, opt, step, batches, device):
+def warm_up(benchmark, opt, iteration, device):
     """Untimed iterations (none with --benchmark-disable)."""
     pool = opt.pool_size if opt.model == "cycle_gan" else 0
     count = max(WARMUP[device.type], math.ceil(pool / opt.batch_size) + 5 if pool else 0)
-    rows.run_steps(step, batches, 0 if benchmark.disabled else count)
+    for _ in range(0 if benchmark.disabled else count):
+        iteration()
 
 
 def throughput_info(benchmark, device, opt, model, environment):
@@ -70,56 +73,39 @@ def free(device, row=None):
 
 
 def test_train(timed, benchmark, model, batch_size, row, size, device, environment, request):
-    base = rows.model_flags(size, model, batch_size, device)
-    reason = skip_reason(row, base, device, request.config)
+    fed = row == LOADER_ROW
+    root = rows.dataroot(aligned=model == "pix2pix") if fed else None
+    base = rows.model_flags(size, model, batch_size, device, dataroot=root)
+    reason = None if fed else skip_reason(row, base, device, request.config)
     if reason:
         pytest.skip(reason)
-    flags = rows.row_flags(row, base, device)
+    flags = [] if fed else rows.row_flags(row, base, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     opt, net, engine, step = rows.build(base + flags, device)
-    try:
-        batches = rows.random_batches(opt, device)
-        warm_up(benchmark, opt, step, batches, device)
-        timed(rows.stepper(step, batches), group=f"train {model} bs{batch_size}", row=row, units=batch_size,
-              unit="images", rounds=ROUNDS[device.type], round_seconds=ROUND_SECONDS[device.type],
-              reference=row == "reference", model=model, batch_size=batch_size, engine=engine.describe(), flags=flags)
-        throughput_info(benchmark, device, opt, model, environment)
-        losses = net.get_current_losses()
-        assert all(math.isfinite(value) for value in losses.values()), losses
-    finally:
-        del net, step
-        free(device, row)
+    loader = create_fast_loader(opt, "auto", device) if fed else None
+    batches, waits = rows.forever(loader) if fed else itertools.cycle(rows.random_batches(opt, device)), []
 
-
-def test_train_with_loader(timed, benchmark, model, batch_size, size, device, environment):
-    """The default path fed by the real loader (the GPU cache on a GPU, the torch loader on the CPU)."""
-    root = rows.dataroot(aligned=model == "pix2pix")
-    base = rows.model_flags(size, model, batch_size, device, dataroot=root)
-    opt, net, engine, step = rows.build(base, device)
-    loader = create_fast_loader(opt, "auto", device)
-
-    stream, waits = rows.forever(loader), []
-
-    def fed_step():
+    def iteration():
         before = time.perf_counter()
-        data = next(stream)
+        data = next(batches)
         waits.append(time.perf_counter() - before)
         step(data)
 
     try:
-        # warmed up on the loader's batches: the "batch" warm_up hands over is ignored for the next from the stream
-        warm_up(benchmark, opt, lambda _: step(next(stream)), [None], device)
-        timed(fed_step, group=f"train {model} bs{batch_size}", row="auto+loader", units=batch_size, unit="images",
-              rounds=ROUNDS[device.type], round_seconds=ROUND_SECONDS[device.type], model=model,
-              batch_size=batch_size, engine=engine.describe(), flags=[], loader=type(loader).__name__, dataroot=root)
+        warm_up(benchmark, opt, iteration, device)
+        timed(iteration, group=f"train {model} bs{batch_size}", row=row, units=batch_size, unit="images",
+              rounds=ROUNDS[device.type], round_seconds=ROUND_SECONDS[device.type], reference=row == "reference",
+              model=model, batch_size=batch_size, engine=engine.describe(), flags=flags,
+              **({"loader": type(loader).__name__, "dataroot": root} if fed else {}))
         throughput_info(benchmark, device, opt, model, environment)
-        if not benchmark.disabled:
+        if fed and not benchmark.disabled:
             timed_calls = benchmark.extra_info["calls_per_round"] * len(benchmark.stats.stats.data)
             benchmark.extra_info["data_wait_share"] = sum(waits[-timed_calls:]) / sum(benchmark.stats.stats.data)
+        losses = net.get_current_losses()
+        assert all(math.isfinite(value) for value in losses.values()), losses
     finally:
-        stream.close()
-        close = getattr(loader, "close", None)
-        if close:
-            close()
-        free(device)
+        if fed:
+            batches.close()
+            getattr(loader, "close", lambda: None)()
+        free(device, row)

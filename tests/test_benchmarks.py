@@ -152,9 +152,7 @@ def test_the_committed_cpu_baseline_covers_every_subject_and_says_its_command():
     assert {b["group"].split()[0] for b in benchmarks} == SUBJECTS
     assert all(b["extra_info"]["units"] > 0 and b["stats"]["median"] > 0 for b in benchmarks)
     assert report.gate(benchmarks, benchmarks, 0.0)[1]
-    # every timed row of a group with a reference before it was paired with it (the loaders' and the interpreter's
-    # rows are not: a loader's work ends with its test, the interpreter is no measure)
+    # every timed row of a group with a reference was paired with it (not the interpreter's: no measure)
     unpaired = {(b["group"], b["extra_info"]["row"]) for b in benchmarks if "x_ref_paired" not in b["extra_info"]
                 and not b["extra_info"]["reference"] and not b["extra_info"].get("interpreter")}
-    assert all(group.startswith(("loader", "inference host")) or row == "auto+loader" for group, row in unpaired), \
-        sorted(unpaired)
+    assert all(group == "inference host" for group, row in unpaired), sorted(unpaired)
