@@ -32,7 +32,6 @@ from fastp2p.engine.cuda_graph import capture_after_warmup
 from fastp2p.errors import CheckpointError, OptionError
 from fastp2p.models import create_model
 from fastp2p.options import parse_options, read_train_options
-from fastp2p.options.inherit import GENERATOR_FLAGS
 from fastp2p.web_page import tensor2im
 
 
@@ -120,25 +119,17 @@ def build_inference(opt, device, config=None):
     return model, config
 
 
-INFERENCE_FLAGS = GENERATOR_FLAGS + ("crop_size", "preprocess")
-"""what a generator and its input preprocessing need from the training run's options"""
-
-
 def checkpoint_options(folder, epoch="latest", generator=None, flags=None):
     """fastp2p.test's options for the generator ``generator`` (G of pix2pix; G_A or G_B of CycleGAN, default G_A) in
-    the checkpoint folder ``folder``: INFERENCE_FLAGS from its train_opt.txt when there, ``flags`` over them (option
-    name -> value; True for a switch), --load_size = --crop_size unless given (the test's plain resize)."""
+    the checkpoint folder ``folder``: ``flags`` (option name -> value; True for a switch) over what fastp2p.test takes
+    from its train_opt.txt (options/inherit.py), --load_size = --crop_size unless given (the test's plain resize)."""
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder} is not a checkpoint folder")
     saved = read_train_options(folder) if os.path.isfile(os.path.join(folder, "train_opt.txt")) else {}
-    values = {key: saved[key] for key in INFERENCE_FLAGS if key in saved}
-    values["no_dropout"] = values.get("no_dropout") == "True"
     generator = generator or ("G_A" if saved.get("model") == "cycle_gan" else "G")
-    if generator == "G_B" and "input_nc" in values and "output_nc" in values:  # G_B maps B images to A
-        values["input_nc"], values["output_nc"] = values["output_nc"], values["input_nc"]
-    values.update(flags or {})
-    values.setdefault("load_size", values.get("crop_size", 256))
+    values = dict(flags or {})
+    values.setdefault("load_size", values.get("crop_size", saved.get("crop_size", 256)))
     values.setdefault("gpu_ids", "0" if torch.cuda.is_available() else "-1")
     if generator not in ("G", "G_A", "G_B"):
         raise OptionError(f"generator {generator!r}: name G (pix2pix), G_A or G_B (CycleGAN)")
